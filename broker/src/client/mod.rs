@@ -1,0 +1,1 @@
+//! Kafka clients over the I/O seam: producer, consumer and admin.

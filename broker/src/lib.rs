@@ -1,0 +1,16 @@
+//! Faultline's broker crate: the node that `faultline serve` runs and the
+//! simulator runs, unchanged.
+//!
+//! - [`io`]: the I/O seam (sockets, files, time, sleep, spawn, randomness).
+//! - [`storage`]: the partition log: segments, indexes, recovery, flush.
+//! - [`wire`]: Kafka wire framing and the API version table.
+//! - [`server`]: the broker node: topics, request handlers, long-poll fetch.
+//! - [`client`]: producer, consumer and admin clients over the same seam.
+//! - [`config`]: broker and topic configuration, and the planted-bug switches.
+
+pub mod client;
+pub mod config;
+pub mod io;
+pub mod server;
+pub mod storage;
+pub mod wire;

@@ -1,0 +1,66 @@
+//! The partition log: an ordered, durable sequence of Kafka record batches.
+//!
+//! Public surface used by the server and the simulator. Internals (segments,
+//! indexes, recovery) live in submodules.
+
+pub mod batch;
+mod log;
+
+pub use log::PartitionLog;
+
+use bytes::Bytes;
+
+/// Errors the storage engine reports. Each maps to one Kafka error code.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A batch failed validation (bad CRC, bad length, wrong magic).
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(String),
+    /// A batch is larger than `max.message.bytes`.
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: usize },
+    /// A read asked for an offset outside [log start, log end].
+    #[error("offset {offset} out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// The disk failed (EIO, ENOSPC, ...). The log stays consistent: the
+    /// failed append is not visible.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset given to the first record of the first batch.
+    pub base_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// Broker time if the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    /// Number of records appended.
+    pub record_count: u64,
+}
+
+/// The result of a read: whole batches, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// Concatenated record batches; may be empty.
+    pub records: Bytes,
+    /// Log end and high watermark at the time of the read.
+    pub log_end_offset: i64,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// What recovery found and fixed when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments scanned.
+    pub segments_scanned: usize,
+    /// Bytes cut from the tail because they were torn or corrupt.
+    pub truncated_bytes: u64,
+    /// Index files rebuilt because they were missing or damaged.
+    pub indexes_rebuilt: usize,
+    /// Log end offset after recovery.
+    pub log_end_offset: i64,
+}

@@ -1,0 +1,1 @@
+//! Kafka wire framing and the advertised API version table.

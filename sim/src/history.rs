@@ -1,0 +1,125 @@
+//! The history of client operations a simulation records, one JSON object per
+//! line, and the format every checker reads.
+//!
+//! Each operation carries its invoke and complete times in simulated
+//! nanoseconds, its inputs, its outcome and what it returned. The model follows
+//! Jepsen's Kafka workload: producers `send` unique values, consumers `poll`
+//! and see (partition, offset, value) triples. A value is unique across the
+//! whole run, so a value identifies the send that wrote it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// A topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    /// It happened, and the result is known.
+    Ok,
+    /// It definitely did not happen (e.g. the broker rejected it).
+    Fail { error: String },
+    /// Unknown: it may or may not have happened (timeout, connection lost).
+    Info { error: String },
+}
+
+/// One record a poll returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Polled {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    pub value: String,
+}
+
+/// What an operation was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "f", rename_all = "snake_case")]
+pub enum OpKind {
+    /// Produce one record. On success `offset` is where it landed.
+    Send {
+        topic: String,
+        key: Option<String>,
+        value: String,
+        #[serde(default)]
+        partition: Option<i32>,
+        #[serde(default)]
+        offset: Option<i64>,
+    },
+    /// Fetch records; `records` is what came back, in the order returned.
+    Poll {
+        #[serde(default)]
+        records: Vec<Polled>,
+    },
+    /// Manually assign partitions (and the offsets the consumer starts from).
+    Assign { partitions: Vec<TopicPartition> },
+    /// Commit offsets (consumer groups; not used until they exist).
+    Commit { offsets: BTreeMap<String, i64> },
+    /// The client process crashed; its session ends here.
+    Crash,
+}
+
+/// One completed operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Position in the history (order of completion).
+    pub index: u64,
+    /// Client session: a producer or consumer instance. A client that crashes
+    /// and restarts gets a new process id, as in Jepsen.
+    pub process: u64,
+    /// Simulated host the client runs on.
+    pub node: String,
+    /// Simulated time the operation was invoked and completed, in ns.
+    pub invoke_ns: u64,
+    pub complete_ns: u64,
+    #[serde(flatten)]
+    pub kind: OpKind,
+    pub outcome: Outcome,
+    /// True for the operations of the final read-everything phase.
+    #[serde(default)]
+    pub final_read: bool,
+}
+
+/// A whole recorded history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub ops: Vec<Op>,
+}
+
+impl History {
+    /// Append an operation, numbering it.
+    pub fn push(&mut self, mut op: Op) {
+        op.index = self.ops.len() as u64;
+        self.ops.push(op);
+    }
+
+    /// Write as JSON lines.
+    pub fn write_jsonl<W: Write>(&self, mut w: W) -> std::io::Result<()> {
+        for op in &self.ops {
+            serde_json::to_writer(&mut w, op)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Read JSON lines written by [`History::write_jsonl`].
+    pub fn read_jsonl<R: BufRead>(r: R) -> anyhow::Result<History> {
+        let mut h = History::default();
+        for (i, line) in r.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let op: Op = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("history line {}: {e}", i + 1))?;
+            h.ops.push(op);
+        }
+        Ok(h)
+    }
+}

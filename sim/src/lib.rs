@@ -1,0 +1,5 @@
+//! Faultline's deterministic simulator: the broker's own nodes on turmoil's
+//! network and a simulated disk, with seeded faults, recorded histories and
+//! Kafka checkers.
+
+pub mod history;
