@@ -2,4 +2,5 @@
 //! network and a simulated disk, with seeded faults, recorded histories and
 //! Kafka checkers.
 
+pub mod cli;
 pub mod history;

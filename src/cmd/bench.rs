@@ -1,0 +1,8 @@
+//! `faultline bench`.
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("bench: not implemented yet")
+}

@@ -1,0 +1,8 @@
+//! `faultline consume`.
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("consume: not implemented yet")
+}
