@@ -2,5 +2,10 @@
 //! network and a simulated disk, with seeded faults, recorded histories and
 //! Kafka checkers.
 
+pub mod checker;
 pub mod cli;
+pub mod disk;
 pub mod history;
+pub mod seam;
+pub mod seed;
+pub mod trace;

@@ -1,2 +1,368 @@
 //! Kafka record batch v2 (magic 2) headers: parse, validate the CRC-32C, and
 //! rewrite the base offset in place. Batches are stored as received.
+//!
+//! Layout of the 61-byte header (big-endian), as in Kafka's
+//! `DefaultRecordBatch`:
+//!
+//! ```text
+//!  0 baseOffset i64          8 batchLength i32      12 partitionLeaderEpoch i32
+//! 16 magic i8               17 crc u32              21 attributes i16
+//! 23 lastOffsetDelta i32    27 baseTimestamp i64    35 maxTimestamp i64
+//! 43 producerId i64         51 producerEpoch i16    53 baseSequence i32
+//! 57 recordCount i32        61 records...
+//! ```
+//!
+//! The CRC covers attributes to the end of the batch, so the broker may rewrite
+//! the base offset and the partition leader epoch without recomputing it.
+
+use super::StorageError;
+
+/// Bytes before `batchLength` counts: baseOffset and batchLength itself.
+pub const LOG_OVERHEAD: usize = 12;
+/// Size of the v2 batch header.
+pub const HEADER_SIZE: usize = 61;
+/// The only record format this broker stores.
+pub const MAGIC: i8 = 2;
+
+const LEADER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const MAX_TIMESTAMP_AT: usize = 35;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// A parsed v2 batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+fn be<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    buf[at..at + N].try_into().expect("slice length checked by caller")
+}
+
+impl BatchHeader {
+    /// Parse the header at the start of `buf` and check what the header alone
+    /// can tell: magic, length bounds, record count. `buf` needs only the
+    /// header; the batch body is checked by [`validate_crc`].
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, StorageError> {
+        Self::parse_or_explain(buf).map_err(corrupt)
+    }
+
+    fn parse_or_explain(buf: &[u8]) -> Result<BatchHeader, String> {
+        if buf.len() < HEADER_SIZE {
+            return Err(format!("{} bytes is too short for a batch header ({HEADER_SIZE})", buf.len()));
+        }
+        let h = BatchHeader {
+            base_offset: i64::from_be_bytes(be(buf, 0)),
+            batch_length: i32::from_be_bytes(be(buf, 8)),
+            partition_leader_epoch: i32::from_be_bytes(be(buf, LEADER_EPOCH_AT)),
+            magic: buf[MAGIC_AT] as i8,
+            crc: u32::from_be_bytes(be(buf, CRC_AT)),
+            attributes: i16::from_be_bytes(be(buf, ATTRIBUTES_AT)),
+            last_offset_delta: i32::from_be_bytes(be(buf, 23)),
+            base_timestamp: i64::from_be_bytes(be(buf, 27)),
+            max_timestamp: i64::from_be_bytes(be(buf, MAX_TIMESTAMP_AT)),
+            producer_id: i64::from_be_bytes(be(buf, 43)),
+            producer_epoch: i16::from_be_bytes(be(buf, 51)),
+            base_sequence: i32::from_be_bytes(be(buf, 53)),
+            record_count: i32::from_be_bytes(be(buf, 57)),
+        };
+        if h.magic != MAGIC {
+            return Err(format!("unsupported magic {} (only v2 batches are accepted)", h.magic));
+        }
+        if (h.batch_length as i64) < (HEADER_SIZE - LOG_OVERHEAD) as i64 {
+            return Err(format!("batch length {} is below the header size", h.batch_length));
+        }
+        if h.record_count < 0 || h.last_offset_delta < 0 {
+            return Err(format!("negative record count {} or last offset delta {}", h.record_count, h.last_offset_delta));
+        }
+        Ok(h)
+    }
+
+    /// Whole batch size on disk, header included.
+    pub fn size(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+
+    /// The offset right after this batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    /// Compression codec id (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression(&self) -> u8 {
+        (self.attributes & COMPRESSION_MASK) as u8
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_BIT != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_BIT != 0
+    }
+
+    /// True if a producer id is set (idempotent or transactional producer).
+    pub fn has_producer_id(&self) -> bool {
+        self.producer_id >= 0
+    }
+
+    /// Checks a producer's batch must pass on top of [`BatchHeader::parse`]:
+    /// Kafka producers number records consecutively from zero.
+    pub fn validate_for_append(&self) -> Result<(), StorageError> {
+        if self.record_count == 0 {
+            return Err(corrupt("batch holds no records".into()));
+        }
+        if self.last_offset_delta != self.record_count - 1 {
+            return Err(corrupt(format!(
+                "last offset delta {} does not match record count {}",
+                self.last_offset_delta, self.record_count
+            )));
+        }
+        if self.compression() > 4 {
+            return Err(corrupt(format!("unknown compression codec {}", self.compression())));
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(msg: String) -> StorageError {
+    StorageError::CorruptMessage(msg)
+}
+
+/// CRC-32C of a whole batch's covered region (attributes to the end).
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[ATTRIBUTES_AT..])
+}
+
+/// Check the stored CRC of a whole batch (`batch` is exactly one batch).
+pub fn validate_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), StorageError> {
+    debug_assert_eq!(batch.len(), header.size());
+    let actual = compute_crc(batch);
+    if actual != header.crc {
+        return Err(corrupt(format!(
+            "CRC mismatch in batch at offset {}: stored {:#010x}, computed {actual:#010x}",
+            header.base_offset, header.crc
+        )));
+    }
+    Ok(())
+}
+
+/// Give a batch its offsets: overwrite the base offset (not covered by the CRC).
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[..8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Stamp the leader epoch that appended the batch (not covered by the CRC).
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Switch a batch to LogAppendTime at `now_ms`, as Kafka does: set the
+/// timestamp-type attribute and the max timestamp, then recompute the CRC.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = i16::from_be_bytes(be(batch, ATTRIBUTES_AT)) | TIMESTAMP_TYPE_BIT;
+    batch[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Iterate over concatenated batches, yielding each header and its position.
+/// Checks headers and that each batch fits; CRCs are checked only if asked.
+pub struct Batches<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    check_crc: bool,
+    failed: bool,
+}
+
+impl<'a> Batches<'a> {
+    pub fn new(buf: &'a [u8], check_crc: bool) -> Self {
+        Batches { buf, pos: 0, check_crc, failed: false }
+    }
+}
+
+impl<'a> Iterator for Batches<'a> {
+    /// (position in the buffer, header, the batch's bytes)
+    type Item = Result<(usize, BatchHeader, &'a [u8]), StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos == self.buf.len() {
+            return None;
+        }
+        let pos = self.pos;
+        let step = || -> Result<(usize, BatchHeader, &'a [u8]), StorageError> {
+            let rest = &self.buf[pos..];
+            let h = BatchHeader::parse_or_explain(rest).map_err(|e| corrupt(format!("at byte {pos}: {e}")))?;
+            if h.size() > rest.len() {
+                return Err(corrupt(format!(
+                    "at byte {pos}: batch of {} bytes but only {} remain",
+                    h.size(),
+                    rest.len()
+                )));
+            }
+            let bytes = &rest[..h.size()];
+            if self.check_crc {
+                validate_crc(&h, bytes)?;
+            }
+            Ok((pos, h, bytes))
+        };
+        match step() {
+            Ok(item) => {
+                self.pos += item.1.size();
+                Some(Ok(item))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn record(i: i64, ts: i64) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            // The encoder splits batches where offset - sequence changes.
+            sequence: i as i32,
+            timestamp: ts,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("value-{i}"))),
+            headers: Default::default(),
+        }
+    }
+
+    /// One encoded batch of `n` records.
+    fn encode(n: i64, compression: Compression) -> Vec<u8> {
+        encode_at(n, 1_000, compression)
+    }
+
+    /// One encoded batch of `n` records timestamped from `first_ts` on, one
+    /// millisecond apart.
+    pub(in crate::storage) fn encode_at(n: i64, first_ts: i64, compression: Compression) -> Vec<u8> {
+        let records: Vec<Record> = (0..n).map(|i| record(i, first_ts + i)).collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn parses_and_validates_encoded_batches() {
+        for compression in [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Snappy, Compression::Zstd] {
+            let b = encode(5, compression);
+            let h = BatchHeader::parse(&b).unwrap();
+            assert_eq!(h.size(), b.len());
+            assert_eq!(h.record_count, 5);
+            assert_eq!(h.last_offset_delta, 4);
+            assert_eq!(h.compression(), compression as u8);
+            assert_eq!(h.max_timestamp, 1_004);
+            assert!(!h.is_transactional() && !h.is_control() && !h.has_producer_id());
+            h.validate_for_append().unwrap();
+            validate_crc(&h, &b).unwrap();
+        }
+    }
+
+    #[test]
+    fn iterates_concatenated_batches() {
+        let mut buf = encode(3, Compression::None);
+        let first = buf.len();
+        buf.extend(encode(2, Compression::Gzip));
+        let items: Vec<_> = Batches::new(&buf, true).map(|r| r.unwrap()).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].0, first);
+        assert_eq!(items[1].1.record_count, 2);
+    }
+
+    #[test]
+    fn rejects_malformed_batches() {
+        let b = encode(3, Compression::None);
+        // Truncated.
+        let mut it = Batches::new(&b[..b.len() - 1], true);
+        assert!(matches!(it.next(), Some(Err(StorageError::CorruptMessage(_)))));
+        assert!(it.next().is_none());
+        // Too short for a header.
+        assert!(BatchHeader::parse(&b[..20]).is_err());
+        // Flipped byte in the records: CRC mismatch.
+        let mut bad = b.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert!(Batches::new(&bad, true).next().unwrap().is_err());
+        assert!(Batches::new(&bad, false).next().unwrap().is_ok());
+        // Wrong magic.
+        let mut bad = b.clone();
+        bad[MAGIC_AT] = 1;
+        assert!(BatchHeader::parse(&bad).is_err());
+        // Length below the header.
+        let mut bad = b.clone();
+        bad[8..12].copy_from_slice(&10i32.to_be_bytes());
+        assert!(BatchHeader::parse(&bad).is_err());
+        // Record count disagreeing with the last offset delta.
+        let mut bad = b;
+        bad[57..61].copy_from_slice(&7i32.to_be_bytes());
+        assert!(BatchHeader::parse(&bad).unwrap().validate_for_append().is_err());
+    }
+
+    #[test]
+    fn offset_and_epoch_rewrites_keep_the_crc_valid() {
+        let mut b = encode(4, Compression::None);
+        set_base_offset(&mut b, 1234);
+        set_partition_leader_epoch(&mut b, 7);
+        let h = BatchHeader::parse(&b).unwrap();
+        assert_eq!((h.base_offset, h.last_offset(), h.partition_leader_epoch), (1234, 1237, 7));
+        validate_crc(&h, &b).unwrap();
+    }
+
+    #[test]
+    fn log_append_time_sets_the_attribute_and_recomputes_the_crc() {
+        let mut b = encode(2, Compression::Lz4);
+        set_log_append_time(&mut b, 99_999);
+        let h = BatchHeader::parse(&b).unwrap();
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp, 99_999);
+        validate_crc(&h, &b).unwrap();
+        let set = RecordBatchDecoder::decode(&mut Bytes::from(b)).unwrap();
+        // Readers take every record's timestamp from the batch's max timestamp.
+        assert!(set.records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
+    }
+}

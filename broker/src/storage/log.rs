@@ -1,83 +1,346 @@
 //! The partition log proper: segments, rolling, flushing, reading, recovery.
+//!
+//! A partition is a directory of segments keyed by base offset. Appends go to
+//! the last (active) segment in one write; the flush policy fsyncs and
+//! advances the recovery point, which is also the high watermark: with a
+//! single replica only fsynced data is exposed, so a crash never takes back
+//! what a consumer saw.
 
+use std::collections::BTreeMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
 
+use super::batch::{self, BatchHeader, Batches};
+use super::recovery::{self, write_checkpoint};
+use super::segment::Segment;
 use super::{AppendInfo, ReadResult, RecoveryReport, StorageError};
 use crate::config::{LogConfig, PlantedBugs};
 use crate::io::Fs;
 
 /// One partition's log on one broker.
 pub struct PartitionLog {
-    _dir: PathBuf,
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    config: LogConfig,
+    log_append_time: bool,
+    segments: BTreeMap<i64, Segment>,
+    /// Everything below is fsynced.
+    recovery_point: i64,
+    unflushed_records: u64,
+    first_unflushed_ms: Option<i64>,
+    /// A segment was created since the directory was last fsynced.
+    dir_dirty: bool,
+}
+
+fn invalid_config(msg: String) -> StorageError {
+    StorageError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
+}
+
+fn check_config(config: &LogConfig) -> Result<bool, StorageError> {
+    if config.segment_bytes < batch::HEADER_SIZE as u64 {
+        return Err(invalid_config(format!("segment.bytes {} is below one batch header", config.segment_bytes)));
+    }
+    if config.segment_ms <= 0 || config.flush_ms < 0 {
+        return Err(invalid_config("segment.ms must be positive and flush.ms non-negative".into()));
+    }
+    if config.max_message_bytes < batch::HEADER_SIZE {
+        return Err(invalid_config(format!("max.message.bytes {} is below one batch header", config.max_message_bytes)));
+    }
+    match config.message_timestamp_type.as_str() {
+        "CreateTime" => Ok(false),
+        "LogAppendTime" => Ok(true),
+        other => Err(invalid_config(format!("message.timestamp.type {other:?} is not CreateTime or LogAppendTime"))),
+    }
 }
 
 impl PartitionLog {
     /// Open (or create) the log in `dir`, recovering from any unclean shutdown.
+    /// There is no clean-shutdown marker, so every open validates from the
+    /// recovery point on.
     pub fn open(
-        _fs: Arc<dyn Fs>,
-        _dir: PathBuf,
-        _config: LogConfig,
-        _bugs: PlantedBugs,
+        fs: Arc<dyn Fs>,
+        dir: PathBuf,
+        config: LogConfig,
+        bugs: PlantedBugs,
         _now_ms: i64,
     ) -> Result<(PartitionLog, RecoveryReport), StorageError> {
-        todo!("storage engine")
+        let log_append_time = check_config(&config)?;
+        if !fs.is_dir(&dir) {
+            fs.create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)?;
+            }
+        }
+        let rec = recovery::recover(&*fs, &dir, config.index_interval_bytes, !bugs.skip_crc_on_recovery)?;
+        let mut segments = rec.segments;
+        let mut dir_dirty = false;
+        if segments.is_empty() {
+            segments.insert(0, Segment::create(&*fs, &dir, 0, config.index_interval_bytes)?);
+            dir_dirty = true;
+        }
+        let mut log = PartitionLog {
+            fs,
+            dir,
+            config,
+            log_append_time,
+            segments,
+            recovery_point: 0,
+            unflushed_records: 0,
+            first_unflushed_ms: None,
+            dir_dirty,
+        };
+        // Recovery fsynced what it kept, so it is all durable.
+        let log_end = log.log_end_offset();
+        log.recovery_point = log_end;
+        if log.dir_dirty {
+            log.fs.sync_dir(&log.dir)?;
+            log.dir_dirty = false;
+        }
+        write_checkpoint(&*log.fs, &log.dir, log_end)?;
+        // PLANTED BUG `duplicate_offset_after_crash`: restart offset assignment
+        // from the last index entry (or the stale recovery point) instead of
+        // the recovered log end, so new batches reuse existing offsets.
+        if bugs.duplicate_offset_after_crash && log_end > 0 {
+            let active = log.segments.values_mut().next_back().expect("a log has an active segment");
+            let restart = active.last_indexed_offset().or(rec.recovery_point).unwrap_or(log_end);
+            let restart = restart.clamp(active.base_offset(), log_end);
+            active.reuse_offsets_from(restart);
+            log.recovery_point = restart;
+        }
+        Ok((log, rec.report))
     }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
     /// Validate and append one or more v2 record batches, assigning offsets.
     /// Does not fsync unless the flush policy says so; see [`Self::flush`].
-    pub fn append(&mut self, _batches: &[u8], _now_ms: i64) -> Result<AppendInfo, StorageError> {
-        todo!()
+    /// On any error nothing of `batches` is visible.
+    pub fn append(&mut self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
+        if batches.is_empty() {
+            return Err(StorageError::CorruptMessage("no record batches".into()));
+        }
+        let base_offset = self.log_end_offset();
+        let mut buf = batches.to_vec();
+        let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
+        let mut next = base_offset;
+        let mut record_count = 0u64;
+        for item in Batches::new(batches, false) {
+            let (pos, h, bytes) = item?;
+            if h.size() > self.config.max_message_bytes {
+                return Err(StorageError::MessageTooLarge { size: h.size(), max: self.config.max_message_bytes });
+            }
+            h.validate_for_append()?;
+            batch::validate_crc(&h, bytes)?;
+            let stored = &mut buf[pos..pos + h.size()];
+            batch::set_base_offset(stored, next);
+            if self.log_append_time {
+                batch::set_log_append_time(stored, now_ms);
+            }
+            let h = BatchHeader::parse(stored)?;
+            next = h.next_offset();
+            record_count += h.record_count as u64;
+            headers.push((pos, h));
+        }
+        self.maybe_roll_for(buf.len() as u64, next, now_ms)?;
+        self.active().append(&buf, &headers)?;
+        self.unflushed_records += record_count;
+        self.first_unflushed_ms.get_or_insert(now_ms);
+        if let Err(e) = self.maybe_flush(now_ms) {
+            // Not durable and maybe never will be: take it back so a failed
+            // append is not visible. If even that fails, the outcome is unknown.
+            let _ = self.active().truncate_to(base_offset);
+            self.unflushed_records -= record_count;
+            return Err(e);
+        }
+        let log_append_time = if self.log_append_time { now_ms } else { -1 };
+        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time, record_count })
     }
+
+    /// Roll before an append of `len` bytes ending at `next` if the active
+    /// segment is full by size, offset range or age. A batch never spans segments.
+    fn maybe_roll_for(&mut self, len: u64, next: i64, now_ms: i64) -> Result<(), StorageError> {
+        let segment_bytes = self.config.segment_bytes.min(u32::MAX as u64);
+        let segment_ms = self.config.segment_ms;
+        let active = self.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let full = active.size() + len > segment_bytes;
+        let offsets_overflow = next - active.base_offset() > i32::MAX as i64;
+        let aged = active.first_batch_timestamp().is_some_and(|t| now_ms.saturating_sub(t) >= segment_ms);
+        if full || offsets_overflow || aged {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Start a new active segment at the log end.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let base = self.log_end_offset();
+        debug_assert!(!self.active().is_empty(), "rolling an empty segment");
+        let seg = Segment::create(&*self.fs, &self.dir, base, self.config.index_interval_bytes)?;
+        self.segments.insert(base, seg);
+        self.dir_dirty = true;
+        tracing::debug!(dir = %self.dir.display(), base, "rolled a new segment");
+        Ok(())
+    }
+
     /// Read whole batches starting with the one containing `offset`, up to
     /// `max_bytes` (at least one batch is returned if any is available, as
     /// Kafka does), never past `max_offset` (exclusive; the high watermark).
-    pub fn read(&self, _offset: i64, _max_bytes: usize, _max_offset: i64) -> Result<ReadResult, StorageError> {
-        todo!()
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError> {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        let mut result = ReadResult {
+            records: Bytes::new(),
+            log_end_offset: end,
+            high_watermark: self.high_watermark(),
+            log_start_offset: start,
+        };
+        let max_offset = max_offset.min(end);
+        if offset >= max_offset {
+            return Ok(result);
+        }
+        let first = *self.segments.range(..=offset).next_back().expect("offset is within the log").0;
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            if let Some(records) = seg.read(offset, max_bytes, max_offset)? {
+                result.records = records;
+                break;
+            }
+        }
+        Ok(result)
     }
+
     /// fsync everything appended so far; advances the durable offset.
     pub fn flush(&mut self) -> Result<(), StorageError> {
-        todo!()
+        let log_end = self.log_end_offset();
+        if self.recovery_point == log_end && !self.dir_dirty {
+            return Ok(());
+        }
+        let from = self.segments.range(..=self.recovery_point).next_back().map_or(0, |(b, _)| *b);
+        for seg in self.segments.range_mut(from..).map(|(_, s)| s) {
+            seg.flush()?;
+        }
+        let rolled = self.dir_dirty;
+        if rolled {
+            self.fs.sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        self.recovery_point = log_end;
+        self.unflushed_records = 0;
+        self.first_unflushed_ms = None;
+        // The checkpoint only bounds recovery's scan; refreshing it once per
+        // roll keeps that scan to the last segment or two.
+        if rolled {
+            write_checkpoint(&*self.fs, &self.dir, log_end)?;
+        }
+        Ok(())
     }
+
     /// Flush if `flush.messages` or `flush.ms` says it is time. Returns whether it flushed.
-    pub fn maybe_flush(&mut self, _now_ms: i64) -> Result<bool, StorageError> {
-        todo!()
+    pub fn maybe_flush(&mut self, now_ms: i64) -> Result<bool, StorageError> {
+        let by_count = self.unflushed_records >= self.config.flush_messages.max(1);
+        let by_age = self.first_unflushed_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.config.flush_ms);
+        if self.unflushed_records == 0 || !(by_count || by_age) {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
     }
+
     /// Roll the active segment if `segment.ms` has passed.
-    pub fn maybe_roll(&mut self, _now_ms: i64) -> Result<(), StorageError> {
-        todo!()
+    pub fn maybe_roll(&mut self, now_ms: i64) -> Result<(), StorageError> {
+        let next = self.log_end_offset();
+        self.maybe_roll_for(0, next, now_ms)
     }
-    /// Remove everything at or after `offset` (for epoch-based truncation later).
-    pub fn truncate_to(&mut self, _offset: i64) -> Result<(), StorageError> {
-        todo!()
+
+    /// Remove everything at or after `offset` (for epoch-based truncation
+    /// later). If `offset` falls inside a batch, the whole batch goes.
+    /// Leaves the log fully flushed.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), StorageError> {
+        let offset = offset.max(self.log_start_offset());
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        // Lower the recovery point first: a crash half-way must not leave a
+        // checkpoint vouching for segments about to change.
+        if self.recovery_point > offset {
+            write_checkpoint(&*self.fs, &self.dir, offset)?;
+            self.recovery_point = offset;
+        }
+        let keep = *self.segments.range(..=offset).next_back().expect("offset is within the log").0;
+        let doomed: Vec<i64> = self.segments.range(keep + 1..).map(|(b, _)| *b).collect();
+        let mut removed = 0;
+        for base in doomed {
+            let seg = self.segments.remove(&base).expect("listed above");
+            removed += seg.size();
+            drop(seg);
+            Segment::delete_files(&*self.fs, &self.dir, base)?;
+            self.dir_dirty = true;
+        }
+        let seg = self.segments.get_mut(&keep).expect("kept segment");
+        removed += seg.truncate_to(offset)?;
+        seg.flush()?;
+        tracing::info!(dir = %self.dir.display(), offset, removed_bytes = removed, "log truncated");
+        self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        self.flush()
     }
+
     pub fn log_start_offset(&self) -> i64 {
-        todo!()
+        *self.segments.keys().next().expect("a log always has a segment")
     }
+
     pub fn log_end_offset(&self) -> i64 {
-        todo!()
+        self.segments.values().next_back().expect("a log always has a segment").next_offset()
     }
+
     /// Offset up to which data is durable (fsynced).
     pub fn durable_offset(&self) -> i64 {
-        todo!()
+        self.recovery_point
     }
+
     /// High watermark: on a single replica, the durable log end.
     pub fn high_watermark(&self) -> i64 {
-        todo!()
+        self.recovery_point
     }
+
     /// First offset whose record timestamp is >= `ts`, with that timestamp.
-    pub fn offset_for_timestamp(&self, _ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
-        todo!()
+    /// Looks at the whole log, not only below the high watermark.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        for seg in self.segments.values() {
+            let Some(bytes) = seg.batch_at_timestamp(ts)? else { continue };
+            let h = BatchHeader::parse(&bytes)?;
+            if h.is_log_append_time() {
+                // Every record carries the batch's append time.
+                return Ok(Some((h.base_offset, h.max_timestamp)));
+            }
+            let set = RecordBatchDecoder::decode(&mut bytes.clone())
+                .map_err(|e| StorageError::CorruptMessage(format!("batch at offset {}: {e}", h.base_offset)))?;
+            let hit = set.records.iter().find(|r| r.timestamp >= ts).map(|r| (r.offset, r.timestamp));
+            return Ok(Some(hit.unwrap_or((h.last_offset(), h.max_timestamp))));
+        }
+        Ok(None)
     }
+
     /// Bytes on disk across all segments.
     pub fn size_bytes(&self) -> u64 {
-        todo!()
+        self.segments.values().map(Segment::size).sum()
     }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments.keys().copied().collect()
+    }
+
     pub fn dir(&self) -> &PathBuf {
-        &self._dir
+        &self.dir
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: Bytes) {}

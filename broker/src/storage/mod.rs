@@ -4,7 +4,12 @@
 //! indexes, recovery) live in submodules.
 
 pub mod batch;
+mod index;
 mod log;
+mod recovery;
+mod segment;
+#[cfg(test)]
+mod tests;
 
 pub use log::PartitionLog;
 
@@ -55,7 +60,8 @@ pub struct ReadResult {
 /// What recovery found and fixed when the log was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Segments scanned.
+    /// Segments validated batch by batch: those from the recovery point on,
+    /// and any whose index could not be trusted.
     pub segments_scanned: usize,
     /// Bytes cut from the tail because they were torn or corrupt.
     pub truncated_bytes: u64,

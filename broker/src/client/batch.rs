@@ -1,0 +1,277 @@
+//! Record batches as the clients see them: encoding a producer's records into
+//! one v2 batch, and decoding fetched bytes into consumer records.
+//!
+//! Fetch responses carry whole batches, so the first batch may start before
+//! the fetch offset, and the last one may be cut short by the size limit;
+//! decoding skips the former's early records and ignores the latter.
+
+use std::str::FromStr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::records::{
+    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
+    NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::consumer::ConsumerRecord;
+use super::{ClientError, Header};
+
+/// Base offset (8) and batch length (4) come before the length counts.
+const LOG_OVERHEAD: usize = 12;
+/// Offset of `lastOffsetDelta` in a v2 batch header.
+const LAST_OFFSET_DELTA_AT: usize = 23;
+/// Offset of the magic byte.
+const MAGIC_AT: usize = 16;
+/// Size of a v2 batch header (`RECORD_BATCH_OVERHEAD`).
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// `compression.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn codec(self) -> kafka_protocol::records::Compression {
+        use kafka_protocol::records::Compression as C;
+        match self {
+            Compression::None => C::None,
+            Compression::Gzip => C::Gzip,
+            Compression::Snappy => C::Snappy,
+            Compression::Lz4 => C::Lz4,
+            Compression::Zstd => C::Zstd,
+        }
+    }
+
+    pub const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+}
+
+impl FromStr for Compression {
+    type Err = ClientError;
+    fn from_str(s: &str) -> Result<Self, ClientError> {
+        Ok(match s {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            other => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "compression.type {other:?} is not one of none, gzip, snappy, lz4, zstd"
+                )))
+            }
+        })
+    }
+}
+
+/// A record on its way into a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// CreateTime in ms since the epoch.
+    pub timestamp: i64,
+}
+
+impl OutRecord {
+    /// An upper bound on the record's encoded size (Kafka's
+    /// `estimateSizeInBytesUpperBound`): lengths as 5-byte varints.
+    pub fn size_estimate(&self) -> usize {
+        let opt = |b: &Option<Bytes>| b.as_ref().map_or(0, |b| b.len());
+        let headers: usize = self.headers.iter().map(|(k, v)| 10 + k.len() + opt(v)).sum();
+        // length, attributes, timestamp delta, offset delta, key and value lengths, header count
+        5 + 1 + 10 + 5 + 5 + opt(&self.key) + 5 + opt(&self.value) + 5 + headers
+    }
+}
+
+/// Encode `records` as one v2 batch with offsets 0..n (the broker assigns
+/// real ones) and no producer id.
+pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, ClientError> {
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let recs: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch whenever `offset - sequence`
+            // changes, and derives the header's base sequence from the first
+            // record; this keeps one batch with base sequence NO_SEQUENCE.
+            sequence: NO_SEQUENCE + i as i32,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.iter().map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone())).collect(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: compression.codec() };
+    RecordBatchEncoder::encode(&mut buf, &recs, &options)
+        .map_err(|e| ClientError::InvalidArgument(format!("cannot encode record batch: {e}")))?;
+    Ok(buf.freeze())
+}
+
+/// What decoding a fetched partition's bytes produced.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Records at or after the fetch offset, in offset order.
+    pub records: Vec<ConsumerRecord>,
+    /// The offset after the last complete batch, if there was one: the next
+    /// fetch position even when the batch's records were all skipped.
+    pub next_offset: Option<i64>,
+}
+
+/// Decode the complete batches in `data` for `topic`-`partition`, keeping
+/// records at offsets `>= fetch_offset`. Control records are skipped.
+pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -> Result<Decoded, ClientError> {
+    let corrupt = |what: String| ClientError::Protocol(format!("fetched data for {topic}-{partition}: {what}"));
+    let mut out = Decoded::default();
+    while data.len() >= LOG_OVERHEAD {
+        let base_offset = (&data[0..8]).get_i64();
+        let batch_len = (&data[8..12]).get_i32();
+        if batch_len < 0 {
+            return Err(corrupt(format!("negative batch length at offset {base_offset}")));
+        }
+        let total = LOG_OVERHEAD + batch_len as usize;
+        if data.len() < total {
+            break; // cut short by fetch size limits; the next fetch starts there
+        }
+        let mut batch = data.split_to(total);
+        if total < BATCH_HEADER_BYTES {
+            return Err(corrupt(format!("batch at offset {base_offset} is only {total} bytes")));
+        }
+        if batch[MAGIC_AT] != 2 {
+            return Err(corrupt(format!("batch at offset {base_offset} has magic {}", batch[MAGIC_AT])));
+        }
+        let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
+        let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| corrupt(format!("batch at offset {base_offset}: {e}")))?;
+        for r in set.records {
+            if r.control || r.offset < fetch_offset {
+                continue;
+            }
+            debug_assert!(out.records.last().is_none_or(|p: &ConsumerRecord| p.offset < r.offset), "offsets increase");
+            out.records.push(ConsumerRecord {
+                topic: topic.to_string(),
+                partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            });
+        }
+        out.next_offset = Some(base_offset + last_delta as i64 + 1);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: usize) -> OutRecord {
+        OutRecord {
+            key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("value-{i}").repeat(3))),
+            headers: if i % 3 == 0 { vec![("h".into(), Some(Bytes::from_static(b"x"))), ("n".into(), None)] } else { vec![] },
+            timestamp: 1_700_000_000_000 + i as i64,
+        }
+    }
+
+    /// A batch as the broker would store it: base offset rewritten. The CRC
+    /// does not cover the base offset, so it stays valid.
+    fn at_offset(batch: &Bytes, base: i64) -> Bytes {
+        let mut b = BytesMut::from(&batch[..]);
+        b[0..8].copy_from_slice(&base.to_be_bytes());
+        b.freeze()
+    }
+
+    #[test]
+    fn round_trip_every_compression() {
+        let records: Vec<OutRecord> = (0..20).map(rec).collect();
+        for c in Compression::ALL {
+            let batch = encode(&records, c).unwrap();
+            let d = decode(at_offset(&batch, 100), "t", 3, 0).unwrap();
+            assert_eq!(d.records.len(), 20, "{c:?}");
+            assert_eq!(d.next_offset, Some(120));
+            for (i, r) in d.records.iter().enumerate() {
+                assert_eq!(r.offset, 100 + i as i64);
+                assert_eq!((r.topic.as_str(), r.partition), ("t", 3));
+                assert_eq!(r.key, records[i].key);
+                assert_eq!(r.value, records[i].value);
+                assert_eq!(r.headers, records[i].headers);
+                assert_eq!(r.timestamp, records[i].timestamp);
+            }
+        }
+    }
+
+    #[test]
+    fn skips_records_below_fetch_offset_and_partial_tail() {
+        let records: Vec<OutRecord> = (0..5).map(rec).collect();
+        let batch = encode(&records, Compression::None).unwrap();
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&at_offset(&batch, 0));
+        data.extend_from_slice(&at_offset(&batch, 5));
+        let second = at_offset(&batch, 10);
+        data.extend_from_slice(&second[..second.len() - 7]);
+        let d = decode(data.freeze(), "t", 0, 3).unwrap();
+        let offsets: Vec<i64> = d.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(d.next_offset, Some(10));
+    }
+
+    #[test]
+    fn batch_wholly_below_fetch_offset_still_advances() {
+        let batch = encode(&[rec(1)], Compression::None).unwrap();
+        let d = decode(at_offset(&batch, 7), "t", 0, 8).unwrap();
+        assert!(d.records.is_empty());
+        assert_eq!(d.next_offset, Some(8));
+    }
+
+    #[test]
+    fn corrupt_batch_is_an_error_not_a_panic() {
+        let batch = encode(&[rec(1), rec(2)], Compression::None).unwrap();
+        let mut b = BytesMut::from(&batch[..]);
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        assert!(decode(b.freeze(), "t", 0, 0).is_err());
+        let mut short = BytesMut::from(&batch[..LOG_OVERHEAD]);
+        short[8..12].copy_from_slice(&4i32.to_be_bytes());
+        short.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(decode(short.freeze(), "t", 0, 0).is_err());
+        assert!(decode(Bytes::new(), "t", 0, 0).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn encodes_one_batch_without_producer_state() {
+        let records: Vec<OutRecord> = (0..7).map(rec).collect();
+        let batch = encode(&records, Compression::None).unwrap();
+        let info = RecordBatchDecoder::decode_batch_info(&mut batch.clone()).unwrap();
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].record_count, 7);
+        assert_eq!(info[0].base_sequence, NO_SEQUENCE);
+        assert_eq!(info[0].producer_id, NO_PRODUCER_ID);
+        let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
+        assert_eq!(last_delta, 6);
+    }
+
+    #[test]
+    fn compression_names() {
+        assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd);
+        assert!("brotli".parse::<Compression>().is_err());
+    }
+}

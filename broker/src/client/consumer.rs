@@ -1,0 +1,463 @@
+//! The consumer: manually assigned partitions, a position per partition,
+//! Fetch long-polls against partition leaders, and ListOffsets for seeking to
+//! the beginning or end and for `auto.offset.reset`.
+//!
+//! Positions live only in the consumer; group membership and committed
+//! offsets would sit beside `assign` as `subscribe` without changing `poll`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::batch;
+use super::cluster::{Cluster, ClusterConfig};
+use super::{ClientError, Header, TopicPartition};
+use crate::io::Env;
+
+/// ListOffsets timestamp asking for the log start offset.
+const EARLIEST_TIMESTAMP: i64 = -2;
+/// ListOffsets timestamp asking for the log end offset.
+const LATEST_TIMESTAMP: i64 = -1;
+
+/// A record a poll returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+/// `auto.offset.reset`: where to start when the position is unknown or out
+/// of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+    /// Fail instead of guessing.
+    None,
+}
+
+impl FromStr for AutoOffsetReset {
+    type Err = ClientError;
+    fn from_str(s: &str) -> Result<Self, ClientError> {
+        match s {
+            "earliest" => Ok(AutoOffsetReset::Earliest),
+            "latest" => Ok(AutoOffsetReset::Latest),
+            "none" => Ok(AutoOffsetReset::None),
+            other => Err(ClientError::InvalidArgument(format!("auto.offset.reset {other:?} is not earliest, latest or none"))),
+        }
+    }
+}
+
+/// Consumer settings, with Kafka's names and defaults.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub bootstrap_servers: Vec<String>,
+    pub client_id: String,
+    pub fetch_min_bytes: i32,
+    pub fetch_max_wait_ms: u64,
+    pub fetch_max_bytes: i32,
+    pub max_partition_fetch_bytes: i32,
+    pub auto_offset_reset: AutoOffsetReset,
+    pub request_timeout_ms: u64,
+    pub retry_backoff_ms: u64,
+    /// `check.crcs`. The batch decoder verifies CRC-32C on every batch it
+    /// decodes, so corrupt data is always reported; `false` cannot skip it.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            bootstrap_servers: vec!["127.0.0.1:9092".into()],
+            client_id: "faultline-consumer".into(),
+            fetch_min_bytes: 1,
+            fetch_max_wait_ms: 500,
+            fetch_max_bytes: 52_428_800,
+            max_partition_fetch_bytes: 1_048_576,
+            auto_offset_reset: AutoOffsetReset::Latest,
+            request_timeout_ms: 30_000,
+            retry_backoff_ms: 100,
+            check_crcs: true,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Defaults with the given bootstrap servers.
+    pub fn new(bootstrap_servers: Vec<String>) -> Self {
+        ConsumerConfig { bootstrap_servers, ..ConsumerConfig::default() }
+    }
+}
+
+/// A Kafka consumer with manual partition assignment.
+pub struct Consumer {
+    env: Env,
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    /// Assigned partitions and their positions (`None`: not yet known).
+    positions: BTreeMap<TopicPartition, Option<i64>>,
+}
+
+impl Consumer {
+    pub fn new(env: Env, config: ConsumerConfig) -> Result<Consumer, ClientError> {
+        if config.fetch_max_bytes <= 0 || config.max_partition_fetch_bytes <= 0 || config.fetch_min_bytes < 0 {
+            return Err(ClientError::InvalidArgument("fetch sizes must be positive".into()));
+        }
+        let cluster = Cluster::new(
+            env.clone(),
+            ClusterConfig {
+                bootstrap_servers: config.bootstrap_servers.clone(),
+                client_id: config.client_id.clone(),
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+            },
+        )?;
+        Ok(Consumer { env, cluster, config, positions: BTreeMap::new() })
+    }
+
+    /// Replace the assignment. Partitions kept keep their positions.
+    pub fn assign(&mut self, partitions: Vec<TopicPartition>) {
+        let old = std::mem::take(&mut self.positions);
+        self.positions = partitions.into_iter().map(|tp| (tp.clone(), old.get(&tp).copied().flatten())).collect();
+    }
+
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    fn check_assigned(&self, tp: &TopicPartition) -> Result<(), ClientError> {
+        if self.positions.contains_key(tp) {
+            Ok(())
+        } else {
+            Err(ClientError::InvalidArgument(format!("partition {tp} is not assigned")))
+        }
+    }
+
+    /// Fetch from `offset` next.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<(), ClientError> {
+        self.check_assigned(tp)?;
+        if offset < 0 {
+            return Err(ClientError::InvalidArgument(format!("seek offset {offset} is negative")));
+        }
+        self.positions.insert(tp.clone(), Some(offset));
+        Ok(())
+    }
+
+    /// Move to the log start of `partitions` (all assigned if empty).
+    pub async fn seek_to_beginning(&mut self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.seek_to(partitions, EARLIEST_TIMESTAMP).await
+    }
+
+    /// Move to the log end of `partitions` (all assigned if empty).
+    pub async fn seek_to_end(&mut self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.seek_to(partitions, LATEST_TIMESTAMP).await
+    }
+
+    async fn seek_to(&mut self, partitions: &[TopicPartition], timestamp: i64) -> Result<(), ClientError> {
+        let tps = if partitions.is_empty() { self.assignment() } else { partitions.to_vec() };
+        for tp in &tps {
+            self.check_assigned(tp)?;
+        }
+        for (tp, offset) in self.list_offsets(&tps, timestamp).await? {
+            self.positions.insert(tp, Some(offset));
+        }
+        Ok(())
+    }
+
+    /// The offset the next record of `tp` will have, resolving an unknown
+    /// position with `auto.offset.reset`.
+    pub async fn position(&mut self, tp: &TopicPartition) -> Result<i64, ClientError> {
+        self.check_assigned(tp)?;
+        if let Some(Some(p)) = self.positions.get(tp) {
+            return Ok(*p);
+        }
+        self.reset_positions(std::slice::from_ref(tp)).await?;
+        Ok(self.positions[tp].expect("reset sets the position"))
+    }
+
+    /// Log start offsets.
+    pub async fn beginning_offsets(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        self.list_offsets(partitions, EARLIEST_TIMESTAMP).await
+    }
+
+    /// Log end offsets (the high watermark: what a consumer can read up to).
+    pub async fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        self.list_offsets(partitions, LATEST_TIMESTAMP).await
+    }
+
+    async fn reset_positions(&mut self, tps: &[TopicPartition]) -> Result<(), ClientError> {
+        let timestamp = match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => EARLIEST_TIMESTAMP,
+            AutoOffsetReset::Latest => LATEST_TIMESTAMP,
+            AutoOffsetReset::None => return Err(ClientError::NoOffsetForPartition(tps[0].clone())),
+        };
+        for (tp, offset) in self.list_offsets(tps, timestamp).await? {
+            self.positions.insert(tp, Some(offset));
+        }
+        Ok(())
+    }
+
+    /// ListOffsets for `tps` at `timestamp`, retrying retriable errors until
+    /// `request.timeout.ms` runs out.
+    async fn list_offsets(&self, tps: &[TopicPartition], timestamp: i64) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        let deadline = self.env.elapsed() + Duration::from_millis(self.config.request_timeout_ms);
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<TopicPartition> = tps.to_vec();
+        loop {
+            let mut last_err = None;
+            let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+            for tp in std::mem::take(&mut todo) {
+                match self.cluster.leader(&tp, false).await {
+                    Ok(l) => by_leader.entry(l).or_default().push(tp),
+                    Err(e) if e.is_retriable() => {
+                        last_err = Some(e);
+                        todo.push(tp);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // `todo` now holds only partitions without a leader.
+            let mut retry = std::mem::take(&mut todo);
+            for (leader, parts) in by_leader {
+                match self.list_offsets_at(leader, &parts, timestamp).await {
+                    Ok(results) => {
+                        for (tp, r) in results {
+                            match r {
+                                Ok(offset) => {
+                                    out.insert(tp, offset);
+                                }
+                                Err(e) if e.is_retriable() => {
+                                    if e.invalidates_metadata() {
+                                        self.cluster.invalidate(&tp.topic);
+                                    }
+                                    last_err = Some(e);
+                                    retry.push(tp);
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) if e.is_retriable() => {
+                        for tp in &parts {
+                            self.cluster.invalidate(&tp.topic);
+                        }
+                        last_err = Some(e);
+                        retry.extend(parts);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if retry.is_empty() {
+                return Ok(out);
+            }
+            if self.env.elapsed() >= deadline {
+                return Err(last_err.unwrap_or_else(|| ClientError::NoBroker("ListOffsets found no leader".into())));
+            }
+            self.env.sleep(Duration::from_millis(self.config.retry_backoff_ms)).await;
+            todo = retry;
+        }
+    }
+
+    async fn list_offsets_at(
+        &self,
+        leader: i32,
+        tps: &[TopicPartition],
+        timestamp: i64,
+    ) -> Result<Vec<(TopicPartition, Result<i64, ClientError>)>, ClientError> {
+        let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
+        for tp in tps {
+            topics
+                .entry(&tp.topic)
+                .or_default()
+                .push(ListOffsetsPartition::default().with_partition_index(tp.partition).with_timestamp(timestamp));
+        }
+        let topics: Vec<ListOffsetsTopic> = topics
+            .into_iter()
+            .map(|(t, ps)| ListOffsetsTopic::default().with_name(topic_name(t)).with_partitions(ps))
+            .collect();
+        let conn = self.cluster.connection_to_node(leader).await?;
+        let resp = self
+            .cluster
+            .send(&conn, |_| ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(topics))
+            .await?;
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                let r = if p.error_code == 0 {
+                    Ok(p.offset)
+                } else {
+                    Err(ClientError::broker(format!("list offsets of {tp}"), p.error_code, None))
+                };
+                out.push((tp, r));
+            }
+        }
+        for tp in tps {
+            if !out.iter().any(|(t, _)| t == tp) {
+                return Err(ClientError::Protocol(format!("ListOffsets response has no answer for {tp}")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetch records from the assigned partitions, waiting up to `timeout`
+    /// for some to arrive. Returns records in offset order per partition.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        let deadline = self.env.elapsed() + timeout;
+        loop {
+            let unknown: Vec<TopicPartition> = self.positions.iter().filter(|(_, p)| p.is_none()).map(|(tp, _)| tp.clone()).collect();
+            if !unknown.is_empty() {
+                self.reset_positions(&unknown).await?;
+            }
+            let remaining = deadline.saturating_sub(self.env.elapsed());
+            let (records, progressed) = self.fetch_once(remaining).await?;
+            if !records.is_empty() || self.env.elapsed() >= deadline || self.positions.is_empty() {
+                return Ok(records);
+            }
+            if !progressed {
+                let pause = Duration::from_millis(self.config.retry_backoff_ms).min(deadline.saturating_sub(self.env.elapsed()));
+                self.env.sleep(pause).await;
+            }
+        }
+    }
+
+    /// One round of Fetch requests, one per leader. Returns the records and
+    /// whether any fetch was answered (if none was, the caller backs off).
+    async fn fetch_once(&mut self, max_wait: Duration) -> Result<(Vec<ConsumerRecord>, bool), ClientError> {
+        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        let assigned: Vec<(TopicPartition, i64)> = self.positions.iter().filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))).collect();
+        for (tp, pos) in assigned {
+            match self.cluster.leader(&tp, false).await {
+                Ok(l) => by_leader.entry(l).or_default().push((tp, pos)),
+                Err(e) if e.is_retriable() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let max_wait = max_wait.min(Duration::from_millis(self.config.fetch_max_wait_ms));
+        let fetches = by_leader.into_iter().map(|(leader, parts)| self.fetch_from(leader, parts, max_wait));
+        let answers = futures::future::join_all(fetches).await;
+        let mut records = Vec::new();
+        let mut progressed = false;
+        for answer in answers {
+            let parts = match answer {
+                Ok(parts) => parts,
+                Err((e, parts)) if e.is_retriable() => {
+                    for (tp, _) in parts {
+                        self.cluster.invalidate(&tp.topic);
+                    }
+                    continue;
+                }
+                Err((e, _)) => return Err(e),
+            };
+            progressed = true;
+            for (tp, fetched_at, result) in parts {
+                // A seek during the fetch wins over what the fetch returned.
+                if self.positions.get(&tp) != Some(&Some(fetched_at)) {
+                    continue;
+                }
+                match result {
+                    Ok(decoded) => {
+                        let next = decoded.records.last().map(|r| r.offset + 1).into_iter().chain(decoded.next_offset).max();
+                        if let Some(next) = next {
+                            debug_assert!(next > fetched_at, "fetch from {fetched_at} of {tp} went backwards to {next}");
+                            self.positions.insert(tp.clone(), Some(next.max(fetched_at)));
+                        }
+                        records.extend(decoded.records);
+                    }
+                    Err(e) if e.broker_error() == Some(ResponseError::OffsetOutOfRange) => {
+                        if self.config.auto_offset_reset == AutoOffsetReset::None {
+                            return Err(e);
+                        }
+                        self.positions.insert(tp, None);
+                    }
+                    Err(e) if e.is_retriable() => {
+                        if e.invalidates_metadata() {
+                            self.cluster.invalidate(&tp.topic);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((records, progressed))
+    }
+
+    /// Fetch `parts` from `leader`; per partition, the decoded records or
+    /// the partition's error. A request-level failure returns the parts.
+    #[allow(clippy::type_complexity)]
+    async fn fetch_from(
+        &self,
+        leader: i32,
+        parts: Vec<(TopicPartition, i64)>,
+        max_wait: Duration,
+    ) -> Result<Vec<(TopicPartition, i64, Result<batch::Decoded, ClientError>)>, (ClientError, Vec<(TopicPartition, i64)>)> {
+        let conn = match self.cluster.connection_to_node(leader).await {
+            Ok(c) => c,
+            Err(e) => return Err((e, parts)),
+        };
+        let version = match conn.version::<FetchRequest>() {
+            Ok(v) => v,
+            Err(e) => return Err((e, parts)),
+        };
+        let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        for (tp, pos) in &parts {
+            topics.entry(&tp.topic).or_default().push(
+                FetchPartition::default()
+                    .with_partition(tp.partition)
+                    .with_fetch_offset(*pos)
+                    .with_partition_max_bytes(self.config.max_partition_fetch_bytes),
+            );
+        }
+        let req = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(max_wait.as_millis().min(i32::MAX as u128) as i32)
+            .with_min_bytes(self.config.fetch_min_bytes)
+            .with_max_bytes(self.config.fetch_max_bytes)
+            .with_topics(topics.into_iter().map(|(t, ps)| FetchTopic::default().with_topic(topic_name(t)).with_partitions(ps)).collect());
+        // The broker may hold the request for max_wait before answering.
+        let timeout = Duration::from_millis(self.config.request_timeout_ms) + max_wait;
+        let resp = match conn.request(&req, version, timeout).await {
+            Ok(r) => r,
+            Err(e) => return Err((e, parts)),
+        };
+        if resp.error_code != 0 {
+            return Err((ClientError::broker(format!("fetch from broker {leader}"), resp.error_code, None), parts));
+        }
+        let positions: BTreeMap<TopicPartition, i64> = parts.into_iter().collect();
+        let mut out = Vec::new();
+        for t in resp.responses {
+            let topic = t.topic.0.to_string();
+            for p in t.partitions {
+                let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                let Some(&pos) = positions.get(&tp) else { continue };
+                let result = if p.error_code != 0 {
+                    Err(ClientError::broker(format!("fetch {tp} at offset {pos}"), p.error_code, None))
+                } else {
+                    batch::decode(p.records.unwrap_or_default(), &tp.topic, tp.partition, pos)
+                };
+                out.push((tp, pos, result));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drop connections. Positions are not kept anywhere.
+    pub fn close(self) {}
+}
+
+pub(crate) fn topic_name(t: &str) -> TopicName {
+    TopicName(StrBytes::from_string(t.to_string()))
+}

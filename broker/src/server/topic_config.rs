@@ -1,0 +1,116 @@
+//! Topic-level configs by their Kafka names: applying a topic's overrides to
+//! the broker's log defaults, and listing a topic's effective config.
+
+use std::collections::BTreeMap;
+
+use crate::config::LogConfig;
+
+/// Kafka's `ConfigType` codes as DescribeConfigs reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    String = 2,
+    Int = 3,
+    Long = 5,
+}
+
+/// One config of a topic as it is in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: &'static str,
+    pub value: String,
+    pub config_type: ConfigType,
+    /// Set on the topic itself rather than inherited from the broker.
+    pub is_override: bool,
+}
+
+/// The topic configs this broker understands, in the order they are listed.
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "flush.messages",
+    "flush.ms",
+    "index.interval.bytes",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// The effective log config of a topic: `base` with `overrides` applied. The
+/// error names the offending config, for an INVALID_CONFIG response.
+pub fn apply_overrides(base: &LogConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig, String> {
+    let mut c = base.clone();
+    for (name, value) in overrides {
+        match name.as_str() {
+            "flush.messages" => c.flush_messages = positive(name, value)?,
+            "flush.ms" => c.flush_ms = positive(name, value)?,
+            "index.interval.bytes" => c.index_interval_bytes = positive(name, value)?,
+            "max.message.bytes" => c.max_message_bytes = positive(name, value)?,
+            "message.timestamp.type" => match value.as_str() {
+                "CreateTime" | "LogAppendTime" => c.message_timestamp_type = value.clone(),
+                _ => return Err(format!("{name} must be CreateTime or LogAppendTime, not {value:?}")),
+            },
+            "segment.bytes" => c.segment_bytes = positive(name, value)?,
+            "segment.ms" => c.segment_ms = positive(name, value)?,
+            _ => {
+                return Err(format!("unknown topic config {name:?}; supported: {}", TOPIC_CONFIG_NAMES.join(", ")));
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Every config of a topic whose effective config is `effective`.
+pub fn describe(effective: &LogConfig, overrides: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+    let entry = |name: &'static str, value: String, config_type| ConfigEntry {
+        name,
+        value,
+        config_type,
+        is_override: overrides.contains_key(name),
+    };
+    let out = vec![
+        entry("flush.messages", effective.flush_messages.to_string(), ConfigType::Long),
+        entry("flush.ms", effective.flush_ms.to_string(), ConfigType::Long),
+        entry("index.interval.bytes", effective.index_interval_bytes.to_string(), ConfigType::Int),
+        entry("max.message.bytes", effective.max_message_bytes.to_string(), ConfigType::Int),
+        entry("message.timestamp.type", effective.message_timestamp_type.clone(), ConfigType::String),
+        entry("segment.bytes", effective.segment_bytes.to_string(), ConfigType::Int),
+        entry("segment.ms", effective.segment_ms.to_string(), ConfigType::Long),
+    ];
+    debug_assert!(out.iter().map(|e| e.name).eq(TOPIC_CONFIG_NAMES.iter().copied()));
+    out
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, value: &str) -> Result<T, String> {
+    match value.trim().parse::<T>() {
+        Ok(v) if v > T::default() => Ok(v),
+        _ => Err(format!("{name} must be a positive integer, not {value:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn overrides_apply_and_show_as_overrides() {
+        let o = map(&[("segment.bytes", "1024"), ("message.timestamp.type", "LogAppendTime")]);
+        let c = apply_overrides(&LogConfig::default(), &o).unwrap();
+        assert_eq!(c.segment_bytes, 1024);
+        assert_eq!(c.message_timestamp_type, "LogAppendTime");
+        let d = describe(&c, &o);
+        let seg = d.iter().find(|e| e.name == "segment.bytes").unwrap();
+        assert!(seg.is_override && seg.value == "1024");
+        assert!(!d.iter().find(|e| e.name == "flush.ms").unwrap().is_override);
+    }
+
+    #[test]
+    fn bad_configs_are_named() {
+        for (k, v) in [("segment.bytes", "-1"), ("segment.bytes", "x"), ("flush.ms", "0"), ("message.timestamp.type", "Now"), ("retention.ms", "1")] {
+            let err = apply_overrides(&LogConfig::default(), &map(&[(k, v)])).unwrap_err();
+            assert!(err.contains(k), "{err}");
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The topics this broker hosts: creation, deletion, lookup, and their
+//! persistence across restarts.
+//!
+//! On disk, partition logs live in `<data_dir>/<topic>-<partition>/` as in
+//! Kafka, and each topic's metadata in `<data_dir>/topics/<topic>.json`,
+//! written atomically. The metadata file is the commit point: a topic exists
+//! exactly when its file does. Creation makes the partition directories first
+//! and the file last; deletion removes the file first. Partition directories
+//! without a topic file are leftovers of an interrupted create or delete and
+//! are removed on start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::partition::Partition;
+use super::topic_config::apply_overrides;
+use crate::config::{BrokerConfig, LogConfig};
+use crate::io::{Env, Fs, OpenOptions};
+use crate::storage::PartitionLog;
+
+/// Kafka's limit on topic name length.
+const MAX_NAME_LEN: usize = 249;
+/// A ceiling on partitions per topic, so one request cannot ask the broker to
+/// create millions of directories.
+pub const MAX_PARTITIONS: i32 = 10_000;
+const TOPICS_DIR: &str = "topics";
+
+/// A topic as stored in its metadata file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicMeta {
+    name: String,
+    topic_id: String,
+    partitions: i32,
+    replication_factor: i16,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+}
+
+/// A hosted topic.
+pub struct Topic {
+    pub name: String,
+    pub id: Uuid,
+    pub replication_factor: i16,
+    /// Configs set on the topic itself, by Kafka name.
+    pub overrides: BTreeMap<String, String>,
+    /// The broker defaults with `overrides` applied.
+    pub config: LogConfig,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
+        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+    }
+}
+
+/// A request to create a topic; -1 means "the broker default", as in CreateTopics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub num_partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    /// A topic with every setting defaulted (auto-creation).
+    pub fn defaults(name: &str) -> TopicSpec {
+        TopicSpec { name: name.to_string(), num_partitions: -1, replication_factor: -1, configs: BTreeMap::new() }
+    }
+}
+
+/// A topic operation refused, with the Kafka error and a message for the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl TopicError {
+    fn new(code: ResponseError, message: impl Into<String>) -> TopicError {
+        TopicError { code, message: message.into() }
+    }
+}
+
+/// A spec checked against the broker's rules, ready to create.
+struct Validated {
+    partitions: i32,
+    config: LogConfig,
+}
+
+/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name cannot be {name:?}"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("topic name is {} characters; the limit is {MAX_NAME_LEN}", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name {name:?} contains {c:?}; legal characters are [a-zA-Z0-9._-]"));
+    }
+    Ok(())
+}
+
+/// The registry of hosted topics.
+pub struct Topics {
+    env: Env,
+    fs: Arc<dyn Fs>,
+    config: BrokerConfig,
+    map: Mutex<BTreeMap<String, Arc<Topic>>>,
+}
+
+impl Topics {
+    /// Load every topic under the data directory, recovering each partition log.
+    pub fn open(env: Env, config: BrokerConfig) -> anyhow::Result<Topics> {
+        let fs = env.fs();
+        let topics = Topics { env, fs, config, map: Mutex::new(BTreeMap::new()) };
+        let data_dir = topics.config.data_dir.clone();
+        topics.fs.create_dir_all(&topics.meta_dir())?;
+        topics.fs.sync_dir(&data_dir)?;
+        let mut map = BTreeMap::new();
+        for path in topics.fs.list_dir(&topics.meta_dir())? {
+            let file = file_name(&path);
+            if file.ends_with(".tmp") {
+                tracing::info!(path = %path.display(), "removing a topic file left by an interrupted write");
+                topics.fs.remove_file(&path)?;
+                continue;
+            }
+            let topic = topics
+                .load_topic(&path)
+                .map_err(|e| anyhow::anyhow!("cannot load topic from {}: {e:#}", path.display()))?;
+            map.insert(topic.name.clone(), Arc::new(topic));
+        }
+        topics.remove_orphans(&map)?;
+        tracing::info!(topics = map.len(), "topics loaded");
+        *topics.lock() = map;
+        Ok(topics)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.lock().get(name).cloned()
+    }
+
+    pub fn get_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.lock().values().find(|t| t.id == id).cloned()
+    }
+
+    /// Every topic, by name.
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Check `spec` as [`Self::create`] would, without creating anything.
+    /// Returns (partitions, replication factor, effective config).
+    pub fn validate(&self, spec: &TopicSpec) -> Result<(i32, i16, LogConfig), TopicError> {
+        let v = self.check(&self.lock(), spec)?;
+        Ok((v.partitions, 1, v.config))
+    }
+
+    /// Create a topic and its partition logs, durably.
+    pub fn create(&self, spec: &TopicSpec) -> Result<Arc<Topic>, TopicError> {
+        let mut map = self.lock();
+        let v = self.check(&map, spec)?;
+        let meta = TopicMeta {
+            name: spec.name.clone(),
+            topic_id: Uuid::from_u64_pair(self.env.random_u64(), self.env.random_u64()).to_string(),
+            partitions: v.partitions,
+            replication_factor: 1,
+            configs: spec.configs.clone(),
+        };
+        let topic = self.materialize(&meta, v.config, true).map_err(|e| {
+            tracing::error!(topic = %spec.name, error = %format!("{e:#}"), "topic creation failed");
+            self.remove_partition_dirs(&spec.name, v.partitions);
+            TopicError::new(ResponseError::KafkaStorageError, format!("cannot create topic: {e}"))
+        })?;
+        let topic = Arc::new(topic);
+        map.insert(topic.name.clone(), topic.clone());
+        tracing::info!(topic = %topic.name, partitions = v.partitions, id = %topic.id, "topic created");
+        Ok(topic)
+    }
+
+    /// Delete a topic: it stops serving at once; its data is removed.
+    pub fn delete(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+        let mut map = self.lock();
+        let Some(topic) = map.get(name).cloned() else {
+            return Err(TopicError::new(ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+        };
+        let meta_path = self.meta_path(name);
+        let committed = self.fs.remove_file(&meta_path).and_then(|_| self.fs.sync_dir(&self.meta_dir()));
+        if let Err(e) = committed {
+            tracing::error!(topic = name, error = %e, "topic deletion failed");
+            return Err(TopicError::new(ResponseError::KafkaStorageError, format!("cannot delete topic: {e}")));
+        }
+        map.remove(name);
+        for p in &topic.partitions {
+            p.mark_deleted();
+        }
+        self.remove_partition_dirs(name, topic.partitions.len() as i32);
+        tracing::info!(topic = name, "topic deleted");
+        Ok(topic)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Topic>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self, map: &BTreeMap<String, Arc<Topic>>, spec: &TopicSpec) -> Result<Validated, TopicError> {
+        validate_topic_name(&spec.name).map_err(|m| TopicError::new(ResponseError::InvalidTopicException, m))?;
+        if map.contains_key(&spec.name) {
+            return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("topic {:?} already exists", spec.name)));
+        }
+        // Kafka refuses names that differ only in '.' versus '_': they collide in metric names.
+        let canonical = |n: &str| n.replace('.', "_");
+        if let Some(other) = map.keys().find(|k| canonical(k) == canonical(&spec.name)) {
+            return Err(TopicError::new(
+                ResponseError::InvalidTopicException,
+                format!("topic {:?} collides with existing topic {other:?} ('.' and '_' are equivalent)", spec.name),
+            ));
+        }
+        let partitions = if spec.num_partitions == -1 { self.config.num_partitions } else { spec.num_partitions };
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(TopicError::new(
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"),
+            ));
+        }
+        let rf = if spec.replication_factor == -1 { self.config.default_replication_factor } else { spec.replication_factor };
+        if rf != 1 {
+            return Err(TopicError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {rf} is not possible: replication is not built yet, so it must be 1"),
+            ));
+        }
+        let config =
+            apply_overrides(&self.config.log, &spec.configs).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+        Ok(Validated { partitions, config })
+    }
+
+    /// Open (creating if `fresh`) every partition log of `meta`; when fresh,
+    /// write the metadata file last, as the commit point.
+    fn materialize(&self, meta: &TopicMeta, config: LogConfig, fresh: bool) -> anyhow::Result<Topic> {
+        let id = Uuid::parse_str(&meta.topic_id)?;
+        let mut partitions = Vec::with_capacity(meta.partitions as usize);
+        for index in 0..meta.partitions {
+            let dir = self.partition_dir(&meta.name, index);
+            if fresh && self.fs.exists(&dir) {
+                self.fs.remove_dir_all(&dir)?;
+            }
+            self.fs.create_dir_all(&dir)?;
+            let (log, report) =
+                PartitionLog::open(self.fs.clone(), dir, config.clone(), self.config.bugs, self.env.now_ms())?;
+            if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 {
+                tracing::warn!(topic = %meta.name, partition = index, ?report, "partition log recovered");
+            }
+            partitions.push(Arc::new(Partition::new(meta.name.clone(), index, log)));
+        }
+        if fresh {
+            self.fs.sync_dir(&self.config.data_dir)?;
+            let json = serde_json::to_vec_pretty(meta)?;
+            write_atomically(&*self.fs, &self.meta_path(&meta.name), &json)?;
+        }
+        Ok(Topic {
+            name: meta.name.clone(),
+            id,
+            replication_factor: meta.replication_factor,
+            overrides: meta.configs.clone(),
+            config,
+            partitions,
+        })
+    }
+
+    fn load_topic(&self, path: &Path) -> anyhow::Result<Topic> {
+        let file = self.fs.open(path, OpenOptions::EXISTING)?;
+        let mut buf = vec![0u8; file.len()? as usize];
+        file.read_exact_at(&mut buf, 0)?;
+        let meta: TopicMeta = serde_json::from_slice(&buf)?;
+        validate_topic_name(&meta.name).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(file_name(path) == format!("{}.json", meta.name), "file name does not match topic {:?}", meta.name);
+        anyhow::ensure!((1..=MAX_PARTITIONS).contains(&meta.partitions), "bad partition count {}", meta.partitions);
+        let config = apply_overrides(&self.config.log, &meta.configs).map_err(anyhow::Error::msg)?;
+        self.materialize(&meta, config, false)
+    }
+
+    fn remove_orphans(&self, topics: &BTreeMap<String, Arc<Topic>>) -> anyhow::Result<()> {
+        let mut removed = false;
+        for path in self.fs.list_dir(&self.config.data_dir)? {
+            if !self.fs.is_dir(&path) || path == self.meta_dir() {
+                continue;
+            }
+            let name = file_name(&path);
+            let Some((topic, index)) = parse_partition_dir(&name) else {
+                tracing::warn!(path = %path.display(), "ignoring an unrecognised directory in the data directory");
+                continue;
+            };
+            let hosted = topics.get(topic).is_some_and(|t| t.partition(index).is_some());
+            if !hosted {
+                tracing::warn!(path = %path.display(), "removing a partition directory that belongs to no topic");
+                self.fs.remove_dir_all(&path)?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.fs.sync_dir(&self.config.data_dir)?;
+        }
+        Ok(())
+    }
+
+    fn remove_partition_dirs(&self, name: &str, partitions: i32) {
+        for index in 0..partitions {
+            let dir = self.partition_dir(name, index);
+            if self.fs.exists(&dir) {
+                if let Err(e) = self.fs.remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove partition directory; it is removed on restart");
+                }
+            }
+        }
+        if let Err(e) = self.fs.sync_dir(&self.config.data_dir) {
+            tracing::warn!(error = %e, "cannot sync the data directory");
+        }
+    }
+
+    fn meta_dir(&self) -> PathBuf {
+        self.config.data_dir.join(TOPICS_DIR)
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.meta_dir().join(format!("{name}.json"))
+    }
+
+    fn partition_dir(&self, name: &str, index: i32) -> PathBuf {
+        self.config.data_dir.join(format!("{name}-{index}"))
+    }
+}
+
+/// Replace `path` with `data` so that a crash leaves the old or the new
+/// contents, never a mix: write a temporary file, sync it, rename it over, and
+/// sync the directory.
+pub fn write_atomically(fs: &dyn Fs, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
+    let tmp = path.with_file_name(format!("{}.tmp", file_name(path)));
+    let mut f = fs.open(&tmp, OpenOptions { create: true, create_new: false, truncate: true })?;
+    f.write_at(data, 0)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Split `<topic>-<partition>` as Kafka names partition directories.
+fn parse_partition_dir(name: &str) -> Option<(&str, i32)> {
+    let (topic, index) = name.rsplit_once('-')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    validate_topic_name(topic).ok()?;
+    Some((topic, index.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka() {
+        for ok in ["a", "orders", "a.b_c-d", "A9", &"x".repeat(249)] {
+            assert!(validate_topic_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250), "a\0"] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn partition_dirs_parse() {
+        assert_eq!(parse_partition_dir("orders-0"), Some(("orders", 0)));
+        assert_eq!(parse_partition_dir("my-topic-12"), Some(("my-topic", 12)));
+        assert_eq!(parse_partition_dir("topics"), None);
+        assert_eq!(parse_partition_dir("x-"), None);
+        assert_eq!(parse_partition_dir("-3"), None);
+        assert_eq!(parse_partition_dir("x-99999999999"), None);
+    }
+}

@@ -1,0 +1,467 @@
+//! One log segment: a `.log` file of batches starting at a base offset, with
+//! its offset and time indexes. Owns appending, locating an offset, reading
+//! whole batches, scanning (validating) its file and truncating.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::batch::{self, BatchHeader, HEADER_SIZE};
+use super::index::{IndexFile, OffsetEntry, TimeEntry};
+use super::StorageError;
+use crate::io::{File, Fs, OpenOptions};
+
+/// Timestamp of a segment with no batches (Kafka's `NO_TIMESTAMP`).
+pub(super) const NO_TIMESTAMP: i64 = -1;
+
+/// Bytes read at a time when scanning a segment.
+const SCAN_CHUNK: usize = 1 << 20;
+/// Smallest read when locating an offset.
+const MIN_READ_CHUNK: usize = 16 << 10;
+
+pub(super) const LOG_SUFFIX: &str = "log";
+const SUFFIXES: [&str; 3] = [LOG_SUFFIX, "index", "timeindex"];
+
+/// Path of a segment file: the base offset, 20 digits, zero padded.
+pub(super) fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// The base offset a segment file name encodes, if it is one of ours.
+pub(super) fn parse_segment_name(path: &Path) -> Option<(i64, &str)> {
+    let name = path.file_name()?.to_str()?;
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) || !SUFFIXES.contains(&suffix) {
+        return None;
+    }
+    Some((stem.parse().ok()?, suffix))
+}
+
+/// What the segment holds, as far as its valid batches go.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    size: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+    /// Max timestamp of the first batch: the clock `segment.ms` rolls by.
+    first_batch_timestamp: Option<i64>,
+    bytes_since_index_entry: u64,
+}
+
+impl Tail {
+    fn empty(base_offset: i64) -> Self {
+        Tail {
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: NO_TIMESTAMP,
+            offset_of_max_timestamp: base_offset,
+            first_batch_timestamp: None,
+            bytes_since_index_entry: 0,
+        }
+    }
+}
+
+pub(super) struct Segment {
+    base_offset: i64,
+    log: Box<dyn File>,
+    index: IndexFile<OffsetEntry>,
+    time_index: IndexFile<TimeEntry>,
+    index_interval_bytes: u64,
+    tail: Tail,
+    needs_sync: bool,
+}
+
+/// Positioned reads through a buffer, so that walking many small batch
+/// headers costs few reads.
+struct Reader<'a> {
+    file: &'a dyn File,
+    limit: u64,
+    chunk: usize,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(file: &'a dyn File, limit: u64, chunk: usize) -> Self {
+        Reader { file, limit, chunk, start: 0, buf: Vec::new() }
+    }
+
+    /// `len` bytes at `pos`; `None` if they lie beyond the limit.
+    fn get(&mut self, pos: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        if pos + len as u64 > self.limit {
+            return Ok(None);
+        }
+        let have = pos >= self.start && pos + len as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let n = (len.max(self.chunk) as u64).min(self.limit - pos) as usize;
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.start = pos;
+        }
+        let at = (pos - self.start) as usize;
+        Ok(Some(&self.buf[at..at + len]))
+    }
+}
+
+/// Record a batch just placed at `pos` in the segment's state and indexes,
+/// with Kafka's rule: an index entry once more than `index.interval.bytes`
+/// were added since the last one.
+fn note_batch(
+    tail: &mut Tail,
+    index: &mut IndexFile<OffsetEntry>,
+    time_index: &mut IndexFile<TimeEntry>,
+    base_offset: i64,
+    interval: u64,
+    pos: u64,
+    h: &BatchHeader,
+) {
+    if h.max_timestamp > tail.max_timestamp {
+        tail.max_timestamp = h.max_timestamp;
+        tail.offset_of_max_timestamp = h.last_offset();
+    }
+    if tail.bytes_since_index_entry > interval {
+        let relative_offset = (h.last_offset() - base_offset) as u32;
+        // Offsets only go backwards under a planted bug; keep the index sorted regardless.
+        if index.last().is_none_or(|e| e.relative_offset < relative_offset) {
+            index.push(OffsetEntry { relative_offset, position: pos as u32 });
+        }
+        let relative_offset = (tail.offset_of_max_timestamp - base_offset) as u32;
+        if time_index.last().is_none_or(|e| e.timestamp < tail.max_timestamp) {
+            time_index.push(TimeEntry { timestamp: tail.max_timestamp, relative_offset });
+        }
+        tail.bytes_since_index_entry = 0;
+    }
+    tail.bytes_since_index_entry += h.size() as u64;
+    tail.first_batch_timestamp.get_or_insert(h.max_timestamp);
+    tail.size = pos + h.size() as u64;
+    tail.next_offset = h.next_offset();
+}
+
+impl Segment {
+    /// Open the segment's files (creating any that are missing). Its state
+    /// is empty until [`Segment::recover`] or [`Segment::load`] reads the log.
+    pub fn open(fs: &dyn Fs, dir: &Path, base_offset: i64, index_interval_bytes: u64) -> io::Result<Segment> {
+        Ok(Segment {
+            base_offset,
+            log: fs.open(&segment_path(dir, base_offset, LOG_SUFFIX), OpenOptions::CREATE)?,
+            index: IndexFile::open(fs, &segment_path(dir, base_offset, "index"))?,
+            time_index: IndexFile::open(fs, &segment_path(dir, base_offset, "timeindex"))?,
+            index_interval_bytes,
+            tail: Tail::empty(base_offset),
+            needs_sync: false,
+        })
+    }
+
+    /// A new, empty segment; stale files under its name are emptied.
+    pub fn create(fs: &dyn Fs, dir: &Path, base_offset: i64, index_interval_bytes: u64) -> io::Result<Segment> {
+        let mut seg = Segment::open(fs, dir, base_offset, index_interval_bytes)?;
+        seg.log.set_len(0)?;
+        seg.index.reset()?;
+        seg.time_index.reset()?;
+        Ok(seg)
+    }
+
+    /// PLANTED BUG `duplicate_offset_after_crash`: hand out offsets from
+    /// `offset` again although the segment already holds them.
+    pub fn reuse_offsets_from(&mut self, offset: i64) {
+        self.tail.next_offset = offset;
+    }
+
+    /// Remove a segment's files; missing files are fine.
+    pub fn delete_files(fs: &dyn Fs, dir: &Path, base_offset: i64) -> io::Result<()> {
+        for suffix in SUFFIXES {
+            match fs.remove_file(&segment_path(dir, base_offset, suffix)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+    pub fn size(&self) -> u64 {
+        self.tail.size
+    }
+    pub fn next_offset(&self) -> i64 {
+        self.tail.next_offset
+    }
+    pub fn first_batch_timestamp(&self) -> Option<i64> {
+        self.tail.first_batch_timestamp
+    }
+    /// Length of the log file, which may exceed [`Segment::size`] before recovery.
+    pub fn file_len(&self) -> io::Result<u64> {
+        self.log.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tail.size == 0
+    }
+    /// The offset of the last offset-index entry, if any.
+    pub fn last_indexed_offset(&self) -> Option<i64> {
+        self.index.last().map(|e| self.base_offset + e.relative_offset as i64)
+    }
+
+    /// Append batches already given their offsets, in one write. On failure
+    /// the file is cut back and the segment is unchanged.
+    pub fn append(&mut self, buf: &[u8], headers: &[(usize, BatchHeader)]) -> io::Result<()> {
+        let pos = self.tail.size;
+        debug_assert_eq!(headers.first().map(|(p, _)| *p), Some(0));
+        if let Err(e) = self.log.write_at(buf, pos) {
+            // Best effort: a failed write may have left a partial tail.
+            let _ = self.log.set_len(pos);
+            return Err(e);
+        }
+        let Segment { tail, index, time_index, base_offset, index_interval_bytes, .. } = self;
+        for (p, h) in headers {
+            note_batch(tail, index, time_index, *base_offset, *index_interval_bytes, pos + *p as u64, h);
+        }
+        debug_assert_eq!(self.tail.size, pos + buf.len() as u64);
+        self.needs_sync = true;
+        Ok(())
+    }
+
+    /// fsync the log and write and fsync the indexes.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.needs_sync {
+            self.log.sync()?;
+            self.needs_sync = false;
+        }
+        self.index.flush()?;
+        self.time_index.flush()
+    }
+
+    /// Rebuild everything from the log file: every batch validated from the
+    /// start, indexes rebuilt. The segment then holds only the batches
+    /// before the first bad one, if any.
+    pub fn recover(&mut self, check_crc: bool) -> io::Result<Recovered> {
+        let log_len = self.log.len()?;
+        let on_file = match self.index.load(|_, e| (e.position as u64) < log_len) {
+            Ok(()) => Some(self.index.entries().to_vec()),
+            Err(_) => None,
+        };
+        self.index.reset()?;
+        self.time_index.reset()?;
+        self.tail = Tail::empty(self.base_offset);
+        let problem = self.scan_from(0, self.base_offset, check_crc)?;
+        let size = self.tail.size;
+        let rebuilt = self.index.entries();
+        let index_was_damaged = on_file.is_none_or(|old| {
+            let old: Vec<_> = old.into_iter().filter(|e| (e.position as u64) < size).collect();
+            old.len() > rebuilt.len() || rebuilt[..old.len()] != old[..]
+        });
+        Ok(Recovered { problem, index_was_damaged })
+    }
+
+    /// Trust the log up to its last offset-index entry, loaded from file, and
+    /// validate only what follows. `Err` explains why the indexes cannot be
+    /// trusted (the caller then calls [`Segment::recover`]).
+    pub fn load(&mut self, check_crc: bool) -> io::Result<Result<Option<String>, String>> {
+        let log_len = self.log.len()?;
+        let base = self.base_offset;
+        if let Err(why) = self.index.load(|prev, e| {
+            (e.position as u64) < log_len && prev.is_none_or(|p| p.relative_offset < e.relative_offset && p.position < e.position)
+        }) {
+            return Ok(Err(format!("offset index: {why}")));
+        }
+        if let Err(why) = self.time_index.load(|prev, e| prev.is_none_or(|p| p.timestamp < e.timestamp)) {
+            return Ok(Err(format!("time index: {why}")));
+        }
+        self.tail = Tail::empty(base);
+        let Some(entry) = self.index.last().copied() else {
+            return Ok(Ok(self.scan_from(0, base, check_crc)?));
+        };
+        let pos = entry.position as u64;
+        let mut reader = Reader::new(&*self.log, log_len, HEADER_SIZE);
+        let header = reader.get(pos, HEADER_SIZE)?.and_then(|b| BatchHeader::parse(b).ok());
+        let Some(h) = header.filter(|h| h.last_offset() == base + entry.relative_offset as i64) else {
+            return Ok(Err(format!("offset index entry {entry:?} does not point at its batch")));
+        };
+        if let Some(t) = self.time_index.last() {
+            self.tail.max_timestamp = t.timestamp;
+            self.tail.offset_of_max_timestamp = base + t.relative_offset as i64;
+        }
+        // The first batch's timestamp is not indexed; read it for the roll clock.
+        if let Some(first) = reader.get(0, HEADER_SIZE)?.and_then(|b| BatchHeader::parse(b).ok()) {
+            self.tail.first_batch_timestamp = Some(first.max_timestamp);
+        }
+        Ok(Ok(self.scan_from(pos, h.base_offset, check_crc)?))
+    }
+
+    /// Validate batches from `pos` (where offset `expected` must start) to
+    /// the end of the file, noting each. Stops at the first bad one, cuts the
+    /// file there, and explains.
+    fn scan_from(&mut self, mut pos: u64, mut expected: i64, check_crc: bool) -> io::Result<Option<String>> {
+        let len = self.log.len()?;
+        let mut problem = None;
+        {
+            let Segment { log, tail, index, time_index, base_offset, index_interval_bytes, .. } = self;
+            let mut reader = Reader::new(&**log, len, SCAN_CHUNK);
+            while pos < len {
+                let Some(head) = reader.get(pos, HEADER_SIZE)? else {
+                    problem = Some(format!("torn batch header at byte {pos}"));
+                    break;
+                };
+                let h = match BatchHeader::parse(head).and_then(|h| h.validate_for_append().map(|()| h)) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        problem = Some(format!("at byte {pos}: {e}"));
+                        break;
+                    }
+                };
+                if h.base_offset != expected {
+                    problem = Some(format!("at byte {pos}: batch at offset {} where {expected} was expected", h.base_offset));
+                    break;
+                }
+                let Some(bytes) = reader.get(pos, h.size())? else {
+                    problem = Some(format!("torn batch at byte {pos}: {} bytes, {} on file", h.size(), len - pos));
+                    break;
+                };
+                // PLANTED BUG `skip_crc_on_recovery`: with `check_crc` false,
+                // corrupt batches survive recovery and are served.
+                if check_crc {
+                    if let Err(e) = batch::validate_crc(&h, bytes) {
+                        problem = Some(format!("at byte {pos}: {e}"));
+                        break;
+                    }
+                }
+                note_batch(tail, index, time_index, *base_offset, *index_interval_bytes, pos, &h);
+                expected = h.next_offset();
+                pos += h.size() as u64;
+            }
+        }
+        if problem.is_some() {
+            self.cut(pos)?;
+        }
+        Ok(problem)
+    }
+
+    /// Cut the log file at `pos`, dropping index entries at or past it.
+    fn cut(&mut self, pos: u64) -> io::Result<()> {
+        self.log.set_len(pos)?;
+        self.index.truncate_where(|e| (e.position as u64) < pos);
+        let next = self.tail.next_offset;
+        self.time_index.truncate_where(|e| self.base_offset + (e.relative_offset as i64) < next);
+        self.needs_sync = true;
+        Ok(())
+    }
+
+    /// Position of the batch holding `offset` (or the first after it), with
+    /// its header; `None` if the segment ends before `offset`.
+    fn locate(&self, offset: i64, reader: &mut Reader<'_>) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        let mut pos = self.index.floor(offset - self.base_offset).map_or(0, |e| e.position as u64);
+        while pos < self.tail.size {
+            let h = self.header_at(reader, pos)?;
+            if h.last_offset() >= offset {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.size() as u64;
+        }
+        Ok(None)
+    }
+
+    fn header_at(&self, reader: &mut Reader<'_>, pos: u64) -> Result<BatchHeader, StorageError> {
+        let bytes = reader.get(pos, HEADER_SIZE)?.ok_or_else(|| {
+            StorageError::CorruptMessage(format!("segment {} ends inside the header at byte {pos}", self.base_offset))
+        })?;
+        let h = BatchHeader::parse(bytes)?;
+        if pos + h.size() as u64 > self.tail.size {
+            return Err(StorageError::CorruptMessage(format!("batch at byte {pos} runs past segment {}", self.base_offset)));
+        }
+        Ok(h)
+    }
+
+    /// Whole batches from the one holding `offset`: at least one if it is
+    /// below `max_offset`, then more while they fit in `max_bytes`, none
+    /// whose last offset reaches `max_offset`. `None` if the segment ends
+    /// before `offset`.
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Option<Bytes>, StorageError> {
+        let chunk = max_bytes.clamp(MIN_READ_CHUNK, SCAN_CHUNK.max(max_bytes));
+        let mut reader = Reader::new(&*self.log, self.tail.size, chunk);
+        let Some((start, first)) = self.locate(offset, &mut reader)? else {
+            return Ok(None);
+        };
+        if first.last_offset() >= max_offset {
+            return Ok(Some(Bytes::new()));
+        }
+        let mut end = start + first.size() as u64;
+        while end < self.tail.size {
+            let h = self.header_at(&mut reader, end)?;
+            if h.last_offset() >= max_offset || (end - start) + h.size() as u64 > max_bytes as u64 {
+                break;
+            }
+            end += h.size() as u64;
+        }
+        let len = (end - start) as usize;
+        let bytes = reader.get(start, len)?.expect("range checked against the segment size");
+        Ok(Some(Bytes::copy_from_slice(bytes)))
+    }
+
+    /// The first batch whose max timestamp is >= `ts`, as bytes.
+    pub fn batch_at_timestamp(&self, ts: i64) -> Result<Option<Bytes>, StorageError> {
+        if self.tail.max_timestamp < ts {
+            return Ok(None);
+        }
+        let from = self.time_index.below(ts).map_or(self.base_offset, |e| self.base_offset + e.relative_offset as i64);
+        let mut reader = Reader::new(&*self.log, self.tail.size, MIN_READ_CHUNK);
+        let Some((mut pos, mut h)) = self.locate(from, &mut reader)? else {
+            return Ok(None);
+        };
+        loop {
+            if h.max_timestamp >= ts {
+                let bytes = reader.get(pos, h.size())?.expect("checked by header_at");
+                return Ok(Some(Bytes::copy_from_slice(bytes)));
+            }
+            pos += h.size() as u64;
+            if pos >= self.tail.size {
+                return Ok(None);
+            }
+            h = self.header_at(&mut reader, pos)?;
+        }
+    }
+
+    /// Remove every batch at or after the one holding `offset`. Returns the
+    /// bytes removed.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<u64, StorageError> {
+        let mut reader = Reader::new(&*self.log, self.tail.size, MIN_READ_CHUNK);
+        let Some((pos, h)) = self.locate(offset, &mut reader)? else {
+            return Ok(0);
+        };
+        let removed = self.tail.size - pos;
+        self.tail.next_offset = h.base_offset;
+        self.cut(pos)?;
+        // Rebuild the in-memory tail from the last surviving index entry.
+        let base = self.base_offset;
+        let (from, start) = match self.index.last().copied() {
+            Some(e) => {
+                let h = self.header_at(&mut Reader::new(&*self.log, pos, HEADER_SIZE), e.position as u64)?;
+                (e.position as u64, h.base_offset)
+            }
+            None => (0, base),
+        };
+        let first = self.tail.first_batch_timestamp;
+        self.tail = Tail::empty(base);
+        if let Some(t) = self.time_index.last() {
+            self.tail.max_timestamp = t.timestamp;
+            self.tail.offset_of_max_timestamp = base + t.relative_offset as i64;
+        }
+        if pos > 0 {
+            self.tail.first_batch_timestamp = first;
+        }
+        if let Some(problem) = self.scan_from(from, start, true)? {
+            return Err(StorageError::CorruptMessage(format!("segment {base} while truncating: {problem}")));
+        }
+        debug_assert_eq!(self.tail.size, pos);
+        Ok(removed)
+    }
+}
+
+/// What a full scan of a segment found.
+pub(super) struct Recovered {
+    /// Why the scan stopped before the end of the file, if it did.
+    pub problem: Option<String>,
+    /// The offset index on file was missing, unreadable or wrong.
+    pub index_was_damaged: bool,
+}

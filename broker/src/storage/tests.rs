@@ -1,0 +1,365 @@
+//! Partition log tests on real files: appends, reads, rolls, flush policy,
+//! truncation, and recovery from torn, corrupt or missing data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kafka_protocol::records::Compression;
+
+use super::batch::tests::encode_at;
+use super::batch::{BatchHeader, Batches};
+use super::{PartitionLog, RecoveryReport, StorageError};
+use crate::config::{LogConfig, PlantedBugs};
+use crate::io::real::RealFs;
+use crate::io::{Fs, OpenOptions};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("topic-0");
+    Fixture { _tmp: tmp, fs: Arc::new(RealFs), dir }
+}
+
+fn small_config() -> LogConfig {
+    LogConfig { segment_bytes: 1024, index_interval_bytes: 256, ..LogConfig::default() }
+}
+
+impl Fixture {
+    fn open_with(&self, config: LogConfig, bugs: PlantedBugs) -> (PartitionLog, RecoveryReport) {
+        PartitionLog::open(self.fs.clone(), self.dir.clone(), config, bugs, 0).unwrap()
+    }
+    fn open(&self) -> (PartitionLog, RecoveryReport) {
+        self.open_with(small_config(), PlantedBugs::default())
+    }
+    fn segment(&self, base: i64, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{base:020}.{suffix}"))
+    }
+    fn file_len(&self, path: &Path) -> u64 {
+        self.fs.open(path, OpenOptions::EXISTING).unwrap().len().unwrap()
+    }
+    fn flip_byte(&self, path: &Path, pos: u64) {
+        let mut f = self.fs.open(path, OpenOptions::EXISTING).unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, pos).unwrap();
+        f.write_at(&[b[0] ^ 0x5a], pos).unwrap();
+    }
+    fn set_len(&self, path: &Path, len: u64) {
+        self.fs.open(path, OpenOptions::EXISTING).unwrap().set_len(len).unwrap();
+    }
+}
+
+/// Append `n` batches of `records` records each; returns the stored bytes of each.
+fn fill(log: &mut PartitionLog, n: usize, records: i64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let info = log.append(&encode_at(records, 10_000 + i as i64 * 10, Compression::None), 0).unwrap();
+            let r = log.read(info.base_offset, 1, i64::MAX).unwrap();
+            r.records.to_vec()
+        })
+        .collect()
+}
+
+fn headers(bytes: &[u8]) -> Vec<BatchHeader> {
+    Batches::new(bytes, true).map(|r| r.unwrap().1).collect()
+}
+
+fn read_all(log: &PartitionLog) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let r = log.read(offset, 1 << 20, i64::MAX).unwrap();
+        let hs = headers(&r.records);
+        offset = hs.last().unwrap().next_offset();
+        out.extend_from_slice(&r.records);
+    }
+    out
+}
+
+#[test]
+fn append_assigns_offsets_and_reads_return_whole_batches() {
+    let f = fixture();
+    let (mut log, report) = f.open();
+    assert_eq!(report.log_end_offset, 0);
+    let a = log.append(&encode_at(3, 1, Compression::None), 0).unwrap();
+    assert_eq!((a.base_offset, a.last_offset, a.record_count, a.log_append_time), (0, 2, 3, -1));
+    let mut two = encode_at(2, 5, Compression::Gzip);
+    two.extend(encode_at(4, 9, Compression::None));
+    let b = log.append(&two, 0).unwrap();
+    assert_eq!((b.base_offset, b.last_offset, b.record_count), (3, 8, 6));
+    assert_eq!((log.log_end_offset(), log.high_watermark()), (9, 9));
+
+    // An offset inside a batch returns that whole batch; at least one batch
+    // even when it exceeds max_bytes.
+    let r = log.read(4, 1, i64::MAX).unwrap();
+    let hs = headers(&r.records);
+    assert_eq!(hs.len(), 1);
+    assert_eq!((hs[0].base_offset, hs[0].last_offset()), (3, 4));
+    assert_eq!(r.log_end_offset, 9);
+    // Enough bytes for everything.
+    let all = log.read(0, 1 << 20, i64::MAX).unwrap();
+    assert_eq!(headers(&all.records).iter().map(|h| h.base_offset).collect::<Vec<_>>(), vec![0, 3, 5]);
+    // A batch is visible only if its last offset is below max_offset.
+    let r = log.read(0, 1 << 20, 5).unwrap();
+    assert_eq!(headers(&r.records).len(), 2);
+    assert!(log.read(5, 1 << 20, 8).unwrap().records.is_empty());
+    // The log end is empty; beyond it or before the start is out of range.
+    assert!(log.read(9, 1 << 20, i64::MAX).unwrap().records.is_empty());
+    assert!(matches!(log.read(10, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { offset: 10, start: 0, end: 9 })));
+    assert!(matches!(log.read(-1, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn bad_batches_are_rejected_and_leave_the_log_unchanged() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    log.append(&encode_at(2, 1, Compression::None), 0).unwrap();
+    let mut bad = encode_at(2, 1, Compression::None);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let mut mixed = encode_at(1, 1, Compression::None);
+    mixed.extend(&bad);
+    assert!(matches!(log.append(&mixed, 0), Err(StorageError::CorruptMessage(_))));
+    assert!(matches!(log.append(&[1, 2, 3], 0), Err(StorageError::CorruptMessage(_))));
+    assert!(matches!(log.append(&[], 0), Err(StorageError::CorruptMessage(_))));
+    let g = fixture();
+    let (mut small, _) = g.open_with(LogConfig { max_message_bytes: 100, ..small_config() }, PlantedBugs::default());
+    assert!(matches!(small.append(&encode_at(20, 1, Compression::None), 0), Err(StorageError::MessageTooLarge { max: 100, .. })));
+    assert_eq!(log.log_end_offset(), 2);
+    assert_eq!(log.size_bytes(), f.file_len(&f.segment(0, "log")));
+}
+
+#[test]
+fn rolls_segments_by_size_and_age_and_reads_across_them() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    let stored = fill(&mut log, 40, 5);
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() > 3, "{bases:?}");
+    for &b in &bases {
+        assert!(f.fs.exists(&f.segment(b, "log")) && f.fs.exists(&f.segment(b, "index")));
+        assert!(f.file_len(&f.segment(b, "log")) <= 1024);
+    }
+    assert_eq!(read_all(&log), stored.concat());
+    // Every batch is found from any of its offsets.
+    for (i, batch) in stored.iter().enumerate() {
+        for offset in [i as i64 * 5, i as i64 * 5 + 4] {
+            assert_eq!(&log.read(offset, 1, i64::MAX).unwrap().records[..], &batch[..]);
+        }
+    }
+    // segment.ms, measured from the active segment's first batch timestamp.
+    let n = log.segment_base_offsets().len();
+    log.maybe_roll(10_400).unwrap();
+    assert_eq!(log.segment_base_offsets().len(), n);
+    log.maybe_roll(i64::MAX).unwrap();
+    assert_eq!(log.segment_base_offsets().len(), n + 1);
+    // A clean reopen finds the same log.
+    drop(log);
+    let (log, report) = f.open();
+    assert_eq!((report.truncated_bytes, report.indexes_rebuilt), (0, 0));
+    assert!(report.segments_scanned <= 2, "{report:?}");
+    assert_eq!(read_all(&log), stored.concat());
+}
+
+#[test]
+fn flush_policy_holds_back_the_high_watermark() {
+    let f = fixture();
+    let config = LogConfig { flush_messages: 10, flush_ms: 1000, ..small_config() };
+    let (mut log, _) = f.open_with(config, PlantedBugs::default());
+    log.append(&encode_at(4, 1, Compression::None), 100).unwrap();
+    assert_eq!((log.log_end_offset(), log.high_watermark()), (4, 0));
+    assert!(log.read(0, 1 << 20, log.high_watermark()).unwrap().records.is_empty());
+    assert!(!log.maybe_flush(500).unwrap());
+    assert!(log.maybe_flush(1100).unwrap());
+    assert_eq!(log.durable_offset(), 4);
+    log.append(&encode_at(6, 1, Compression::None), 2000).unwrap();
+    log.append(&encode_at(1, 1, Compression::None), 2000).unwrap();
+    assert_eq!(log.high_watermark(), 4);
+    log.append(&encode_at(3, 1, Compression::None), 2000).unwrap();
+    assert_eq!(log.high_watermark(), 14, "ten unflushed records trigger a flush");
+}
+
+#[test]
+fn log_append_time_stamps_batches() {
+    let f = fixture();
+    let config = LogConfig { message_timestamp_type: "LogAppendTime".into(), ..small_config() };
+    let (mut log, _) = f.open_with(config, PlantedBugs::default());
+    let info = log.append(&encode_at(3, 1, Compression::Snappy), 777).unwrap();
+    assert_eq!(info.log_append_time, 777);
+    let h = headers(&log.read(0, 1, i64::MAX).unwrap().records)[0];
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp, 777);
+    let bad = LogConfig { message_timestamp_type: "Whenever".into(), ..small_config() };
+    assert!(PartitionLog::open(f.fs.clone(), f.dir.clone(), bad, PlantedBugs::default(), 0).is_err());
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    // Batch i holds records timestamped 10_000 + 10 i .. + 4, offsets 5 i ..
+    fill(&mut log, 40, 5);
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 10_000)));
+    assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some((2, 10_002)));
+    assert_eq!(log.offset_for_timestamp(10_005).unwrap(), Some((5, 10_010)));
+    assert_eq!(log.offset_for_timestamp(10_333).unwrap(), Some((33 * 5 + 3, 10_333)));
+    assert_eq!(log.offset_for_timestamp(10_394).unwrap(), Some((199, 10_394)));
+    assert_eq!(log.offset_for_timestamp(10_395).unwrap(), None);
+}
+
+#[test]
+fn truncate_to_removes_batches_and_later_segments() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    let stored = fill(&mut log, 40, 5);
+    let before = log.segment_base_offsets();
+    // Offset 52 is inside batch 10 (offsets 50..54): the whole batch goes.
+    log.truncate_to(52).unwrap();
+    assert_eq!((log.log_end_offset(), log.high_watermark()), (50, 50));
+    assert_eq!(read_all(&log), stored[..10].concat());
+    let after = log.segment_base_offsets();
+    assert!(after.len() < before.len());
+    for b in before.iter().filter(|b| !after.contains(b)) {
+        assert!(!f.fs.exists(&f.segment(*b, "log")));
+    }
+    // Appends continue from the new end, and a reopen agrees.
+    assert_eq!(log.append(&encode_at(1, 1, Compression::None), 0).unwrap().base_offset, 50);
+    drop(log);
+    let (log, report) = f.open();
+    assert_eq!((report.log_end_offset, report.truncated_bytes), (51, 0));
+    log.read(50, 1, i64::MAX).unwrap();
+}
+
+/// A log of 40 batches (5 records each) over several segments, closed.
+fn closed_log(f: &Fixture) -> (Vec<Vec<u8>>, Vec<i64>) {
+    let (mut log, _) = f.open();
+    let stored = fill(&mut log, 40, 5);
+    (stored, log.segment_base_offsets())
+}
+
+#[test]
+fn recovery_cuts_a_torn_tail() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    let last = f.segment(*bases.last().unwrap(), "log");
+    let len = f.file_len(&last);
+    f.set_len(&last, len - 7);
+    let (log, report) = f.open();
+    assert_eq!(report.truncated_bytes, stored[39].len() as u64 - 7);
+    assert_eq!(report.log_end_offset, 39 * 5);
+    assert_eq!(read_all(&log), stored[..39].concat());
+    // Garbage appended past the end is cut too.
+    drop(log);
+    let mut file = f.fs.open(&last, OpenOptions::EXISTING).unwrap();
+    let len = file.len().unwrap();
+    file.write_at(&[0u8; 100], len).unwrap();
+    let (_, report) = f.open();
+    assert_eq!((report.truncated_bytes, report.log_end_offset), (100, 195));
+}
+
+#[test]
+fn recovery_cuts_a_corrupt_last_batch() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    let last = f.segment(*bases.last().unwrap(), "log");
+    f.flip_byte(&last, f.file_len(&last) - 3);
+    let (log, report) = f.open();
+    assert_eq!(report.truncated_bytes, stored[39].len() as u64);
+    assert_eq!(read_all(&log), stored[..39].concat());
+}
+
+#[test]
+fn recovery_cuts_from_a_corrupt_middle_batch_and_drops_later_segments() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    // Forget the checkpoint so every segment is scanned, as after a crash
+    // that lost it; corrupt the third batch of the first segment.
+    f.fs.remove_file(&f.dir.join("recovery-point-offset-checkpoint")).unwrap();
+    let pos = (stored[0].len() + stored[1].len() + 70) as u64;
+    f.flip_byte(&f.segment(0, "log"), pos);
+    let (mut log, report) = f.open();
+    assert_eq!(report.log_end_offset, 10);
+    assert_eq!(report.segments_scanned, 1);
+    assert_eq!(log.segment_base_offsets(), vec![0]);
+    for b in &bases[1..] {
+        assert!(!f.fs.exists(&f.segment(*b, "log")));
+    }
+    assert_eq!(read_all(&log), stored[..2].concat());
+    assert_eq!(log.append(&encode_at(1, 1, Compression::None), 0).unwrap().base_offset, 10);
+}
+
+#[test]
+fn planted_skip_crc_on_recovery_keeps_corrupt_batches() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    let last = f.segment(*bases.last().unwrap(), "log");
+    f.flip_byte(&last, f.file_len(&last) - 3);
+    let bugs = PlantedBugs { skip_crc_on_recovery: true, ..PlantedBugs::default() };
+    let (log, report) = f.open_with(small_config(), bugs);
+    assert_eq!((report.truncated_bytes, report.log_end_offset), (0, 200));
+    let served = log.read(199, 1, i64::MAX).unwrap().records;
+    assert_eq!(served.len(), stored[39].len());
+    assert_ne!(&served[..], &stored[39][..]);
+}
+
+#[test]
+fn planted_duplicate_offset_after_crash_reuses_offsets() {
+    let f = fixture();
+    closed_log(&f);
+    let bugs = PlantedBugs { duplicate_offset_after_crash: true, ..PlantedBugs::default() };
+    let (mut log, report) = f.open_with(small_config(), bugs);
+    assert_eq!(report.log_end_offset, 200);
+    let info = log.append(&encode_at(1, 1, Compression::None), 0).unwrap();
+    assert!(info.base_offset < 200, "offset {} was not reused", info.base_offset);
+}
+
+#[test]
+fn recovery_rebuilds_missing_or_damaged_indexes() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    assert!(bases.len() >= 4);
+    // Missing, wrong size, and pointing beyond the log.
+    f.fs.remove_file(&f.segment(bases[0], "index")).unwrap();
+    f.set_len(&f.segment(bases[1], "index"), 13);
+    let mut idx = f.fs.open(&f.segment(bases[2], "index"), OpenOptions::EXISTING).unwrap();
+    idx.write_at(&[0, 0, 0, 1, 0x7f, 0, 0, 0], 0).unwrap();
+    drop(idx);
+    f.fs.remove_file(&f.segment(bases[2], "timeindex")).unwrap();
+    let (log, report) = f.open();
+    assert_eq!(report.indexes_rebuilt, 3, "{report:?}");
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(read_all(&log), stored.concat());
+    for (i, batch) in stored.iter().enumerate() {
+        assert_eq!(&log.read(i as i64 * 5 + 2, 1, i64::MAX).unwrap().records[..], &batch[..]);
+    }
+    assert_eq!(log.offset_for_timestamp(10_333).unwrap(), Some((168, 10_333)));
+    drop(log);
+    // Rebuilt indexes were written back: the next open trusts them.
+    let (_, report) = f.open();
+    assert_eq!(report.indexes_rebuilt, 0);
+}
+
+#[test]
+fn recovery_copes_with_a_stale_or_garbage_checkpoint() {
+    let f = fixture();
+    let (stored, bases) = closed_log(&f);
+    let checkpoint = f.dir.join("recovery-point-offset-checkpoint");
+    // Stale: pointing at the start means everything is scanned.
+    super::recovery::write_checkpoint(&*f.fs, &f.dir, 0).unwrap();
+    let (log, report) = f.open();
+    assert_eq!(report.segments_scanned, bases.len());
+    assert_eq!(read_all(&log), stored.concat());
+    drop(log);
+    // Garbage: treated as missing.
+    let mut c = f.fs.open(&checkpoint, OpenOptions::EXISTING).unwrap();
+    c.write_at(b"9\nnonsense\n", 0).unwrap();
+    drop(c);
+    let (log, report) = f.open();
+    assert_eq!(report.segments_scanned, bases.len());
+    assert_eq!((report.truncated_bytes, report.log_end_offset), (0, 200));
+    assert_eq!(read_all(&log), stored.concat());
+}

@@ -1,0 +1,96 @@
+//! Frame I/O: every Kafka request and response is an i32 big-endian length
+//! followed by that many bytes.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why a frame could not be read. Every variant ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The declared length is above the limit; the body was not read.
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    /// The declared length is negative.
+    #[error("negative frame length {0}")]
+    NegativeLength(i32),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Read one frame's payload (without the length prefix). `Ok(None)` means the
+/// peer closed the connection cleanly between frames.
+///
+/// The buffer grows as bytes arrive rather than being allocated from the
+/// declared length, so a peer that announces a large frame and then stalls
+/// costs nothing.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<Bytes>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated { got, want: 4 }) };
+        }
+        got += n;
+    }
+    let declared = i32::from_be_bytes(len);
+    if declared < 0 {
+        return Err(FrameError::NegativeLength(declared));
+    }
+    let size = declared as usize;
+    if size > max {
+        return Err(FrameError::TooLarge { size, max });
+    }
+    const INITIAL: usize = 64 * 1024;
+    let mut buf = Vec::with_capacity(size.min(INITIAL));
+    let n = r.take(size as u64).read_to_end(&mut buf).await?;
+    if n < size {
+        return Err(FrameError::Truncated { got: n, want: size });
+    }
+    Ok(Some(Bytes::from(buf)))
+}
+
+/// Write one already-framed buffer (length prefix included, as the encoders
+/// in this module produce) and flush it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
+    debug_assert!(frame.len() >= 4, "a frame carries its length prefix");
+    debug_assert_eq!(i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize, frame.len() - 4);
+    w.write_all(frame).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn reads_frames_and_clean_eof() {
+        let data: Vec<u8> = [&3i32.to_be_bytes()[..], b"abc", &0i32.to_be_bytes()[..]].concat();
+        block_on(async {
+            let mut r = &data[..];
+            assert_eq!(read_frame(&mut r, 10).await.unwrap().unwrap(), Bytes::from_static(b"abc"));
+            assert_eq!(read_frame(&mut r, 10).await.unwrap().unwrap(), Bytes::new());
+            assert!(read_frame(&mut r, 10).await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        block_on(async {
+            let big = 11i32.to_be_bytes();
+            assert!(matches!(read_frame(&mut &big[..], 10).await, Err(FrameError::TooLarge { size: 11, max: 10 })));
+            let neg = (-1i32).to_be_bytes();
+            assert!(matches!(read_frame(&mut &neg[..], 10).await, Err(FrameError::NegativeLength(-1))));
+            let short: Vec<u8> = [&5i32.to_be_bytes()[..], b"ab"].concat();
+            assert!(matches!(read_frame(&mut &short[..], 10).await, Err(FrameError::Truncated { got: 2, want: 5 })));
+            assert!(matches!(read_frame(&mut &[0u8, 0][..], 10).await, Err(FrameError::Truncated { got: 2, want: 4 })));
+        });
+    }
+}

@@ -1,0 +1,81 @@
+//! The API version table: which Kafka APIs this broker serves and at which
+//! versions. The ranges follow a Kafka 3.x broker (with the pre-3.0 versions
+//! Kafka 4.0 dropped left out), capped where a later version would need a
+//! feature not built yet (Fetch by topic id from v13, ListOffsets max-timestamp
+//! from v7).
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::protocol::VersionRange;
+
+/// (api, min advertised, max advertised), sorted by API key.
+pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 11),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+];
+
+/// Produce v0–v2 are advertised but refused, exactly as Kafka 4.0 does
+/// (KAFKA-18659): librdkafka only enables compression when the broker's
+/// Produce range starts at 0, and clients always pick the highest common
+/// version, so no real client sends them.
+const PRODUCE_MIN_ACCEPTED: i16 = 3;
+
+/// The range a client is told about, if the API is served at all.
+pub fn advertised_versions(key: ApiKey) -> Option<VersionRange> {
+    ADVERTISED.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| VersionRange { min, max })
+}
+
+/// The range this broker actually decodes and answers.
+pub fn accepted_versions(key: ApiKey) -> Option<VersionRange> {
+    let mut range = advertised_versions(key)?;
+    if key == ApiKey::Produce {
+        range.min = PRODUCE_MIN_ACCEPTED;
+    }
+    Some(range)
+}
+
+/// The `api_keys` of an ApiVersions response, with `error_code` and nothing else set.
+pub fn advertised_api_versions(error_code: i16) -> ApiVersionsResponse {
+    let mut resp = ApiVersionsResponse::default();
+    resp.error_code = error_code;
+    resp.api_keys = ADVERTISED
+        .iter()
+        .map(|&(k, min, max)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
+        .collect();
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_accepted_version_is_one_kafka_protocol_can_decode() {
+        for &(key, _, _) in ADVERTISED {
+            let accepted = accepted_versions(key).unwrap();
+            let codec = key.valid_versions();
+            assert!(!accepted.is_empty(), "{key:?}");
+            assert!(accepted.min >= codec.min && accepted.max <= codec.max, "{key:?}: {accepted} outside {codec}");
+        }
+    }
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        assert!(ADVERTISED.windows(2).all(|w| (w[0].0 as i16) < (w[1].0 as i16)));
+    }
+
+    #[test]
+    fn produce_is_advertised_from_zero_but_accepted_from_three() {
+        assert_eq!(advertised_versions(ApiKey::Produce).unwrap().min, 0);
+        assert_eq!(accepted_versions(ApiKey::Produce).unwrap().min, 3);
+        assert!(advertised_versions(ApiKey::JoinGroup).is_none());
+    }
+}

@@ -1,0 +1,207 @@
+//! The anomaly kinds, named as Jepsen's Kafka workload names them so results
+//! compare, and the options saying which of them make a run invalid.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// A kind of anomaly a history can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AnomalyKind {
+    /// An acknowledged value that readers should have seen but never did.
+    LostWrite,
+    /// Acknowledged values nobody read, and nothing proves they should have
+    /// been: informational unless a scenario says otherwise.
+    Unseen,
+    /// One value at two or more positions.
+    Duplicate,
+    /// One (partition, offset) holding two or more values.
+    InconsistentOffsets,
+    /// A read of a value whose send definitely failed (aborted read).
+    G1a,
+    /// A read of a value no send ever attempted.
+    Unexpected,
+    /// A producer session's sends to a partition going backwards.
+    NonmonotonicSend,
+    /// A consumer session's polls of a partition going backwards.
+    NonmonotonicPoll,
+    /// One poll's records of a partition going backwards.
+    IntNonmonotonicPoll,
+    /// A consumer session's consecutive polls jumping over known records.
+    PollSkip,
+    /// One poll's consecutive records jumping over known records.
+    IntPollSkip,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 11] = [
+        AnomalyKind::LostWrite,
+        AnomalyKind::Unseen,
+        AnomalyKind::Duplicate,
+        AnomalyKind::InconsistentOffsets,
+        AnomalyKind::G1a,
+        AnomalyKind::Unexpected,
+        AnomalyKind::NonmonotonicSend,
+        AnomalyKind::NonmonotonicPoll,
+        AnomalyKind::IntNonmonotonicPoll,
+        AnomalyKind::PollSkip,
+        AnomalyKind::IntPollSkip,
+    ];
+
+    /// The name Jepsen gives this kind (the keyword without its colon).
+    /// `unexpected` comes from Jepsen's queue checkers: its Kafka workload
+    /// has no name for reading what was never sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::Unseen => "unseen",
+            AnomalyKind::Duplicate => "duplicate",
+            AnomalyKind::InconsistentOffsets => "inconsistent-offsets",
+            AnomalyKind::G1a => "G1a",
+            AnomalyKind::Unexpected => "unexpected",
+            AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+            AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
+            AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
+            AnomalyKind::PollSkip => "poll-skip",
+            AnomalyKind::IntPollSkip => "int-poll-skip",
+        }
+    }
+
+    /// One line saying what the kind means.
+    pub fn description(self) -> &'static str {
+        match self {
+            AnomalyKind::LostWrite => {
+                "an acknowledged value was never read although later offsets of its partition were"
+            }
+            AnomalyKind::Unseen => "acknowledged values that no poll ever returned",
+            AnomalyKind::Duplicate => "one value appears at more than one offset",
+            AnomalyKind::InconsistentOffsets => "one offset holds more than one value",
+            AnomalyKind::G1a => {
+                "a poll returned a value whose send definitely failed (aborted read)"
+            }
+            AnomalyKind::Unexpected => "a poll returned a value that no send ever attempted",
+            AnomalyKind::NonmonotonicSend => {
+                "a producer's later send landed at or before its earlier send"
+            }
+            AnomalyKind::NonmonotonicPoll => {
+                "a consumer's poll started at or before where its previous poll ended"
+            }
+            AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
+            AnomalyKind::PollSkip => {
+                "a consumer's consecutive polls jumped over records known to exist"
+            }
+            AnomalyKind::IntPollSkip => {
+                "consecutive records within one poll jumped over records known to exist"
+            }
+        }
+    }
+}
+
+impl fmt::Display for AnomalyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for AnomalyKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Why a Jepsen anomaly name that cannot occur in Faultline's model does
+/// not apply, if `name` is one.
+fn inapplicable(name: &str) -> Option<&'static str> {
+    const TXN: [&str; 5] = [
+        "precommitted-read",
+        "G0",
+        "G1c",
+        "PL-1-cycle-exists",
+        "PL-2-cycle-exists",
+    ];
+    if name == "int-nonmonotonic-send" || name == "int-send-skip" {
+        Some("a send op carries exactly one record, so no op holds two sends to compare")
+    } else if TXN
+        .iter()
+        .any(|t| name.starts_with(t) || name.strip_prefix("strong-") == Some(t))
+    {
+        Some("it judges transactions, which Faultline does not have")
+    } else {
+        None
+    }
+}
+
+/// A name that is not an anomaly kind this checker knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct UnknownAnomalyKind {
+    pub name: String,
+    message: String,
+}
+
+impl FromStr for AnomalyKind {
+    type Err = UnknownAnomalyKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        if let Some(kind) = AnomalyKind::ALL.into_iter().find(|k| k.as_str() == name) {
+            return Ok(kind);
+        }
+        let known: Vec<&str> = AnomalyKind::ALL.iter().map(|k| k.as_str()).collect();
+        let message = match inapplicable(name) {
+            Some(why) => format!("checker {name:?} does not apply here: {why}"),
+            None => format!("unknown checker {name:?}; known: {}", known.join(", ")),
+        };
+        Err(UnknownAnomalyKind {
+            name: name.to_string(),
+            message,
+        })
+    }
+}
+
+/// Which anomaly kinds make a run invalid. Every check always runs (they
+/// share one index and cost little) and every anomaly found is reported;
+/// kinds outside this set are reported as informational.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckOptions {
+    pub invalid_on: BTreeSet<AnomalyKind>,
+}
+
+impl Default for CheckOptions {
+    /// Every kind except `unseen`: values still unread at the end are not
+    /// proof of loss unless a read reached past them, and then they are
+    /// `lost-write` already.
+    fn default() -> Self {
+        CheckOptions {
+            invalid_on: AnomalyKind::ALL
+                .into_iter()
+                .filter(|k| *k != AnomalyKind::Unseen)
+                .collect(),
+        }
+    }
+}
+
+impl CheckOptions {
+    /// Every kind, `unseen` included: Jepsen's own verdict.
+    pub fn all() -> Self {
+        CheckOptions {
+            invalid_on: AnomalyKind::ALL.into_iter().collect(),
+        }
+    }
+
+    /// The kinds a scenario names, e.g. `["lost-write", "duplicate"]`.
+    pub fn from_names(names: &[String]) -> anyhow::Result<CheckOptions> {
+        if names.is_empty() {
+            anyhow::bail!(
+                "no checkers named; name at least one of: {}",
+                AnomalyKind::ALL.map(|k| k.as_str()).join(", ")
+            );
+        }
+        let invalid_on = names
+            .iter()
+            .map(|n| n.parse::<AnomalyKind>())
+            .collect::<Result<_, _>>()?;
+        Ok(CheckOptions { invalid_on })
+    }
+}

@@ -1,0 +1,71 @@
+//! The Kafka checkers: judge a recorded history for the anomalies of
+//! Jepsen's Kafka workload (`jepsen.tests.kafka`), named as Jepsen names
+//! them so results compare.
+//!
+//! Faultline's model is Jepsen's without transactions: a send carries one
+//! unique value and, when acknowledged, the (partition, offset) it landed
+//! at; a poll returns (partition, offset, value) records; a session is a
+//! `process`. Every check is a pure, deterministic function of the history,
+//! near-linear in its size.
+
+mod index;
+mod kind;
+mod lost;
+mod polls;
+mod report;
+mod sends;
+mod values;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
+
+pub use kind::{AnomalyKind, CheckOptions, UnknownAnomalyKind};
+pub use report::{Anomaly, Report, Stats};
+
+use crate::history::{History, OpKind, Outcome};
+use index::Index;
+
+/// Judge a history. Anomalies come grouped by kind, in [`AnomalyKind::ALL`]
+/// order, and within a kind in partition, offset or history order.
+pub fn check(history: &History, opts: &CheckOptions) -> Report {
+    let ix = Index::build(history);
+    let mut found = Vec::new();
+    let unseen = lost::lost_and_unseen(&ix, &mut found);
+    values::duplicates(&ix, &mut found);
+    values::inconsistent_offsets(&ix, &mut found);
+    values::provenance(&ix, &mut found);
+    sends::send_order(history, &mut found);
+    polls::poll_order(history, &ix, &mut found);
+    // Stable, so each kind keeps the order its check produced.
+    found.sort_by_key(|a| a.kind);
+
+    let stats = stats(history, &ix, unseen);
+    Report::new(found, stats, &opts.invalid_on, &history.ops)
+}
+
+fn stats(history: &History, ix: &Index, unseen: usize) -> Stats {
+    let mut s = Stats {
+        ops: history.ops.len(),
+        values_read: ix.reads.len(),
+        unseen,
+        ..Stats::default()
+    };
+    for op in &history.ops {
+        s.final_read_ops += usize::from(op.final_read);
+        match (&op.kind, &op.outcome) {
+            (OpKind::Send { .. }, Outcome::Ok) => s.sends_ok += 1,
+            (OpKind::Send { .. }, Outcome::Fail { .. }) => s.sends_fail += 1,
+            (OpKind::Send { .. }, Outcome::Info { .. }) => s.sends_info += 1,
+            (OpKind::Poll { records }, _) => {
+                s.polls += 1;
+                s.records_read += records.len();
+            }
+            _ => {}
+        }
+    }
+    s
+}

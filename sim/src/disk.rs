@@ -1,0 +1,1137 @@
+//! The simulated disk: one per simulated host, implementing the seam's [`Fs`]
+//! and [`File`] with the durability rules a storage engineer must live by.
+//!
+//! Every file has a volatile view (what reads see) and a durable view (what
+//! survives a crash). Writes change the volatile view; [`File::sync`] makes them
+//! durable. File directory entries live in two namespaces the same way: creating,
+//! renaming or removing a file changes the volatile namespace, and
+//! [`Fs::sync_dir`] on the parent makes it durable. [`SimDisk::crash`] throws the
+//! volatile state away (optionally keeping a block-aligned prefix of each file's
+//! last unsynced write: a torn write).
+//!
+//! Files are inodes named by entries, so a rename moves the entry, not the data,
+//! and an open handle outlives the removal of its name, as on POSIX.
+//! Directories themselves are modelled as durable the moment they are created or
+//! removed: only file entries follow the `sync_dir` rule.
+//!
+//! Faults ([`DiskFaults`]) are drawn from a ChaCha8 stream seeded at creation,
+//! so the same seed and the same calls give the same faults. Everything the disk
+//! does is recorded as a [`DiskEvent`] for the simulator's trace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use faultline_broker::io::{File, Fs, OpenOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Unit a torn write is cut at: a sector.
+pub const BLOCK_SIZE: u64 = 512;
+
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+const ESTALE: i32 = 116;
+
+/// Fault probabilities and limits. All zero (the default) is a perfect disk.
+/// Probabilities are per operation and clamped to [0, 1].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskFaults {
+    /// A read returns bytes with one bit flipped; the medium is intact.
+    pub read_corruption: f64,
+    /// A read flips one bit on the medium (volatile and durable) in the range
+    /// it reads, and returns the rotten bytes: every later read sees it too.
+    pub bit_rot: f64,
+    /// A write fails with EIO and writes nothing.
+    pub write_error: f64,
+    /// An fsync (file or directory) fails with EIO; the data stays volatile.
+    pub sync_error: f64,
+    /// At a crash, a file's last unsynced write is torn: a prefix of it, cut
+    /// at a [`BLOCK_SIZE`] boundary, survives.
+    pub torn_write: f64,
+    /// Total bytes the disk holds (volatile view); writes beyond fail with
+    /// ENOSPC. 0 means unlimited.
+    pub capacity_bytes: u64,
+    /// Latency charged to every operation, uniform in [min, max] microseconds.
+    pub latency_min_us: u64,
+    pub latency_max_us: u64,
+    /// Extra latency charged to every fsync, uniform in [min, max] microseconds.
+    pub sync_latency_min_us: u64,
+    pub sync_latency_max_us: u64,
+}
+
+/// Which fault was injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    ReadCorruption,
+    BitRot,
+    WriteError,
+    SyncError,
+    NoSpace,
+    TornWrite,
+}
+
+/// One thing the disk did, for the simulator's trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DiskEvent {
+    Write {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Sync {
+        path: String,
+    },
+    SyncDir {
+        path: String,
+    },
+    Create {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Remove {
+        path: String,
+    },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Fault {
+        kind: FaultKind,
+        path: String,
+        detail: String,
+    },
+    Crash {
+        files_reverted: usize,
+        torn: usize,
+    },
+}
+
+impl fmt::Display for DiskEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskEvent::Write { path, offset, len } => write!(f, "write {path} @{offset} +{len}"),
+            DiskEvent::Sync { path } => write!(f, "fsync {path}"),
+            DiskEvent::SyncDir { path } => write!(f, "fsync-dir {path}"),
+            DiskEvent::Create { path } => write!(f, "create {path}"),
+            DiskEvent::Rename { from, to } => write!(f, "rename {from} -> {to}"),
+            DiskEvent::Remove { path } => write!(f, "remove {path}"),
+            DiskEvent::Truncate { path, len } => write!(f, "truncate {path} to {len}"),
+            DiskEvent::Fault { kind, path, detail } => write!(f, "FAULT {kind:?} {path}: {detail}"),
+            DiskEvent::Crash {
+                files_reverted,
+                torn,
+            } => {
+                write!(
+                    f,
+                    "CRASH {files_reverted} files reverted, {torn} torn writes"
+                )
+            }
+        }
+    }
+}
+
+/// A simulated disk. Clones share the same disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    inner: Arc<Mutex<Disk>>,
+}
+
+/// An inode: the bytes behind one or more names.
+struct Inode {
+    /// What reads see.
+    data: Vec<u8>,
+    /// What survives a crash.
+    durable: Vec<u8>,
+    /// Byte range of `data` that may differ from `durable`, beyond length changes.
+    dirty: Option<(u64, u64)>,
+    /// The last write since the last sync: the candidate for tearing.
+    last_write: Option<(u64, u64)>,
+    /// Open handles; an unnamed inode is freed when the last one closes.
+    handles: usize,
+}
+
+impl Inode {
+    fn new() -> Self {
+        Inode {
+            data: Vec::new(),
+            durable: Vec::new(),
+            dirty: None,
+            last_write: None,
+            handles: 0,
+        }
+    }
+
+    fn is_synced(&self) -> bool {
+        self.dirty.is_none() && self.data.len() == self.durable.len()
+    }
+
+    fn mark_dirty(&mut self, lo: u64, hi: u64) {
+        self.dirty = Some(match self.dirty {
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+            None => (lo, hi),
+        });
+    }
+
+    fn sync(&mut self) {
+        let len = self.data.len();
+        self.durable.resize(len, 0);
+        if let Some((lo, hi)) = self.dirty.take() {
+            let (lo, hi) = ((lo as usize).min(len), (hi as usize).min(len));
+            self.durable[lo..hi].copy_from_slice(&self.data[lo..hi]);
+        }
+        self.last_write = None;
+        debug_assert_eq!(self.data.len(), self.durable.len());
+    }
+}
+
+struct Disk {
+    rng: ChaCha8Rng,
+    faults: DiskFaults,
+    dirs: BTreeSet<PathBuf>,
+    /// File entries as reads see them.
+    names: BTreeMap<PathBuf, u64>,
+    /// File entries as a crash leaves them.
+    durable_names: BTreeMap<PathBuf, u64>,
+    inodes: BTreeMap<u64, Inode>,
+    next_ino: u64,
+    /// Bytes in the volatile view of all inodes.
+    used: u64,
+    /// Bumped by every crash; handles from an older generation are dead.
+    generation: u64,
+    latency: Duration,
+    events: Vec<DiskEvent>,
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn os_err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn parent_of(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+impl Disk {
+    fn chance(&mut self, p: f64) -> bool {
+        // Only draw when the fault is enabled, so a perfect disk consumes no randomness.
+        p > 0.0 && self.rng.random_bool(p.min(1.0))
+    }
+
+    fn charge(&mut self, sync: bool) {
+        let mut us = self.draw_range(self.faults.latency_min_us, self.faults.latency_max_us);
+        if sync {
+            us += self.draw_range(
+                self.faults.sync_latency_min_us,
+                self.faults.sync_latency_max_us,
+            );
+        }
+        self.latency += Duration::from_micros(us);
+    }
+
+    fn draw_range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            self.rng.random_range(lo..=hi)
+        }
+    }
+
+    fn fault(&mut self, kind: FaultKind, path: &Path, detail: String) {
+        self.events.push(DiskEvent::Fault {
+            kind,
+            path: show(path),
+            detail,
+        });
+    }
+
+    fn dir_exists(&self, p: &Path) -> bool {
+        p.as_os_str().is_empty() || p == Path::new("/") || self.dirs.contains(p)
+    }
+
+    /// Free an inode nobody can reach any more.
+    fn collect(&mut self, ino: u64) {
+        let reachable = self.names.values().any(|&i| i == ino)
+            || self.durable_names.values().any(|&i| i == ino);
+        if let Some(node) = self.inodes.get(&ino) {
+            if node.handles == 0 && !reachable {
+                self.used -= node.data.len() as u64;
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+
+    fn inode(&mut self, ino: u64, generation: u64) -> io::Result<&mut Inode> {
+        if generation != self.generation {
+            return Err(io::Error::new(io::ErrorKind::Other, StaleHandle));
+        }
+        self.inodes.get_mut(&ino).ok_or_else(|| os_err(ESTALE))
+    }
+
+    /// Resize an inode's volatile view, honouring the capacity limit.
+    fn resize(&mut self, ino: u64, path: &Path, new_len: u64) -> io::Result<()> {
+        let old_len = self.inodes[&ino].data.len() as u64;
+        if new_len > old_len {
+            let cap = self.faults.capacity_bytes;
+            if cap > 0 && self.used + (new_len - old_len) > cap {
+                self.fault(
+                    FaultKind::NoSpace,
+                    path,
+                    format!(
+                        "need {} bytes, {} of {cap} used",
+                        new_len - old_len,
+                        self.used
+                    ),
+                );
+                return Err(os_err(ENOSPC));
+            }
+        }
+        let node = self.inodes.get_mut(&ino).expect("inode checked by caller");
+        node.data.resize(new_len as usize, 0);
+        self.used = self.used - old_len + new_len;
+        Ok(())
+    }
+
+    fn crash(&mut self) {
+        self.generation += 1;
+        self.names = self.durable_names.clone();
+        let live: BTreeSet<u64> = self.names.values().copied().collect();
+        let dead: Vec<u64> = self
+            .inodes
+            .keys()
+            .copied()
+            .filter(|i| !live.contains(i))
+            .collect();
+        let mut reverted = dead.len();
+        for ino in dead {
+            self.inodes.remove(&ino);
+        }
+        let mut torn = 0;
+        let names: Vec<(PathBuf, u64)> = self.names.iter().map(|(p, &i)| (p.clone(), i)).collect();
+        for (path, ino) in names {
+            let synced = self.inodes[&ino].is_synced();
+            if synced {
+                self.inodes.get_mut(&ino).expect("live inode").handles = 0;
+                continue;
+            }
+            reverted += 1;
+            let last_write = self.inodes[&ino].last_write;
+            let tear = match last_write {
+                Some((off, len)) if len > 0 && self.chance(self.faults.torn_write) => {
+                    // Cut points: block boundaries strictly inside the write.
+                    let first = (off / BLOCK_SIZE + 1) * BLOCK_SIZE;
+                    let end = off + len;
+                    let cuts = if first < end {
+                        (end - 1 - first) / BLOCK_SIZE + 1
+                    } else {
+                        0
+                    };
+                    if cuts == 0 {
+                        None
+                    } else {
+                        let k = self.rng.random_range(0..cuts);
+                        Some((off, first + k * BLOCK_SIZE))
+                    }
+                }
+                _ => None,
+            };
+            let node = self.inodes.get_mut(&ino).expect("live inode");
+            let mut data = node.durable.clone();
+            if let Some((off, cut)) = tear {
+                let cut = cut.min(node.data.len() as u64);
+                if cut > off {
+                    if data.len() < cut as usize {
+                        data.resize(cut as usize, 0);
+                    }
+                    data[off as usize..cut as usize]
+                        .copy_from_slice(&node.data[off as usize..cut as usize]);
+                    torn += 1;
+                    let detail = format!(
+                        "kept {} of {} bytes written at {off}",
+                        cut - off,
+                        last_write.map_or(0, |w| w.1)
+                    );
+                    self.fault(FaultKind::TornWrite, &path, detail);
+                }
+            }
+            let node = self.inodes.get_mut(&ino).expect("live inode");
+            node.durable = data.clone();
+            node.data = data;
+            node.dirty = None;
+            node.last_write = None;
+            node.handles = 0;
+        }
+        self.used = self.inodes.values().map(|n| n.data.len() as u64).sum();
+        self.events.push(DiskEvent::Crash {
+            files_reverted: reverted,
+            torn,
+        });
+    }
+}
+
+/// Marker error for a handle opened before a crash.
+#[derive(Debug)]
+struct StaleHandle;
+
+impl fmt::Display for StaleHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stale file handle: opened before a crash")
+    }
+}
+
+impl std::error::Error for StaleHandle {}
+
+impl SimDisk {
+    /// A disk whose faults are drawn from `seed`.
+    pub fn new(seed: u64, faults: DiskFaults) -> Self {
+        let disk = Disk {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            faults,
+            dirs: BTreeSet::new(),
+            names: BTreeMap::new(),
+            durable_names: BTreeMap::new(),
+            inodes: BTreeMap::new(),
+            next_ino: 1,
+            used: 0,
+            generation: 0,
+            latency: Duration::ZERO,
+            events: Vec::new(),
+        };
+        SimDisk {
+            inner: Arc::new(Mutex::new(disk)),
+        }
+    }
+
+    /// A disk that never fails (until faults are set).
+    pub fn perfect(seed: u64) -> Self {
+        Self::new(seed, DiskFaults::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        // A panic while holding the lock already failed the simulation; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the fault configuration from now on.
+    pub fn set_faults(&self, faults: DiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn faults(&self) -> DiskFaults {
+        self.lock().faults.clone()
+    }
+
+    /// The host crashed: every file reverts to its durable content and the
+    /// namespace to its durable entries; handles opened before are dead.
+    pub fn crash(&self) {
+        self.lock().crash();
+    }
+
+    /// Latency charged since the last call; the simulator sleeps it.
+    pub fn take_latency(&self) -> Duration {
+        std::mem::take(&mut self.lock().latency)
+    }
+
+    /// Events since the last call, oldest first.
+    pub fn drain_events(&self) -> Vec<DiskEvent> {
+        std::mem::take(&mut self.lock().events)
+    }
+
+    /// The volatile content of the file at `path`, if it exists.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let guard = self.lock();
+        let d = &*guard;
+        d.names.get(path).map(|i| d.inodes[i].data.clone())
+    }
+
+    /// The durable content of the file at `path`: what a crash would leave
+    /// under that name.
+    pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let guard = self.lock();
+        let d = &*guard;
+        d.durable_names
+            .get(path)
+            .map(|i| d.inodes[i].durable.clone())
+    }
+
+    /// Flip one bit on the medium (both views), as bit rot would. Returns
+    /// false if the file or byte does not exist.
+    pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> bool {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        let Some(&ino) = d.names.get(path) else {
+            return false;
+        };
+        let node = d.inodes.get_mut(&ino).expect("named inode");
+        let mut hit = false;
+        for view in [&mut node.data, &mut node.durable] {
+            if let Some(b) = view.get_mut(offset as usize) {
+                *b ^= 1 << (bit % 8);
+                hit = true;
+            }
+        }
+        if hit {
+            d.fault(
+                FaultKind::BitRot,
+                path,
+                format!("bit {} of byte {offset} flipped", bit % 8),
+            );
+        }
+        hit
+    }
+
+    /// Bytes in the volatile view of all files.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used
+    }
+}
+
+impl Fs for SimDisk {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        if d.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} is a file", show(path)),
+            ));
+        }
+        for anc in path.ancestors() {
+            if !anc.as_os_str().is_empty() {
+                d.dirs.insert(anc.to_path_buf());
+            }
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        let guard = self.lock();
+        let d = &*guard;
+        if !d.dir_exists(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", show(path)),
+            ));
+        }
+        let mut out: Vec<PathBuf> = d
+            .names
+            .keys()
+            .chain(d.dirs.iter())
+            .filter(|p| p.parent() == Some(path))
+            .cloned()
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Box<dyn File>> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.charge(false);
+        if d.dirs.contains(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                format!("{} is a directory", show(path)),
+            ));
+        }
+        let ino = match d.names.get(path).copied() {
+            Some(_) if opts.create_new => {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, show(path)));
+            }
+            Some(ino) => {
+                if opts.truncate {
+                    d.resize(ino, path, 0)?;
+                    let node = d.inodes.get_mut(&ino).expect("named inode");
+                    node.last_write = None;
+                    d.events.push(DiskEvent::Truncate {
+                        path: show(path),
+                        len: 0,
+                    });
+                }
+                ino
+            }
+            None if opts.create || opts.create_new => {
+                if !d.dir_exists(&parent_of(path)) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no directory for {}", show(path)),
+                    ));
+                }
+                let ino = d.next_ino;
+                d.next_ino += 1;
+                d.inodes.insert(ino, Inode::new());
+                d.names.insert(path.to_path_buf(), ino);
+                d.events.push(DiskEvent::Create { path: show(path) });
+                ino
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no file {}", show(path)),
+                ))
+            }
+        };
+        d.inodes.get_mut(&ino).expect("named inode").handles += 1;
+        let generation = d.generation;
+        Ok(Box::new(SimFile {
+            disk: self.inner.clone(),
+            ino,
+            generation,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        let guard = self.lock();
+        let d = &*guard;
+        d.names.contains_key(path) || d.dir_exists(path)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        self.lock().dir_exists(path)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.charge(false);
+        let ino = d.names.remove(path).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(path)))
+        })?;
+        d.events.push(DiskEvent::Remove { path: show(path) });
+        d.collect(ino);
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.charge(false);
+        if !d.dirs.contains(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", show(path)),
+            ));
+        }
+        // Directory removal is modelled as immediately durable (see module docs).
+        d.dirs.retain(|p| !p.starts_with(path));
+        let mut gone = Vec::new();
+        for names in [&mut d.names, &mut d.durable_names] {
+            let doomed: Vec<PathBuf> = names
+                .keys()
+                .filter(|p| p.starts_with(path))
+                .cloned()
+                .collect();
+            for p in doomed {
+                gone.extend(names.remove(&p));
+            }
+        }
+        d.events.push(DiskEvent::Remove { path: show(path) });
+        for ino in gone {
+            d.collect(ino);
+        }
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.charge(false);
+        if d.dirs.contains(from) {
+            // Directory renames move whole subtrees and, like all directory
+            // operations here, are durable at once.
+            if d.names.contains_key(to) || d.dirs.contains(to) {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, show(to)));
+            }
+            let moved = |p: &Path| to.join(p.strip_prefix(from).expect("prefix checked"));
+            d.dirs = d
+                .dirs
+                .iter()
+                .map(|p| {
+                    if p.starts_with(from) {
+                        moved(p)
+                    } else {
+                        p.clone()
+                    }
+                })
+                .collect();
+            d.dirs.insert(to.to_path_buf());
+            for names in [&mut d.names, &mut d.durable_names] {
+                *names = names
+                    .iter()
+                    .map(|(p, &i)| {
+                        (
+                            if p.starts_with(from) {
+                                moved(p)
+                            } else {
+                                p.clone()
+                            },
+                            i,
+                        )
+                    })
+                    .collect();
+            }
+        } else {
+            if d.dirs.contains(to) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    format!("{} is a directory", show(to)),
+                ));
+            }
+            if !d.dir_exists(&parent_of(to)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no directory for {}", show(to)),
+                ));
+            }
+            let ino = d.names.remove(from).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(from)))
+            })?;
+            if let Some(old) = d.names.insert(to.to_path_buf(), ino) {
+                d.collect(old);
+            }
+        }
+        d.events.push(DiskEvent::Rename {
+            from: show(from),
+            to: show(to),
+        });
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.charge(true);
+        if !d.dir_exists(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", show(path)),
+            ));
+        }
+        if d.chance(d.faults.sync_error) {
+            d.fault(
+                FaultKind::SyncError,
+                path,
+                "directory fsync failed with EIO".into(),
+            );
+            return Err(os_err(EIO));
+        }
+        let child = |p: &PathBuf| p.parent() == Some(path);
+        let mut dropped: Vec<u64> = d
+            .durable_names
+            .iter()
+            .filter(|(p, _)| child(p))
+            .map(|(_, &i)| i)
+            .collect();
+        d.durable_names.retain(|p, _| !child(p));
+        let now: Vec<(PathBuf, u64)> = d
+            .names
+            .iter()
+            .filter(|(p, _)| child(p))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        d.durable_names.extend(now);
+        d.events.push(DiskEvent::SyncDir { path: show(path) });
+        dropped.dedup();
+        for ino in dropped {
+            d.collect(ino);
+        }
+        Ok(())
+    }
+}
+
+/// An open file on a [`SimDisk`].
+struct SimFile {
+    disk: Arc<Mutex<Disk>>,
+    ino: u64,
+    generation: u64,
+    path: PathBuf,
+}
+
+impl SimFile {
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl File for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        Ok(d.inode(self.ino, self.generation)?.data.len() as u64)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        let generation = self.generation;
+        d.inode(self.ino, generation)?;
+        d.charge(false);
+        let len = d.inodes[&self.ino].data.len() as u64;
+        if offset >= len || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (len - offset).min(buf.len() as u64) as usize;
+        if d.chance(d.faults.bit_rot) {
+            let pos = offset as usize + d.rng.random_range(0..n);
+            let bit = d.rng.random_range(0..8u8);
+            let node = d.inodes.get_mut(&self.ino).expect("checked inode");
+            node.data[pos] ^= 1 << bit;
+            if let Some(b) = node.durable.get_mut(pos) {
+                *b ^= 1 << bit;
+            }
+            d.fault(
+                FaultKind::BitRot,
+                &self.path,
+                format!("bit {bit} of byte {pos} flipped on the medium"),
+            );
+        }
+        let start = offset as usize;
+        buf[..n].copy_from_slice(&d.inodes[&self.ino].data[start..start + n]);
+        if d.chance(d.faults.read_corruption) {
+            let pos = d.rng.random_range(0..n);
+            let bit = d.rng.random_range(0..8u8);
+            buf[pos] ^= 1 << bit;
+            d.fault(
+                FaultKind::ReadCorruption,
+                &self.path,
+                format!(
+                    "bit {bit} of byte {} flipped in transit",
+                    offset as usize + pos
+                ),
+            );
+        }
+        Ok(n)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.inode(self.ino, self.generation)?;
+        d.charge(false);
+        if d.chance(d.faults.write_error) {
+            d.fault(
+                FaultKind::WriteError,
+                &self.path,
+                format!("write of {} bytes at {offset} failed with EIO", buf.len()),
+            );
+            return Err(os_err(EIO));
+        }
+        let end = offset + buf.len() as u64;
+        if end > d.inodes[&self.ino].data.len() as u64 {
+            d.resize(self.ino, &self.path, end)?;
+        }
+        let node = d.inodes.get_mut(&self.ino).expect("checked inode");
+        node.data[offset as usize..end as usize].copy_from_slice(buf);
+        node.mark_dirty(offset, end);
+        node.last_write = Some((offset, buf.len() as u64));
+        d.events.push(DiskEvent::Write {
+            path: show(&self.path),
+            offset,
+            len: buf.len() as u64,
+        });
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.inode(self.ino, self.generation)?;
+        d.charge(false);
+        d.resize(self.ino, &self.path, len)?;
+        let node = d.inodes.get_mut(&self.ino).expect("checked inode");
+        // Growing exposes zeros that the durable view lacks; mark them dirty.
+        let durable_len = node.durable.len() as u64;
+        if len > durable_len {
+            node.mark_dirty(durable_len, len);
+        }
+        if let Some((off, n)) = node.last_write {
+            if off + n > len {
+                node.last_write = None;
+            }
+        }
+        d.events.push(DiskEvent::Truncate {
+            path: show(&self.path),
+            len,
+        });
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        d.inode(self.ino, self.generation)?;
+        d.charge(true);
+        if d.chance(d.faults.sync_error) {
+            d.fault(
+                FaultKind::SyncError,
+                &self.path,
+                "fsync failed with EIO".into(),
+            );
+            return Err(os_err(EIO));
+        }
+        d.inodes.get_mut(&self.ino).expect("checked inode").sync();
+        d.events.push(DiskEvent::Sync {
+            path: show(&self.path),
+        });
+        Ok(())
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut guard = self.lock();
+        let d = &mut *guard;
+        if d.generation != self.generation {
+            return;
+        }
+        if let Some(node) = d.inodes.get_mut(&self.ino) {
+            node.handles -= 1;
+        }
+        d.collect(self.ino);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    /// A disk with directory `d` and a durable, empty file `d/f`.
+    fn setup(faults: DiskFaults) -> (SimDisk, Box<dyn File>) {
+        let disk = SimDisk::new(7, faults);
+        disk.create_dir_all(&p("d")).unwrap();
+        let f = disk.open(&p("d/f"), OpenOptions::CREATE).unwrap();
+        disk.sync_dir(&p("d")).unwrap();
+        (disk, f)
+    }
+
+    #[test]
+    fn unsynced_write_is_lost_on_crash_and_synced_write_kept() {
+        let (disk, mut f) = setup(DiskFaults::default());
+        f.write_at(b"durable", 0).unwrap();
+        f.sync().unwrap();
+        f.write_at(b" volatile", 7).unwrap();
+        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable volatile");
+        disk.crash();
+        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable");
+        // The handle died with the host.
+        assert!(f.len().is_err());
+        let f = disk.open(&p("d/f"), OpenOptions::EXISTING).unwrap();
+        assert_eq!(f.len().unwrap(), 7);
+        assert!(matches!(
+            disk.drain_events().last(),
+            Some(DiskEvent::Crash {
+                files_reverted: 1,
+                torn: 0
+            })
+        ));
+    }
+
+    #[test]
+    fn torn_write_keeps_a_block_aligned_prefix() {
+        let (disk, mut f) = setup(DiskFaults {
+            torn_write: 1.0,
+            ..Default::default()
+        });
+        f.write_at(&[1u8; 100], 0).unwrap();
+        f.sync().unwrap();
+        let big = vec![2u8; 4000];
+        f.write_at(&big, 100).unwrap();
+        disk.crash();
+        let after = disk.contents(&p("d/f")).unwrap();
+        assert!(
+            after.len() > 100 && after.len() < 4100,
+            "len {}",
+            after.len()
+        );
+        assert_eq!(after.len() as u64 % BLOCK_SIZE, 0);
+        assert!(after[..100].iter().all(|&b| b == 1));
+        assert!(after[100..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn write_smaller_than_a_block_is_never_torn() {
+        let (disk, mut f) = setup(DiskFaults {
+            torn_write: 1.0,
+            ..Default::default()
+        });
+        f.write_at(&[9u8; 100], 0).unwrap();
+        disk.crash();
+        assert!(disk.contents(&p("d/f")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn capacity_limit_gives_enospc_and_writes_nothing() {
+        let (disk, mut f) = setup(DiskFaults {
+            capacity_bytes: 10,
+            ..Default::default()
+        });
+        f.write_at(b"12345678", 0).unwrap();
+        let err = f.write_at(b"abc", 8).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(ENOSPC));
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"12345678");
+        // Overwriting in place needs no new space.
+        f.write_at(b"ab", 0).unwrap();
+        assert_eq!(disk.used_bytes(), 8);
+    }
+
+    #[test]
+    fn write_and_sync_errors_are_eio() {
+        let (disk, mut f) = setup(DiskFaults {
+            write_error: 1.0,
+            ..Default::default()
+        });
+        let err = f.write_at(b"x", 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(EIO));
+        assert!(disk.contents(&p("d/f")).unwrap().is_empty());
+        disk.set_faults(DiskFaults {
+            sync_error: 1.0,
+            ..Default::default()
+        });
+        f.write_at(b"x", 0).unwrap();
+        assert_eq!(f.sync().unwrap_err().raw_os_error(), Some(EIO));
+        disk.crash();
+        assert!(
+            disk.contents(&p("d/f")).unwrap().is_empty(),
+            "a failed fsync made nothing durable"
+        );
+        let events = disk.drain_events();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            DiskEvent::Fault {
+                kind: FaultKind::WriteError,
+                ..
+            }
+        )));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            DiskEvent::Fault {
+                kind: FaultKind::SyncError,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn directory_entries_need_sync_dir() {
+        let (disk, _f) = setup(DiskFaults::default());
+        // Created and fsynced, but its entry never made durable.
+        let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
+        g.write_at(b"data", 0).unwrap();
+        g.sync().unwrap();
+        // Renamed without sync_dir: the rename reverts.
+        disk.rename(&p("d/f"), &p("d/h")).unwrap();
+        disk.crash();
+        assert!(!disk.exists(&p("d/g")));
+        assert!(disk.exists(&p("d/f")));
+        assert!(!disk.exists(&p("d/h")));
+        // Now with sync_dir everything sticks, including a removal.
+        let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
+        g.write_at(b"data", 0).unwrap();
+        g.sync().unwrap();
+        disk.rename(&p("d/f"), &p("d/h")).unwrap();
+        disk.sync_dir(&p("d")).unwrap();
+        disk.remove_file(&p("d/h")).unwrap();
+        disk.crash();
+        assert_eq!(disk.contents(&p("d/g")).unwrap(), b"data");
+        assert!(disk.exists(&p("d/h")), "removal was not made durable");
+        disk.remove_file(&p("d/h")).unwrap();
+        disk.sync_dir(&p("d")).unwrap();
+        disk.crash();
+        assert!(!disk.exists(&p("d/h")));
+        assert_eq!(disk.list_dir(&p("d")).unwrap(), vec![p("d/g")]);
+    }
+
+    #[test]
+    fn read_corruption_is_transient_and_bit_rot_is_not() {
+        let (disk, mut f) = setup(DiskFaults::default());
+        f.write_at(&[0u8; 64], 0).unwrap();
+        disk.set_faults(DiskFaults {
+            read_corruption: 1.0,
+            ..Default::default()
+        });
+        let mut buf = [0u8; 64];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        assert!(disk.contents(&p("d/f")).unwrap().iter().all(|&b| b == 0));
+        disk.set_faults(DiskFaults {
+            bit_rot: 1.0,
+            ..Default::default()
+        });
+        f.read_exact_at(&mut buf, 0).unwrap();
+        disk.set_faults(DiskFaults::default());
+        let mut again = [0u8; 64];
+        f.read_exact_at(&mut again, 0).unwrap();
+        assert_eq!(buf, again);
+        assert_eq!(again.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn latency_accumulates_and_resets() {
+        let faults = DiskFaults {
+            latency_min_us: 10,
+            latency_max_us: 10,
+            sync_latency_min_us: 100,
+            sync_latency_max_us: 100,
+            ..Default::default()
+        };
+        let (disk, mut f) = setup(faults);
+        disk.take_latency();
+        f.write_at(b"x", 0).unwrap();
+        f.sync().unwrap();
+        assert_eq!(disk.take_latency(), Duration::from_micros(120));
+        assert_eq!(disk.take_latency(), Duration::ZERO);
+    }
+
+    #[test]
+    fn same_seed_same_faults() {
+        let run = || {
+            let faults = DiskFaults {
+                write_error: 0.3,
+                torn_write: 0.5,
+                latency_max_us: 50,
+                ..Default::default()
+            };
+            let (disk, mut f) = setup(faults);
+            for i in 0..50u64 {
+                let _ = f.write_at(&[i as u8; 700], i * 700);
+            }
+            disk.crash();
+            (
+                disk.contents(&p("d/f")),
+                disk.take_latency(),
+                disk.drain_events(),
+            )
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn open_handle_survives_removal_of_its_name() {
+        let (disk, mut f) = setup(DiskFaults::default());
+        f.write_at(b"abc", 0).unwrap();
+        disk.remove_file(&p("d/f")).unwrap();
+        let mut buf = [0u8; 3];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abc");
+        assert!(disk.open(&p("d/f"), OpenOptions::EXISTING).is_err());
+    }
+}

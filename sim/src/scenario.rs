@@ -1,0 +1,459 @@
+//! Scenario files: what cluster to build, what load to put on it, which
+//! faults to inject and which anomalies make the run invalid.
+//!
+//! A scenario is TOML with unknown keys refused, so a typo is an error and
+//! not a silently ignored setting. [`Scenario::validate`] turns down what is
+//! well formed but not buildable yet, saying which feature is missing.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use faultline_broker::config::{LogConfig, PlantedBugs};
+use serde::{Deserialize, Serialize};
+
+use crate::checker::CheckOptions;
+use crate::disk::DiskFaults;
+
+/// One scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Simulated seconds of workload; faults happen only inside this window.
+    pub duration_s: f64,
+    /// Simulated seconds between healing everything and the final read.
+    #[serde(default = "default_settle_s")]
+    pub settle_s: f64,
+    /// Anomaly kinds (checker names) that make the run invalid.
+    pub checkers: Vec<String>,
+    pub cluster: Cluster,
+    pub workload: Workload,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+fn default_settle_s() -> f64 {
+    2.0
+}
+
+/// The brokers and the topics created before the workload starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub brokers: u32,
+    pub topics: Vec<Topic>,
+    /// Log settings for every broker (Kafka's topic-level defaults).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Deliberate bugs to plant in every broker.
+    #[serde(default)]
+    pub bugs: PlantedBugs,
+    /// Consumer groups (not built yet).
+    #[serde(default)]
+    pub consumer_groups: bool,
+    /// Transactions (not built yet).
+    #[serde(default)]
+    pub transactions: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topic {
+    pub name: String,
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i16,
+}
+
+fn one() -> i16 {
+    1
+}
+
+/// The client load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Producer hosts; each runs one producer session at a time.
+    pub producers: u32,
+    /// Consumer hosts; each assigns every partition and polls.
+    pub consumers: u32,
+    /// Distinct keys the producers pick from.
+    pub keys: u32,
+    /// Sends per simulated second, per producer.
+    pub rate: f64,
+    /// `acks`: 0, 1 or -1 (all).
+    pub acks: i16,
+    /// Bytes of padding appended to each unique value.
+    pub value_size: usize,
+    /// Producer `retries`. Retrying without idempotence legitimately
+    /// duplicates values, so the default is 0.
+    pub retries: u32,
+    /// `request.timeout.ms` for every client.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            producers: 2,
+            consumers: 1,
+            keys: 16,
+            rate: 20.0,
+            acks: -1,
+            value_size: 0,
+            retries: 0,
+            request_timeout_ms: 1000,
+        }
+    }
+}
+
+/// Base network behaviour (turmoil's link latency).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    pub min_latency_ms: u64,
+    pub max_latency_ms: u64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { min_latency_ms: 1, max_latency_ms: 5 }
+    }
+}
+
+/// The faults of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Disk faults every broker's disk has for the whole fault window (for
+    /// example torn writes at every crash).
+    #[serde(default)]
+    pub disk: DiskFaults,
+    #[serde(default)]
+    pub nemeses: Vec<Nemesis>,
+}
+
+/// A recurring fault: every `interval_s` (jittered by ±50%) it strikes with
+/// `probability`, and each strike lasts `duration_s` (also jittered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawNemesis", into = "RawNemesis")]
+pub struct Nemesis {
+    pub kind: NemesisKind,
+    pub interval_s: f64,
+    pub duration_s: f64,
+    pub probability: f64,
+}
+
+/// What a nemesis does to its target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NemesisKind {
+    /// Split all hosts into two random halves.
+    PartitionRandomHalves,
+    /// Cut one broker off from every other host.
+    IsolateOne,
+    /// Drop traffic in one direction between a client and a broker.
+    PartitionOneway,
+    /// Drop messages on a client-broker link with this probability.
+    LinkDrop { rate: f64 },
+    /// Delay messages on a client-broker link by this much.
+    LinkDelay { latency_ms: u64 },
+    /// Crash a broker (its disk loses unsynced data) and restart it later.
+    CrashRestart,
+    /// Crash a client host; it restarts later as a new session.
+    CrashClient,
+    /// Pause a broker. Approximated by holding every link of the host: its
+    /// peers see silence and then a burst, but its own timers keep running.
+    Pause,
+    /// Give a broker's disk these faults for a while.
+    DiskFaults { faults: DiskFaults },
+    /// Jump a host's wall clock by up to ±`max_ms`.
+    ClockJump { max_ms: i64 },
+    /// Make a host's wall clock drift by up to ±`max_ppm`.
+    ClockDrift { max_ppm: i64 },
+}
+
+/// A nemesis as written: one flat table whose parameters depend on `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNemesis {
+    kind: String,
+    interval_s: f64,
+    duration_s: f64,
+    #[serde(default = "certain", skip_serializing_if = "is_certain")]
+    probability: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disk: Option<DiskFaults>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_ppm: Option<i64>,
+}
+
+fn certain() -> f64 {
+    1.0
+}
+
+fn is_certain(p: &f64) -> bool {
+    *p == 1.0
+}
+
+const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
+crash-restart, crash-client, pause, disk-faults, clock-jump, clock-drift";
+
+impl TryFrom<RawNemesis> for Nemesis {
+    type Error = String;
+
+    fn try_from(r: RawNemesis) -> Result<Nemesis, String> {
+        let k = r.kind.as_str();
+        let need = |what: &str| format!("nemesis {k} needs `{what}`");
+        let kind = match k {
+            "partition-random-halves" => NemesisKind::PartitionRandomHalves,
+            "isolate-one" => NemesisKind::IsolateOne,
+            "partition-oneway" => NemesisKind::PartitionOneway,
+            "link-drop" => NemesisKind::LinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
+            "link-delay" => NemesisKind::LinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? },
+            "crash-restart" => NemesisKind::CrashRestart,
+            "crash-client" => NemesisKind::CrashClient,
+            "pause" => NemesisKind::Pause,
+            "disk-faults" => NemesisKind::DiskFaults { faults: r.disk.clone().ok_or_else(|| need("disk"))? },
+            "clock-jump" => NemesisKind::ClockJump { max_ms: r.max_ms.ok_or_else(|| need("max_ms"))? },
+            "clock-drift" => NemesisKind::ClockDrift { max_ppm: r.max_ppm.ok_or_else(|| need("max_ppm"))? },
+            other => return Err(format!("unknown nemesis kind {other:?}; known: {NEMESIS_KINDS}")),
+        };
+        let given = [
+            ("rate", r.rate.is_some()),
+            ("latency_ms", r.latency_ms.is_some()),
+            ("disk", r.disk.is_some()),
+            ("max_ms", r.max_ms.is_some()),
+            ("max_ppm", r.max_ppm.is_some()),
+        ];
+        let back = RawNemesis::from(Nemesis { kind: kind.clone(), interval_s: 0.0, duration_s: 0.0, probability: 1.0 });
+        let wanted = [
+            back.rate.is_some(),
+            back.latency_ms.is_some(),
+            back.disk.is_some(),
+            back.max_ms.is_some(),
+            back.max_ppm.is_some(),
+        ];
+        for ((name, has), wants) in given.iter().zip(wanted) {
+            if *has && !wants {
+                return Err(format!("nemesis {k} takes no `{name}`"));
+            }
+        }
+        Ok(Nemesis { kind, interval_s: r.interval_s, duration_s: r.duration_s, probability: r.probability })
+    }
+}
+
+impl From<Nemesis> for RawNemesis {
+    fn from(n: Nemesis) -> RawNemesis {
+        let mut r = RawNemesis {
+            kind: n.kind.name().to_string(),
+            interval_s: n.interval_s,
+            duration_s: n.duration_s,
+            probability: n.probability,
+            rate: None,
+            latency_ms: None,
+            disk: None,
+            max_ms: None,
+            max_ppm: None,
+        };
+        match n.kind {
+            NemesisKind::LinkDrop { rate } => r.rate = Some(rate),
+            NemesisKind::LinkDelay { latency_ms } => r.latency_ms = Some(latency_ms),
+            NemesisKind::DiskFaults { faults } => r.disk = Some(faults),
+            NemesisKind::ClockJump { max_ms } => r.max_ms = Some(max_ms),
+            NemesisKind::ClockDrift { max_ppm } => r.max_ppm = Some(max_ppm),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl NemesisKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NemesisKind::PartitionRandomHalves => "partition-random-halves",
+            NemesisKind::IsolateOne => "isolate-one",
+            NemesisKind::PartitionOneway => "partition-oneway",
+            NemesisKind::LinkDrop { .. } => "link-drop",
+            NemesisKind::LinkDelay { .. } => "link-delay",
+            NemesisKind::CrashRestart => "crash-restart",
+            NemesisKind::CrashClient => "crash-client",
+            NemesisKind::Pause => "pause",
+            NemesisKind::DiskFaults { .. } => "disk-faults",
+            NemesisKind::ClockJump { .. } => "clock-jump",
+            NemesisKind::ClockDrift { .. } => "clock-drift",
+        }
+    }
+}
+
+impl Scenario {
+    /// Parse and validate scenario text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Scenario> {
+        let s: Scenario = toml::from_str(text).with_context(|| format!("scenario {origin}"))?;
+        s.validate().with_context(|| format!("scenario {origin}"))?;
+        Ok(s)
+    }
+
+    /// Read, parse and validate a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading scenario {}", path.display()))?;
+        Scenario::parse(&text, &path.display().to_string())
+    }
+
+    /// The checker options the scenario's `checkers` name.
+    pub fn check_options(&self) -> anyhow::Result<CheckOptions> {
+        CheckOptions::from_names(&self.checkers)
+    }
+
+    /// Refuse what is malformed, and what is well formed but not built yet.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.name.trim().is_empty() {
+            bail!("name is empty");
+        }
+        positive("duration_s", self.duration_s)?;
+        if !(self.settle_s >= 0.0 && self.settle_s.is_finite()) {
+            bail!("settle_s must be zero or more, got {}", self.settle_s);
+        }
+        if self.duration_s + self.settle_s > 3600.0 {
+            bail!("duration_s + settle_s must stay within an hour of simulated time");
+        }
+        self.check_options()?;
+        let c = &self.cluster;
+        if c.brokers == 0 {
+            bail!("cluster.brokers must be at least 1");
+        }
+        if c.brokers > 1 {
+            bail!(
+                "cluster.brokers = {}: multi-broker clusters are not built yet (brokers do not share metadata); use 1",
+                c.brokers
+            );
+        }
+        if c.consumer_groups {
+            bail!("cluster.consumer_groups: consumer groups are not built yet");
+        }
+        if c.transactions {
+            bail!("cluster.transactions: transactions are not built yet");
+        }
+        if c.topics.is_empty() {
+            bail!("cluster.topics is empty: the workload needs a topic");
+        }
+        for t in &c.topics {
+            if t.name.is_empty() || t.name.len() > 249 || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+                bail!("topic name {:?} is not a legal Kafka topic name", t.name);
+            }
+            if !(1..=1000).contains(&t.partitions) {
+                bail!("topic {}: partitions must be in 1..=1000, got {}", t.name, t.partitions);
+            }
+            if t.replication_factor < 1 {
+                bail!("topic {}: replication_factor must be at least 1", t.name);
+            }
+            if t.replication_factor > 1 {
+                bail!("topic {}: replication_factor {} needs replication, which is not built yet; use 1", t.name, t.replication_factor);
+            }
+        }
+        let w = &self.workload;
+        if w.producers == 0 && w.consumers == 0 {
+            bail!("workload has neither producers nor consumers");
+        }
+        if w.producers > 64 || w.consumers > 64 {
+            bail!("workload: at most 64 producers and 64 consumers");
+        }
+        if w.keys == 0 {
+            bail!("workload.keys must be at least 1");
+        }
+        positive("workload.rate", w.rate)?;
+        if w.rate > 10_000.0 {
+            bail!("workload.rate must be at most 10000 sends per second per producer");
+        }
+        if ![0, 1, -1].contains(&w.acks) {
+            bail!("workload.acks must be 0, 1 or -1, got {}", w.acks);
+        }
+        if w.value_size > 1 << 20 {
+            bail!("workload.value_size must be at most 1 MiB");
+        }
+        if w.request_timeout_ms == 0 {
+            bail!("workload.request_timeout_ms must be positive");
+        }
+        if self.network.min_latency_ms > self.network.max_latency_ms {
+            bail!("network.min_latency_ms exceeds network.max_latency_ms");
+        }
+        for n in &self.faults.nemeses {
+            let what = n.kind.name();
+            positive(&format!("{what}: interval_s"), n.interval_s)?;
+            if !(n.duration_s >= 0.0 && n.duration_s.is_finite()) {
+                bail!("{what}: duration_s must be zero or more");
+            }
+            if !(0.0..=1.0).contains(&n.probability) {
+                bail!("{what}: probability must be in [0, 1]");
+            }
+            match &n.kind {
+                NemesisKind::LinkDrop { rate } if !(0.0..=1.0).contains(rate) => bail!("link-drop: rate must be in [0, 1]"),
+                NemesisKind::LinkDelay { latency_ms } if *latency_ms > 60_000 => bail!("link-delay: latency_ms must be at most 60000"),
+                NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
+                NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
+                    bail!("clock-drift: max_ppm must be in 1..=1000000")
+                }
+                NemesisKind::CrashClient if w.producers + w.consumers == 0 => bail!("crash-client: the workload has no clients"),
+                NemesisKind::DiskFaults { faults } => check_disk_faults(faults)?,
+                _ => {}
+            }
+        }
+        check_disk_faults(&self.faults.disk)?;
+        Ok(())
+    }
+}
+
+fn positive(what: &str, v: f64) -> anyhow::Result<()> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("{what} must be a positive number, got {v}");
+    }
+    Ok(())
+}
+
+fn check_disk_faults(f: &DiskFaults) -> anyhow::Result<()> {
+    for (name, p) in [
+        ("read_corruption", f.read_corruption),
+        ("bit_rot", f.bit_rot),
+        ("write_error", f.write_error),
+        ("sync_error", f.sync_error),
+        ("torn_write", f.torn_write),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("disk fault {name} must be a probability in [0, 1], got {p}");
+        }
+    }
+    if f.latency_min_us > f.latency_max_us || f.sync_latency_min_us > f.sync_latency_max_us {
+        bail!("disk latency: min exceeds max");
+    }
+    Ok(())
+}
+
+/// The scenarios shipped with Faultline, embedded so the binary needs no
+/// files: (file name, text).
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("steady.toml", include_str!("../../scenarios/steady.toml")),
+    ("partitions.toml", include_str!("../../scenarios/partitions.toml")),
+    ("crash-restart.toml", include_str!("../../scenarios/crash-restart.toml")),
+    ("disk-faults.toml", include_str!("../../scenarios/disk-faults.toml")),
+    ("slow-links.toml", include_str!("../../scenarios/slow-links.toml")),
+];
+
+/// Parse every built-in scenario.
+pub fn builtin() -> anyhow::Result<Vec<Scenario>> {
+    BUILTIN.iter().map(|(file, text)| Scenario::parse(text, file)).collect()
+}
+
+/// A built-in scenario by name ("steady") or file name ("steady.toml").
+pub fn builtin_named(name: &str) -> Option<Scenario> {
+    let file = if name.ends_with(".toml") { name.to_string() } else { format!("{name}.toml") };
+    BUILTIN.iter().find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
+}
