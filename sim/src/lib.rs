@@ -6,6 +6,8 @@ pub mod checker;
 pub mod cli;
 pub mod disk;
 pub mod history;
+pub mod nemesis;
+pub mod scenario;
 pub mod seam;
 pub mod seed;
 pub mod trace;

@@ -210,12 +210,28 @@ impl PartitionLog {
             return Ok(result);
         }
         let first = *self.segments.range(..=offset).next_back().expect("offset is within the log").0;
+        // Whole batches, continuing into later segments while room is left.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut at = offset;
+        let mut room = max_bytes;
         for seg in self.segments.range(first..).map(|(_, s)| s) {
-            if let Some(records) = seg.read(offset, max_bytes, max_offset)? {
-                result.records = records;
+            let Some((bytes, next)) = seg.read(at, room, max_offset, pieces.is_empty())? else {
+                continue;
+            };
+            room = room.saturating_sub(bytes.len());
+            if !bytes.is_empty() {
+                pieces.push(bytes);
+            }
+            if next < seg.next_offset() || next >= max_offset || room == 0 {
                 break;
             }
+            at = next;
         }
+        result.records = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().expect("one piece"),
+            _ => Bytes::from(pieces.concat()),
+        };
         Ok(result)
     }
 

@@ -71,6 +71,8 @@ pub(super) struct Segment {
     index_interval_bytes: u64,
     tail: Tail,
     needs_sync: bool,
+    /// The index files did not exist when the segment was opened.
+    index_missing: bool,
 }
 
 /// Positioned reads through a buffer, so that walking many small batch
@@ -143,7 +145,9 @@ impl Segment {
     /// Open the segment's files (creating any that are missing). Its state
     /// is empty until [`Segment::recover`] or [`Segment::load`] reads the log.
     pub fn open(fs: &dyn Fs, dir: &Path, base_offset: i64, index_interval_bytes: u64) -> io::Result<Segment> {
+        let index_missing = ["index", "timeindex"].iter().any(|s| !fs.exists(&segment_path(dir, base_offset, s)));
         Ok(Segment {
+            index_missing,
             base_offset,
             log: fs.open(&segment_path(dir, base_offset, LOG_SUFFIX), OpenOptions::CREATE)?,
             index: IndexFile::open(fs, &segment_path(dir, base_offset, "index"))?,
@@ -157,6 +161,7 @@ impl Segment {
     /// A new, empty segment; stale files under its name are emptied.
     pub fn create(fs: &dyn Fs, dir: &Path, base_offset: i64, index_interval_bytes: u64) -> io::Result<Segment> {
         let mut seg = Segment::open(fs, dir, base_offset, index_interval_bytes)?;
+        seg.index_missing = false;
         seg.log.set_len(0)?;
         seg.index.reset()?;
         seg.time_index.reset()?;
@@ -239,8 +244,8 @@ impl Segment {
     pub fn recover(&mut self, check_crc: bool) -> io::Result<Recovered> {
         let log_len = self.log.len()?;
         let on_file = match self.index.load(|_, e| (e.position as u64) < log_len) {
-            Ok(()) => Some(self.index.entries().to_vec()),
-            Err(_) => None,
+            Ok(()) if !(self.index_missing && log_len > 0) => Some(self.index.entries().to_vec()),
+            _ => None,
         };
         self.index.reset()?;
         self.time_index.reset()?;
@@ -261,6 +266,9 @@ impl Segment {
     pub fn load(&mut self, check_crc: bool) -> io::Result<Result<Option<String>, String>> {
         let log_len = self.log.len()?;
         let base = self.base_offset;
+        if self.index_missing && log_len > 0 {
+            return Ok(Err("index files missing".into()));
+        }
         if let Err(why) = self.index.load(|prev, e| {
             (e.position as u64) < log_len && prev.is_none_or(|p| p.relative_offset < e.relative_offset && p.position < e.position)
         }) {
@@ -373,30 +381,40 @@ impl Segment {
         Ok(h)
     }
 
-    /// Whole batches from the one holding `offset`: at least one if it is
-    /// below `max_offset`, then more while they fit in `max_bytes`, none
-    /// whose last offset reaches `max_offset`. `None` if the segment ends
-    /// before `offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<Option<Bytes>, StorageError> {
+    /// Whole batches from the one holding `offset`, while they fit in
+    /// `max_bytes` (the first one regardless if `min_one`), none whose last
+    /// offset reaches `max_offset`. Returns the bytes and the offset after
+    /// them; `None` if the segment ends before `offset`.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+        min_one: bool,
+    ) -> Result<Option<(Bytes, i64)>, StorageError> {
         let chunk = max_bytes.clamp(MIN_READ_CHUNK, SCAN_CHUNK.max(max_bytes));
         let mut reader = Reader::new(&*self.log, self.tail.size, chunk);
         let Some((start, first)) = self.locate(offset, &mut reader)? else {
             return Ok(None);
         };
-        if first.last_offset() >= max_offset {
-            return Ok(Some(Bytes::new()));
-        }
-        let mut end = start + first.size() as u64;
-        while end < self.tail.size {
-            let h = self.header_at(&mut reader, end)?;
-            if h.last_offset() >= max_offset || (end - start) + h.size() as u64 > max_bytes as u64 {
+        let mut end = start;
+        let mut next = first.base_offset;
+        let mut h = first;
+        loop {
+            let fits = (end - start) + h.size() as u64 <= max_bytes as u64 || (min_one && end == start);
+            if h.last_offset() >= max_offset || !fits {
                 break;
             }
             end += h.size() as u64;
+            next = h.next_offset();
+            if end >= self.tail.size {
+                break;
+            }
+            h = self.header_at(&mut reader, end)?;
         }
         let len = (end - start) as usize;
         let bytes = reader.get(start, len)?.expect("range checked against the segment size");
-        Ok(Some(Bytes::copy_from_slice(bytes)))
+        Ok(Some((Bytes::copy_from_slice(bytes), next)))
     }
 
     /// The first batch whose max timestamp is >= `ts`, as bytes.

@@ -32,6 +32,9 @@ struct FinalRead<'h> {
     offsets: BTreeMap<i64, &'h Op>,
 }
 
+/// An acknowledged value nobody read: where it landed, if known, and its send.
+type Unread<'h> = (Option<i64>, &'h str, &'h Op);
+
 /// Adds `lost-write` and `unseen` anomalies; returns how many distinct
 /// acknowledged values no poll returned.
 pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
@@ -55,8 +58,7 @@ pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
         }
     }
 
-    let mut unseen: BTreeMap<Option<&TopicPartition>, Vec<(Option<i64>, &str, &Op)>> =
-        BTreeMap::new();
+    let mut unseen: BTreeMap<Option<&TopicPartition>, Vec<Unread>> = BTreeMap::new();
     let mut unseen_values = 0;
     for (value, sends) in &ix.sends {
         let reads = ix.reads.get(value).map(Vec::as_slice).unwrap_or_default();

@@ -170,7 +170,10 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest, version: i16) -
                 res.resource_type
             )));
         } else if let Some(t) = b.topics.get(&res.resource_name) {
-            let keys: Option<BTreeSet<String>> = res.configuration_keys.map(|k| k.iter().map(|s| s.to_string()).collect());
+            // Null asks for every config; so does an empty list, which would
+            // otherwise ask for nothing at all.
+            let keys: Option<BTreeSet<String>> =
+                res.configuration_keys.filter(|k| !k.is_empty()).map(|k| k.iter().map(|s| s.to_string()).collect());
             r.configs = describe(&t.config, &t.overrides)
                 .into_iter()
                 .filter(|e| keys.as_ref().is_none_or(|k| k.contains(e.name)))

@@ -1,0 +1,332 @@
+//! Model-based test of the partition log on the simulated disk: random
+//! appends, reads, flushes, truncations, disk errors, crashes (unsynced bytes
+//! dropped, last writes torn) and reopens, checked against an in-memory list
+//! of the batches written. Nothing fsynced may ever be lost, and every read
+//! returns exactly what was written at those offsets.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use faultline_broker::config::{LogConfig, PlantedBugs};
+use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
+use faultline_broker::storage::{PartitionLog, StorageError};
+use faultline_sim::disk::{DiskFaults, SimDisk};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use proptest::prelude::*;
+
+/// A producer batch: `records` records whose values are `pad` bytes long.
+#[derive(Debug, Clone)]
+struct BatchSpec {
+    records: u8,
+    pad: u16,
+    gzip: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<BatchSpec>),
+    Read { at: u16, max_bytes: u16, below_hw: bool },
+    Flush,
+    MaybeFlush,
+    Truncate { at: u16 },
+    /// The next append's write fails with EIO.
+    AppendWriteError(BatchSpec),
+    /// The next fsyncs fail with EIO.
+    AppendSyncError(BatchSpec),
+    Crash { torn: bool },
+    Reopen,
+}
+
+fn batch_spec() -> impl Strategy<Value = BatchSpec> {
+    (1u8..6, 0u16..300, prop::bool::weighted(0.2)).prop_map(|(records, pad, gzip)| BatchSpec { records, pad, gzip })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => prop::collection::vec(batch_spec(), 1..4).prop_map(Op::Append),
+        4 => (any::<u16>(), 1u16..2000, any::<bool>()).prop_map(|(at, max_bytes, below_hw)| Op::Read { at, max_bytes, below_hw }),
+        1 => Just(Op::Flush),
+        1 => Just(Op::MaybeFlush),
+        1 => any::<u16>().prop_map(|at| Op::Truncate { at }),
+        1 => batch_spec().prop_map(Op::AppendWriteError),
+        1 => batch_spec().prop_map(Op::AppendSyncError),
+        2 => any::<bool>().prop_map(|torn| Op::Crash { torn }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// Encode one producer batch with values unique to `tag`.
+fn encode(spec: &BatchSpec, tag: u64) -> Vec<u8> {
+    let records: Vec<Record> = (0..spec.records as i64)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32,
+            timestamp: 1_000 + tag as i64,
+            key: None,
+            value: Some(Bytes::from(format!("{tag}-{i}-{}", "x".repeat(spec.pad as usize)))),
+            headers: Default::default(),
+        })
+        .collect();
+    let compression = if spec.gzip { Compression::Gzip } else { Compression::None };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+    buf.to_vec()
+}
+
+/// The log as it should be: every batch appended, with its offsets.
+#[derive(Default)]
+struct Model {
+    /// (base offset, next offset, stored bytes)
+    batches: Vec<(i64, i64, Vec<u8>)>,
+    /// Offset below which the log promised durability.
+    durable: i64,
+}
+
+impl Model {
+    fn end(&self) -> i64 {
+        self.batches.last().map_or(0, |b| b.1)
+    }
+
+    /// Store producer batches as the log should: at the end, offsets assigned.
+    fn append(&mut self, input: &[u8]) {
+        for item in Batches::new(input, true) {
+            let (_, h, bytes) = item.unwrap();
+            let base = self.end();
+            let mut stored = bytes.to_vec();
+            set_base_offset(&mut stored, base);
+            self.batches.push((base, base + h.record_count as i64, stored));
+        }
+    }
+
+    /// Index of the batch holding `offset`.
+    fn holding(&self, offset: i64) -> usize {
+        self.batches.partition_point(|b| b.1 <= offset)
+    }
+
+    /// What a read must return, by the rules of `PartitionLog::read`.
+    fn expected_read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (_, next, bytes) in &self.batches[self.holding(offset)..] {
+            if *next > max_offset || (!out.is_empty() && out.len() + bytes.len() > max_bytes) {
+                break;
+            }
+            out.extend_from_slice(bytes);
+        }
+        out
+    }
+
+    fn truncate(&mut self, offset: i64) {
+        let keep = self.holding(offset);
+        self.batches.truncate(keep);
+        self.durable = self.durable.min(self.end());
+    }
+}
+
+struct Harness {
+    disk: SimDisk,
+    dir: PathBuf,
+    config: LogConfig,
+    log: Option<PartitionLog>,
+    model: Model,
+    tag: u64,
+}
+
+impl Harness {
+    fn new(seed: u64, flush_messages: u64) -> Self {
+        let config = LogConfig { segment_bytes: 700, index_interval_bytes: 200, flush_messages, ..LogConfig::default() };
+        let mut h = Harness { disk: SimDisk::perfect(seed), dir: PathBuf::from("data/topic-0"), config, log: None, model: Model::default(), tag: 0 };
+        h.reopen();
+        h
+    }
+
+    fn log(&mut self) -> &mut PartitionLog {
+        self.log.as_mut().expect("log is open")
+    }
+
+    fn reopen(&mut self) {
+        self.log = None;
+        let (log, report) =
+            PartitionLog::open(Arc::new(self.disk.clone()), self.dir.clone(), self.config.clone(), PlantedBugs::default(), 0).unwrap();
+        let end = log.log_end_offset();
+        assert!(end >= self.model.durable, "recovery lost durable data: end {end} < durable {}", self.model.durable);
+        assert!(end <= self.model.end(), "recovery invented data: end {end} > written {}", self.model.end());
+        assert_eq!(report.log_end_offset, end);
+        self.model.truncate(end);
+        assert_eq!(self.model.end(), end, "recovered end {end} is not a batch boundary");
+        self.log = Some(log);
+        self.check_all();
+        self.model.durable = self.log().durable_offset();
+    }
+
+    fn next_batches(&mut self, specs: &[BatchSpec]) -> Vec<u8> {
+        let mut input = Vec::new();
+        for spec in specs {
+            self.tag += 1;
+            input.extend(encode(spec, self.tag));
+        }
+        input
+    }
+
+    /// Append; the model follows only if the log says it worked.
+    fn append(&mut self, input: &[u8]) -> Result<(), StorageError> {
+        let end = self.model.end();
+        match self.log().append(input, 0) {
+            Ok(info) => {
+                assert_eq!(info.base_offset, end);
+                self.model.append(input);
+                assert_eq!(info.last_offset + 1, self.model.end());
+                Ok(())
+            }
+            Err(e) => {
+                assert_eq!(self.log().log_end_offset(), end, "a failed append changed the log end");
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything the log holds equals the model, and the bookkeeping agrees.
+    fn check_all(&mut self) {
+        let log = self.log.as_ref().unwrap();
+        assert_eq!(log.log_end_offset(), self.model.end());
+        assert!(log.high_watermark() <= log.log_end_offset());
+        let mut offset = log.log_start_offset();
+        let mut got = Vec::new();
+        while offset < log.log_end_offset() {
+            let r = log.read(offset, 1 << 16, i64::MAX).unwrap();
+            let last = Batches::new(&r.records, true).last().expect("a read below the end returns a batch").unwrap().1;
+            offset = last.next_offset();
+            got.extend_from_slice(&r.records);
+        }
+        let want: Vec<u8> = self.model.batches.iter().flat_map(|b| b.2.iter().copied()).collect();
+        assert!(got == want, "log content differs from what was written");
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Append(specs) => {
+                let input = self.next_batches(specs);
+                self.append(&input).unwrap();
+            }
+            Op::Read { at, max_bytes, below_hw } => {
+                let end = self.model.end();
+                let offset = *at as i64 % (end + 1);
+                let max_offset = if *below_hw { self.log().high_watermark() } else { i64::MAX };
+                let r = self.log().read(offset, *max_bytes as usize, max_offset).unwrap();
+                assert_eq!(r.log_end_offset, end);
+                let want = self.model.expected_read(offset, *max_bytes as usize, max_offset.min(end));
+                assert!(r.records[..] == want[..], "read({offset}, {max_bytes}, {max_offset}) differs");
+                if let Some(Ok((_, first, _))) = Batches::new(&r.records, true).next() {
+                    let h: BatchHeader = first;
+                    assert!(h.base_offset <= offset && offset <= h.last_offset());
+                }
+                assert!(matches!(self.log().read(end + 1, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+            }
+            Op::Flush => {
+                self.log().flush().unwrap();
+                assert_eq!(self.log().high_watermark(), self.model.end());
+            }
+            Op::MaybeFlush => {
+                self.log().maybe_flush(i64::MAX).unwrap();
+                assert_eq!(self.log().high_watermark(), self.model.end());
+            }
+            Op::Truncate { at } => {
+                let offset = *at as i64 % (self.model.end() + 1);
+                self.log().truncate_to(offset).unwrap();
+                self.model.truncate(offset);
+                assert_eq!(self.log().high_watermark(), self.model.end());
+                self.check_all();
+            }
+            Op::AppendWriteError(spec) => {
+                let input = self.next_batches(std::slice::from_ref(spec));
+                self.disk.set_faults(DiskFaults { write_error: 1.0, ..DiskFaults::default() });
+                let r = self.append(&input);
+                self.disk.set_faults(DiskFaults::default());
+                assert!(matches!(r, Err(StorageError::Io(_))), "{r:?}");
+                self.check_all();
+            }
+            Op::AppendSyncError(spec) => {
+                let input = self.next_batches(std::slice::from_ref(spec));
+                self.disk.set_faults(DiskFaults { sync_error: 1.0, ..DiskFaults::default() });
+                // Fails only if the flush policy flushes on this append.
+                let _ = self.append(&input);
+                self.disk.set_faults(DiskFaults::default());
+                self.check_all();
+            }
+            Op::Crash { torn } => {
+                let torn_write = if *torn { 1.0 } else { 0.0 };
+                self.disk.set_faults(DiskFaults { torn_write, ..DiskFaults::default() });
+                self.disk.crash();
+                self.disk.set_faults(DiskFaults::default());
+                self.reopen();
+            }
+            Op::Reopen => {
+                let end = self.model.end();
+                self.reopen();
+                assert_eq!(self.model.end(), end, "a reopen without a crash lost data");
+            }
+        }
+        let durable = self.log().durable_offset();
+        assert!(durable >= self.model.durable.min(self.model.end()), "the durable offset went backwards");
+        self.model.durable = durable;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn log_matches_model_under_crashes_and_disk_errors(
+        seed in any::<u64>(),
+        flush_messages in 1u64..6,
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        let mut h = Harness::new(seed, flush_messages);
+        for op in &ops {
+            h.apply(op);
+        }
+        h.log().flush().unwrap();
+        h.disk.crash();
+        h.reopen();
+    }
+}
+
+#[test]
+fn a_full_disk_rejects_appends_and_keeps_the_log_intact() {
+    let mut h = Harness::new(1, 1);
+    let input = h.next_batches(&[BatchSpec { records: 3, pad: 50, gzip: false }]);
+    h.append(&input).unwrap();
+    let used = h.disk.used_bytes();
+    h.disk.set_faults(DiskFaults { capacity_bytes: used + 10, ..DiskFaults::default() });
+    let input = h.next_batches(&[BatchSpec { records: 3, pad: 50, gzip: false }]);
+    let err = h.append(&input).unwrap_err();
+    let StorageError::Io(e) = err else { panic!("expected an I/O error") };
+    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+    h.check_all();
+    h.disk.set_faults(DiskFaults::default());
+    h.append(&input).unwrap();
+    h.disk.crash();
+    h.reopen();
+    assert_eq!(h.model.batches.len(), 2);
+}
+
+#[test]
+fn unflushed_appends_are_lost_on_crash_and_flushed_ones_kept() {
+    let mut h = Harness::new(2, 1_000);
+    let first = h.next_batches(&[BatchSpec { records: 2, pad: 10, gzip: false }]);
+    h.append(&first).unwrap();
+    h.log().flush().unwrap();
+    let second = h.next_batches(&[BatchSpec { records: 2, pad: 10, gzip: false }]);
+    h.append(&second).unwrap();
+    assert_eq!((h.log().log_end_offset(), h.log().high_watermark()), (4, 2));
+    h.disk.crash();
+    h.reopen();
+    assert_eq!(h.log().log_end_offset(), 2);
+}
