@@ -28,7 +28,13 @@ fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32, min_bytes: i32, par
     req
 }
 
-async fn fetch(c: &mut Conn, topic: &str, offset: i64, max_wait_ms: i32, version: i16) -> fetch_response::PartitionData {
+async fn fetch(
+    c: &mut Conn,
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+    version: i16,
+) -> fetch_response::PartitionData {
     let resp: FetchResponse = c.call(version, &fetch_request(topic, offset, max_wait_ms, 1, 1 << 20)).await;
     resp.responses[0].partitions[0].clone()
 }
@@ -39,7 +45,8 @@ fn decode(records: &Bytes) -> Vec<(Compression, Vec<String>)> {
         .unwrap()
         .into_iter()
         .map(|set| {
-            let values = set.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
+            let values =
+                set.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
             (set.compression, values)
         })
         .collect()

@@ -173,9 +173,8 @@ async fn group_and_transaction_apis_fail_clearly() {
         c.call(3, &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))).await;
     assert_eq!(resp.error_code, code(ResponseError::CoordinatorNotAvailable));
     assert!(resp.error_message.unwrap().contains("not supported"));
-    let resp: FindCoordinatorResponse = c
-        .call(4, &FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")]))
-        .await;
+    let resp: FindCoordinatorResponse =
+        c.call(4, &FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")])).await;
     assert_eq!(resp.coordinators[0].error_code, code(ResponseError::CoordinatorNotAvailable));
     let resp: InitProducerIdResponse = c.call(4, &InitProducerIdRequest::default()).await;
     assert_eq!(resp.error_code, code(ResponseError::InvalidRequest));

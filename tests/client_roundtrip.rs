@@ -15,7 +15,6 @@ use faultline_broker::io::real::RealIo;
 use faultline_broker::io::Env;
 use faultline_broker::server::{self, RunningBroker};
 
-
 struct TestBroker {
     env: Env,
     bootstrap: Vec<String>,
@@ -26,7 +25,8 @@ struct TestBroker {
 async fn start_broker() -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let env = RealIo::new();
-    let config = BrokerConfig { listen: "127.0.0.1:0".into(), data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
+    let config =
+        BrokerConfig { listen: "127.0.0.1:0".into(), data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
     let broker = server::start(env.clone(), config).await.unwrap();
     let bootstrap = vec![broker.local_addr().to_string()];
     TestBroker { env, bootstrap, _broker: broker, _dir: dir }

@@ -1,8 +1,300 @@
-//! `faultline sim`: run scenarios, single seeds and sweeps.
+//! `faultline sim`: run scenarios, single seeds, sweeps and the speed bench.
+//!
+//! - no arguments: every built-in scenario on a fixed seed, as a table;
+//! - `--scenario FILE|NAME --seed N`: one run, with anomalies, the fault
+//!   timeline around them and the command that replays it;
+//! - `sweep --scenario FILE|NAME --seeds 1..1000 [--jobs N]`;
+//! - `bench`: simulation speed on the default scenario.
+//!
+//! The exit code is 0 when every run passed, 1 otherwise.
 
-#[derive(clap::Args)]
-pub struct Args {}
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("sim: not implemented yet")
+use anyhow::Context;
+use clap::{Args as ClapArgs, Subcommand};
+
+use crate::runner::{run_scenario, RunOptions, RunResult};
+use crate::scenario::{self, Scenario};
+use crate::seam::Stopwatch;
+use crate::simlog;
+use crate::sweep::{self, SeedOutcome};
+
+/// The seed the default table runs.
+pub const DEFAULT_SEED: u64 = 1;
+/// The scenario `bench` measures.
+pub const BENCH_SCENARIO: &str = "steady";
+
+#[derive(ClapArgs, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one scenario over many seeds, on several threads.
+    Sweep(SweepArgs),
+    /// Measure simulation speed: simulated seconds, operations and seeds per wall second.
+    Bench(BenchArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct RunArgs {
+    /// Scenario file, or the name of a built-in scenario (steady, partitions,
+    /// crash-restart, disk-faults, slow-links). Without it, every built-in runs.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Run seed.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Write the trace (one event per line, with simulated time) to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Write the history as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// Write trace, history, timeline and report for each run into DIR.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+struct SweepArgs {
+    /// Scenario file or built-in name.
+    #[arg(long)]
+    scenario: String,
+    /// Seeds: N, A..B (B excluded) or A..=B.
+    #[arg(long, default_value = "1..101")]
+    seeds: String,
+    /// Threads; defaults to the number of cores.
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+#[derive(ClapArgs, Debug)]
+struct BenchArgs {
+    /// Scenario file or built-in name.
+    #[arg(long, default_value = BENCH_SCENARIO)]
+    scenario: String,
+    /// How many seeds to run (one after another on one thread).
+    #[arg(long, default_value_t = 10)]
+    seeds: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    simlog::init();
+    match args.command {
+        Some(Command::Sweep(a)) => run_sweep(a),
+        Some(Command::Bench(a)) => run_bench(a),
+        None => match &args.run.scenario {
+            Some(s) => run_single(s, &args.run),
+            None => run_table(&args.run),
+        },
+    }
+}
+
+/// A scenario by file path, else by built-in name.
+pub fn resolve(spec: &str) -> anyhow::Result<Scenario> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Scenario::load(path);
+    }
+    scenario::builtin_named(spec).with_context(|| {
+        let names: Vec<&str> = scenario::BUILTIN.iter().map(|(f, _)| f.trim_end_matches(".toml")).collect();
+        format!("no scenario file {spec:?} and no built-in scenario of that name (built-in: {})", names.join(", "))
+    })
+}
+
+/// The command that replays one run.
+pub fn replay_command(spec: &str, seed: u64) -> String {
+    format!("cargo run --release -- sim --scenario {spec} --seed {seed}")
+}
+
+fn hash_hex(h: u64) -> String {
+    format!("{h:016x}")
+}
+
+fn run_table(args: &RunArgs) -> anyhow::Result<i32> {
+    let scenarios = scenario::builtin()?;
+    let opts = RunOptions { keep_trace: args.out.is_some() };
+    println!("{:<16} {:>6} {:>6} {:>6}  {:<40} trace hash", "scenario", "seed", "ops", "faults", "verdict");
+    let mut failed = Vec::new();
+    for s in &scenarios {
+        let r = run_scenario(s, args.seed, &opts)?;
+        println!("{:<16} {:>6} {:>6} {:>6}  {:<40} {}", s.name, r.seed, r.ops, r.faults, r.verdict(), hash_hex(r.trace_hash));
+        if let Some(dir) = &args.out {
+            write_outputs(dir, &r)?;
+        }
+        if !r.passed() {
+            failed.push((s.name.clone(), r.seed));
+        }
+    }
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    println!("\n{} of {} scenarios failed; replay with:", failed.len(), scenarios.len());
+    for (name, seed) in failed {
+        println!("  {}", replay_command(&name, seed));
+    }
+    Ok(1)
+}
+
+fn run_single(spec: &str, args: &RunArgs) -> anyhow::Result<i32> {
+    let s = resolve(spec)?;
+    let opts = RunOptions { keep_trace: args.trace.is_some() || args.out.is_some() };
+    let watch = Stopwatch::start();
+    let r = run_scenario(&s, args.seed, &opts)?;
+    let wall = watch.elapsed();
+    println!("scenario {} seed {}: {}", s.name, r.seed, r.verdict());
+    println!(
+        "{} operations, {} faults, {:.1} s simulated in {:.2} s, trace hash {}",
+        r.ops,
+        r.faults,
+        r.sim_time.as_secs_f64(),
+        wall.as_secs_f64(),
+        hash_hex(r.trace_hash)
+    );
+    print!("{}", r.report);
+    if let Some(path) = &args.trace {
+        let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        r.trace.write_text(std::io::BufWriter::new(f))?;
+    }
+    if let Some(path) = &args.history {
+        let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        r.history.write_jsonl(std::io::BufWriter::new(f))?;
+    }
+    if let Some(dir) = &args.out {
+        write_outputs(dir, &r)?;
+    }
+    if r.passed() {
+        return Ok(0);
+    }
+    print_timeline_near_anomalies(&r);
+    println!("\nreplay: {}", replay_command(spec, r.seed));
+    Ok(1)
+}
+
+/// The fault timeline within a second of the operations the anomalies
+/// cite, or the whole timeline if none are cited.
+fn print_timeline_near_anomalies(r: &RunResult) {
+    let times: Vec<Duration> = r
+        .report
+        .anomalies
+        .iter()
+        .flat_map(|a| a.ops.iter())
+        .filter_map(|i| r.history.ops.get(*i as usize))
+        .flat_map(|op| [Duration::from_nanos(op.invoke_ns), Duration::from_nanos(op.complete_ns)])
+        .collect();
+    let window = Duration::from_secs(1);
+    let near: Vec<_> = r.timeline.iter().filter(|e| times.is_empty() || times.iter().any(|t| e.at + window >= *t && e.at <= *t + window)).collect();
+    println!("\nfault timeline{}:", if times.is_empty() { "" } else { " around the anomalies" });
+    if near.is_empty() {
+        println!("  (no faults nearby)");
+    }
+    for e in near {
+        println!("  {:>9.3} s  {}", e.at.as_secs_f64(), e.what);
+    }
+}
+
+fn write_outputs(dir: &Path, r: &RunResult) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = format!("{}-{}", r.scenario, r.seed);
+    let create = |ext: &str| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+        let p = dir.join(format!("{stem}.{ext}"));
+        Ok(std::io::BufWriter::new(std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?))
+    };
+    r.trace.write_text(create("trace")?)?;
+    r.history.write_jsonl(create("history.jsonl")?)?;
+    let mut t = create("timeline")?;
+    for e in &r.timeline {
+        use std::io::Write;
+        writeln!(t, "{:>9.3} {}", e.at.as_secs_f64(), e.what)?;
+    }
+    use std::io::Write;
+    write!(create("report")?, "{}", r.report)?;
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> anyhow::Result<i32> {
+    let s = resolve(&a.scenario)?;
+    let seeds = sweep::parse_seeds(&a.seeds)?;
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let total = seeds.end() - seeds.start() + 1;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {msg} [{elapsed} < {eta}]")
+            .expect("progress template")
+            .progress_chars("=> "),
+    );
+    let watch = Stopwatch::start();
+    let mut failures = 0usize;
+    let outcomes = sweep::sweep(&s, seeds, jobs, |o| {
+        if !o.passed {
+            failures += 1;
+            bar.println(format!("seed {}: {}", o.seed, o.error.as_deref().unwrap_or(&o.verdict)));
+        }
+        bar.set_message(format!("{failures} failing"));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    print_sweep_summary(&a.scenario, &s, &outcomes, jobs, watch.elapsed());
+    Ok(if outcomes.iter().all(|o| o.passed) { 0 } else { 1 })
+}
+
+fn print_sweep_summary(spec: &str, s: &Scenario, outcomes: &[SeedOutcome], jobs: usize, wall: Duration) {
+    let failed: Vec<&SeedOutcome> = outcomes.iter().filter(|o| !o.passed).collect();
+    let ops: usize = outcomes.iter().map(|o| o.ops).sum();
+    let faults: usize = outcomes.iter().map(|o| o.faults).sum();
+    println!(
+        "scenario {}: {} seeds, {} passed, {} failed; {} operations, {} faults; {:.1} s on {} threads ({:.0} seeds/min)",
+        s.name,
+        outcomes.len(),
+        outcomes.len() - failed.len(),
+        failed.len(),
+        ops,
+        faults,
+        wall.as_secs_f64(),
+        jobs,
+        outcomes.len() as f64 * 60.0 / wall.as_secs_f64().max(1e-9)
+    );
+    let mut kinds: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for o in outcomes {
+        for (k, n) in &o.anomalies {
+            let e = kinds.entry(k.as_str()).or_default();
+            e.0 += 1;
+            e.1 += n;
+        }
+    }
+    for (k, (seeds, n)) in kinds {
+        println!("  {k}: {n} in {seeds} seeds");
+    }
+    if !failed.is_empty() {
+        println!("failing seeds (replay with):");
+        for o in failed {
+            println!("  {:<48} # {}", replay_command(spec, o.seed), o.error.as_deref().unwrap_or(&o.verdict));
+        }
+    }
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<i32> {
+    let s = resolve(&a.scenario)?;
+    anyhow::ensure!(a.seeds > 0, "--seeds must be at least 1");
+    let watch = Stopwatch::start();
+    let (mut sim, mut ops) = (Duration::ZERO, 0usize);
+    for seed in 1..=a.seeds {
+        let r = run_scenario(&s, seed, &RunOptions::default())?;
+        sim += r.sim_time;
+        ops += r.ops;
+    }
+    let wall = watch.elapsed().as_secs_f64().max(1e-9);
+    println!("scenario {}: {} seeds in {:.2} s wall, {:.1} s simulated", s.name, a.seeds, wall, sim.as_secs_f64());
+    println!("  {:.1} simulated seconds per wall second", sim.as_secs_f64() / wall);
+    println!("  {:.0} client operations per wall second", ops as f64 / wall);
+    println!("  {:.0} seeds per minute (one thread)", a.seeds as f64 * 60.0 / wall);
+    Ok(0)
 }

@@ -301,6 +301,10 @@ impl Disk {
         }
         let node = self.inodes.get_mut(&ino).expect("inode checked by caller");
         node.data.resize(new_len as usize, 0);
+        if new_len > old_len {
+            // The new bytes (zeros or about to be written) are not durable yet.
+            node.mark_dirty(old_len, new_len);
+        }
         self.used = self.used - old_len + new_len;
         Ok(())
     }
@@ -853,11 +857,6 @@ impl File for SimFile {
         d.charge(false);
         d.resize(self.ino, &self.path, len)?;
         let node = d.inodes.get_mut(&self.ino).expect("checked inode");
-        // Growing exposes zeros that the durable view lacks; mark them dirty.
-        let durable_len = node.durable.len() as u64;
-        if len > durable_len {
-            node.mark_dirty(durable_len, len);
-        }
         if let Some((off, n)) = node.last_write {
             if off + n > len {
                 node.last_write = None;

@@ -457,3 +457,65 @@ pub fn builtin_named(name: &str) -> Option<Scenario> {
     let file = if name.ends_with(".toml") { name.to_string() } else { format!("{name}.toml") };
     BUILTIN.iter().find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_scenarios_parse() {
+        let all = builtin().unwrap();
+        assert_eq!(all.len(), BUILTIN.len());
+        assert!(builtin_named("steady").is_some());
+        assert!(builtin_named("crash-restart.toml").is_some());
+        assert!(builtin_named("nope").is_none());
+    }
+
+    fn steady_with(edit: impl FnOnce(&mut String)) -> anyhow::Result<Scenario> {
+        let mut text = BUILTIN[0].1.to_string();
+        edit(&mut text);
+        Scenario::parse(&text, "test")
+    }
+
+    fn err(r: anyhow::Result<Scenario>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = err(steady_with(|t| t.push_str("\n[network]\nmin_latency = 3\n")));
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unbuilt_features_are_named() {
+        let e = err(steady_with(|t| *t = t.replace("replication_factor = 1", "replication_factor = 3")));
+        assert!(e.contains("replication") && e.contains("not built yet"), "{e}");
+        let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 3")));
+        assert!(e.contains("multi-broker") && e.contains("not built yet"), "{e}");
+        let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 1\nconsumer_groups = true")));
+        assert!(e.contains("consumer groups are not built yet"), "{e}");
+    }
+
+    #[test]
+    fn nemesis_parameters_must_fit_their_kind() {
+        let add = |n: &str| {
+            let n = n.to_string();
+            move |t: &mut String| t.push_str(&format!("\n[[faults.nemeses]]\n{n}\n"))
+        };
+        let e = err(steady_with(add("kind = \"link-drop\"\ninterval_s = 1\nduration_s = 1")));
+        assert!(e.contains("needs `rate`"), "{e}");
+        let e = err(steady_with(add("kind = \"pause\"\ninterval_s = 1\nduration_s = 1\nrate = 0.5")));
+        assert!(e.contains("takes no `rate`"), "{e}");
+        let e = err(steady_with(add("kind = \"meteor\"\ninterval_s = 1\nduration_s = 1")));
+        assert!(e.contains("unknown nemesis kind"), "{e}");
+        let ok = steady_with(add("kind = \"clock-jump\"\ninterval_s = 1\nduration_s = 1\nmax_ms = 5")).unwrap();
+        assert_eq!(ok.faults.nemeses[0].kind, NemesisKind::ClockJump { max_ms: 5 });
+    }
+
+    #[test]
+    fn unknown_checker_is_refused() {
+        let e = err(steady_with(|t| *t = t.replace("\"G1a\"", "\"G1z\"")));
+        assert!(e.contains("G1z"), "{e}");
+    }
+}

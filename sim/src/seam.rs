@@ -238,3 +238,19 @@ mod tests {
         assert!(port_of("broker-0").is_err());
     }
 }
+
+/// Wall-clock time spent running simulations, for progress and speed
+/// reports. Lives here because it reads the host's real clock; it measures
+/// the simulator from outside and never feeds a simulation.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}

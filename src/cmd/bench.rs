@@ -45,8 +45,11 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     let (bootstrap, broker) = match &args.bootstrap_server {
         Some(b) => (parse_bootstrap(b)?, None),
         None => {
-            let config =
-                BrokerConfig { listen: "127.0.0.1:0".into(), data_dir: dir.path().join("data"), ..BrokerConfig::default() };
+            let config = BrokerConfig {
+                listen: "127.0.0.1:0".into(),
+                data_dir: dir.path().join("data"),
+                ..BrokerConfig::default()
+            };
             let running = server::start(env.clone(), config).await.context("cannot start the in-process broker")?;
             (vec![running.local_addr().to_string()], Some(running))
         }

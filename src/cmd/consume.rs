@@ -43,7 +43,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         Some(p) => vec![TopicPartition::new(&args.topic, p)],
         None => {
             let admin = Admin::new(env.clone(), AdminConfig::new(servers.clone()))?;
-            let d = admin.describe_topics(std::slice::from_ref(&args.topic)).await.with_context(|| format!("topic {}", args.topic))?;
+            let d = admin
+                .describe_topics(std::slice::from_ref(&args.topic))
+                .await
+                .with_context(|| format!("topic {}", args.topic))?;
             d[0].partitions.iter().map(|p| TopicPartition::new(&args.topic, p.partition)).collect()
         }
     };

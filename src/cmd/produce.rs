@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 
-use faultline_broker::client::{parse_bootstrap, Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord};
+use faultline_broker::client::{
+    parse_bootstrap, Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord,
+};
 use faultline_broker::io::real::RealIo;
 use tokio::io::{AsyncBufReadExt, BufReader};
 

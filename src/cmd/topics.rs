@@ -113,7 +113,10 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         Action::Delete { common, topic } => {
-            admin(&common)?.delete_topics(std::slice::from_ref(&topic)).await.with_context(|| format!("cannot delete topic {topic}"))?;
+            admin(&common)?
+                .delete_topics(std::slice::from_ref(&topic))
+                .await
+                .with_context(|| format!("cannot delete topic {topic}"))?;
             println!("Deleted topic {topic}.");
         }
     }

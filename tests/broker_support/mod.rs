@@ -169,9 +169,9 @@ pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -
     let mut req = ProduceRequest::default();
     req.acks = acks;
     req.timeout_ms = 5000;
-    req.topic_data = vec![TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
-        PartitionProduceData::default().with_index(partition).with_records(Some(records)),
-    ])];
+    req.topic_data = vec![TopicProduceData::default()
+        .with_name(name(topic))
+        .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(records))])];
     req
 }
 

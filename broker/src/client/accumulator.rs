@@ -82,7 +82,8 @@ impl<C> Accumulator<C> {
     /// overflow `batch.size` (a record bigger than that gets a batch of its
     /// own). Returns true if this opened a new batch.
     pub fn append(&mut self, tp: &TopicPartition, record: OutRecord, completion: C, now: Duration) -> bool {
-        let queue = self.queues.entry(tp.clone()).or_insert_with(|| Queue { batches: VecDeque::new(), in_flight: false });
+        let queue =
+            self.queues.entry(tp.clone()).or_insert_with(|| Queue { batches: VecDeque::new(), in_flight: false });
         let size = record.size_estimate();
         // A batch that was sent once is closed: retries resend it unchanged.
         let open = queue.batches.back_mut().filter(|b| b.attempts == 0 && b.size + size <= self.batch_size);

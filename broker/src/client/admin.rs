@@ -29,7 +29,11 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bootstrap_servers: vec!["127.0.0.1:9092".into()], client_id: "faultline-admin".into(), request_timeout_ms: 30_000 }
+        AdminConfig {
+            bootstrap_servers: vec!["127.0.0.1:9092".into()],
+            client_id: "faultline-admin".into(),
+            request_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -153,7 +157,9 @@ impl Admin {
                 let req = DeleteTopicsRequest::default().with_timeout_ms(timeout_ms);
                 // v6 names topics in `topics`; earlier versions in `topic_names`.
                 if version >= 6 {
-                    req.with_topics(names.iter().map(|n| DeleteTopicState::default().with_name(Some(topic_name(n)))).collect())
+                    req.with_topics(
+                        names.iter().map(|n| DeleteTopicState::default().with_name(Some(topic_name(n)))).collect(),
+                    )
                 } else {
                     req.with_topic_names(names.iter().map(|n| topic_name(n)).collect())
                 }

@@ -8,11 +8,11 @@
 use std::str::FromStr;
 
 use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
 };
-use kafka_protocol::protocol::StrBytes;
 
 use super::consumer::ConsumerRecord;
 use super::{ClientError, Header};
@@ -158,7 +158,8 @@ pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -
             return Err(corrupt(format!("batch at offset {base_offset} has magic {}", batch[MAGIC_AT])));
         }
         let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
-        let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| corrupt(format!("batch at offset {base_offset}: {e}")))?;
+        let set = RecordBatchDecoder::decode(&mut batch)
+            .map_err(|e| corrupt(format!("batch at offset {base_offset}: {e}")))?;
         for r in set.records {
             if r.control || r.offset < fetch_offset {
                 continue;
@@ -187,7 +188,11 @@ mod tests {
         OutRecord {
             key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("value-{i}").repeat(3))),
-            headers: if i % 3 == 0 { vec![("h".into(), Some(Bytes::from_static(b"x"))), ("n".into(), None)] } else { vec![] },
+            headers: if i % 3 == 0 {
+                vec![("h".into(), Some(Bytes::from_static(b"x"))), ("n".into(), None)]
+            } else {
+                vec![]
+            },
             timestamp: 1_700_000_000_000 + i as i64,
         }
     }

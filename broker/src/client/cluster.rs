@@ -162,7 +162,11 @@ impl Cluster {
     }
 
     /// Send a request built for the negotiated version to `conn`.
-    pub async fn send<R: Request>(&self, conn: &Connection, build: impl FnOnce(i16) -> R) -> Result<R::Response, ClientError> {
+    pub async fn send<R: Request>(
+        &self,
+        conn: &Connection,
+        build: impl FnOnce(i16) -> R,
+    ) -> Result<R::Response, ClientError> {
         let version = conn.version::<R>()?;
         conn.request(&build(version), version, self.config.request_timeout).await
     }
@@ -189,12 +193,18 @@ impl Cluster {
 
     /// Fetch Metadata for `topics` (`None`: all topics) and update the cache.
     /// Returns what the broker said about each topic, errors included.
-    pub async fn refresh(&self, topics: Option<&[String]>, allow_auto_create: bool) -> Result<BTreeMap<String, TopicMetadata>, ClientError> {
+    pub async fn refresh(
+        &self,
+        topics: Option<&[String]>,
+        allow_auto_create: bool,
+    ) -> Result<BTreeMap<String, TopicMetadata>, ClientError> {
         let resp = self
             .send_any(|version| {
                 let mut req = MetadataRequest::default().with_topics(topics.map(|ts| {
                     ts.iter()
-                        .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
+                        .map(|t| {
+                            MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                        })
                         .collect()
                 }));
                 // The flag exists from v4 on; older versions always auto-create.
@@ -254,10 +264,14 @@ impl Cluster {
         }
         let mut got = self.refresh(Some(&[topic.to_string()]), allow_auto_create).await?;
         match got.remove(topic) {
-            Some(t) if t.error_code != 0 => Err(ClientError::broker(format!("metadata for topic {topic}"), t.error_code, None)),
-            Some(t) if t.partitions.is_empty() => {
-                Err(ClientError::broker(format!("metadata for topic {topic}"), ResponseError::LeaderNotAvailable.code(), None))
+            Some(t) if t.error_code != 0 => {
+                Err(ClientError::broker(format!("metadata for topic {topic}"), t.error_code, None))
             }
+            Some(t) if t.partitions.is_empty() => Err(ClientError::broker(
+                format!("metadata for topic {topic}"),
+                ResponseError::LeaderNotAvailable.code(),
+                None,
+            )),
             Some(t) => Ok(t),
             None => Err(ClientError::Protocol(format!("metadata response does not mention topic {topic}"))),
         }
@@ -277,8 +291,12 @@ impl Cluster {
         self.invalidate(&tp.topic);
         let meta = self.topic(&tp.topic, allow_auto_create).await?;
         match meta.partitions.get(&tp.partition) {
-            None => Err(ClientError::broker(format!("partition {tp}"), ResponseError::UnknownTopicOrPartition.code(), None)),
-            Some(p) if p.leader < 0 => Err(ClientError::broker(format!("partition {tp}"), ResponseError::LeaderNotAvailable.code(), None)),
+            None => {
+                Err(ClientError::broker(format!("partition {tp}"), ResponseError::UnknownTopicOrPartition.code(), None))
+            }
+            Some(p) if p.leader < 0 => {
+                Err(ClientError::broker(format!("partition {tp}"), ResponseError::LeaderNotAvailable.code(), None))
+            }
             Some(p) => Ok(p.leader),
         }
     }

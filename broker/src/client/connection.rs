@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -83,7 +83,12 @@ pub struct Connection {
 
 impl Connection {
     /// Connect to `addr` and negotiate API versions, all within `timeout`.
-    pub async fn connect(env: &Env, addr: &str, client_id: &str, timeout: Duration) -> Result<Arc<Connection>, ClientError> {
+    pub async fn connect(
+        env: &Env,
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Connection>, ClientError> {
         let connect_err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
         let stream = match io::timeout(env, timeout, env.connect(addr)).await {
             None => return Err(connect_err(format!("no connection after {} ms", timeout.as_millis()))),
@@ -165,15 +170,21 @@ impl Connection {
     }
 
     /// Send `req` at `version` and wait up to `timeout` for its response.
-    pub async fn request<R: Request>(&self, req: &R, version: i16, timeout: Duration) -> Result<R::Response, ClientError> {
+    pub async fn request<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
         let frame = self.round_trip(req, version, timeout).await?;
         self.decode::<R>(frame, version)
     }
 
     fn decode<R: Request>(&self, frame: Bytes, version: i16) -> Result<R::Response, ClientError> {
         let key = ApiKey::try_from(R::KEY).expect("requests the client sends have known keys");
-        let (_header, body) = wire::decode_response::<R::Response>(frame, key, version)
-            .map_err(|e| ClientError::Protocol(format!("{} v{version} response from {}: {e}", api_name(R::KEY), self.addr)))?;
+        let (_header, body) = wire::decode_response::<R::Response>(frame, key, version).map_err(|e| {
+            ClientError::Protocol(format!("{} v{version} response from {}: {e}", api_name(R::KEY), self.addr))
+        })?;
         Ok(body)
     }
 

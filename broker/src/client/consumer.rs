@@ -57,7 +57,9 @@ impl FromStr for AutoOffsetReset {
             "earliest" => Ok(AutoOffsetReset::Earliest),
             "latest" => Ok(AutoOffsetReset::Latest),
             "none" => Ok(AutoOffsetReset::None),
-            other => Err(ClientError::InvalidArgument(format!("auto.offset.reset {other:?} is not earliest, latest or none"))),
+            other => Err(ClientError::InvalidArgument(format!(
+                "auto.offset.reset {other:?} is not earliest, latest or none"
+            ))),
         }
     }
 }
@@ -189,12 +191,18 @@ impl Consumer {
     }
 
     /// Log start offsets.
-    pub async fn beginning_offsets(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+    pub async fn beginning_offsets(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
         self.list_offsets(partitions, EARLIEST_TIMESTAMP).await
     }
 
     /// Log end offsets (the high watermark: what a consumer can read up to).
-    pub async fn end_offsets(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+    pub async fn end_offsets(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
         self.list_offsets(partitions, LATEST_TIMESTAMP).await
     }
 
@@ -212,7 +220,11 @@ impl Consumer {
 
     /// ListOffsets for `tps` at `timestamp`, retrying retriable errors until
     /// `request.timeout.ms` runs out.
-    async fn list_offsets(&self, tps: &[TopicPartition], timestamp: i64) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+    async fn list_offsets(
+        &self,
+        tps: &[TopicPartition],
+        timestamp: i64,
+    ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
         let deadline = self.env.elapsed() + Duration::from_millis(self.config.request_timeout_ms);
         let mut out = BTreeMap::new();
         let mut todo: Vec<TopicPartition> = tps.to_vec();
@@ -318,7 +330,8 @@ impl Consumer {
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         let deadline = self.env.elapsed() + timeout;
         loop {
-            let unknown: Vec<TopicPartition> = self.positions.iter().filter(|(_, p)| p.is_none()).map(|(tp, _)| tp.clone()).collect();
+            let unknown: Vec<TopicPartition> =
+                self.positions.iter().filter(|(_, p)| p.is_none()).map(|(tp, _)| tp.clone()).collect();
             if !unknown.is_empty() {
                 self.reset_positions(&unknown).await?;
             }
@@ -328,7 +341,8 @@ impl Consumer {
                 return Ok(records);
             }
             if !progressed {
-                let pause = Duration::from_millis(self.config.retry_backoff_ms).min(deadline.saturating_sub(self.env.elapsed()));
+                let pause = Duration::from_millis(self.config.retry_backoff_ms)
+                    .min(deadline.saturating_sub(self.env.elapsed()));
                 self.env.sleep(pause).await;
             }
         }
@@ -338,7 +352,8 @@ impl Consumer {
     /// whether any fetch was answered (if none was, the caller backs off).
     async fn fetch_once(&mut self, max_wait: Duration) -> Result<(Vec<ConsumerRecord>, bool), ClientError> {
         let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
-        let assigned: Vec<(TopicPartition, i64)> = self.positions.iter().filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))).collect();
+        let assigned: Vec<(TopicPartition, i64)> =
+            self.positions.iter().filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))).collect();
         for (tp, pos) in assigned {
             match self.cluster.leader(&tp, false).await {
                 Ok(l) => by_leader.entry(l).or_default().push((tp, pos)),
@@ -370,9 +385,13 @@ impl Consumer {
                 }
                 match result {
                     Ok(decoded) => {
-                        let next = decoded.records.last().map(|r| r.offset + 1).into_iter().chain(decoded.next_offset).max();
+                        let next =
+                            decoded.records.last().map(|r| r.offset + 1).into_iter().chain(decoded.next_offset).max();
                         if let Some(next) = next {
-                            debug_assert!(next > fetched_at, "fetch from {fetched_at} of {tp} went backwards to {next}");
+                            debug_assert!(
+                                next > fetched_at,
+                                "fetch from {fetched_at} of {tp} went backwards to {next}"
+                            );
                             self.positions.insert(tp.clone(), Some(next.max(fetched_at)));
                         }
                         records.extend(decoded.records);
@@ -403,7 +422,10 @@ impl Consumer {
         leader: i32,
         parts: Vec<(TopicPartition, i64)>,
         max_wait: Duration,
-    ) -> Result<Vec<(TopicPartition, i64, Result<batch::Decoded, ClientError>)>, (ClientError, Vec<(TopicPartition, i64)>)> {
+    ) -> Result<
+        Vec<(TopicPartition, i64, Result<batch::Decoded, ClientError>)>,
+        (ClientError, Vec<(TopicPartition, i64)>),
+    > {
         let conn = match self.cluster.connection_to_node(leader).await {
             Ok(c) => c,
             Err(e) => return Err((e, parts)),
@@ -426,7 +448,12 @@ impl Consumer {
             .with_max_wait_ms(max_wait.as_millis().min(i32::MAX as u128) as i32)
             .with_min_bytes(self.config.fetch_min_bytes)
             .with_max_bytes(self.config.fetch_max_bytes)
-            .with_topics(topics.into_iter().map(|(t, ps)| FetchTopic::default().with_topic(topic_name(t)).with_partitions(ps)).collect());
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| FetchTopic::default().with_topic(topic_name(t)).with_partitions(ps))
+                    .collect(),
+            );
         // The broker may hold the request for max_wait before answering.
         let timeout = Duration::from_millis(self.config.request_timeout_ms) + max_wait;
         let resp = match conn.request(&req, version, timeout).await {

@@ -26,7 +26,9 @@ pub use kafka_protocol::error::ResponseError;
 
 pub use admin::{Admin, AdminConfig, NewTopic, PartitionDescription, TopicDescription};
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord};
-pub use producer::{Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 
 /// A topic-partition.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -106,7 +106,14 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        ProducerRecord { topic: topic.into(), partition: None, key: None, value: Some(value.into()), headers: vec![], timestamp: None }
+        ProducerRecord {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: Some(value.into()),
+            headers: vec![],
+            timestamp: None,
+        }
     }
 
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
@@ -181,7 +188,9 @@ impl Future for DeliveryFuture {
             DeliveryState::Ready(r) => Poll::Ready(r.take().expect("DeliveryFuture polled after completion")),
             // The sender task vanished with the record (its host died): the
             // record may have been sent.
-            DeliveryState::Waiting(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(ProduceError::Indeterminate(ClientError::Closed)))),
+            DeliveryState::Waiting(rx) => {
+                Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(ProduceError::Indeterminate(ClientError::Closed))))
+            }
         }
     }
 }
@@ -223,7 +232,12 @@ impl Producer {
     /// record fails). Records of one partition are written in `send` order.
     pub fn send(&self, mut record: ProducerRecord) -> DeliveryFuture {
         let ready = |e: ClientError| DeliveryFuture(DeliveryState::Ready(Some(Err(ProduceError::Definite(e)))));
-        let out = OutRecord { key: record.key.clone(), value: record.value.clone(), headers: record.headers.clone(), timestamp: 0 };
+        let out = OutRecord {
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+            timestamp: 0,
+        };
         let size = out.size_estimate() + batch::BATCH_HEADER_BYTES;
         if size > self.max_request_size {
             return ready(ClientError::InvalidArgument(format!(
@@ -309,7 +323,11 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(env: Env, cluster: Arc<Cluster>, config: ProducerConfig) -> (Sender, mpsc::UnboundedReceiver<RequestOutcome>) {
+    fn new(
+        env: Env,
+        cluster: Arc<Cluster>,
+        config: ProducerConfig,
+    ) -> (Sender, mpsc::UnboundedReceiver<RequestOutcome>) {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
         let acc = Accumulator::new(config.batch_size, Duration::from_millis(config.linger_ms));
         let s = Sender {
@@ -341,7 +359,11 @@ impl Sender {
 }
 
 impl Sender {
-    async fn run_loop(mut self, mut inbox: mpsc::UnboundedReceiver<Command>, mut outcomes: mpsc::UnboundedReceiver<RequestOutcome>) {
+    async fn run_loop(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut outcomes: mpsc::UnboundedReceiver<RequestOutcome>,
+    ) {
         let mut inbox_open = true;
         loop {
             self.partition_waiting().await;
@@ -390,7 +412,11 @@ impl Sender {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.incomplete.insert(seq);
-                self.unpartitioned.push_back(Unpartitioned { record, completion: (seq, tx), enqueued: self.env.elapsed() });
+                self.unpartitioned.push_back(Unpartitioned {
+                    record,
+                    completion: (seq, tx),
+                    enqueued: self.env.elapsed(),
+                });
             }
             Command::Flush(tx) => self.flushes.push((self.next_seq, tx)),
             Command::Close(tx) => {
@@ -423,7 +449,8 @@ impl Sender {
 
     fn finish_flushes(&mut self) {
         let lowest = self.incomplete.first().copied().unwrap_or(u64::MAX);
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes).into_iter().partition(|(upto, _)| lowest >= *upto);
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.flushes).into_iter().partition(|(upto, _)| lowest >= *upto);
         self.flushes = waiting;
         for (_, tx) in done {
             let _ = tx.send(());
@@ -435,7 +462,12 @@ impl Sender {
     async fn partition_waiting(&mut self) {
         let now = self.env.elapsed();
         let mut wanted: BTreeSet<String> = self.stale.clone();
-        wanted.extend(self.unpartitioned.iter().filter(|u| self.cluster.cached_topic(&u.record.topic).is_none()).map(|u| u.record.topic.clone()));
+        wanted.extend(
+            self.unpartitioned
+                .iter()
+                .filter(|u| self.cluster.cached_topic(&u.record.topic).is_none())
+                .map(|u| u.record.topic.clone()),
+        );
         let due: Vec<String> = wanted
             .into_iter()
             .filter(|t| self.last_refresh.get(t).is_none_or(|at| now >= *at + self.backoff()))
@@ -462,17 +494,28 @@ impl Sender {
             let n = meta.num_partitions();
             let partition = match (u.record.partition, &u.record.key) {
                 (Some(p), _) if p >= n => {
-                    let err = ClientError::InvalidArgument(format!("topic {} has {n} partitions, not {}", u.record.topic, p + 1));
+                    let err = ClientError::InvalidArgument(format!(
+                        "topic {} has {n} partitions, not {}",
+                        u.record.topic,
+                        p + 1
+                    ));
                     self.complete(u.completion, Err(ProduceError::Definite(err)));
                     continue;
                 }
                 (Some(p), _) => p,
                 (None, Some(key)) => partition_for_key(key, n),
-                (None, None) => self.sticky.partition(&u.record.topic, n, &meta.available_partitions(), self.env.random_u64()),
+                (None, None) => {
+                    self.sticky.partition(&u.record.topic, n, &meta.available_partitions(), self.env.random_u64())
+                }
             };
             let tp = TopicPartition::new(u.record.topic.clone(), partition);
             let r = u.record;
-            let out = OutRecord { key: r.key, value: r.value, headers: r.headers, timestamp: r.timestamp.expect("stamped at send") };
+            let out = OutRecord {
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp: r.timestamp.expect("stamped at send"),
+            };
             self.acc.append(&tp, out, u.completion, u.enqueued);
         }
         self.unpartitioned = keep;
@@ -486,7 +529,8 @@ impl Sender {
         }
         while self.unpartitioned.front().is_some_and(|u| u.enqueued <= deadline) {
             let u = self.unpartitioned.pop_front().expect("checked non-empty");
-            let err = ClientError::NoBroker(format!("no metadata for topic {} within delivery.timeout.ms", u.record.topic));
+            let err =
+                ClientError::NoBroker(format!("no metadata for topic {} within delivery.timeout.ms", u.record.topic));
             self.complete(u.completion, Err(ProduceError::Definite(err)));
         }
     }
@@ -525,7 +569,13 @@ impl Sender {
             }
             if let Some(meta) = self.cluster.cached_topic(&tp.topic) {
                 let r = self.env.random_u64();
-                self.sticky.on_batch_sent(&tp.topic, tp.partition, meta.num_partitions(), &meta.available_partitions(), r);
+                self.sticky.on_batch_sent(
+                    &tp.topic,
+                    tp.partition,
+                    meta.num_partitions(),
+                    &meta.available_partitions(),
+                    r,
+                );
             }
             by_leader.entry(leader).or_default().push(batch);
         }
@@ -569,12 +619,17 @@ impl Sender {
                 Ok(answers) => match answers.get(&tp) {
                     Some(a) if a.error_code == 0 => Ok((a.base_offset, a.log_append_time)),
                     Some(a) => {
-                        let e = ClientError::broker(format!("produce to {tp}"), a.error_code, a.error_message.as_deref());
+                        let e =
+                            ClientError::broker(format!("produce to {tp}"), a.error_code, a.error_message.as_deref());
                         // These codes mean the leader appended the batch but
                         // could not confirm replication in time.
                         let appended = matches!(
                             e.broker_error(),
-                            Some(ResponseError::RequestTimedOut | ResponseError::NotEnoughReplicasAfterAppend | ResponseError::UnknownServerError)
+                            Some(
+                                ResponseError::RequestTimedOut
+                                    | ResponseError::NotEnoughReplicasAfterAppend
+                                    | ResponseError::UnknownServerError
+                            )
                         );
                         batch.maybe_written |= appended;
                         Err(e)
@@ -642,7 +697,9 @@ async fn produce(
             topics
                 .into_iter()
                 .map(|(t, parts)| {
-                    TopicProduceData::default().with_name(TopicName(StrBytes::from_string(t.to_string()))).with_partition_data(parts)
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                        .with_partition_data(parts)
                 })
                 .collect(),
         );

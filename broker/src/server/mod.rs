@@ -132,7 +132,8 @@ pub async fn run(env: Env, config: BrokerConfig) -> anyhow::Result<()> {
 }
 
 fn parse_host_port(addr: &str) -> anyhow::Result<(String, i32)> {
-    let (host, port) = addr.rsplit_once(':').with_context(|| format!("advertised listener {addr:?} is not host:port"))?;
+    let (host, port) =
+        addr.rsplit_once(':').with_context(|| format!("advertised listener {addr:?} is not host:port"))?;
     let port: u16 = port.parse().with_context(|| format!("advertised listener {addr:?} has a bad port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     anyhow::ensure!(!host.is_empty(), "advertised listener {addr:?} has no host");

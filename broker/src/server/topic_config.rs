@@ -108,7 +108,13 @@ mod tests {
 
     #[test]
     fn bad_configs_are_named() {
-        for (k, v) in [("segment.bytes", "-1"), ("segment.bytes", "x"), ("flush.ms", "0"), ("message.timestamp.type", "Now"), ("retention.ms", "1")] {
+        for (k, v) in [
+            ("segment.bytes", "-1"),
+            ("segment.bytes", "x"),
+            ("flush.ms", "0"),
+            ("message.timestamp.type", "Now"),
+            ("retention.ms", "1"),
+        ] {
             let err = apply_overrides(&LogConfig::default(), &map(&[(k, v)])).unwrap_err();
             assert!(err.contains(k), "{err}");
         }

@@ -193,7 +193,10 @@ impl Topics {
     pub fn delete(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
         let mut map = self.lock();
         let Some(topic) = map.get(name).cloned() else {
-            return Err(TopicError::new(ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+            return Err(TopicError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            ));
         };
         let meta_path = self.meta_path(name);
         let committed = self.fs.remove_file(&meta_path).and_then(|_| self.fs.sync_dir(&self.meta_dir()));
@@ -217,7 +220,10 @@ impl Topics {
     fn check(&self, map: &BTreeMap<String, Arc<Topic>>, spec: &TopicSpec) -> Result<Validated, TopicError> {
         validate_topic_name(&spec.name).map_err(|m| TopicError::new(ResponseError::InvalidTopicException, m))?;
         if map.contains_key(&spec.name) {
-            return Err(TopicError::new(ResponseError::TopicAlreadyExists, format!("topic {:?} already exists", spec.name)));
+            return Err(TopicError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {:?} already exists", spec.name),
+            ));
         }
         // Kafka refuses names that differ only in '.' versus '_': they collide in metric names.
         let canonical = |n: &str| n.replace('.', "_");
@@ -234,15 +240,19 @@ impl Topics {
                 format!("number of partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"),
             ));
         }
-        let rf = if spec.replication_factor == -1 { self.config.default_replication_factor } else { spec.replication_factor };
+        let rf = if spec.replication_factor == -1 {
+            self.config.default_replication_factor
+        } else {
+            spec.replication_factor
+        };
         if rf != 1 {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicationFactor,
                 format!("replication factor {rf} is not possible: replication is not built yet, so it must be 1"),
             ));
         }
-        let config =
-            apply_overrides(&self.config.log, &spec.configs).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+        let config = apply_overrides(&self.config.log, &spec.configs)
+            .map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
         Ok(Validated { partitions, config })
     }
 
@@ -285,7 +295,11 @@ impl Topics {
         file.read_exact_at(&mut buf, 0)?;
         let meta: TopicMeta = serde_json::from_slice(&buf)?;
         validate_topic_name(&meta.name).map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(file_name(path) == format!("{}.json", meta.name), "file name does not match topic {:?}", meta.name);
+        anyhow::ensure!(
+            file_name(path) == format!("{}.json", meta.name),
+            "file name does not match topic {:?}",
+            meta.name
+        );
         anyhow::ensure!((1..=MAX_PARTITIONS).contains(&meta.partitions), "bad partition count {}", meta.partitions);
         let config = apply_overrides(&self.config.log, &meta.configs).map_err(anyhow::Error::msg)?;
         self.materialize(&meta, config, false)

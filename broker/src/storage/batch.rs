@@ -91,7 +91,10 @@ impl BatchHeader {
             return Err(format!("batch length {} is below the header size", h.batch_length));
         }
         if h.record_count < 0 || h.last_offset_delta < 0 {
-            return Err(format!("negative record count {} or last offset delta {}", h.record_count, h.last_offset_delta));
+            return Err(format!(
+                "negative record count {} or last offset delta {}",
+                h.record_count, h.last_offset_delta
+            ));
         }
         Ok(h)
     }
@@ -289,7 +292,9 @@ pub(super) mod tests {
 
     #[test]
     fn parses_and_validates_encoded_batches() {
-        for compression in [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Snappy, Compression::Zstd] {
+        for compression in
+            [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Snappy, Compression::Zstd]
+        {
             let b = encode(5, compression);
             let h = BatchHeader::parse(&b).unwrap();
             assert_eq!(h.size(), b.len());

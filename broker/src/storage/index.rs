@@ -93,7 +93,7 @@ impl<E: Entry> IndexFile<E> {
     /// previous entry). On any damage, explain it; the caller rebuilds.
     pub fn load(&mut self, valid: impl Fn(Option<&E>, &E) -> bool) -> Result<(), String> {
         let len = self.file.len().map_err(|e| format!("cannot stat: {e}"))? as usize;
-        if len % E::SIZE != 0 {
+        if !len.is_multiple_of(E::SIZE) {
             return Err(format!("size {len} is not a multiple of {}", E::SIZE));
         }
         let mut buf = vec![0u8; len];

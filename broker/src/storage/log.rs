@@ -48,7 +48,10 @@ fn check_config(config: &LogConfig) -> Result<bool, StorageError> {
         return Err(invalid_config("segment.ms must be positive and flush.ms non-negative".into()));
     }
     if config.max_message_bytes < batch::HEADER_SIZE {
-        return Err(invalid_config(format!("max.message.bytes {} is below one batch header", config.max_message_bytes)));
+        return Err(invalid_config(format!(
+            "max.message.bytes {} is below one batch header",
+            config.max_message_bytes
+        )));
     }
     match config.message_timestamp_type.as_str() {
         "CreateTime" => Ok(false),
@@ -284,7 +287,7 @@ impl PartitionLog {
     pub fn truncate_to(&mut self, offset: i64) -> Result<(), StorageError> {
         let offset = offset.max(self.log_start_offset());
         if offset >= self.log_end_offset() {
-            return Ok(());
+            return self.flush();
         }
         // Lower the recovery point first: a crash half-way must not leave a
         // checkpoint vouching for segments about to change.

@@ -250,6 +250,9 @@ impl Segment {
         self.index.reset()?;
         self.time_index.reset()?;
         self.tail = Tail::empty(self.base_offset);
+        // What was read may still be only in the page cache: make it durable
+        // before the log vouches for it.
+        self.needs_sync = true;
         let problem = self.scan_from(0, self.base_offset, check_crc)?;
         let size = self.tail.size;
         let rebuilt = self.index.entries();
@@ -270,7 +273,8 @@ impl Segment {
             return Ok(Err("index files missing".into()));
         }
         if let Err(why) = self.index.load(|prev, e| {
-            (e.position as u64) < log_len && prev.is_none_or(|p| p.relative_offset < e.relative_offset && p.position < e.position)
+            (e.position as u64) < log_len
+                && prev.is_none_or(|p| p.relative_offset < e.relative_offset && p.position < e.position)
         }) {
             return Ok(Err(format!("offset index: {why}")));
         }
@@ -320,7 +324,8 @@ impl Segment {
                     }
                 };
                 if h.base_offset != expected {
-                    problem = Some(format!("at byte {pos}: batch at offset {} where {expected} was expected", h.base_offset));
+                    problem =
+                        Some(format!("at byte {pos}: batch at offset {} where {expected} was expected", h.base_offset));
                     break;
                 }
                 let Some(bytes) = reader.get(pos, h.size())? else {
@@ -376,7 +381,10 @@ impl Segment {
         })?;
         let h = BatchHeader::parse(bytes)?;
         if pos + h.size() as u64 > self.tail.size {
-            return Err(StorageError::CorruptMessage(format!("batch at byte {pos} runs past segment {}", self.base_offset)));
+            return Err(StorageError::CorruptMessage(format!(
+                "batch at byte {pos} runs past segment {}",
+                self.base_offset
+            )));
         }
         Ok(h)
     }

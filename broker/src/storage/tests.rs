@@ -109,7 +109,10 @@ fn append_assigns_offsets_and_reads_return_whole_batches() {
     assert!(log.read(5, 1 << 20, 8).unwrap().records.is_empty());
     // The log end is empty; beyond it or before the start is out of range.
     assert!(log.read(9, 1 << 20, i64::MAX).unwrap().records.is_empty());
-    assert!(matches!(log.read(10, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { offset: 10, start: 0, end: 9 })));
+    assert!(matches!(
+        log.read(10, 100, i64::MAX),
+        Err(StorageError::OffsetOutOfRange { offset: 10, start: 0, end: 9 })
+    ));
     assert!(matches!(log.read(-1, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
 }
 
@@ -128,7 +131,10 @@ fn bad_batches_are_rejected_and_leave_the_log_unchanged() {
     assert!(matches!(log.append(&[], 0), Err(StorageError::CorruptMessage(_))));
     let g = fixture();
     let (mut small, _) = g.open_with(LogConfig { max_message_bytes: 100, ..small_config() }, PlantedBugs::default());
-    assert!(matches!(small.append(&encode_at(20, 1, Compression::None), 0), Err(StorageError::MessageTooLarge { max: 100, .. })));
+    assert!(matches!(
+        small.append(&encode_at(20, 1, Compression::None), 0),
+        Err(StorageError::MessageTooLarge { max: 100, .. })
+    ));
     assert_eq!(log.log_end_offset(), 2);
     assert_eq!(log.size_bytes(), f.file_len(&f.segment(0, "log")));
 }

@@ -57,7 +57,8 @@ pub fn decode_request_header(frame: &mut Bytes, key: ApiKey, version: i16) -> Re
 /// Decode a whole message body; bytes left over mean the peer and we disagree
 /// about the schema, which is as bad as a short body.
 pub fn decode_body<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, WireError> {
-    let body = T::decode(buf, version).map_err(|source| WireError::Decode { what: std::any::type_name::<T>(), source })?;
+    let body =
+        T::decode(buf, version).map_err(|source| WireError::Decode { what: std::any::type_name::<T>(), source })?;
     if !buf.is_empty() {
         return Err(WireError::TrailingBytes(buf.len()));
     }
@@ -65,7 +66,12 @@ pub fn decode_body<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, Wir
 }
 
 /// Encode a response frame, length prefix included.
-pub fn encode_response<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Result<Bytes, WireError> {
+pub fn encode_response<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, WireError> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     encode_frame(|buf| {
         header.encode(buf, key.response_header_version(version))?;
@@ -87,7 +93,11 @@ pub fn encode_request<T: Encodable>(header: &RequestHeader, body: &T) -> Result<
 }
 
 /// Decode a response frame payload (length prefix already removed).
-pub fn decode_response<T: Decodable>(mut frame: Bytes, key: ApiKey, version: i16) -> Result<(ResponseHeader, T), WireError> {
+pub fn decode_response<T: Decodable>(
+    mut frame: Bytes,
+    key: ApiKey,
+    version: i16,
+) -> Result<(ResponseHeader, T), WireError> {
     let header = ResponseHeader::decode(&mut frame, key.response_header_version(version))
         .map_err(|source| WireError::Decode { what: "response header", source })?;
     let body = decode_body(&mut frame, version)?;
@@ -98,7 +108,8 @@ fn encode_frame(f: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> anyhow::
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     f(&mut buf)?;
-    let len = i32::try_from(buf.len() - 4).map_err(|_| anyhow::anyhow!("message of {} bytes is too large to frame", buf.len()))?;
+    let len = i32::try_from(buf.len() - 4)
+        .map_err(|_| anyhow::anyhow!("message of {} bytes is too large to frame", buf.len()))?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
 }
@@ -142,7 +153,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(matches!(RequestPrefix::parse(&[0, 3, 0]), Err(WireError::ShortHeader(3))));
-        assert!(matches!(RequestPrefix::parse(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 0]).unwrap().known_api_key(), Err(WireError::UnknownApiKey(_))));
+        assert!(matches!(
+            RequestPrefix::parse(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 0]).unwrap().known_api_key(),
+            Err(WireError::UnknownApiKey(_))
+        ));
         let mut junk = Bytes::from_static(&[0, 3, 0, 9, 0, 0, 0, 1, 0xff]);
         assert!(decode_request_header(&mut junk, ApiKey::Metadata, 9).is_err());
         let mut junk = Bytes::from_static(&[0xff, 0xff, 0xff]);

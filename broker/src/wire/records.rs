@@ -1,23 +1,23 @@
 //! Checks on a produced record set before it reaches storage: every batch must
-//! be a well-formed v2 record batch whose records decode (after decompression,
-//! for gzip, snappy, lz4 and zstd batches). Storage keeps the bytes as
-//! received; this only decides whether to accept them.
+//! be a well-formed v2 record batch with a good CRC-32C whose records parse
+//! (after decompression, for gzip, snappy, lz4 and zstd batches). Storage keeps
+//! the bytes as received; this only decides whether to accept them.
+//!
+//! Records are walked in place rather than decoded with `RecordBatchDecoder`:
+//! that decoder reserves memory for the record and header counts a batch
+//! claims before reading them, so a few hostile bytes with a valid CRC could
+//! make the broker attempt an allocation of many gigabytes and abort.
 
-use bytes::Bytes;
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use bytes::{Buf, Bytes};
+use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 /// Bytes of a v2 batch header, from base offset through record count.
 const BATCH_HEADER_BYTES: usize = 61;
 /// Bytes of the header counted by the batch length field (all but base
 /// offset and the length itself).
 const BATCH_LENGTH_OVERHEAD: usize = 49;
-/// Smallest encoding of one v2 record: length, attributes, timestamp delta,
-/// offset delta, key length, value length and header count, one byte each.
-const MIN_RECORD_BYTES: usize = 7;
-/// Cap on the records a compressed batch may claim, since its size on the
-/// wire says nothing about how many it holds; the decoder reserves memory
-/// for the claimed count before decoding.
-const MAX_COMPRESSED_RECORDS: usize = 1 << 20;
+/// The CRC covers everything from the attributes field on.
+const CRC_START: usize = 21;
 
 /// What a valid record set contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,42 +35,147 @@ pub fn validate_record_set(records: &Bytes) -> Result<RecordSetSummary, String> 
     let mut summary = RecordSetSummary::default();
     let mut pos = 0;
     while pos < records.len() {
-        let rest = &records[pos..];
-        if rest.len() < BATCH_HEADER_BYTES {
-            return Err(format!("truncated batch header at byte {pos}"));
-        }
-        let batch_length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
-        let magic = rest[16] as i8;
-        if magic != 2 {
-            return Err(format!("batch at byte {pos} has magic {magic}; only v2 record batches are accepted"));
-        }
-        if batch_length < BATCH_LENGTH_OVERHEAD as i32 || batch_length as usize > rest.len() - 12 {
-            return Err(format!("batch at byte {pos} has bad length {batch_length}"));
-        }
-        let size = 12 + batch_length as usize;
-        let count = i32::from_be_bytes([rest[57], rest[58], rest[59], rest[60]]);
-        let compressed = i16::from_be_bytes([rest[21], rest[22]]) & 0x7 != Compression::None as i16;
-        let limit = if compressed { MAX_COMPRESSED_RECORDS } else { (size - BATCH_HEADER_BYTES) / MIN_RECORD_BYTES };
-        if count < 0 || count as usize > limit {
-            return Err(format!("batch at byte {pos} claims {count} records, more than it can hold"));
-        }
-        let mut batch = records.slice(pos..pos + size);
-        let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("batch at byte {pos}: {e}"))?;
-        if set.records.len() != count as usize {
-            return Err(format!("batch at byte {pos} claims {count} records but holds {}", set.records.len()));
-        }
+        let count = validate_batch(&records.slice(pos..)).map_err(|e| format!("batch at byte {pos}: {e}"))?;
+        let batch_length =
+            i32::from_be_bytes([records[pos + 8], records[pos + 9], records[pos + 10], records[pos + 11]]);
         summary.batches += 1;
         summary.records += count as u64;
-        pos += size;
+        pos += 12 + batch_length as usize;
     }
+    debug_assert_eq!(pos, records.len());
     Ok(summary)
+}
+
+/// Check the batch at the front of `rest`; returns its record count.
+fn validate_batch(rest: &Bytes) -> Result<usize, String> {
+    if rest.len() < BATCH_HEADER_BYTES {
+        return Err("truncated batch header".into());
+    }
+    let be32 = |at: usize| i32::from_be_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+    let batch_length = be32(8);
+    let magic = rest[16] as i8;
+    if magic != 2 {
+        return Err(format!("magic {magic}; only v2 record batches are accepted"));
+    }
+    if batch_length < BATCH_LENGTH_OVERHEAD as i32 || batch_length as usize > rest.len() - 12 {
+        return Err(format!("bad batch length {batch_length}"));
+    }
+    let batch = rest.slice(..12 + batch_length as usize);
+    let crc = be32(17) as u32;
+    if crc32c::crc32c(&batch[CRC_START..]) != crc {
+        return Err("CRC-32C mismatch".into());
+    }
+    let count = be32(57);
+    if count < 0 {
+        return Err(format!("negative record count {count}"));
+    }
+    let count = count as usize;
+    let mut body = batch.slice(BATCH_HEADER_BYTES..);
+    let attributes = i16::from_be_bytes([rest[21], rest[22]]);
+    let walk = |buf: &mut dyn Buf| -> anyhow::Result<()> {
+        let data = buf.copy_to_bytes(buf.remaining());
+        walk_records(&data, count).map_err(anyhow::Error::msg)
+    };
+    let result = match attributes & 0x7 {
+        0 => walk(&mut body),
+        1 => Gzip::decompress(&mut body, |b| walk(b)),
+        2 => Snappy::decompress(&mut body, |b| walk(b)),
+        3 => Lz4::decompress(&mut body, |b| walk(b)),
+        4 => Zstd::decompress(&mut body, |b| walk(b)),
+        other => return Err(format!("unknown compression codec {other}")),
+    };
+    result.map_err(|e| format!("{e:#}"))?;
+    Ok(count)
+}
+
+/// Walk `count` v2 records filling `data` exactly, without allocating.
+fn walk_records(mut data: &[u8], count: usize) -> Result<(), String> {
+    for i in 0..count {
+        let len = varint(&mut data).ok_or_else(|| format!("record {i}: bad length"))?;
+        if len < 0 || len as usize > data.len() {
+            return Err(format!("record {i}: length {len} overruns the batch"));
+        }
+        let (mut rec, rest) = data.split_at(len as usize);
+        data = rest;
+        walk_record(&mut rec, i).ok_or_else(|| format!("record {i} is malformed"))?;
+        if !rec.is_empty() {
+            return Err(format!("record {i} has {} unparsed bytes", rec.len()));
+        }
+    }
+    if !data.is_empty() {
+        return Err(format!("{} bytes after the last of {count} records", data.len()));
+    }
+    Ok(())
+}
+
+/// attributes, timestamp delta, offset delta, key, value, headers.
+fn walk_record(rec: &mut &[u8], index: usize) -> Option<()> {
+    take(rec, 1)?;
+    varlong(rec)?;
+    // Kafka requires offset deltas 0, 1, 2, ... within a batch.
+    if varint(rec)? as i64 != index as i64 {
+        return None;
+    }
+    skip_field(rec, true)?;
+    skip_field(rec, true)?;
+    let headers = varint(rec)?;
+    if headers < 0 {
+        return None;
+    }
+    for _ in 0..headers {
+        skip_field(rec, false)?;
+        skip_field(rec, true)?;
+    }
+    Some(())
+}
+
+fn skip_field(buf: &mut &[u8], nullable: bool) -> Option<()> {
+    match varint(buf)? {
+        -1 if nullable => Some(()),
+        n if n >= 0 => take(buf, n as usize).map(|_| ()),
+        _ => None,
+    }
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if buf.len() < n {
+        return None;
+    }
+    let (head, tail) = buf.split_at(n);
+    *buf = tail;
+    Some(head)
+}
+
+/// Zigzag varint (i32), as record fields are encoded.
+fn varint(buf: &mut &[u8]) -> Option<i32> {
+    let v = unsigned_varint(buf, 5)?;
+    let v = u32::try_from(v).ok()?;
+    Some(((v >> 1) as i32) ^ -((v & 1) as i32))
+}
+
+/// Zigzag varlong (i64).
+fn varlong(buf: &mut &[u8]) -> Option<i64> {
+    let v = unsigned_varint(buf, 10)?;
+    Some(((v >> 1) as i64) ^ -((v & 1) as i64))
+}
+
+fn unsigned_varint(buf: &mut &[u8], max_bytes: usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..max_bytes {
+        let b = *take(buf, 1)?.first()?;
+        value |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub(crate) fn batch(compression: Compression, n: usize) -> Bytes {
         let records: Vec<Record> = (0..n)
@@ -115,12 +220,35 @@ mod tests {
         let mut flipped = good.to_vec();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        assert!(validate_record_set(&Bytes::from(flipped)).unwrap_err().contains("Cyclic"));
+        assert!(validate_record_set(&Bytes::from(flipped)).unwrap_err().contains("CRC"));
         let mut magic1 = good.to_vec();
         magic1[16] = 1;
         assert!(validate_record_set(&Bytes::from(magic1)).unwrap_err().contains("magic"));
-        let mut huge_count = good.to_vec();
-        huge_count[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
-        assert!(validate_record_set(&Bytes::from(huge_count)).unwrap_err().contains("claims"));
+        // Counts that disagree with the data fail without allocating for them,
+        // even with a valid CRC.
+        for count in [i32::MAX, 4, 2] {
+            let mut wrong = good.to_vec();
+            wrong[57..61].copy_from_slice(&count.to_be_bytes());
+            let crc = crc32c::crc32c(&wrong[CRC_START..]);
+            wrong[17..21].copy_from_slice(&crc.to_be_bytes());
+            assert!(validate_record_set(&Bytes::from(wrong)).is_err(), "{count}");
+        }
+    }
+
+    #[test]
+    fn record_walk_bounds_every_count_by_the_bytes_present() {
+        // attributes 0, timestamp delta 0, offset delta 0, null key, null value, then headers.
+        let record = |headers: &[u8]| {
+            let mut body = vec![0, 0, 0, 1, 1];
+            body.extend_from_slice(headers);
+            let mut out = vec![(body.len() as u8) << 1];
+            out.extend(body);
+            out
+        };
+        assert_eq!(walk_records(&record(&[0]), 1), Ok(()));
+        assert!(walk_records(&record(&[0xfe, 0xff, 0xff, 0xff, 0x0f]), 1).is_err(), "i32::MAX headers");
+        assert!(walk_records(&record(&[0x01]), 1).is_err(), "negative header count");
+        assert!(walk_records(&record(&[0]), 2).is_err(), "fewer records than claimed");
+        assert!(walk_records(&[record(&[0]), record(&[0])].concat(), 1).is_err(), "more records than claimed");
     }
 }

@@ -39,7 +39,10 @@ pub async fn create_topics(b: &Broker, req: CreateTopicsRequest, version: i16) -
         let mut r = CreatableTopicResult::default();
         r.name = t.name.clone();
         let outcome = if counts[t.name.as_str()] > 1 {
-            Err(TopicError { code: ResponseError::InvalidRequest, message: "topic named more than once in the request".into() })
+            Err(TopicError {
+                code: ResponseError::InvalidRequest,
+                message: "topic named more than once in the request".into(),
+            })
         } else {
             spec_of(b, t).and_then(|spec| {
                 if req.validate_only {
@@ -136,10 +139,11 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest, version: i16) -
         r.name = name.as_deref().map(topic_name);
         let resolved = match &name {
             Some(n) => Ok(n.clone()),
-            None => b.topics.get_by_id(id).map(|t| t.name.clone()).ok_or(TopicError {
-                code: ResponseError::UnknownTopicId,
-                message: format!("no topic has id {id}"),
-            }),
+            None => b
+                .topics
+                .get_by_id(id)
+                .map(|t| t.name.clone())
+                .ok_or(TopicError { code: ResponseError::UnknownTopicId, message: format!("no topic has id {id}") }),
         };
         match resolved.and_then(|n| b.topics.delete(&n)) {
             Ok(t) => {

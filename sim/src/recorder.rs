@@ -1,0 +1,175 @@
+//! The recorder: the state every workload host and the runner share while a
+//! simulation runs — the history being written, the session (process)
+//! numbers, each host's operation in flight, and the phase flags.
+//!
+//! Operations are numbered in completion order. An operation still in flight
+//! when its client host crashes is completed by the runner as `info`: it may
+//! or may not have taken effect, exactly as Jepsen records it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::history::{History, Op, OpKind, Outcome};
+use crate::trace::{EventKind, Trace};
+
+/// An operation invoked and not yet completed.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub process: u64,
+    pub invoke_ns: u64,
+    pub kind: OpKind,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    history: History,
+    next_process: u64,
+    /// The current session of each client host.
+    sessions: BTreeMap<String, u64>,
+    pending: BTreeMap<String, Pending>,
+    topics_ready: bool,
+    final_read_done: Option<bool>,
+}
+
+/// Shared handle to the recorder.
+#[derive(Clone)]
+pub struct Recorder {
+    state: Arc<Mutex<State>>,
+    trace: Trace,
+}
+
+impl Recorder {
+    pub fn new(trace: Trace) -> Recorder {
+        Recorder { state: Arc::new(Mutex::new(State::default())), trace }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("recorder lock")
+    }
+
+    /// Start a new client session on `node`; returns its process id.
+    pub fn new_session(&self, node: &str) -> u64 {
+        let mut s = self.lock();
+        let p = s.next_process;
+        s.next_process += 1;
+        s.sessions.insert(node.to_string(), p);
+        p
+    }
+
+    /// Note that `node` invoked `kind` at `now`.
+    pub fn invoke(&self, node: &str, process: u64, now: Duration, kind: OpKind) {
+        let prev = self.lock().pending.insert(node.to_string(), Pending { process, invoke_ns: now.as_nanos() as u64, kind });
+        debug_assert!(prev.is_none(), "{node} invoked an operation while another was in flight");
+    }
+
+    /// Complete `node`'s operation in flight with `outcome`; `kind` replaces
+    /// the invoked kind when the result adds to it (an offset, records).
+    pub fn complete(&self, node: &str, now: Duration, kind: Option<OpKind>, outcome: Outcome, final_read: bool) {
+        let mut s = self.lock();
+        let Some(p) = s.pending.remove(node) else {
+            debug_assert!(false, "{node} completed an operation it never invoked");
+            return;
+        };
+        let op = Op {
+            index: 0,
+            process: p.process,
+            node: node.to_string(),
+            invoke_ns: p.invoke_ns,
+            complete_ns: now.as_nanos() as u64,
+            kind: kind.unwrap_or(p.kind),
+            outcome,
+            final_read,
+        };
+        self.push(&mut s, op);
+    }
+
+    /// Record an operation that completes the moment it is invoked.
+    pub fn instant(&self, node: &str, process: u64, now: Duration, kind: OpKind, outcome: Outcome, final_read: bool) {
+        self.invoke(node, process, now, kind);
+        self.complete(node, now, None, outcome, final_read);
+    }
+
+    fn push(&self, s: &mut State, op: Op) {
+        let at = op.complete_ns;
+        let what = match &op.kind {
+            OpKind::Send { value, partition, offset, .. } => format!("send {value} -> {partition:?}@{offset:?}"),
+            OpKind::Poll { records } => format!("poll {} records", records.len()),
+            OpKind::Assign { partitions } => format!("assign {} partitions", partitions.len()),
+            OpKind::Commit { offsets } => format!("commit {} offsets", offsets.len()),
+            OpKind::Crash => "crash".to_string(),
+        };
+        let outcome = match &op.outcome {
+            Outcome::Ok => "ok".to_string(),
+            Outcome::Fail { error } => format!("fail: {error}"),
+            Outcome::Info { error } => format!("info: {error}"),
+        };
+        self.trace.record(at, &op.node, EventKind::Op, format_args!("p{} {what} {outcome}", op.process));
+        s.history.push(op);
+    }
+
+    /// The client host `node` crashed at `now`: its operation in flight
+    /// becomes indeterminate and its session ends.
+    pub fn client_crashed(&self, node: &str, now: Duration) {
+        let mut s = self.lock();
+        let Some(&process) = s.sessions.get(node) else { return };
+        if let Some(p) = s.pending.remove(node) {
+            let op = Op {
+                index: 0,
+                process: p.process,
+                node: node.to_string(),
+                invoke_ns: p.invoke_ns,
+                complete_ns: now.as_nanos() as u64,
+                kind: p.kind,
+                outcome: Outcome::Info { error: "client crashed".into() },
+                final_read: false,
+            };
+            self.push(&mut s, op);
+        }
+        let t = now.as_nanos() as u64;
+        let op = Op {
+            index: 0,
+            process,
+            node: node.to_string(),
+            invoke_ns: t,
+            complete_ns: t,
+            kind: OpKind::Crash,
+            outcome: Outcome::Ok,
+            final_read: false,
+        };
+        self.push(&mut s, op);
+    }
+
+    pub fn set_topics_ready(&self) {
+        self.lock().topics_ready = true;
+    }
+
+    pub fn topics_ready(&self) -> bool {
+        self.lock().topics_ready
+    }
+
+    /// The final read finished; `complete` says whether it reached the end
+    /// of every partition.
+    pub fn set_final_read_done(&self, complete: bool) {
+        self.lock().final_read_done = Some(complete);
+    }
+
+    pub fn final_read_done(&self) -> Option<bool> {
+        self.lock().final_read_done
+    }
+
+    /// Operations recorded so far.
+    pub fn ops(&self) -> usize {
+        self.lock().history.ops.len()
+    }
+
+    /// Take the history, closing every operation still in flight as
+    /// indeterminate at `now` (the simulation ends under them).
+    pub fn finish(&self, now: Duration) -> History {
+        let nodes: Vec<String> = self.lock().pending.keys().cloned().collect();
+        for n in nodes {
+            self.complete(&n, now, None, Outcome::Info { error: "simulation ended".into() }, false);
+        }
+        std::mem::take(&mut self.lock().history)
+    }
+}

@@ -1,0 +1,338 @@
+//! The runner: builds one simulated world from a scenario and a seed, drives
+//! it step by step through the fault window, the heal, the settle period and
+//! the final read, then runs the checkers.
+//!
+//! Phases, in simulated time:
+//! 1. `[0, duration)`: workload and faults (the nemesis plan).
+//! 2. at `duration`: heal everything — repair and release links, restart
+//!    crashed hosts, clear disk faults and clock skew.
+//! 3. `[duration, duration + settle)`: quiet.
+//! 4. then the reader reads every partition to its end, bounded by
+//!    [`FINAL_READ_BUDGET`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use faultline_broker::config::BrokerConfig;
+use serde::Serialize;
+
+use crate::checker::{self, Report};
+use crate::disk::DiskFaults;
+use crate::history::History;
+use crate::nemesis::{self, HostChange, Injector, Roles, Strike};
+use crate::recorder::Recorder;
+use crate::scenario::Scenario;
+use crate::seam::{NodeState, SimIo};
+use crate::seed;
+use crate::trace::{EventKind, Trace};
+use crate::workload::{self, ClientCtx};
+
+/// The wall clock every simulated node starts from: 2024-01-01T00:00:00Z.
+pub const EPOCH_MS: i64 = 1_704_067_200_000;
+/// How long the final read may take before the run gives up on it.
+pub const FINAL_READ_BUDGET: Duration = Duration::from_secs(20);
+/// Simulated time per step.
+pub const TICK: Duration = Duration::from_millis(1);
+const BROKER_PORT: u16 = 9092;
+const DATA_DIR: &str = "/var/lib/faultline";
+
+/// Knobs that change what a run keeps, never what it does.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep the trace's text lines (for `--trace`).
+    pub keep_trace: bool,
+}
+
+/// One line of the fault timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    #[serde(serialize_with = "ser_ms")]
+    pub at: Duration,
+    pub what: String,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Everything one run produced.
+pub struct RunResult {
+    pub seed: u64,
+    pub scenario: String,
+    /// Operations in the history.
+    pub ops: usize,
+    /// Fault strikes injected.
+    pub faults: usize,
+    pub report: Report,
+    /// Whether the final read reached the end of every partition.
+    pub final_read_complete: bool,
+    pub trace_hash: u64,
+    pub trace: Trace,
+    pub history: History,
+    pub timeline: Vec<TimelineEntry>,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+}
+
+impl RunResult {
+    /// True if the checkers found nothing that makes the run invalid and the
+    /// final read completed (so the checkers saw everything).
+    pub fn passed(&self) -> bool {
+        self.report.valid && self.final_read_complete
+    }
+
+    /// A one-word verdict.
+    pub fn verdict(&self) -> String {
+        if !self.report.valid {
+            let kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
+            format!("INVALID ({})", kinds.join(", "))
+        } else if !self.final_read_complete {
+            "INCOMPLETE (final read did not finish)".into()
+        } else {
+            "valid".into()
+        }
+    }
+
+    /// The timeline entries within `window` of `at`.
+    pub fn timeline_near(&self, at: Duration, window: Duration) -> Vec<&TimelineEntry> {
+        self.timeline.iter().filter(|e| e.at + window >= at && e.at <= at + window).collect()
+    }
+}
+
+fn broker_name(i: u32) -> String {
+    format!("broker-{i}")
+}
+
+/// Run `scenario` under `seed`.
+pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow::Result<RunResult> {
+    scenario.validate()?;
+    let check = scenario.check_options()?;
+    let window = Duration::from_secs_f64(scenario.duration_s);
+    let final_start = window + Duration::from_secs_f64(scenario.settle_s);
+    let final_deadline = final_start + FINAL_READ_BUDGET;
+    let hard_limit = final_deadline + Duration::from_secs(5);
+
+    let trace = Trace::new(opts.keep_trace);
+    let recorder = Recorder::new(trace.clone());
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed::derive(seed, "turmoil"))
+        .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
+        .tick_duration(TICK)
+        .simulation_duration(hard_limit + Duration::from_secs(60))
+        .min_message_latency(Duration::from_millis(scenario.network.min_latency_ms))
+        .max_message_latency(Duration::from_millis(scenario.network.max_latency_ms))
+        .tcp_capacity(4096)
+        .build();
+
+    let roles = Roles {
+        brokers: (0..scenario.cluster.brokers).map(broker_name).collect(),
+        clients: (0..scenario.workload.producers)
+            .map(|i| format!("producer-{i}"))
+            .chain((0..scenario.workload.consumers).map(|i| format!("consumer-{i}")))
+            .collect(),
+    };
+    let mut nodes: BTreeMap<String, Arc<NodeState>> = BTreeMap::new();
+    let bootstrap: Vec<String> = roles.brokers.iter().map(|b| format!("{b}:{BROKER_PORT}")).collect();
+
+    for (i, name) in roles.brokers.iter().enumerate() {
+        let node = NodeState::new(seed, name);
+        node.disk.set_faults(scenario.faults.disk.clone());
+        nodes.insert(name.clone(), node.clone());
+        let config = BrokerConfig {
+            node_id: i as i32,
+            listen: format!("0.0.0.0:{BROKER_PORT}"),
+            advertised_listener: Some(format!("{name}:{BROKER_PORT}")),
+            data_dir: DATA_DIR.into(),
+            auto_create_topics_enable: false,
+            log: scenario.cluster.log.clone(),
+            bugs: scenario.cluster.bugs,
+            ..BrokerConfig::default()
+        };
+        let trace = trace.clone();
+        sim.host(name.as_str(), move || {
+            let env = SimIo::new(node.clone(), trace.clone(), EPOCH_MS);
+            let config = config.clone();
+            let trace = trace.clone();
+            let name = node.name.clone();
+            async move {
+                let at = crate::seam::sim_now().as_nanos() as u64;
+                trace.record(at, &name, EventKind::Node, format_args!("broker starting"));
+                if let Err(e) = faultline_broker::server::run(env, config).await {
+                    let at = crate::seam::sim_now().as_nanos() as u64;
+                    trace.record(at, &name, EventKind::Node, format_args!("broker stopped: {e:#}"));
+                    tracing::warn!(error = %format!("{e:#}"), "broker stopped");
+                }
+                Ok(())
+            }
+        });
+    }
+
+    let ctx_for = |name: &str, nodes: &mut BTreeMap<String, Arc<NodeState>>| {
+        let node = NodeState::new(seed, name);
+        nodes.insert(name.to_string(), node.clone());
+        ClientCtx {
+            node,
+            trace: trace.clone(),
+            recorder: recorder.clone(),
+            epoch_ms: EPOCH_MS,
+            seed,
+            bootstrap: bootstrap.clone(),
+            topics: scenario.cluster.topics.clone(),
+            workload: scenario.workload.clone(),
+            end: window,
+            final_start,
+            final_deadline,
+        }
+    };
+    for name in &roles.clients {
+        let ctx = ctx_for(name, &mut nodes);
+        let is_producer = name.starts_with("producer-");
+        sim.host(name.as_str(), move || {
+            let ctx = ctx.clone();
+            async move {
+                if is_producer {
+                    workload::producer(ctx).await
+                } else {
+                    workload::consumer(ctx).await
+                }
+                Ok(())
+            }
+        });
+    }
+    let reader_ctx = ctx_for("reader", &mut nodes);
+    sim.host("reader", move || {
+        let ctx = reader_ctx.clone();
+        async move {
+            workload::reader(ctx).await;
+            Ok(())
+        }
+    });
+
+    let strikes = nemesis::plan(&scenario.faults.nemeses, &roles, window, &mut seed::rng(seed, "nemesis"));
+    let mut injector = Injector::new(scenario.network.clone(), scenario.faults.disk.clone());
+    let mut timeline = Vec::new();
+    // (time, is_start, strike): ends sort before starts at the same instant
+    // so that back-to-back strikes of one nemesis do not overlap.
+    let mut agenda: Vec<(Duration, bool, usize)> =
+        strikes.iter().enumerate().flat_map(|(i, s)| [(s.start, true, i), (s.end, false, i)]).collect();
+    agenda.sort_by_key(|(t, start, i)| (*t, *start, *i));
+    let mut next = 0;
+    let mut healed = false;
+
+    let final_read_complete = loop {
+        let now = sim.elapsed();
+        while next < agenda.len() && agenda[next].0 <= now {
+            let (_, up, i) = agenda[next];
+            next += 1;
+            apply(&mut sim, &mut injector, &nodes, &strikes[i], up, now, &trace, &recorder, &mut timeline);
+        }
+        if !healed && now >= window {
+            healed = true;
+            heal(&mut sim, &mut injector, &nodes, &roles, &agenda[next..], &strikes, now, &trace, &recorder, &mut timeline);
+            next = agenda.len();
+        }
+        sim.step().map_err(|e| anyhow::anyhow!("simulation failed at {:?}: {e}", sim.elapsed()))?;
+        let after = sim.elapsed();
+        for (name, node) in &nodes {
+            for ev in node.disk.drain_events() {
+                trace.record(after.as_nanos() as u64, name, EventKind::Disk, format_args!("{ev}"));
+            }
+        }
+        if let Some(complete) = recorder.final_read_done() {
+            break complete;
+        }
+        if after >= hard_limit {
+            break false;
+        }
+    };
+    let sim_time = sim.elapsed();
+    drop(sim);
+
+    let history = recorder.finish(sim_time);
+    let report = checker::check(&history, &check);
+    Ok(RunResult {
+        seed,
+        scenario: scenario.name.clone(),
+        ops: history.ops.len(),
+        faults: strikes.len(),
+        report,
+        final_read_complete,
+        trace_hash: trace.hash(),
+        trace,
+        history,
+        timeline,
+        sim_time,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    injector: &mut Injector,
+    nodes: &BTreeMap<String, Arc<NodeState>>,
+    strike: &Strike,
+    up: bool,
+    now: Duration,
+    trace: &Trace,
+    recorder: &Recorder,
+    timeline: &mut Vec<TimelineEntry>,
+) {
+    let what = format!("{} {}", if up { "start" } else { "end" }, strike.fault);
+    trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+    timeline.push(TimelineEntry { at: now, what });
+    match injector.apply(sim, nodes, &strike.fault, up, now) {
+        HostChange::Crashed(host) if !host.starts_with("broker-") => recorder.client_crashed(&host, now),
+        _ => {}
+    }
+}
+
+/// End every strike still in force, restart whatever is down and return
+/// every disk and clock to health.
+#[allow(clippy::too_many_arguments)]
+fn heal(
+    sim: &mut turmoil::Sim<'_>,
+    injector: &mut Injector,
+    nodes: &BTreeMap<String, Arc<NodeState>>,
+    roles: &Roles,
+    pending: &[(Duration, bool, usize)],
+    strikes: &[Strike],
+    now: Duration,
+    trace: &Trace,
+    recorder: &Recorder,
+    timeline: &mut Vec<TimelineEntry>,
+) {
+    for &(_, up, i) in pending {
+        // Every strike ends inside the window, so only ends can remain.
+        debug_assert!(!up, "strike {i} starts after the fault window");
+        if !up {
+            apply(sim, injector, nodes, &strikes[i], false, now, trace, recorder, timeline);
+        }
+    }
+    debug_assert!(injector.is_quiet(), "faults still in force after healing");
+    for node in nodes.values() {
+        node.disk.set_faults(DiskFaults::default());
+        node.set_skew(Default::default());
+    }
+    for b in &roles.brokers {
+        if !sim.is_host_running(b.as_str()) {
+            sim.bounce(b.as_str());
+            let what = format!("restart {b} (its software had stopped)");
+            trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+            timeline.push(TimelineEntry { at: now, what });
+        }
+    }
+    timeline.push(TimelineEntry { at: now, what: "heal: all faults cleared".into() });
+    trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("heal"));
+}
+
+/// How errors name a run.
+pub fn describe(scenario: &Scenario, seed: u64) -> String {
+    format!("scenario {} seed {seed}", scenario.name)
+}
+
+/// Run and attach the scenario and seed to any error.
+pub fn run_named(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow::Result<RunResult> {
+    run_scenario(scenario, seed, opts).with_context(|| describe(scenario, seed))
+}

@@ -1,0 +1,125 @@
+//! Sweeps: one scenario over many seeds, spread across OS threads.
+//!
+//! Each simulation is single-threaded and owns its world; a sweep runs
+//! several of them side by side, one per thread, outside any simulation.
+//! Results come back in seed order whatever order the threads finish in.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use anyhow::{bail, Context};
+
+use crate::runner::{run_scenario, RunOptions};
+use crate::scenario::Scenario;
+
+/// What a sweep keeps of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    pub passed: bool,
+    pub verdict: String,
+    pub ops: usize,
+    pub faults: usize,
+    pub trace_hash: u64,
+    /// Anomaly kinds found (invalid or not) and how many of each.
+    pub anomalies: BTreeMap<String, usize>,
+    /// Set if the simulation itself failed.
+    pub error: Option<String>,
+}
+
+/// Parse "N", "A..B" (B excluded) or "A..=B".
+pub fn parse_seeds(s: &str) -> anyhow::Result<RangeInclusive<u64>> {
+    let num = |x: &str| x.trim().parse::<u64>().with_context(|| format!("bad seed {x:?} in {s:?}"));
+    let r = if let Some((a, b)) = s.split_once("..=") {
+        num(a)?..=num(b)?
+    } else if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (num(a)?, num(b)?);
+        if b == 0 || b <= a {
+            bail!("seed range {s:?} is empty");
+        }
+        a..=b - 1
+    } else {
+        let n = num(s)?;
+        n..=n
+    };
+    if r.is_empty() {
+        bail!("seed range {s:?} is empty");
+    }
+    Ok(r)
+}
+
+/// Run `scenario` for every seed on `jobs` threads, calling `progress` as
+/// each run ends (from the calling thread). Returns outcomes in seed order.
+pub fn sweep(
+    scenario: &Scenario,
+    seeds: RangeInclusive<u64>,
+    jobs: usize,
+    mut progress: impl FnMut(&SeedOutcome),
+) -> Vec<SeedOutcome> {
+    let seeds: Vec<u64> = seeds.collect();
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel();
+    let mut out = Vec::with_capacity(seeds.len());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(seeds.len()) {
+            let tx = tx.clone();
+            let (seeds, next) = (&seeds, &next);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else { break };
+                if tx.send(run_one(scenario, seed)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for o in rx {
+            progress(&o);
+            out.push(o);
+        }
+    });
+    out.sort_by_key(|o| o.seed);
+    out
+}
+
+/// Run one seed, keeping only what a sweep reports.
+pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
+    match run_scenario(scenario, seed, &RunOptions::default()) {
+        Ok(r) => SeedOutcome {
+            seed,
+            passed: r.passed(),
+            verdict: r.verdict(),
+            ops: r.ops,
+            faults: r.faults,
+            trace_hash: r.trace_hash,
+            anomalies: r.report.counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), *n)).collect(),
+            error: None,
+        },
+        Err(e) => SeedOutcome {
+            seed,
+            passed: false,
+            verdict: "ERROR".into(),
+            ops: 0,
+            faults: 0,
+            trace_hash: 0,
+            anomalies: BTreeMap::new(),
+            error: Some(format!("{e:#}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges() {
+        assert_eq!(parse_seeds("1..4").unwrap(), 1..=3);
+        assert_eq!(parse_seeds("1..=4").unwrap(), 1..=4);
+        assert_eq!(parse_seeds("7").unwrap(), 7..=7);
+        assert!(parse_seeds("4..1").is_err());
+        assert!(parse_seeds("x..3").is_err());
+    }
+}
