@@ -67,6 +67,14 @@ async fn malformed_frames_close_only_their_connection() {
     assert_closes(&b, "undecodable body", |c| with_header(c, ApiKey::Metadata, 1, &[0x00, 0x00, 0x00, 0x05, 0x00]))
         .await;
     assert_closes(&b, "trailing bytes", |c| with_header(c, ApiKey::Metadata, 1, &[0xff, 0xff, 0xff, 0xff, 7])).await;
+    // A tiny body claiming i32::MAX topics must not make the broker allocate
+    // for them (it used to abort the whole process).
+    assert_closes(&b, "huge claimed array", |c| with_header(c, ApiKey::Metadata, 1, &[0x7f, 0xff, 0xff, 0xff])).await;
+    assert_closes(&b, "huge claimed compact array", |c| {
+        // Metadata v9 is flexible: compact array length is an unsigned varint (n + 1).
+        with_header(c, ApiKey::Metadata, 9, &[0xff, 0xff, 0xff, 0xff, 0x07])
+    })
+    .await;
 }
 
 #[tokio::test]
