@@ -81,40 +81,15 @@ pub enum FaultKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DiskEvent {
-    Write {
-        path: String,
-        offset: u64,
-        len: u64,
-    },
-    Sync {
-        path: String,
-    },
-    SyncDir {
-        path: String,
-    },
-    Create {
-        path: String,
-    },
-    Rename {
-        from: String,
-        to: String,
-    },
-    Remove {
-        path: String,
-    },
-    Truncate {
-        path: String,
-        len: u64,
-    },
-    Fault {
-        kind: FaultKind,
-        path: String,
-        detail: String,
-    },
-    Crash {
-        files_reverted: usize,
-        torn: usize,
-    },
+    Write { path: String, offset: u64, len: u64 },
+    Sync { path: String },
+    SyncDir { path: String },
+    Create { path: String },
+    Rename { from: String, to: String },
+    Remove { path: String },
+    Truncate { path: String, len: u64 },
+    Fault { kind: FaultKind, path: String, detail: String },
+    Crash { files_reverted: usize, torn: usize },
 }
 
 impl fmt::Display for DiskEvent {
@@ -128,14 +103,8 @@ impl fmt::Display for DiskEvent {
             DiskEvent::Remove { path } => write!(f, "remove {path}"),
             DiskEvent::Truncate { path, len } => write!(f, "truncate {path} to {len}"),
             DiskEvent::Fault { kind, path, detail } => write!(f, "FAULT {kind:?} {path}: {detail}"),
-            DiskEvent::Crash {
-                files_reverted,
-                torn,
-            } => {
-                write!(
-                    f,
-                    "CRASH {files_reverted} files reverted, {torn} torn writes"
-                )
+            DiskEvent::Crash { files_reverted, torn } => {
+                write!(f, "CRASH {files_reverted} files reverted, {torn} torn writes")
             }
         }
     }
@@ -163,13 +132,7 @@ struct Inode {
 
 impl Inode {
     fn new() -> Self {
-        Inode {
-            data: Vec::new(),
-            durable: Vec::new(),
-            dirty: None,
-            last_write: None,
-            handles: 0,
-        }
+        Inode { data: Vec::new(), durable: Vec::new(), dirty: None, last_write: None, handles: 0 }
     }
 
     fn is_synced(&self) -> bool {
@@ -234,10 +197,7 @@ impl Disk {
     fn charge(&mut self, sync: bool) {
         let mut us = self.draw_range(self.faults.latency_min_us, self.faults.latency_max_us);
         if sync {
-            us += self.draw_range(
-                self.faults.sync_latency_min_us,
-                self.faults.sync_latency_max_us,
-            );
+            us += self.draw_range(self.faults.sync_latency_min_us, self.faults.sync_latency_max_us);
         }
         self.latency += Duration::from_micros(us);
     }
@@ -251,11 +211,7 @@ impl Disk {
     }
 
     fn fault(&mut self, kind: FaultKind, path: &Path, detail: String) {
-        self.events.push(DiskEvent::Fault {
-            kind,
-            path: show(path),
-            detail,
-        });
+        self.events.push(DiskEvent::Fault { kind, path: show(path), detail });
     }
 
     fn dir_exists(&self, p: &Path) -> bool {
@@ -264,8 +220,7 @@ impl Disk {
 
     /// Free an inode nobody can reach any more.
     fn collect(&mut self, ino: u64) {
-        let reachable = self.names.values().any(|&i| i == ino)
-            || self.durable_names.values().any(|&i| i == ino);
+        let reachable = self.names.values().any(|&i| i == ino) || self.durable_names.values().any(|&i| i == ino);
         if let Some(node) = self.inodes.get(&ino) {
             if node.handles == 0 && !reachable {
                 self.used -= node.data.len() as u64;
@@ -276,7 +231,7 @@ impl Disk {
 
     fn inode(&mut self, ino: u64, generation: u64) -> io::Result<&mut Inode> {
         if generation != self.generation {
-            return Err(io::Error::new(io::ErrorKind::Other, StaleHandle));
+            return Err(io::Error::other(StaleHandle));
         }
         self.inodes.get_mut(&ino).ok_or_else(|| os_err(ESTALE))
     }
@@ -290,11 +245,7 @@ impl Disk {
                 self.fault(
                     FaultKind::NoSpace,
                     path,
-                    format!(
-                        "need {} bytes, {} of {cap} used",
-                        new_len - old_len,
-                        self.used
-                    ),
+                    format!("need {} bytes, {} of {cap} used", new_len - old_len, self.used),
                 );
                 return Err(os_err(ENOSPC));
             }
@@ -313,12 +264,7 @@ impl Disk {
         self.generation += 1;
         self.names = self.durable_names.clone();
         let live: BTreeSet<u64> = self.names.values().copied().collect();
-        let dead: Vec<u64> = self
-            .inodes
-            .keys()
-            .copied()
-            .filter(|i| !live.contains(i))
-            .collect();
+        let dead: Vec<u64> = self.inodes.keys().copied().filter(|i| !live.contains(i)).collect();
         let mut reverted = dead.len();
         for ino in dead {
             self.inodes.remove(&ino);
@@ -338,11 +284,7 @@ impl Disk {
                     // Cut points: block boundaries strictly inside the write.
                     let first = (off / BLOCK_SIZE + 1) * BLOCK_SIZE;
                     let end = off + len;
-                    let cuts = if first < end {
-                        (end - 1 - first) / BLOCK_SIZE + 1
-                    } else {
-                        0
-                    };
+                    let cuts = if first < end { (end - 1 - first) / BLOCK_SIZE + 1 } else { 0 };
                     if cuts == 0 {
                         None
                     } else {
@@ -360,14 +302,10 @@ impl Disk {
                     if data.len() < cut as usize {
                         data.resize(cut as usize, 0);
                     }
-                    data[off as usize..cut as usize]
-                        .copy_from_slice(&node.data[off as usize..cut as usize]);
+                    data[off as usize..cut as usize].copy_from_slice(&node.data[off as usize..cut as usize]);
                     torn += 1;
-                    let detail = format!(
-                        "kept {} of {} bytes written at {off}",
-                        cut - off,
-                        last_write.map_or(0, |w| w.1)
-                    );
+                    let detail =
+                        format!("kept {} of {} bytes written at {off}", cut - off, last_write.map_or(0, |w| w.1));
                     self.fault(FaultKind::TornWrite, &path, detail);
                 }
             }
@@ -379,10 +317,7 @@ impl Disk {
             node.handles = 0;
         }
         self.used = self.inodes.values().map(|n| n.data.len() as u64).sum();
-        self.events.push(DiskEvent::Crash {
-            files_reverted: reverted,
-            torn,
-        });
+        self.events.push(DiskEvent::Crash { files_reverted: reverted, torn });
     }
 }
 
@@ -414,9 +349,7 @@ impl SimDisk {
             latency: Duration::ZERO,
             events: Vec::new(),
         };
-        SimDisk {
-            inner: Arc::new(Mutex::new(disk)),
-        }
+        SimDisk { inner: Arc::new(Mutex::new(disk)) }
     }
 
     /// A disk that never fails (until faults are set).
@@ -466,9 +399,7 @@ impl SimDisk {
     pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
         let guard = self.lock();
         let d = &*guard;
-        d.durable_names
-            .get(path)
-            .map(|i| d.inodes[i].durable.clone())
+        d.durable_names.get(path).map(|i| d.inodes[i].durable.clone())
     }
 
     /// Flip one bit on the medium (both views), as bit rot would. Returns
@@ -488,11 +419,7 @@ impl SimDisk {
             }
         }
         if hit {
-            d.fault(
-                FaultKind::BitRot,
-                path,
-                format!("bit {} of byte {offset} flipped", bit % 8),
-            );
+            d.fault(FaultKind::BitRot, path, format!("bit {} of byte {offset} flipped", bit % 8));
         }
         hit
     }
@@ -508,10 +435,7 @@ impl Fs for SimDisk {
         let mut guard = self.lock();
         let d = &mut *guard;
         if d.names.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} is a file", show(path)),
-            ));
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} is a file", show(path))));
         }
         for anc in path.ancestors() {
             if !anc.as_os_str().is_empty() {
@@ -525,18 +449,10 @@ impl Fs for SimDisk {
         let guard = self.lock();
         let d = &*guard;
         if !d.dir_exists(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no directory {}", show(path)),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", show(path))));
         }
-        let mut out: Vec<PathBuf> = d
-            .names
-            .keys()
-            .chain(d.dirs.iter())
-            .filter(|p| p.parent() == Some(path))
-            .cloned()
-            .collect();
+        let mut out: Vec<PathBuf> =
+            d.names.keys().chain(d.dirs.iter()).filter(|p| p.parent() == Some(path)).cloned().collect();
         out.sort();
         Ok(out)
     }
@@ -546,10 +462,7 @@ impl Fs for SimDisk {
         let d = &mut *guard;
         d.charge(false);
         if d.dirs.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!("{} is a directory", show(path)),
-            ));
+            return Err(io::Error::other(format!("{} is a directory", show(path))));
         }
         let ino = match d.names.get(path).copied() {
             Some(_) if opts.create_new => {
@@ -560,19 +473,13 @@ impl Fs for SimDisk {
                     d.resize(ino, path, 0)?;
                     let node = d.inodes.get_mut(&ino).expect("named inode");
                     node.last_write = None;
-                    d.events.push(DiskEvent::Truncate {
-                        path: show(path),
-                        len: 0,
-                    });
+                    d.events.push(DiskEvent::Truncate { path: show(path), len: 0 });
                 }
                 ino
             }
             None if opts.create || opts.create_new => {
                 if !d.dir_exists(&parent_of(path)) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("no directory for {}", show(path)),
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory for {}", show(path))));
                 }
                 let ino = d.next_ino;
                 d.next_ino += 1;
@@ -581,21 +488,11 @@ impl Fs for SimDisk {
                 d.events.push(DiskEvent::Create { path: show(path) });
                 ino
             }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no file {}", show(path)),
-                ))
-            }
+            None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(path)))),
         };
         d.inodes.get_mut(&ino).expect("named inode").handles += 1;
         let generation = d.generation;
-        Ok(Box::new(SimFile {
-            disk: self.inner.clone(),
-            ino,
-            generation,
-            path: path.to_path_buf(),
-        }))
+        Ok(Box::new(SimFile { disk: self.inner.clone(), ino, generation, path: path.to_path_buf() }))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -612,9 +509,10 @@ impl Fs for SimDisk {
         let mut guard = self.lock();
         let d = &mut *guard;
         d.charge(false);
-        let ino = d.names.remove(path).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(path)))
-        })?;
+        let ino = d
+            .names
+            .remove(path)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(path))))?;
         d.events.push(DiskEvent::Remove { path: show(path) });
         d.collect(ino);
         Ok(())
@@ -625,20 +523,13 @@ impl Fs for SimDisk {
         let d = &mut *guard;
         d.charge(false);
         if !d.dirs.contains(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no directory {}", show(path)),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", show(path))));
         }
         // Directory removal is modelled as immediately durable (see module docs).
         d.dirs.retain(|p| !p.starts_with(path));
         let mut gone = Vec::new();
         for names in [&mut d.names, &mut d.durable_names] {
-            let doomed: Vec<PathBuf> = names
-                .keys()
-                .filter(|p| p.starts_with(path))
-                .cloned()
-                .collect();
+            let doomed: Vec<PathBuf> = names.keys().filter(|p| p.starts_with(path)).cloned().collect();
             for p in doomed {
                 gone.extend(names.remove(&p));
             }
@@ -661,57 +552,28 @@ impl Fs for SimDisk {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, show(to)));
             }
             let moved = |p: &Path| to.join(p.strip_prefix(from).expect("prefix checked"));
-            d.dirs = d
-                .dirs
-                .iter()
-                .map(|p| {
-                    if p.starts_with(from) {
-                        moved(p)
-                    } else {
-                        p.clone()
-                    }
-                })
-                .collect();
+            d.dirs = d.dirs.iter().map(|p| if p.starts_with(from) { moved(p) } else { p.clone() }).collect();
             d.dirs.insert(to.to_path_buf());
             for names in [&mut d.names, &mut d.durable_names] {
-                *names = names
-                    .iter()
-                    .map(|(p, &i)| {
-                        (
-                            if p.starts_with(from) {
-                                moved(p)
-                            } else {
-                                p.clone()
-                            },
-                            i,
-                        )
-                    })
-                    .collect();
+                *names =
+                    names.iter().map(|(p, &i)| (if p.starts_with(from) { moved(p) } else { p.clone() }, i)).collect();
             }
         } else {
             if d.dirs.contains(to) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    format!("{} is a directory", show(to)),
-                ));
+                return Err(io::Error::other(format!("{} is a directory", show(to))));
             }
             if !d.dir_exists(&parent_of(to)) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no directory for {}", show(to)),
-                ));
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory for {}", show(to))));
             }
-            let ino = d.names.remove(from).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(from)))
-            })?;
+            let ino = d
+                .names
+                .remove(from)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file {}", show(from))))?;
             if let Some(old) = d.names.insert(to.to_path_buf(), ino) {
                 d.collect(old);
             }
         }
-        d.events.push(DiskEvent::Rename {
-            from: show(from),
-            to: show(to),
-        });
+        d.events.push(DiskEvent::Rename { from: show(from), to: show(to) });
         Ok(())
     }
 
@@ -720,33 +582,16 @@ impl Fs for SimDisk {
         let d = &mut *guard;
         d.charge(true);
         if !d.dir_exists(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no directory {}", show(path)),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", show(path))));
         }
         if d.chance(d.faults.sync_error) {
-            d.fault(
-                FaultKind::SyncError,
-                path,
-                "directory fsync failed with EIO".into(),
-            );
+            d.fault(FaultKind::SyncError, path, "directory fsync failed with EIO".into());
             return Err(os_err(EIO));
         }
         let child = |p: &PathBuf| p.parent() == Some(path);
-        let mut dropped: Vec<u64> = d
-            .durable_names
-            .iter()
-            .filter(|(p, _)| child(p))
-            .map(|(_, &i)| i)
-            .collect();
+        let mut dropped: Vec<u64> = d.durable_names.iter().filter(|(p, _)| child(p)).map(|(_, &i)| i).collect();
         d.durable_names.retain(|p, _| !child(p));
-        let now: Vec<(PathBuf, u64)> = d
-            .names
-            .iter()
-            .filter(|(p, _)| child(p))
-            .map(|(p, &i)| (p.clone(), i))
-            .collect();
+        let now: Vec<(PathBuf, u64)> = d.names.iter().filter(|(p, _)| child(p)).map(|(p, &i)| (p.clone(), i)).collect();
         d.durable_names.extend(now);
         d.events.push(DiskEvent::SyncDir { path: show(path) });
         dropped.dedup();
@@ -797,11 +642,7 @@ impl File for SimFile {
             if let Some(b) = node.durable.get_mut(pos) {
                 *b ^= 1 << bit;
             }
-            d.fault(
-                FaultKind::BitRot,
-                &self.path,
-                format!("bit {bit} of byte {pos} flipped on the medium"),
-            );
+            d.fault(FaultKind::BitRot, &self.path, format!("bit {bit} of byte {pos} flipped on the medium"));
         }
         let start = offset as usize;
         buf[..n].copy_from_slice(&d.inodes[&self.ino].data[start..start + n]);
@@ -812,10 +653,7 @@ impl File for SimFile {
             d.fault(
                 FaultKind::ReadCorruption,
                 &self.path,
-                format!(
-                    "bit {bit} of byte {} flipped in transit",
-                    offset as usize + pos
-                ),
+                format!("bit {bit} of byte {} flipped in transit", offset as usize + pos),
             );
         }
         Ok(n)
@@ -842,11 +680,7 @@ impl File for SimFile {
         node.data[offset as usize..end as usize].copy_from_slice(buf);
         node.mark_dirty(offset, end);
         node.last_write = Some((offset, buf.len() as u64));
-        d.events.push(DiskEvent::Write {
-            path: show(&self.path),
-            offset,
-            len: buf.len() as u64,
-        });
+        d.events.push(DiskEvent::Write { path: show(&self.path), offset, len: buf.len() as u64 });
         Ok(())
     }
 
@@ -862,10 +696,7 @@ impl File for SimFile {
                 node.last_write = None;
             }
         }
-        d.events.push(DiskEvent::Truncate {
-            path: show(&self.path),
-            len,
-        });
+        d.events.push(DiskEvent::Truncate { path: show(&self.path), len });
         Ok(())
     }
 
@@ -875,17 +706,11 @@ impl File for SimFile {
         d.inode(self.ino, self.generation)?;
         d.charge(true);
         if d.chance(d.faults.sync_error) {
-            d.fault(
-                FaultKind::SyncError,
-                &self.path,
-                "fsync failed with EIO".into(),
-            );
+            d.fault(FaultKind::SyncError, &self.path, "fsync failed with EIO".into());
             return Err(os_err(EIO));
         }
         d.inodes.get_mut(&self.ino).expect("checked inode").sync();
-        d.events.push(DiskEvent::Sync {
-            path: show(&self.path),
-        });
+        d.events.push(DiskEvent::Sync { path: show(&self.path) });
         Ok(())
     }
 }
@@ -905,232 +730,4 @@ impl Drop for SimFile {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(s: &str) -> PathBuf {
-        PathBuf::from(s)
-    }
-
-    /// A disk with directory `d` and a durable, empty file `d/f`.
-    fn setup(faults: DiskFaults) -> (SimDisk, Box<dyn File>) {
-        let disk = SimDisk::new(7, faults);
-        disk.create_dir_all(&p("d")).unwrap();
-        let f = disk.open(&p("d/f"), OpenOptions::CREATE).unwrap();
-        disk.sync_dir(&p("d")).unwrap();
-        (disk, f)
-    }
-
-    #[test]
-    fn unsynced_write_is_lost_on_crash_and_synced_write_kept() {
-        let (disk, mut f) = setup(DiskFaults::default());
-        f.write_at(b"durable", 0).unwrap();
-        f.sync().unwrap();
-        f.write_at(b" volatile", 7).unwrap();
-        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable volatile");
-        disk.crash();
-        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable");
-        // The handle died with the host.
-        assert!(f.len().is_err());
-        let f = disk.open(&p("d/f"), OpenOptions::EXISTING).unwrap();
-        assert_eq!(f.len().unwrap(), 7);
-        assert!(matches!(
-            disk.drain_events().last(),
-            Some(DiskEvent::Crash {
-                files_reverted: 1,
-                torn: 0
-            })
-        ));
-    }
-
-    #[test]
-    fn torn_write_keeps_a_block_aligned_prefix() {
-        let (disk, mut f) = setup(DiskFaults {
-            torn_write: 1.0,
-            ..Default::default()
-        });
-        f.write_at(&[1u8; 100], 0).unwrap();
-        f.sync().unwrap();
-        let big = vec![2u8; 4000];
-        f.write_at(&big, 100).unwrap();
-        disk.crash();
-        let after = disk.contents(&p("d/f")).unwrap();
-        assert!(
-            after.len() > 100 && after.len() < 4100,
-            "len {}",
-            after.len()
-        );
-        assert_eq!(after.len() as u64 % BLOCK_SIZE, 0);
-        assert!(after[..100].iter().all(|&b| b == 1));
-        assert!(after[100..].iter().all(|&b| b == 2));
-    }
-
-    #[test]
-    fn write_smaller_than_a_block_is_never_torn() {
-        let (disk, mut f) = setup(DiskFaults {
-            torn_write: 1.0,
-            ..Default::default()
-        });
-        f.write_at(&[9u8; 100], 0).unwrap();
-        disk.crash();
-        assert!(disk.contents(&p("d/f")).unwrap().is_empty());
-    }
-
-    #[test]
-    fn capacity_limit_gives_enospc_and_writes_nothing() {
-        let (disk, mut f) = setup(DiskFaults {
-            capacity_bytes: 10,
-            ..Default::default()
-        });
-        f.write_at(b"12345678", 0).unwrap();
-        let err = f.write_at(b"abc", 8).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(ENOSPC));
-        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        assert_eq!(disk.contents(&p("d/f")).unwrap(), b"12345678");
-        // Overwriting in place needs no new space.
-        f.write_at(b"ab", 0).unwrap();
-        assert_eq!(disk.used_bytes(), 8);
-    }
-
-    #[test]
-    fn write_and_sync_errors_are_eio() {
-        let (disk, mut f) = setup(DiskFaults {
-            write_error: 1.0,
-            ..Default::default()
-        });
-        let err = f.write_at(b"x", 0).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(EIO));
-        assert!(disk.contents(&p("d/f")).unwrap().is_empty());
-        disk.set_faults(DiskFaults {
-            sync_error: 1.0,
-            ..Default::default()
-        });
-        f.write_at(b"x", 0).unwrap();
-        assert_eq!(f.sync().unwrap_err().raw_os_error(), Some(EIO));
-        disk.crash();
-        assert!(
-            disk.contents(&p("d/f")).unwrap().is_empty(),
-            "a failed fsync made nothing durable"
-        );
-        let events = disk.drain_events();
-        assert!(events.iter().any(|e| matches!(
-            e,
-            DiskEvent::Fault {
-                kind: FaultKind::WriteError,
-                ..
-            }
-        )));
-        assert!(events.iter().any(|e| matches!(
-            e,
-            DiskEvent::Fault {
-                kind: FaultKind::SyncError,
-                ..
-            }
-        )));
-    }
-
-    #[test]
-    fn directory_entries_need_sync_dir() {
-        let (disk, _f) = setup(DiskFaults::default());
-        // Created and fsynced, but its entry never made durable.
-        let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
-        g.write_at(b"data", 0).unwrap();
-        g.sync().unwrap();
-        // Renamed without sync_dir: the rename reverts.
-        disk.rename(&p("d/f"), &p("d/h")).unwrap();
-        disk.crash();
-        assert!(!disk.exists(&p("d/g")));
-        assert!(disk.exists(&p("d/f")));
-        assert!(!disk.exists(&p("d/h")));
-        // Now with sync_dir everything sticks, including a removal.
-        let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
-        g.write_at(b"data", 0).unwrap();
-        g.sync().unwrap();
-        disk.rename(&p("d/f"), &p("d/h")).unwrap();
-        disk.sync_dir(&p("d")).unwrap();
-        disk.remove_file(&p("d/h")).unwrap();
-        disk.crash();
-        assert_eq!(disk.contents(&p("d/g")).unwrap(), b"data");
-        assert!(disk.exists(&p("d/h")), "removal was not made durable");
-        disk.remove_file(&p("d/h")).unwrap();
-        disk.sync_dir(&p("d")).unwrap();
-        disk.crash();
-        assert!(!disk.exists(&p("d/h")));
-        assert_eq!(disk.list_dir(&p("d")).unwrap(), vec![p("d/g")]);
-    }
-
-    #[test]
-    fn read_corruption_is_transient_and_bit_rot_is_not() {
-        let (disk, mut f) = setup(DiskFaults::default());
-        f.write_at(&[0u8; 64], 0).unwrap();
-        disk.set_faults(DiskFaults {
-            read_corruption: 1.0,
-            ..Default::default()
-        });
-        let mut buf = [0u8; 64];
-        f.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
-        assert!(disk.contents(&p("d/f")).unwrap().iter().all(|&b| b == 0));
-        disk.set_faults(DiskFaults {
-            bit_rot: 1.0,
-            ..Default::default()
-        });
-        f.read_exact_at(&mut buf, 0).unwrap();
-        disk.set_faults(DiskFaults::default());
-        let mut again = [0u8; 64];
-        f.read_exact_at(&mut again, 0).unwrap();
-        assert_eq!(buf, again);
-        assert_eq!(again.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
-    }
-
-    #[test]
-    fn latency_accumulates_and_resets() {
-        let faults = DiskFaults {
-            latency_min_us: 10,
-            latency_max_us: 10,
-            sync_latency_min_us: 100,
-            sync_latency_max_us: 100,
-            ..Default::default()
-        };
-        let (disk, mut f) = setup(faults);
-        disk.take_latency();
-        f.write_at(b"x", 0).unwrap();
-        f.sync().unwrap();
-        assert_eq!(disk.take_latency(), Duration::from_micros(120));
-        assert_eq!(disk.take_latency(), Duration::ZERO);
-    }
-
-    #[test]
-    fn same_seed_same_faults() {
-        let run = || {
-            let faults = DiskFaults {
-                write_error: 0.3,
-                torn_write: 0.5,
-                latency_max_us: 50,
-                ..Default::default()
-            };
-            let (disk, mut f) = setup(faults);
-            for i in 0..50u64 {
-                let _ = f.write_at(&[i as u8; 700], i * 700);
-            }
-            disk.crash();
-            (
-                disk.contents(&p("d/f")),
-                disk.take_latency(),
-                disk.drain_events(),
-            )
-        };
-        assert_eq!(run(), run());
-    }
-
-    #[test]
-    fn open_handle_survives_removal_of_its_name() {
-        let (disk, mut f) = setup(DiskFaults::default());
-        f.write_at(b"abc", 0).unwrap();
-        disk.remove_file(&p("d/f")).unwrap();
-        let mut buf = [0u8; 3];
-        f.read_exact_at(&mut buf, 0).unwrap();
-        assert_eq!(&buf, b"abc");
-        assert!(disk.open(&p("d/f"), OpenOptions::EXISTING).is_err());
-    }
-}
+mod tests;

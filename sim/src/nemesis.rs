@@ -48,6 +48,9 @@ pub enum Fault {
     LinkDelay { a: String, b: String, latency_ms: u64 },
     /// Crash a broker; restart it at the end.
     Crash { host: String },
+    /// Crash a broker and flip one bit of one of its segment files while it
+    /// is down; restart it at the end.
+    CrashCorrupt { host: String },
     /// Crash a client host; restart it (as a new session) at the end.
     CrashClient { host: String },
     /// Hold every link of the host.
@@ -65,6 +68,7 @@ impl fmt::Display for Fault {
             Fault::LinkDrop { a, b, rate } => write!(f, "link-drop {a} <-> {b} rate {rate}"),
             Fault::LinkDelay { a, b, latency_ms } => write!(f, "link-delay {a} <-> {b} {latency_ms} ms"),
             Fault::Crash { host } => write!(f, "crash-restart {host}"),
+            Fault::CrashCorrupt { host } => write!(f, "crash-corrupt {host}"),
             Fault::CrashClient { host } => write!(f, "crash-client {host}"),
             Fault::Pause { host } => write!(f, "pause {host}"),
             Fault::Disk { host, faults } => write!(f, "disk-faults {host} {}", describe_disk(faults)),
@@ -192,6 +196,7 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::LinkDelay { a, b, latency_ms: *latency_ms }
         }
         NemesisKind::CrashRestart => Fault::Crash { host: pick(rng, &roles.brokers)?.clone() },
+        NemesisKind::CrashCorrupt => Fault::CrashCorrupt { host: pick(rng, &roles.brokers)?.clone() },
         NemesisKind::CrashClient => Fault::CrashClient { host: pick(rng, &roles.clients)?.clone() },
         NemesisKind::Pause => Fault::Pause { host: pick(rng, &roles.brokers)?.clone() },
         NemesisKind::DiskFaults { faults } => Fault::Disk { host: pick(rng, &roles.brokers)?.clone(), faults: faults.clone() },
@@ -225,6 +230,32 @@ pub fn overlay(base: &DiskFaults, strike: &DiskFaults) -> DiskFaults {
     }
 }
 
+/// Flip one random bit of one random non-empty segment file (`*.log`) on
+/// `disk`. The disk records the flip as a fault event.
+fn flip_one_bit(disk: &crate::disk::SimDisk, rng: &mut ChaCha8Rng) {
+    use faultline_broker::io::Fs;
+    let mut logs = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("/")];
+    while let Some(dir) = dirs.pop() {
+        for p in disk.list_dir(&dir).unwrap_or_default() {
+            if disk.is_dir(&p) {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "log") {
+                if let Some(len) = disk.durable_contents(&p).map(|c| c.len() as u64).filter(|l| *l > 0) {
+                    logs.push((p, len));
+                }
+            }
+        }
+    }
+    logs.sort();
+    if logs.is_empty() {
+        return;
+    }
+    let (path, len) = &logs[rng.random_range(0..logs.len())];
+    let hit = disk.flip_bit(path, rng.random_range(0..*len), rng.random_range(0..8u8));
+    debug_assert!(hit, "flipped a bit beyond the end of {}", path.display());
+}
+
 /// What the injector did to a host's software, for the runner to follow up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostChange {
@@ -245,6 +276,8 @@ pub struct Injector {
     down: BTreeMap<String, u32>,
     /// Disk fault strikes active per host, in start order.
     disk: BTreeMap<String, Vec<DiskFaults>>,
+    /// Chooses which bit a crash-corrupt strike flips.
+    rng: ChaCha8Rng,
 }
 
 fn undirected(a: &str, b: &str) -> (String, String) {
@@ -270,10 +303,11 @@ fn bump(map: &mut BTreeMap<(String, String), u32>, key: (String, String), up: bo
 
 impl Injector {
     /// An injector for a world whose brokers' disks start with `base_disk`.
-    pub fn new(network: Network, base_disk: DiskFaults) -> Injector {
+    pub fn new(network: Network, base_disk: DiskFaults, rng: ChaCha8Rng) -> Injector {
         Injector {
             network,
             base_disk,
+            rng,
             cut: BTreeMap::new(),
             held: BTreeMap::new(),
             down: BTreeMap::new(),
@@ -330,7 +364,7 @@ impl Injector {
                     sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(self.network.max_latency_ms));
                 }
             }
-            Fault::Crash { host } | Fault::CrashClient { host } => {
+            Fault::Crash { host } | Fault::CrashClient { host } | Fault::CrashCorrupt { host } => {
                 let n = self.down.entry(host.clone()).or_default();
                 if up {
                     *n += 1;
@@ -338,6 +372,9 @@ impl Injector {
                         sim.crash(host.as_str());
                         if let Some(node) = nodes.get(host) {
                             node.disk.crash();
+                            if matches!(fault, Fault::CrashCorrupt { .. }) {
+                                flip_one_bit(&node.disk, &mut self.rng);
+                            }
                         }
                         return HostChange::Crashed(host.clone());
                     }

@@ -211,7 +211,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     });
 
     let strikes = nemesis::plan(&scenario.faults.nemeses, &roles, window, &mut seed::rng(seed, "nemesis"));
-    let mut injector = Injector::new(scenario.network.clone(), scenario.faults.disk.clone());
+    let mut injector = Injector::new(scenario.network.clone(), scenario.faults.disk.clone(), seed::rng(seed, "injector"));
     let mut timeline = Vec::new();
     // (time, is_start, strike): ends sort before starts at the same instant
     // so that back-to-back strikes of one nemesis do not overlap.

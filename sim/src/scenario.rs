@@ -163,6 +163,10 @@ pub enum NemesisKind {
     LinkDelay { latency_ms: u64 },
     /// Crash a broker (its disk loses unsynced data) and restart it later.
     CrashRestart,
+    /// Crash a broker, flip one bit of one of its segment files while it is
+    /// down (the medium went bad), and restart it later: recovery must
+    /// notice.
+    CrashCorrupt,
     /// Crash a client host; it restarts later as a new session.
     CrashClient,
     /// Pause a broker. Approximated by holding every link of the host: its
@@ -206,7 +210,7 @@ fn is_certain(p: &f64) -> bool {
 }
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
-crash-restart, crash-client, pause, disk-faults, clock-jump, clock-drift";
+crash-restart, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -221,6 +225,7 @@ impl TryFrom<RawNemesis> for Nemesis {
             "link-drop" => NemesisKind::LinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
             "link-delay" => NemesisKind::LinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? },
             "crash-restart" => NemesisKind::CrashRestart,
+            "crash-corrupt" => NemesisKind::CrashCorrupt,
             "crash-client" => NemesisKind::CrashClient,
             "pause" => NemesisKind::Pause,
             "disk-faults" => NemesisKind::DiskFaults { faults: r.disk.clone().ok_or_else(|| need("disk"))? },
@@ -286,6 +291,7 @@ impl NemesisKind {
             NemesisKind::LinkDrop { .. } => "link-drop",
             NemesisKind::LinkDelay { .. } => "link-delay",
             NemesisKind::CrashRestart => "crash-restart",
+            NemesisKind::CrashCorrupt => "crash-corrupt",
             NemesisKind::CrashClient => "crash-client",
             NemesisKind::Pause => "pause",
             NemesisKind::DiskFaults { .. } => "disk-faults",

@@ -6,7 +6,10 @@ use std::fmt;
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Prints simulated time, or `-` outside any simulated host.
 struct SimTime;
@@ -24,8 +27,10 @@ impl FormatTime for SimTime {
 /// Without `RUST_LOG`, only errors are shown.
 pub fn init() {
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
-    // turmoil's per-host span is at info level; enable it so every line
-    // names its node, whatever level the user asked for.
-    let filter = EnvFilter::try_new(format!("{spec},turmoil=info")).unwrap_or_else(|_| EnvFilter::new("error,turmoil=info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_writer(std::io::stderr).try_init();
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("error"));
+    // turmoil runs each host inside an info-level `node` span: keep that span
+    // whatever level was asked for, so every line names its node.
+    let node_span = filter_fn(|m| m.is_span() && m.name() == "node" && m.target().starts_with("turmoil"));
+    let layer = tracing_subscriber::fmt::layer().with_timer(SimTime).with_writer(std::io::stderr);
+    let _ = tracing_subscriber::registry().with(layer.with_filter(filter.or(node_span))).try_init();
 }

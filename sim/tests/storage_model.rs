@@ -26,15 +26,23 @@ struct BatchSpec {
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<BatchSpec>),
-    Read { at: u16, max_bytes: u16, below_hw: bool },
+    Read {
+        at: u16,
+        max_bytes: u16,
+        below_hw: bool,
+    },
     Flush,
     MaybeFlush,
-    Truncate { at: u16 },
+    Truncate {
+        at: u16,
+    },
     /// The next append's write fails with EIO.
     AppendWriteError(BatchSpec),
     /// The next fsyncs fail with EIO.
     AppendSyncError(BatchSpec),
-    Crash { torn: bool },
+    Crash {
+        torn: bool,
+    },
     Reopen,
 }
 
@@ -141,8 +149,16 @@ struct Harness {
 
 impl Harness {
     fn new(seed: u64, flush_messages: u64) -> Self {
-        let config = LogConfig { segment_bytes: 700, index_interval_bytes: 200, flush_messages, ..LogConfig::default() };
-        let mut h = Harness { disk: SimDisk::perfect(seed), dir: PathBuf::from("data/topic-0"), config, log: None, model: Model::default(), tag: 0 };
+        let config =
+            LogConfig { segment_bytes: 700, index_interval_bytes: 200, flush_messages, ..LogConfig::default() };
+        let mut h = Harness {
+            disk: SimDisk::perfect(seed),
+            dir: PathBuf::from("data/topic-0"),
+            config,
+            log: None,
+            model: Model::default(),
+            tag: 0,
+        };
         h.reopen();
         h
     }
@@ -153,8 +169,14 @@ impl Harness {
 
     fn reopen(&mut self) {
         self.log = None;
-        let (log, report) =
-            PartitionLog::open(Arc::new(self.disk.clone()), self.dir.clone(), self.config.clone(), PlantedBugs::default(), 0).unwrap();
+        let (log, report) = PartitionLog::open(
+            Arc::new(self.disk.clone()),
+            self.dir.clone(),
+            self.config.clone(),
+            PlantedBugs::default(),
+            0,
+        )
+        .unwrap();
         let end = log.log_end_offset();
         assert!(end >= self.model.durable, "recovery lost durable data: end {end} < durable {}", self.model.durable);
         assert!(end <= self.model.end(), "recovery invented data: end {end} > written {}", self.model.end());

@@ -187,6 +187,8 @@ impl PartitionLog {
     fn roll(&mut self) -> Result<(), StorageError> {
         let base = self.log_end_offset();
         debug_assert!(!self.active().is_empty(), "rolling an empty segment");
+        // The outgoing segment's indexes become part of the trusted log.
+        self.active().flush(true)?;
         let seg = Segment::create(&*self.fs, &self.dir, base, self.config.index_interval_bytes)?;
         self.segments.insert(base, seg);
         self.dir_dirty = true;
@@ -245,8 +247,9 @@ impl PartitionLog {
             return Ok(());
         }
         let from = self.segments.range(..=self.recovery_point).next_back().map_or(0, |(b, _)| *b);
+        let active = self.active().base_offset();
         for seg in self.segments.range_mut(from..).map(|(_, s)| s) {
-            seg.flush()?;
+            seg.flush(seg.base_offset() != active)?;
         }
         let rolled = self.dir_dirty;
         if rolled {
@@ -307,7 +310,7 @@ impl PartitionLog {
         }
         let seg = self.segments.get_mut(&keep).expect("kept segment");
         removed += seg.truncate_to(offset)?;
-        seg.flush()?;
+        seg.flush(true)?;
         tracing::info!(dir = %self.dir.display(), offset, removed_bytes = removed, "log truncated");
         self.recovery_point = self.recovery_point.min(self.log_end_offset());
         self.flush()

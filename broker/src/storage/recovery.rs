@@ -145,7 +145,7 @@ pub(super) fn recover(
         }
         // An empty segment ends the log: any later one cannot continue it.
         expected_base = Some(seg.next_offset());
-        seg.flush()?;
+        seg.flush(true)?;
         segments.insert(base, seg);
     }
     if dir_changed {

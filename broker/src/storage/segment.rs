@@ -228,14 +228,19 @@ impl Segment {
         Ok(())
     }
 
-    /// fsync the log and write and fsync the indexes.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// fsync the log, and with `indexes` write and fsync the indexes too.
+    /// The active segment's indexes can wait: recovery always rescans the
+    /// active segment, so they matter only once it is rolled.
+    pub fn flush(&mut self, indexes: bool) -> io::Result<()> {
         if self.needs_sync {
             self.log.sync()?;
             self.needs_sync = false;
         }
-        self.index.flush()?;
-        self.time_index.flush()
+        if indexes {
+            self.index.flush()?;
+            self.time_index.flush()?;
+        }
+        Ok(())
     }
 
     /// Rebuild everything from the log file: every batch validated from the

@@ -1,0 +1,175 @@
+//! Simulated disk tests: durability of data and directory entries, torn
+//! writes, injected errors, latency and determinism.
+
+use super::*;
+
+fn p(s: &str) -> PathBuf {
+    PathBuf::from(s)
+}
+
+/// A disk with directory `d` and a durable, empty file `d/f`.
+fn setup(faults: DiskFaults) -> (SimDisk, Box<dyn File>) {
+    let disk = SimDisk::new(7, faults);
+    disk.create_dir_all(&p("d")).unwrap();
+    let f = disk.open(&p("d/f"), OpenOptions::CREATE).unwrap();
+    disk.sync_dir(&p("d")).unwrap();
+    (disk, f)
+}
+
+#[test]
+fn unsynced_write_is_lost_on_crash_and_synced_write_kept() {
+    let (disk, mut f) = setup(DiskFaults::default());
+    f.write_at(b"durable", 0).unwrap();
+    f.sync().unwrap();
+    f.write_at(b" volatile", 7).unwrap();
+    assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable volatile");
+    disk.crash();
+    assert_eq!(disk.contents(&p("d/f")).unwrap(), b"durable");
+    // The handle died with the host.
+    assert!(f.len().is_err());
+    let f = disk.open(&p("d/f"), OpenOptions::EXISTING).unwrap();
+    assert_eq!(f.len().unwrap(), 7);
+    assert!(matches!(disk.drain_events().last(), Some(DiskEvent::Crash { files_reverted: 1, torn: 0 })));
+}
+
+#[test]
+fn torn_write_keeps_a_block_aligned_prefix() {
+    let (disk, mut f) = setup(DiskFaults { torn_write: 1.0, ..Default::default() });
+    f.write_at(&[1u8; 100], 0).unwrap();
+    f.sync().unwrap();
+    let big = vec![2u8; 4000];
+    f.write_at(&big, 100).unwrap();
+    disk.crash();
+    let after = disk.contents(&p("d/f")).unwrap();
+    assert!(after.len() > 100 && after.len() < 4100, "len {}", after.len());
+    assert_eq!(after.len() as u64 % BLOCK_SIZE, 0);
+    assert!(after[..100].iter().all(|&b| b == 1));
+    assert!(after[100..].iter().all(|&b| b == 2));
+}
+
+#[test]
+fn write_smaller_than_a_block_is_never_torn() {
+    let (disk, mut f) = setup(DiskFaults { torn_write: 1.0, ..Default::default() });
+    f.write_at(&[9u8; 100], 0).unwrap();
+    disk.crash();
+    assert!(disk.contents(&p("d/f")).unwrap().is_empty());
+}
+
+#[test]
+fn capacity_limit_gives_enospc_and_writes_nothing() {
+    let (disk, mut f) = setup(DiskFaults { capacity_bytes: 10, ..Default::default() });
+    f.write_at(b"12345678", 0).unwrap();
+    let err = f.write_at(b"abc", 8).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(ENOSPC));
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+    assert_eq!(disk.contents(&p("d/f")).unwrap(), b"12345678");
+    // Overwriting in place needs no new space.
+    f.write_at(b"ab", 0).unwrap();
+    assert_eq!(disk.used_bytes(), 8);
+}
+
+#[test]
+fn write_and_sync_errors_are_eio() {
+    let (disk, mut f) = setup(DiskFaults { write_error: 1.0, ..Default::default() });
+    let err = f.write_at(b"x", 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(EIO));
+    assert!(disk.contents(&p("d/f")).unwrap().is_empty());
+    disk.set_faults(DiskFaults { sync_error: 1.0, ..Default::default() });
+    f.write_at(b"x", 0).unwrap();
+    assert_eq!(f.sync().unwrap_err().raw_os_error(), Some(EIO));
+    disk.crash();
+    assert!(disk.contents(&p("d/f")).unwrap().is_empty(), "a failed fsync made nothing durable");
+    let events = disk.drain_events();
+    assert!(events.iter().any(|e| matches!(e, DiskEvent::Fault { kind: FaultKind::WriteError, .. })));
+    assert!(events.iter().any(|e| matches!(e, DiskEvent::Fault { kind: FaultKind::SyncError, .. })));
+}
+
+#[test]
+fn directory_entries_need_sync_dir() {
+    let (disk, _f) = setup(DiskFaults::default());
+    // Created and fsynced, but its entry never made durable.
+    let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
+    g.write_at(b"data", 0).unwrap();
+    g.sync().unwrap();
+    // Renamed without sync_dir: the rename reverts.
+    disk.rename(&p("d/f"), &p("d/h")).unwrap();
+    disk.crash();
+    assert!(!disk.exists(&p("d/g")));
+    assert!(disk.exists(&p("d/f")));
+    assert!(!disk.exists(&p("d/h")));
+    // Now with sync_dir everything sticks, including a removal.
+    let mut g = disk.open(&p("d/g"), OpenOptions::CREATE).unwrap();
+    g.write_at(b"data", 0).unwrap();
+    g.sync().unwrap();
+    disk.rename(&p("d/f"), &p("d/h")).unwrap();
+    disk.sync_dir(&p("d")).unwrap();
+    disk.remove_file(&p("d/h")).unwrap();
+    disk.crash();
+    assert_eq!(disk.contents(&p("d/g")).unwrap(), b"data");
+    assert!(disk.exists(&p("d/h")), "removal was not made durable");
+    disk.remove_file(&p("d/h")).unwrap();
+    disk.sync_dir(&p("d")).unwrap();
+    disk.crash();
+    assert!(!disk.exists(&p("d/h")));
+    assert_eq!(disk.list_dir(&p("d")).unwrap(), vec![p("d/g")]);
+}
+
+#[test]
+fn read_corruption_is_transient_and_bit_rot_is_not() {
+    let (disk, mut f) = setup(DiskFaults::default());
+    f.write_at(&[0u8; 64], 0).unwrap();
+    disk.set_faults(DiskFaults { read_corruption: 1.0, ..Default::default() });
+    let mut buf = [0u8; 64];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+    assert!(disk.contents(&p("d/f")).unwrap().iter().all(|&b| b == 0));
+    disk.set_faults(DiskFaults { bit_rot: 1.0, ..Default::default() });
+    f.read_exact_at(&mut buf, 0).unwrap();
+    disk.set_faults(DiskFaults::default());
+    let mut again = [0u8; 64];
+    f.read_exact_at(&mut again, 0).unwrap();
+    assert_eq!(buf, again);
+    assert_eq!(again.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+}
+
+#[test]
+fn latency_accumulates_and_resets() {
+    let faults = DiskFaults {
+        latency_min_us: 10,
+        latency_max_us: 10,
+        sync_latency_min_us: 100,
+        sync_latency_max_us: 100,
+        ..Default::default()
+    };
+    let (disk, mut f) = setup(faults);
+    disk.take_latency();
+    f.write_at(b"x", 0).unwrap();
+    f.sync().unwrap();
+    assert_eq!(disk.take_latency(), Duration::from_micros(120));
+    assert_eq!(disk.take_latency(), Duration::ZERO);
+}
+
+#[test]
+fn same_seed_same_faults() {
+    let run = || {
+        let faults = DiskFaults { write_error: 0.3, torn_write: 0.5, latency_max_us: 50, ..Default::default() };
+        let (disk, mut f) = setup(faults);
+        for i in 0..50u64 {
+            let _ = f.write_at(&[i as u8; 700], i * 700);
+        }
+        disk.crash();
+        (disk.contents(&p("d/f")), disk.take_latency(), disk.drain_events())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn open_handle_survives_removal_of_its_name() {
+    let (disk, mut f) = setup(DiskFaults::default());
+    f.write_at(b"abc", 0).unwrap();
+    disk.remove_file(&p("d/f")).unwrap();
+    let mut buf = [0u8; 3];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"abc");
+    assert!(disk.open(&p("d/f"), OpenOptions::EXISTING).is_err());
+}
