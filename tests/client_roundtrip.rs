@@ -144,8 +144,8 @@ async fn seek_and_list_offsets() {
     let tp = TopicPartition::new("seek", 0);
     let mut consumer = b.consumer();
     consumer.assign(vec![tp.clone()]);
-    assert_eq!(consumer.beginning_offsets(&[tp.clone()]).await.unwrap()[&tp], 0);
-    assert_eq!(consumer.end_offsets(&[tp.clone()]).await.unwrap()[&tp], 10);
+    assert_eq!(consumer.beginning_offsets(std::slice::from_ref(&tp)).await.unwrap()[&tp], 0);
+    assert_eq!(consumer.end_offsets(std::slice::from_ref(&tp)).await.unwrap()[&tp], 10);
     consumer.seek_to_end(&[]).await.unwrap();
     assert_eq!(consumer.position(&tp).await.unwrap(), 10);
     assert!(consumer.poll(Duration::from_millis(50)).await.unwrap().is_empty());
@@ -153,7 +153,7 @@ async fn seek_and_list_offsets() {
     let got = consume_n(&mut consumer, 7).await;
     assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), (3..10).collect::<Vec<_>>());
     assert_eq!(consumer.position(&tp).await.unwrap(), 10);
-    consumer.seek_to_beginning(&[tp.clone()]).await.unwrap();
+    consumer.seek_to_beginning(std::slice::from_ref(&tp)).await.unwrap();
     assert_eq!(consumer.position(&tp).await.unwrap(), 0);
     // Out of range: reset to earliest.
     consumer.seek(&tp, 1_000).unwrap();

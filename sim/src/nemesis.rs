@@ -235,7 +235,7 @@ pub fn overlay(base: &DiskFaults, strike: &DiskFaults) -> DiskFaults {
 fn flip_one_bit(disk: &crate::disk::SimDisk, rng: &mut ChaCha8Rng) {
     use faultline_broker::io::Fs;
     let mut logs = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from("/")];
+    let mut dirs = vec![std::path::PathBuf::from(crate::runner::DATA_DIR)];
     while let Some(dir) = dirs.pop() {
         for p in disk.list_dir(&dir).unwrap_or_default() {
             if disk.is_dir(&p) {

@@ -30,6 +30,7 @@ struct State {
     pending: BTreeMap<String, Pending>,
     topics_ready: bool,
     final_read_done: Option<bool>,
+    corrupt_reads: usize,
 }
 
 /// Shared handle to the recorder.
@@ -138,6 +139,15 @@ impl Recorder {
             final_read: false,
         };
         self.push(&mut s, op);
+    }
+
+    /// A poll got data the client could not decode.
+    pub fn note_corrupt_read(&self) {
+        self.lock().corrupt_reads += 1;
+    }
+
+    pub fn corrupt_reads(&self) -> usize {
+        self.lock().corrupt_reads
     }
 
     pub fn set_topics_ready(&self) {

@@ -36,7 +36,12 @@ pub const FINAL_READ_BUDGET: Duration = Duration::from_secs(20);
 /// Simulated time per step.
 pub const TICK: Duration = Duration::from_millis(1);
 const BROKER_PORT: u16 = 9092;
-const DATA_DIR: &str = "/var/lib/faultline";
+/// Where each broker keeps its log on its simulated disk.
+pub const DATA_DIR: &str = "/var/lib/faultline";
+
+/// The run-level finding for corrupt data reaching a client. The checkers
+/// never see it as a value: the client's CRC check refuses the batch.
+pub const CORRUPT_READ: &str = "corrupt-read";
 
 /// Knobs that change what a run keeps, never what it does.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +73,9 @@ pub struct RunResult {
     pub report: Report,
     /// Whether the final read reached the end of every partition.
     pub final_read_complete: bool,
+    /// Polls that got bytes the client could not decode (bad CRC, bad
+    /// framing): the broker served corrupt data.
+    pub corrupt_reads: usize,
     pub trace_hash: u64,
     pub trace: Trace,
     pub history: History,
@@ -77,16 +85,20 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    /// True if the checkers found nothing that makes the run invalid and the
-    /// final read completed (so the checkers saw everything).
+    /// True if the checkers found nothing that makes the run invalid, no
+    /// client was served corrupt data, and the final read completed (so the
+    /// checkers saw everything).
     pub fn passed(&self) -> bool {
-        self.report.valid && self.final_read_complete
+        self.report.valid && self.final_read_complete && self.corrupt_reads == 0
     }
 
     /// A one-word verdict.
     pub fn verdict(&self) -> String {
-        if !self.report.valid {
-            let kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
+        let mut kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
+        if self.corrupt_reads > 0 {
+            kinds.push(CORRUPT_READ);
+        }
+        if !kinds.is_empty() {
             format!("INVALID ({})", kinds.join(", "))
         } else if !self.final_read_complete {
             "INCOMPLETE (final read did not finish)".into()
@@ -250,6 +262,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let sim_time = sim.elapsed();
     drop(sim);
 
+    let corrupt_reads = recorder.corrupt_reads();
     let history = recorder.finish(sim_time);
     let report = checker::check(&history, &check);
     Ok(RunResult {
@@ -259,6 +272,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         faults: strikes.len(),
         report,
         final_read_complete,
+        corrupt_reads,
         trace_hash: trace.hash(),
         trace,
         history,

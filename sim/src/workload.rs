@@ -177,6 +177,12 @@ async fn recorded_poll(ctx: &ClientCtx, env: &Env, consumer: &mut Consumer, proc
     let res = io::timeout(env, wait + ctx.request_timeout() * 2, consumer.poll(wait)).await;
     let (ok, kind, outcome) = match res {
         Some(Ok(records)) => (true, Some(OpKind::Poll { records: polled(&records) }), Outcome::Ok),
+        // The broker answered with bytes that do not decode: corrupt data
+        // was served. Nothing was read, so the poll failed.
+        Some(Err(e @ ClientError::Protocol(_))) => {
+            ctx.recorder.note_corrupt_read();
+            (false, None, Outcome::Fail { error: format!("corrupt data: {e}") })
+        }
         Some(Err(e)) => (false, None, outcome_of(&e)),
         None => (false, None, Outcome::Info { error: "poll did not return".into() }),
     };

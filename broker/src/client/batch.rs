@@ -186,9 +186,9 @@ mod tests {
 
     fn rec(i: usize) -> OutRecord {
         OutRecord {
-            key: (i % 2 == 0).then(|| Bytes::from(format!("k{i}"))),
+            key: i.is_multiple_of(2).then(|| Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("value-{i}").repeat(3))),
-            headers: if i % 3 == 0 {
+            headers: if i.is_multiple_of(3) {
                 vec![("h".into(), Some(Bytes::from_static(b"x"))), ("n".into(), None)]
             } else {
                 vec![]

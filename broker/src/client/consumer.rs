@@ -328,6 +328,9 @@ impl Consumer {
     /// Fetch records from the assigned partitions, waiting up to `timeout`
     /// for some to arrive. Returns records in offset order per partition.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.positions.is_empty() {
+            return Err(ClientError::InvalidArgument("poll with no partitions assigned".into()));
+        }
         let deadline = self.env.elapsed() + timeout;
         loop {
             let unknown: Vec<TopicPartition> =
@@ -337,7 +340,7 @@ impl Consumer {
             }
             let remaining = deadline.saturating_sub(self.env.elapsed());
             let (records, progressed) = self.fetch_once(remaining).await?;
-            if !records.is_empty() || self.env.elapsed() >= deadline || self.positions.is_empty() {
+            if !records.is_empty() || self.env.elapsed() >= deadline {
                 return Ok(records);
             }
             if !progressed {
