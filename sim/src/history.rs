@@ -59,6 +59,10 @@ pub enum OpKind {
         records: Vec<Polled>,
     },
     /// Manually assign partitions (and the offsets the consumer starts from).
+    /// In the final read phase (`final_read = true`) the reader records one
+    /// `Assign` of every partition, completed only when the phase ends: `ok`
+    /// if it read every partition up to the log end offset the healed broker
+    /// reported, `info` if it gave up first. Checkers rely on that promise.
     Assign { partitions: Vec<TopicPartition> },
     /// Commit offsets (consumer groups; not used until they exist).
     Commit { offsets: BTreeMap<String, i64> },

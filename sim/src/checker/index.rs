@@ -25,6 +25,8 @@ pub(super) struct Read<'h> {
 pub(super) type Slot<'h> = BTreeMap<&'h str, Vec<&'h Op>>;
 
 pub(super) struct Index<'h> {
+    /// The whole history, in order.
+    pub ops: &'h [Op],
     /// Every send of each value. Values are unique per run, so this is
     /// normally one send; a history that repeats a value keeps them all.
     pub sends: BTreeMap<&'h str, Vec<Send<'h>>>,
@@ -105,6 +107,7 @@ impl<'h> Index<'h> {
         }
 
         Index {
+            ops: &history.ops,
             sends,
             reads,
             logs,

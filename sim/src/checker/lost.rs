@@ -8,6 +8,11 @@
 //! every partition, so each acknowledged value at or below the highest
 //! offset it returned of a partition (its reach) must be among what it
 //! returned, even if an earlier consumer saw the value before it vanished.
+//! And when the final read of a partition completed — its `Assign` op is
+//! marked `final_read` and ended `ok`, which the simulator records only once
+//! the reader reached the log end offset the healed broker reported — every
+//! acknowledged value of that partition must be among what it returned: one
+//! missing past the reach was cut from the tail of the log.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +20,7 @@ use super::index::{Index, Read};
 use super::kind::AnomalyKind;
 use super::report::{partition_name, Anomaly};
 use super::values::op_indexes;
-use crate::history::{Op, Outcome, TopicPartition};
+use crate::history::{Op, OpKind, Outcome, TopicPartition};
 
 /// The read that shows how far a partition was read: the value with the
 /// highest earliest offset any poll returned.
@@ -30,6 +35,8 @@ struct Bound<'h> {
 struct FinalRead<'h> {
     /// Offset to the first final-read op that returned it.
     offsets: BTreeMap<i64, &'h Op>,
+    /// The final read's `Assign`, if it read this partition to its end.
+    completed: Option<&'h Op>,
 }
 
 /// An acknowledged value nobody read: where it landed, if known, and its send.
@@ -54,6 +61,14 @@ pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
             if r.op.final_read {
                 let fin = finals.entry(r.partition).or_default();
                 fin.offsets.entry(r.offset).or_insert(r.op);
+            }
+        }
+    }
+
+    for op in ix.ops.iter().filter(|op| op.final_read && op.outcome == Outcome::Ok) {
+        if let OpKind::Assign { partitions } = &op.kind {
+            for p in partitions {
+                finals.entry(p).or_default().completed = Some(op);
             }
         }
     }
@@ -144,7 +159,8 @@ fn by_bound<'h>(
     })
 }
 
-/// The final read's rule: within its reach, but not returned.
+/// The final read's rule: within its reach (or anywhere, once it read the
+/// partition to its end), but not returned.
 fn by_final_read<'h>(
     p: &TopicPartition,
     offset: i64,
@@ -152,8 +168,20 @@ fn by_final_read<'h>(
     fin: Option<&FinalRead<'h>>,
 ) -> Option<(&'h Op, i64, String)> {
     let fin = fin?;
-    let reach = *fin.offsets.keys().last()?;
-    if offset > reach || reads.iter().any(|r| r.op.final_read && r.partition == p) {
+    if reads.iter().any(|r| r.op.final_read && r.partition == p) {
+        return None;
+    }
+    let reach = fin.offsets.keys().last().copied();
+    if let (Some(assign), true) = (fin.completed, reach.is_none_or(|r| offset > r)) {
+        let reach = reach.map_or("nothing".to_string(), |r| format!("up to offset {r}"));
+        return Some((
+            assign,
+            offset,
+            format!("is missing from the completed final read, which returned {reach} and reached the log end"),
+        ));
+    }
+    let reach = reach?;
+    if offset > reach {
         return None;
     }
     let (at, witness) = fin.offsets.range(offset..).next()?;

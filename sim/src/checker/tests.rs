@@ -1,7 +1,8 @@
 //! One small history per anomaly kind that must be flagged, and clean ones
 //! that must pass.
 
-use super::testkit::{fail, info, kinds, Builder};
+use super::testkit::{fail, info, kinds, part, Builder};
+use crate::history::{OpKind, Outcome};
 use super::*;
 use AnomalyKind::*;
 
@@ -93,6 +94,35 @@ fn lost_write_missing_from_final_read() {
     assert!(lost[0].ops.contains(&last));
     assert!(lost[0].explanation.contains("final read"));
     assert_eq!(r.counts[&PollSkip], 1);
+}
+
+#[test]
+fn lost_write_cut_from_the_tail_after_a_completed_final_read() {
+    // c was acknowledged and even read, then cut from the log's tail: the
+    // final read reached the log end without it.
+    let mut b = written();
+    b.poll(10, &[(0, 0, "a"), (0, 1, "b"), (0, 2, "c")]);
+    let assign = b.op(20, OpKind::Assign { partitions: vec![part(0), part(1)] }, Outcome::Ok, true);
+    b.final_poll(20, &[(0, 0, "a"), (0, 1, "b"), (1, 0, "x")]);
+    let r = b.check();
+    let lost: Vec<_> = r.of_kind(LostWrite).collect();
+    assert_eq!(lost.len(), 1, "{r}");
+    assert_eq!(lost[0].values, vec!["c"]);
+    assert!(lost[0].ops.contains(&assign));
+    assert!(!r.valid);
+}
+
+#[test]
+fn an_incomplete_final_read_does_not_prove_a_tail_lost() {
+    // The final read gave up before the end (its Assign is indeterminate):
+    // c is merely unseen by it, not lost.
+    let mut b = written();
+    let info = Outcome::Info { error: "timeout".to_string() };
+    b.op(20, OpKind::Assign { partitions: vec![part(0), part(1)] }, info, true);
+    b.final_poll(20, &[(0, 0, "a"), (0, 1, "b"), (1, 0, "x")]);
+    let r = b.check();
+    assert_eq!(r.of_kind(LostWrite).count(), 0, "{r}");
+    assert!(r.valid, "{r}");
 }
 
 #[test]
