@@ -20,7 +20,9 @@ fn trace_hash(scenario: &str, seed: u64) -> String {
 
 #[test]
 fn two_processes_agree_on_the_trace_hash() {
-    for (scenario, seed) in [("steady", 3), ("partitions", 4), ("crash-restart", 5), ("disk-faults", 6), ("slow-links", 7)] {
+    for (scenario, seed) in
+        [("steady", 3), ("partitions", 4), ("crash-restart", 5), ("disk-faults", 6), ("slow-links", 7)]
+    {
         let a = trace_hash(scenario, seed);
         let b = trace_hash(scenario, seed);
         assert_eq!(a, b, "{scenario} seed {seed} differs between processes");
@@ -33,7 +35,11 @@ fn two_processes_agree_on_the_trace_hash() {
 /// its replay command.
 #[test]
 fn default_table_lists_every_scenario() {
-    let out = Command::new(env!("CARGO_BIN_EXE_faultline")).arg("sim").env_remove("RUST_LOG").output().expect("run faultline sim");
+    let out = Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .arg("sim")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run faultline sim");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     match out.status.code() {

@@ -126,7 +126,15 @@ fn run_table(args: &RunArgs) -> anyhow::Result<i32> {
     let mut failed = Vec::new();
     for s in &scenarios {
         let r = run_scenario(s, args.seed, &opts)?;
-        println!("{:<16} {:>6} {:>6} {:>6}  {:<40} {}", s.name, r.seed, r.ops, r.faults, r.verdict(), hash_hex(r.trace_hash));
+        println!(
+            "{:<16} {:>6} {:>6} {:>6}  {:<40} {}",
+            s.name,
+            r.seed,
+            r.ops,
+            r.faults,
+            r.verdict(),
+            hash_hex(r.trace_hash)
+        );
         if let Some(dir) = &args.out {
             write_outputs(dir, &r)?;
         }
@@ -191,7 +199,11 @@ fn print_timeline_near_anomalies(r: &RunResult) {
         .flat_map(|op| [Duration::from_nanos(op.invoke_ns), Duration::from_nanos(op.complete_ns)])
         .collect();
     let window = Duration::from_secs(1);
-    let near: Vec<_> = r.timeline.iter().filter(|e| times.is_empty() || times.iter().any(|t| e.at + window >= *t && e.at <= *t + window)).collect();
+    let near: Vec<_> = r
+        .timeline
+        .iter()
+        .filter(|e| times.is_empty() || times.iter().any(|t| e.at + window >= *t && e.at <= *t + window))
+        .collect();
     println!("\nfault timeline{}:", if times.is_empty() { "" } else { " around the anomalies" });
     if near.is_empty() {
         println!("  (no faults nearby)");

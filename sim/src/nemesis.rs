@@ -41,23 +41,54 @@ impl Roles {
 #[serde(tag = "fault", rename_all = "kebab-case")]
 pub enum Fault {
     /// Cut every link between the two groups, both ways.
-    Partition { a: Vec<String>, b: Vec<String> },
+    Partition {
+        a: Vec<String>,
+        b: Vec<String>,
+    },
     /// Drop everything `from` sends to `to`.
-    PartitionOneway { from: String, to: String },
-    LinkDrop { a: String, b: String, rate: f64 },
-    LinkDelay { a: String, b: String, latency_ms: u64 },
+    PartitionOneway {
+        from: String,
+        to: String,
+    },
+    LinkDrop {
+        a: String,
+        b: String,
+        rate: f64,
+    },
+    LinkDelay {
+        a: String,
+        b: String,
+        latency_ms: u64,
+    },
     /// Crash a broker; restart it at the end.
-    Crash { host: String },
+    Crash {
+        host: String,
+    },
     /// Crash a broker and flip one bit of one of its segment files while it
     /// is down; restart it at the end.
-    CrashCorrupt { host: String },
+    CrashCorrupt {
+        host: String,
+    },
     /// Crash a client host; restart it (as a new session) at the end.
-    CrashClient { host: String },
+    CrashClient {
+        host: String,
+    },
     /// Hold every link of the host.
-    Pause { host: String },
-    Disk { host: String, faults: DiskFaults },
-    ClockJump { host: String, ms: i64 },
-    ClockDrift { host: String, ppm: i64 },
+    Pause {
+        host: String,
+    },
+    Disk {
+        host: String,
+        faults: DiskFaults,
+    },
+    ClockJump {
+        host: String,
+        ms: i64,
+    },
+    ClockDrift {
+        host: String,
+        ppm: i64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -199,7 +230,9 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
         NemesisKind::CrashCorrupt => Fault::CrashCorrupt { host: pick(rng, &roles.brokers)?.clone() },
         NemesisKind::CrashClient => Fault::CrashClient { host: pick(rng, &roles.clients)?.clone() },
         NemesisKind::Pause => Fault::Pause { host: pick(rng, &roles.brokers)?.clone() },
-        NemesisKind::DiskFaults { faults } => Fault::Disk { host: pick(rng, &roles.brokers)?.clone(), faults: faults.clone() },
+        NemesisKind::DiskFaults { faults } => {
+            Fault::Disk { host: pick(rng, &roles.brokers)?.clone(), faults: faults.clone() }
+        }
         NemesisKind::ClockJump { max_ms } => {
             let host = pick(rng, &roles.all())?.clone();
             Fault::ClockJump { host, ms: rng.random_range(-*max_ms..=*max_ms) }
@@ -361,7 +394,11 @@ impl Injector {
                     sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(*latency_ms));
                 } else {
                     sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(self.network.min_latency_ms));
-                    sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(self.network.max_latency_ms));
+                    sim.set_link_max_message_latency(
+                        a.as_str(),
+                        b.as_str(),
+                        Duration::from_millis(self.network.max_latency_ms),
+                    );
                 }
             }
             Fault::Crash { host } | Fault::CrashClient { host } | Fault::CrashCorrupt { host } => {

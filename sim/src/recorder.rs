@@ -60,7 +60,8 @@ impl Recorder {
 
     /// Note that `node` invoked `kind` at `now`.
     pub fn invoke(&self, node: &str, process: u64, now: Duration, kind: OpKind) {
-        let prev = self.lock().pending.insert(node.to_string(), Pending { process, invoke_ns: now.as_nanos() as u64, kind });
+        let prev =
+            self.lock().pending.insert(node.to_string(), Pending { process, invoke_ns: now.as_nanos() as u64, kind });
         debug_assert!(prev.is_none(), "{node} invoked an operation while another was in flight");
     }
 

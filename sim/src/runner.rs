@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::Context;
 use faultline_broker::config::BrokerConfig;
 use serde::Serialize;
 
@@ -105,11 +104,6 @@ impl RunResult {
         } else {
             "valid".into()
         }
-    }
-
-    /// The timeline entries within `window` of `at`.
-    pub fn timeline_near(&self, at: Duration, window: Duration) -> Vec<&TimelineEntry> {
-        self.timeline.iter().filter(|e| e.at + window >= at && e.at <= at + window).collect()
     }
 }
 
@@ -223,7 +217,8 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     });
 
     let strikes = nemesis::plan(&scenario.faults.nemeses, &roles, window, &mut seed::rng(seed, "nemesis"));
-    let mut injector = Injector::new(scenario.network.clone(), scenario.faults.disk.clone(), seed::rng(seed, "injector"));
+    let mut injector =
+        Injector::new(scenario.network.clone(), scenario.faults.disk.clone(), seed::rng(seed, "injector"));
     let mut timeline = Vec::new();
     // (time, is_start, strike): ends sort before starts at the same instant
     // so that back-to-back strikes of one nemesis do not overlap.
@@ -242,7 +237,18 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         }
         if !healed && now >= window {
             healed = true;
-            heal(&mut sim, &mut injector, &nodes, &roles, &agenda[next..], &strikes, now, &trace, &recorder, &mut timeline);
+            heal(
+                &mut sim,
+                &mut injector,
+                &nodes,
+                &roles,
+                &agenda[next..],
+                &strikes,
+                now,
+                &trace,
+                &recorder,
+                &mut timeline,
+            );
             next = agenda.len();
         }
         sim.step().map_err(|e| anyhow::anyhow!("simulation failed at {:?}: {e}", sim.elapsed()))?;
@@ -339,14 +345,4 @@ fn heal(
     }
     timeline.push(TimelineEntry { at: now, what: "heal: all faults cleared".into() });
     trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("heal"));
-}
-
-/// How errors name a run.
-pub fn describe(scenario: &Scenario, seed: u64) -> String {
-    format!("scenario {} seed {seed}", scenario.name)
-}
-
-/// Run and attach the scenario and seed to any error.
-pub fn run_named(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow::Result<RunResult> {
-    run_scenario(scenario, seed, opts).with_context(|| describe(scenario, seed))
 }

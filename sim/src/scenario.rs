@@ -353,7 +353,10 @@ impl Scenario {
             bail!("cluster.topics is empty: the workload needs a topic");
         }
         for t in &c.topics {
-            if t.name.is_empty() || t.name.len() > 249 || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+            if t.name.is_empty()
+                || t.name.len() > 249
+                || !t.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+            {
                 bail!("topic name {:?} is not a legal Kafka topic name", t.name);
             }
             if !(1..=1000).contains(&t.partitions) {
@@ -363,7 +366,11 @@ impl Scenario {
                 bail!("topic {}: replication_factor must be at least 1", t.name);
             }
             if t.replication_factor > 1 {
-                bail!("topic {}: replication_factor {} needs replication, which is not built yet; use 1", t.name, t.replication_factor);
+                bail!(
+                    "topic {}: replication_factor {} needs replication, which is not built yet; use 1",
+                    t.name,
+                    t.replication_factor
+                );
             }
         }
         let w = &self.workload;
@@ -402,13 +409,19 @@ impl Scenario {
                 bail!("{what}: probability must be in [0, 1]");
             }
             match &n.kind {
-                NemesisKind::LinkDrop { rate } if !(0.0..=1.0).contains(rate) => bail!("link-drop: rate must be in [0, 1]"),
-                NemesisKind::LinkDelay { latency_ms } if *latency_ms > 60_000 => bail!("link-delay: latency_ms must be at most 60000"),
+                NemesisKind::LinkDrop { rate } if !(0.0..=1.0).contains(rate) => {
+                    bail!("link-drop: rate must be in [0, 1]")
+                }
+                NemesisKind::LinkDelay { latency_ms } if *latency_ms > 60_000 => {
+                    bail!("link-delay: latency_ms must be at most 60000")
+                }
                 NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
                 NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
                     bail!("clock-drift: max_ppm must be in 1..=1000000")
                 }
-                NemesisKind::CrashClient if w.producers + w.consumers == 0 => bail!("crash-client: the workload has no clients"),
+                NemesisKind::CrashClient if w.producers + w.consumers == 0 => {
+                    bail!("crash-client: the workload has no clients")
+                }
                 NemesisKind::DiskFaults { faults } => check_disk_faults(faults)?,
                 _ => {}
             }

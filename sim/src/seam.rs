@@ -114,9 +114,9 @@ impl Listener for SimListener {
 /// The port of "host:port"; turmoil listeners bind the unspecified address,
 /// so the host part only has to be well formed.
 fn port_of(addr: &str) -> io::Result<u16> {
-    addr.rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address {addr:?}: want host:port")))
+    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address {addr:?}: want host:port"))
+    })
 }
 
 #[async_trait]
@@ -199,9 +199,12 @@ impl AsyncRead for TracedStream {
                         );
                     }
                 }
-                Err(e) => {
-                    self.trace.record(at, &self.node, EventKind::Net, format_args!("error from {}: {:?}", self.peer, e.kind()))
-                }
+                Err(e) => self.trace.record(
+                    at,
+                    &self.node,
+                    EventKind::Net,
+                    format_args!("error from {}: {:?}", self.peer, e.kind()),
+                ),
             }
         }
         res

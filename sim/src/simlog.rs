@@ -4,9 +4,9 @@
 
 use std::fmt;
 
+use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
-use tracing_subscriber::filter::{filter_fn, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -31,6 +31,7 @@ pub fn init() {
     // turmoil runs each host inside an info-level `node` span: keep that span
     // whatever level was asked for, so every line names its node.
     let node_span = filter_fn(|m| m.is_span() && m.name() == "node" && m.target().starts_with("turmoil"));
-    let layer = tracing_subscriber::fmt::layer().with_timer(SimTime).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_timer(SimTime).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = tracing_subscriber::registry().with(layer.with_filter(filter.or(node_span))).try_init();
 }

@@ -59,7 +59,10 @@ fn ack_before_durable_loses_acknowledged_writes() {
     ignore = "the client's debug assertion that fetched offsets increase panics on reused offsets; run with --release"
 )]
 fn duplicate_offset_after_crash_reuses_offsets() {
-    let s = crashing(PlantedBugs { duplicate_offset_after_crash: true, ..PlantedBugs::default() }, NemesisKind::CrashRestart);
+    let s = crashing(
+        PlantedBugs { duplicate_offset_after_crash: true, ..PlantedBugs::default() },
+        NemesisKind::CrashRestart,
+    );
     let found = |r: &RunResult| has(AnomalyKind::InconsistentOffsets)(r) || has(AnomalyKind::Duplicate)(r);
     let seed = first_failing(&s, found).expect("no inconsistent-offsets or duplicate within the seed budget");
     println!("duplicate_offset_after_crash: first inconsistent-offsets/duplicate at seed {seed}");

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from murmur2 import partition_for_key
@@ -325,5 +326,41 @@ def find_kcat():
     return shutil.which("kcat") or shutil.which("kafkacat")
 
 
-def python_ok():
-    return sys.version_info >= (3, 8)
+# --------------------------------------------------------------------------
+# Hang protection. Some client calls (kafka-python metadata look-ups, for
+# one) can block forever against a broker that answers wrongly; every client
+# step runs under a watchdog that reports the step and ends the run.
+
+ON_HANG = []  # callables run (in order) before the process exits on a hang
+
+
+class watchdog:
+    def __init__(self, seconds, what, logs=()):
+        self.seconds = seconds
+        self.what = what
+        self.logs = list(logs)
+        self.timer = None
+
+    def _fire(self):
+        print(f"\ninterop: FAILED: {self.what} did not finish within {self.seconds:.0f}s "
+              f"(client hung)", flush=True)
+        for path in dict.fromkeys(self.logs):
+            if path and os.path.exists(path):
+                print(f"---- last lines of {path} ----\n{tail(path)}", flush=True)
+        for hook in ON_HANG:
+            try:
+                hook()
+            except Exception as e:
+                print(f"interop: cleanup after hang: {e!r}", flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+    def __enter__(self):
+        self.timer = threading.Timer(self.seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        return False

@@ -1,10 +1,13 @@
 """kafka-python as a producer, consumer and admin client."""
 
+import functools
 import logging
 import os
 import time
 
-from harness import Mismatch, say
+from harness import Mismatch, say, watchdog
+
+STEP_TIMEOUT = float(os.environ.get("FAULTLINE_INTEROP_STEP_TIMEOUT", "300"))
 
 log = logging.getLogger("interop")
 
@@ -23,6 +26,26 @@ def codec_available(codec):
     return {"gzip": c.has_gzip, "snappy": c.has_snappy, "lz4": c.has_lz4, "zstd": c.has_zstd}[codec]()
 
 
+def guarded(what):
+    """Run the decorated client step under a watchdog: kafka-python can block
+    forever in some calls when a broker answers wrongly."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            topic = args[1] if len(args) > 1 else kwargs.get("topic")
+            with watchdog(STEP_TIMEOUT, f"kafka-python {what} on topic {topic}",
+                          kwargs.get("logs", ())):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
+def _bootstrap(client, timeout_ms=30000):
+    """Fail fast with a clear error when the client cannot bootstrap."""
+    if hasattr(client, "bootstrap"):  # kafka-python >= 3
+        client.bootstrap(timeout_ms=timeout_ms)
+
+
 def _common():
     """Settings shared by every kafka-python client. The broker version is
     probed with ApiVersions unless FAULTLINE_INTEROP_PY_API_VERSION (e.g.
@@ -35,6 +58,7 @@ def _describe(exc):
     return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
 
 
+@guarded("KafkaAdminClient.create_topics")
 def create_topic(addr, topic, partitions, logs=()):
     kafka = _kafka()
     from kafka.admin import NewTopic
@@ -50,6 +74,7 @@ def create_topic(addr, topic, partitions, logs=()):
         admin.close()
 
 
+@guarded("metadata wait")
 def wait_for_topic(addr, topic, partitions, timeout=60.0, logs=()):
     """Metadata must show the topic with exactly `partitions` partitions."""
     kafka = _kafka()
@@ -57,6 +82,11 @@ def wait_for_topic(addr, topic, partitions, timeout=60.0, logs=()):
                                    client_id="faultline-interop-metadata",
                                    enable_auto_commit=False, **_common())
     try:
+        try:
+            _bootstrap(consumer)
+        except Exception as e:
+            raise Mismatch(f"metadata for topic {topic!r}: kafka-python could not bootstrap from "
+                           f"{addr}: {_describe(e)}", logs)
         deadline = time.monotonic() + timeout
         seen = None
         while time.monotonic() < deadline:
@@ -71,6 +101,7 @@ def wait_for_topic(addr, topic, partitions, timeout=60.0, logs=()):
         consumer.close()
 
 
+@guarded("KafkaProducer")
 def produce(addr, topic, records, codec, label, logs=(), timeout=300.0, **overrides):
     """Produce with KafkaProducer(acks='all', default partitioner) and return
     the acknowledged (partition, offset) of every record, in send order."""
@@ -113,6 +144,7 @@ def produce(addr, topic, records, codec, label, logs=(), timeout=300.0, **overri
         producer.close(timeout=10)
 
 
+@guarded("KafkaConsumer")
 def consume(addr, topic, partitions, label, logs=(), idle_timeout_ms=20000):
     """assign() every partition, seek_to_beginning(), read up to the end
     offsets. Returns ([(partition, offset, key, value)], {partition: end})."""
@@ -159,6 +191,7 @@ def consume(addr, topic, partitions, label, logs=(), idle_timeout_ms=20000):
         consumer.close()
 
 
+@guarded("KafkaProducer with a SIGKILL")
 def produce_until_killed(addr, topic, records, kill, ack_threshold, label, logs=()):
     """Stream `records` with acks='all' (no retries, so no duplicates) and
     call kill() -- SIGKILL of the broker -- as soon as `ack_threshold` records

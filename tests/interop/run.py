@@ -372,6 +372,8 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
     run = Run(args, workdir)
+    harness.ON_HANG.append(run.broker.kill)
+    harness.ON_HANG.append(lambda: print(f"interop: work dir kept for diagnosis: {workdir}"))
     started = time.monotonic()
     ok = False
     try:

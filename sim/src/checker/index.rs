@@ -47,13 +47,7 @@ impl<'h> Index<'h> {
         let mut reads: BTreeMap<&str, Vec<Read>> = BTreeMap::new();
         for op in &history.ops {
             match &op.kind {
-                OpKind::Send {
-                    topic,
-                    value,
-                    partition,
-                    offset,
-                    ..
-                } => {
+                OpKind::Send { topic, value, partition, offset, .. } => {
                     let at = match (partition, offset) {
                         (Some(p), Some(o)) => Some((tp(topic, *p), *o)),
                         _ => None,
@@ -62,11 +56,7 @@ impl<'h> Index<'h> {
                 }
                 OpKind::Poll { records } => {
                     for r in records {
-                        reads.entry(&r.value).or_default().push(Read {
-                            op,
-                            partition: &r.partition,
-                            offset: r.offset,
-                        });
+                        reads.entry(&r.value).or_default().push(Read { op, partition: &r.partition, offset: r.offset });
                     }
                 }
                 _ => {}
@@ -98,21 +88,12 @@ impl<'h> Index<'h> {
         for (p, log) in &logs {
             for (offset, slot) in log {
                 for value in slot.keys() {
-                    positions
-                        .entry(value)
-                        .or_default()
-                        .push((p.clone(), *offset));
+                    positions.entry(value).or_default().push((p.clone(), *offset));
                 }
             }
         }
 
-        Index {
-            ops: &history.ops,
-            sends,
-            reads,
-            logs,
-            positions,
-        }
+        Index { ops: &history.ops, sends, reads, logs, positions }
     }
 
     /// Offsets strictly between `lo` and `hi` at which `partition` is known
@@ -121,10 +102,7 @@ impl<'h> Index<'h> {
         if hi <= lo.saturating_add(1) {
             return Vec::new();
         }
-        self.logs
-            .get(partition)
-            .map(|log| log.range(lo + 1..hi).map(|(o, _)| *o).collect())
-            .unwrap_or_default()
+        self.logs.get(partition).map(|log| log.range(lo + 1..hi).map(|(o, _)| *o).collect()).unwrap_or_default()
     }
 
     /// The operations that show `value` at `offset` of `partition`.
@@ -138,26 +116,14 @@ impl<'h> Index<'h> {
     }
 
     /// The offsets at which `value` was observed in `partition`, ascending.
-    pub fn offsets_in<'a>(
-        &'a self,
-        value: &str,
-        partition: &'a TopicPartition,
-    ) -> impl Iterator<Item = i64> + 'a {
-        self.positions
-            .get(value)
-            .into_iter()
-            .flatten()
-            .filter(move |(p, _)| p == partition)
-            .map(|(_, o)| *o)
+    pub fn offsets_in<'a>(&'a self, value: &str, partition: &'a TopicPartition) -> impl Iterator<Item = i64> + 'a {
+        self.positions.get(value).into_iter().flatten().filter(move |(p, _)| p == partition).map(|(_, o)| *o)
     }
 }
 
 /// A send names its topic and partition apart.
 pub(super) fn tp(topic: &str, partition: i32) -> TopicPartition {
-    TopicPartition {
-        topic: topic.to_string(),
-        partition,
-    }
+    TopicPartition { topic: topic.to_string(), partition }
 }
 
 fn observe<'h>(

@@ -78,23 +78,13 @@ impl AnomalyKind {
             AnomalyKind::Unseen => "acknowledged values that no poll ever returned",
             AnomalyKind::Duplicate => "one value appears at more than one offset",
             AnomalyKind::InconsistentOffsets => "one offset holds more than one value",
-            AnomalyKind::G1a => {
-                "a poll returned a value whose send definitely failed (aborted read)"
-            }
+            AnomalyKind::G1a => "a poll returned a value whose send definitely failed (aborted read)",
             AnomalyKind::Unexpected => "a poll returned a value that no send ever attempted",
-            AnomalyKind::NonmonotonicSend => {
-                "a producer's later send landed at or before its earlier send"
-            }
-            AnomalyKind::NonmonotonicPoll => {
-                "a consumer's poll started at or before where its previous poll ended"
-            }
+            AnomalyKind::NonmonotonicSend => "a producer's later send landed at or before its earlier send",
+            AnomalyKind::NonmonotonicPoll => "a consumer's poll started at or before where its previous poll ended",
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
-            AnomalyKind::PollSkip => {
-                "a consumer's consecutive polls jumped over records known to exist"
-            }
-            AnomalyKind::IntPollSkip => {
-                "consecutive records within one poll jumped over records known to exist"
-            }
+            AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
+            AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
         }
     }
 }
@@ -114,19 +104,10 @@ impl Serialize for AnomalyKind {
 /// Why a Jepsen anomaly name that cannot occur in Faultline's model does
 /// not apply, if `name` is one.
 fn inapplicable(name: &str) -> Option<&'static str> {
-    const TXN: [&str; 5] = [
-        "precommitted-read",
-        "G0",
-        "G1c",
-        "PL-1-cycle-exists",
-        "PL-2-cycle-exists",
-    ];
+    const TXN: [&str; 5] = ["precommitted-read", "G0", "G1c", "PL-1-cycle-exists", "PL-2-cycle-exists"];
     if name == "int-nonmonotonic-send" || name == "int-send-skip" {
         Some("a send op carries exactly one record, so no op holds two sends to compare")
-    } else if TXN
-        .iter()
-        .any(|t| name.starts_with(t) || name.strip_prefix("strong-") == Some(t))
-    {
+    } else if TXN.iter().any(|t| name.starts_with(t) || name.strip_prefix("strong-") == Some(t)) {
         Some("it judges transactions, which Faultline does not have")
     } else {
         None
@@ -153,10 +134,7 @@ impl FromStr for AnomalyKind {
             Some(why) => format!("checker {name:?} does not apply here: {why}"),
             None => format!("unknown checker {name:?}; known: {}", known.join(", ")),
         };
-        Err(UnknownAnomalyKind {
-            name: name.to_string(),
-            message,
-        })
+        Err(UnknownAnomalyKind { name: name.to_string(), message })
     }
 }
 
@@ -173,21 +151,14 @@ impl Default for CheckOptions {
     /// proof of loss unless a read reached past them, and then they are
     /// `lost-write` already.
     fn default() -> Self {
-        CheckOptions {
-            invalid_on: AnomalyKind::ALL
-                .into_iter()
-                .filter(|k| *k != AnomalyKind::Unseen)
-                .collect(),
-        }
+        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().filter(|k| *k != AnomalyKind::Unseen).collect() }
     }
 }
 
 impl CheckOptions {
     /// Every kind, `unseen` included: Jepsen's own verdict.
     pub fn all() -> Self {
-        CheckOptions {
-            invalid_on: AnomalyKind::ALL.into_iter().collect(),
-        }
+        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().collect() }
     }
 
     /// The kinds a scenario names, e.g. `["lost-write", "duplicate"]`.
@@ -198,10 +169,7 @@ impl CheckOptions {
                 AnomalyKind::ALL.map(|k| k.as_str()).join(", ")
             );
         }
-        let invalid_on = names
-            .iter()
-            .map(|n| n.parse::<AnomalyKind>())
-            .collect::<Result<_, _>>()?;
+        let invalid_on = names.iter().map(|n| n.parse::<AnomalyKind>()).collect::<Result<_, _>>()?;
         Ok(CheckOptions { invalid_on })
     }
 }

@@ -51,11 +51,7 @@ pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
         for r in reads {
             let first = ix.offsets_in(value, r.partition).next().unwrap_or(r.offset);
             if bounds.get(r.partition).is_none_or(|b| first > b.offset) {
-                let bound = Bound {
-                    offset: first,
-                    value,
-                    op: r.op,
-                };
+                let bound = Bound { offset: first, value, op: r.op };
                 bounds.insert(r.partition, bound);
             }
             if r.op.final_read {
@@ -95,16 +91,10 @@ pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
                     offsets: vec![*offset, witness_offset],
                     values: vec![value.to_string()],
                     ops: op_indexes([s.op, witness]),
-                    explanation: format!(
-                        "{value:?} acknowledged at {}@{offset} {explanation}",
-                        partition_name(p)
-                    ),
+                    explanation: format!("{value:?} acknowledged at {}@{offset} {explanation}", partition_name(p)),
                 });
             } else if reads.is_empty() {
-                unseen
-                    .entry(Some(p))
-                    .or_default()
-                    .push((Some(*offset), value, s.op));
+                unseen.entry(Some(p)).or_default().push((Some(*offset), value, s.op));
             }
             if reads.is_empty() && !counted {
                 counted = true;
@@ -115,10 +105,7 @@ pub(super) fn lost_and_unseen(ix: &Index, out: &mut Vec<Anomaly>) -> usize {
 
     for (p, mut vals) in unseen {
         vals.sort_by_key(|(o, v, _)| (*o, *v));
-        let reach = match p
-            .and_then(|p| finals.get(p))
-            .and_then(|f| f.offsets.keys().last())
-        {
+        let reach = match p.and_then(|p| finals.get(p)).and_then(|f| f.offsets.keys().last()) {
             Some(hi) => format!("the final read stopped at offset {hi}"),
             None => "no final read returned this partition".to_string(),
         };
@@ -151,10 +138,7 @@ fn by_bound<'h>(
         (
             bound.op,
             bound.offset,
-            format!(
-                "was never read, yet #{} read {:?} at offset {}",
-                bound.op.index, bound.value, bound.offset
-            ),
+            format!("was never read, yet #{} read {:?} at offset {}", bound.op.index, bound.value, bound.offset),
         )
     })
 }
@@ -185,9 +169,5 @@ fn by_final_read<'h>(
         return None;
     }
     let (at, witness) = fin.offsets.range(offset..).next()?;
-    Some((
-        *witness,
-        *at,
-        format!("is missing from the final read, which reached offset {reach}"),
-    ))
+    Some((*witness, *at, format!("is missing from the final read, which reached offset {reach}")))
 }

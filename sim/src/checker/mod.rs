@@ -48,12 +48,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
 }
 
 fn stats(history: &History, ix: &Index, unseen: usize) -> Stats {
-    let mut s = Stats {
-        ops: history.ops.len(),
-        values_read: ix.reads.len(),
-        unseen,
-        ..Stats::default()
-    };
+    let mut s = Stats { ops: history.ops.len(), values_read: ix.reads.len(), unseen, ..Stats::default() };
     for op in &history.ops {
         s.final_read_ops += usize::from(op.final_read);
         match (&op.kind, &op.outcome) {

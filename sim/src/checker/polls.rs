@@ -41,11 +41,7 @@ pub(super) fn poll_order(history: &History, ix: &Index, out: &mut Vec<Anomaly>) 
                     let mut prev = session.get(p).copied();
                     let mut internal = false;
                     for r in recs {
-                        let next = Last {
-                            offset: r.offset,
-                            value: &r.value,
-                            op,
-                        };
+                        let next = Last { offset: r.offset, value: &r.value, op };
                         if let Some(prev) = prev {
                             out.extend(step(ix, p, prev, next, internal));
                         }
@@ -84,10 +80,7 @@ fn step(ix: &Index, p: &TopicPartition, prev: Last, next: Last, internal: bool) 
     let context = if internal {
         format!("within poll #{}", next.op.index)
     } else {
-        format!(
-            "between polls #{} and #{} of process {}",
-            prev.op.index, next.op.index, next.op.process
-        )
+        format!("between polls #{} and #{} of process {}", prev.op.index, next.op.index, next.op.process)
     };
     let name = partition_name(p);
     let (kind, explanation) = if next.offset <= prev.offset {

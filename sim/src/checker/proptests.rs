@@ -15,11 +15,7 @@ const FINAL_READER: u64 = 1_000;
 enum Step {
     /// A producer sends to a partition. `fate`: mostly acknowledged; some
     /// fail; some time out having landed or not.
-    Send {
-        producer: u64,
-        partition: usize,
-        fate: u8,
-    },
+    Send { producer: u64, partition: usize, fate: u8 },
     /// A consumer reads up to `max` records of each partition onwards from
     /// its positions.
     Poll { consumer: usize, max: usize },
@@ -50,11 +46,7 @@ fn model(steps: &[Step]) -> History {
     let mut next_process = 10;
     for (n, s) in steps.iter().enumerate() {
         match *s {
-            Step::Send {
-                producer,
-                partition,
-                fate,
-            } => {
+            Step::Send { producer, partition, fate } => {
                 let value = format!("v{n}");
                 let offset = logs[partition].len() as i64;
                 match fate {
@@ -77,10 +69,7 @@ fn model(steps: &[Step]) -> History {
                 let c = consumers[consumer].get_or_insert_with(|| {
                     next_process += 1;
                     b.assign(next_process, &[0, 1, 2]);
-                    Consumer {
-                        process: next_process,
-                        positions: [0; PARTITIONS],
-                    }
+                    Consumer { process: next_process, positions: [0; PARTITIONS] }
                 });
                 let records = read(&logs, &mut c.positions, max);
                 b.op(c.process, poll_kind(&records), Outcome::Ok, false);
@@ -92,14 +81,7 @@ fn model(steps: &[Step]) -> History {
             }
         }
     }
-    b.op(
-        FINAL_READER,
-        OpKind::Assign {
-            partitions: (0..3).map(part).collect(),
-        },
-        Outcome::Ok,
-        true,
-    );
+    b.op(FINAL_READER, OpKind::Assign { partitions: (0..3).map(part).collect() }, Outcome::Ok, true);
     let mut positions = [0; PARTITIONS];
     loop {
         let records = read(&logs, &mut positions, 3);
@@ -147,9 +129,7 @@ fn records_mut(h: &mut History, op: usize) -> &mut Vec<Polled> {
 }
 
 fn acknowledged(h: &History, value: &str) -> bool {
-    h.ops.iter().any(|op| {
-        op.outcome == Outcome::Ok && matches!(&op.kind, OpKind::Send { value: v, .. } if v == value)
-    })
+    h.ops.iter().any(|op| op.outcome == Outcome::Ok && matches!(&op.kind, OpKind::Send { value: v, .. } if v == value))
 }
 
 proptest! {
@@ -234,37 +214,16 @@ fn record(h: &History, op: usize, record: usize) -> &Polled {
 #[test]
 fn model_reads_everything() {
     let steps = [
-        Step::Send {
-            producer: 0,
-            partition: 0,
-            fate: 9,
-        },
-        Step::Send {
-            producer: 1,
-            partition: 0,
-            fate: 1,
-        },
-        Step::Poll {
-            consumer: 0,
-            max: 1,
-        },
-        Step::Send {
-            producer: 0,
-            partition: 2,
-            fate: 0,
-        },
+        Step::Send { producer: 0, partition: 0, fate: 9 },
+        Step::Send { producer: 1, partition: 0, fate: 1 },
+        Step::Poll { consumer: 0, max: 1 },
+        Step::Send { producer: 0, partition: 2, fate: 0 },
         Step::Restart { consumer: 0 },
-        Step::Poll {
-            consumer: 0,
-            max: 3,
-        },
+        Step::Poll { consumer: 0, max: 3 },
     ];
     let h = model(&steps);
     let r = check(&h, &CheckOptions::all());
     assert!(r.anomalies.is_empty(), "{r}");
     assert_eq!(r.stats.final_read_ops, 2);
-    assert_eq!(
-        (r.stats.sends_ok, r.stats.sends_info, r.stats.sends_fail),
-        (1, 1, 1)
-    );
+    assert_eq!((r.stats.sends_ok, r.stats.sends_info, r.stats.sends_fail), (1, 1, 1));
 }

@@ -68,22 +68,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub(super) fn new(
-        anomalies: Vec<Anomaly>,
-        stats: Stats,
-        invalid_on: &BTreeSet<AnomalyKind>,
-        ops: &[Op],
-    ) -> Report {
-        let mut counts: BTreeMap<AnomalyKind, usize> =
-            AnomalyKind::ALL.into_iter().map(|k| (k, 0)).collect();
+    pub(super) fn new(anomalies: Vec<Anomaly>, stats: Stats, invalid_on: &BTreeSet<AnomalyKind>, ops: &[Op]) -> Report {
+        let mut counts: BTreeMap<AnomalyKind, usize> = AnomalyKind::ALL.into_iter().map(|k| (k, 0)).collect();
         for a in &anomalies {
             *counts.entry(a.kind).or_default() += 1;
         }
-        let invalid_kinds: Vec<AnomalyKind> = counts
-            .iter()
-            .filter(|(k, n)| **n > 0 && invalid_on.contains(k))
-            .map(|(k, _)| *k)
-            .collect();
+        let invalid_kinds: Vec<AnomalyKind> =
+            counts.iter().filter(|(k, n)| **n > 0 && invalid_on.contains(k)).map(|(k, _)| *k).collect();
 
         let by_index: BTreeMap<u64, &Op> = ops.iter().map(|op| (op.index, op)).collect();
         let mut example_ops = BTreeMap::new();
@@ -95,14 +86,7 @@ impl Report {
             }
         }
 
-        Report {
-            valid: invalid_kinds.is_empty(),
-            invalid_kinds,
-            counts,
-            anomalies,
-            stats,
-            example_ops,
-        }
+        Report { valid: invalid_kinds.is_empty(), invalid_kinds, counts, anomalies, stats, example_ops }
     }
 
     /// The anomalies of one kind.
@@ -123,12 +107,7 @@ fn examples(anomalies: &[Anomaly]) -> impl Iterator<Item = &Anomaly> {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let found: Vec<String> = self
-            .counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+        let found: Vec<String> = self.counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         let verdict = if self.valid { "valid" } else { "INVALID" };
         if found.is_empty() {
             writeln!(f, "{verdict}: no anomalies")?;
@@ -147,11 +126,7 @@ impl fmt::Display for Report {
             if n == 0 {
                 continue;
             }
-            let role = if self.invalid_kinds.contains(&kind) {
-                ""
-            } else {
-                " (informational)"
-            };
+            let role = if self.invalid_kinds.contains(&kind) { "" } else { " (informational)" };
             writeln!(f, "\n{kind}{role}: {n} — {}", kind.description())?;
             for a in self.of_kind(kind).take(EXAMPLES_PER_KIND) {
                 self.fmt_anomaly(f, a)?;
@@ -166,18 +141,8 @@ impl fmt::Display for Report {
 
 impl Report {
     fn fmt_anomaly(&self, f: &mut fmt::Formatter<'_>, a: &Anomaly) -> fmt::Result {
-        let place = a
-            .partition
-            .as_ref()
-            .map(partition_name)
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            f,
-            "  {place} offsets {} values {}: {}",
-            capped(&a.offsets),
-            capped(&a.values),
-            a.explanation
-        )?;
+        let place = a.partition.as_ref().map(partition_name).unwrap_or_else(|| "-".into());
+        writeln!(f, "  {place} offsets {} values {}: {}", capped(&a.offsets), capped(&a.values), a.explanation)?;
         for i in a.ops.iter().take(OPS_PER_EXAMPLE) {
             match self.example_ops.get(i) {
                 Some(op) => writeln!(f, "    {}", render_op(op, a))?,
@@ -198,11 +163,7 @@ pub(super) fn partition_name(p: &TopicPartition) -> String {
 
 /// A list printed in brackets, cut short when long.
 pub(super) fn capped<T: fmt::Debug>(items: &[T]) -> String {
-    let shown: Vec<String> = items
-        .iter()
-        .take(LIST_ITEMS)
-        .map(|i| format!("{i:?}"))
-        .collect();
+    let shown: Vec<String> = items.iter().take(LIST_ITEMS).map(|i| format!("{i:?}")).collect();
     let more = items.len().saturating_sub(LIST_ITEMS);
     if more > 0 {
         format!("[{} … +{more}]", shown.join(", "))
@@ -228,13 +189,7 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
         if op.final_read { " [final read]" } else { "" }
     );
     let body = match &op.kind {
-        OpKind::Send {
-            topic,
-            value,
-            partition,
-            offset,
-            ..
-        } => {
+        OpKind::Send { topic, value, partition, offset, .. } => {
             let at = match (partition, offset) {
                 (Some(p), Some(o)) => format!(" -> {topic}-{p}@{o}"),
                 (Some(p), None) => format!(" -> {topic}-{p}"),
@@ -250,21 +205,10 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
             let shown: Vec<String> = records
                 .iter()
                 .filter(|r| near(&r.partition, r.offset) || a.values.contains(&r.value))
-                .map(|r| {
-                    format!(
-                        "{}@{}={:?}",
-                        partition_name(&r.partition),
-                        r.offset,
-                        r.value
-                    )
-                })
+                .map(|r| format!("{}@{}={:?}", partition_name(&r.partition), r.offset, r.value))
                 .collect();
             let hidden = records.len() - shown.len();
-            let tail = if hidden > 0 {
-                format!(" (+{hidden} other records)")
-            } else {
-                String::new()
-            };
+            let tail = if hidden > 0 { format!(" (+{hidden} other records)") } else { String::new() };
             format!("poll [{}]{tail}", shown.join(" "))
         }
         OpKind::Assign { partitions } => {

@@ -30,14 +30,7 @@ struct Sent<'h> {
 pub(super) fn send_order(history: &History, out: &mut Vec<Anomaly>) {
     let mut sessions: BTreeMap<(u64, TopicPartition), Vec<Sent>> = BTreeMap::new();
     for op in &history.ops {
-        let OpKind::Send {
-            topic,
-            value,
-            partition: Some(partition),
-            offset: Some(offset),
-            ..
-        } = &op.kind
-        else {
+        let OpKind::Send { topic, value, partition: Some(partition), offset: Some(offset), .. } = &op.kind else {
             continue;
         };
         if matches!(op.outcome, Outcome::Fail { .. }) {
@@ -49,9 +42,7 @@ pub(super) fn send_order(history: &History, out: &mut Vec<Anomaly>) {
         // History order is completion order, so the sends that completed
         // before this one began form a prefix.
         let before = sent.partition_point(|s| s.complete_ns <= op.invoke_ns);
-        if let Some((prev_offset, prev_value, prev_op)) =
-            before.checked_sub(1).map(|i| sent[i].highest)
-        {
+        if let Some((prev_offset, prev_value, prev_op)) = before.checked_sub(1).map(|i| sent[i].highest) {
             if *offset <= prev_offset {
                 out.push(Anomaly {
                     kind: AnomalyKind::NonmonotonicSend,
@@ -71,9 +62,6 @@ pub(super) fn send_order(history: &History, out: &mut Vec<Anomaly>) {
             Some(s) if s.highest.0 >= *offset => s.highest,
             _ => mine,
         };
-        sent.push(Sent {
-            complete_ns: op.complete_ns,
-            highest,
-        });
+        sent.push(Sent { complete_ns: op.complete_ns, highest });
     }
 }

@@ -6,22 +6,15 @@ use crate::history::{History, Op, OpKind, Outcome, Polled, TopicPartition};
 use super::{check, AnomalyKind, CheckOptions, Report};
 
 pub(super) fn part(partition: i32) -> TopicPartition {
-    TopicPartition {
-        topic: "t".to_string(),
-        partition,
-    }
+    TopicPartition { topic: "t".to_string(), partition }
 }
 
 pub(super) fn info() -> Outcome {
-    Outcome::Info {
-        error: "timed out".to_string(),
-    }
+    Outcome::Info { error: "timed out".to_string() }
 }
 
 pub(super) fn fail() -> Outcome {
-    Outcome::Fail {
-        error: "NOT_LEADER_OR_FOLLOWER".to_string(),
-    }
+    Outcome::Fail { error: "NOT_LEADER_OR_FOLLOWER".to_string() }
 }
 
 #[derive(Default)]
@@ -32,14 +25,7 @@ pub(super) struct Builder {
 
 impl Builder {
     pub fn op(&mut self, process: u64, kind: OpKind, outcome: Outcome, final_read: bool) -> u64 {
-        self.op_at(
-            process,
-            kind,
-            outcome,
-            final_read,
-            self.now + 1,
-            self.now + 2,
-        )
+        self.op_at(process, kind, outcome, final_read, self.now + 1, self.now + 2)
     }
 
     /// An op with explicit invoke and complete times.
@@ -67,13 +53,7 @@ impl Builder {
     }
 
     /// A send; `at` is where it landed, if the client learned it.
-    pub fn send(
-        &mut self,
-        process: u64,
-        value: &str,
-        at: Option<(i32, i64)>,
-        outcome: Outcome,
-    ) -> u64 {
+    pub fn send(&mut self, process: u64, value: &str, at: Option<(i32, i64)>, outcome: Outcome) -> u64 {
         self.op(process, send_kind(value, at), outcome, false)
     }
 
@@ -114,11 +94,7 @@ pub(super) fn poll_kind(records: &[(i32, i64, &str)]) -> OpKind {
     OpKind::Poll {
         records: records
             .iter()
-            .map(|(p, o, v)| Polled {
-                partition: part(*p),
-                offset: *o,
-                value: v.to_string(),
-            })
+            .map(|(p, o, v)| Polled { partition: part(*p), offset: *o, value: v.to_string() })
             .collect(),
     }
 }

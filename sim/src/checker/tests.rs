@@ -2,8 +2,8 @@
 //! that must pass.
 
 use super::testkit::{fail, info, kinds, part, Builder};
-use crate::history::{OpKind, Outcome};
 use super::*;
+use crate::history::{OpKind, Outcome};
 use AnomalyKind::*;
 
 /// Three acknowledged values in partition 0 and one in partition 1.
@@ -133,10 +133,7 @@ fn unseen_is_informational_by_default() {
     assert!(r.valid, "{r}");
     assert_eq!(kinds(&r), vec![Unseen]);
     let u = r.of_kind(Unseen).next().unwrap();
-    assert_eq!(
-        (u.offsets.clone(), u.values.clone()),
-        (vec![2], vec!["c".to_string()])
-    );
+    assert_eq!((u.offsets.clone(), u.values.clone()), (vec![2], vec!["c".to_string()]));
     assert!(u.explanation.contains("stopped at offset 1"));
     assert_eq!(r.stats.unseen, 1);
     assert!(r.to_string().contains("unseen (informational)"));
@@ -219,10 +216,7 @@ fn g1a_reads_a_failed_send() {
 #[test]
 fn unexpected_reads_a_value_never_sent() {
     let mut b = written();
-    b.poll(
-        10,
-        &[(0, 0, "a"), (0, 1, "b"), (0, 2, "c"), (0, 3, "ghost")],
-    );
+    b.poll(10, &[(0, 0, "a"), (0, 1, "b"), (0, 2, "c"), (0, 3, "ghost")]);
     let r = b.check();
     assert_eq!(kinds(&r), vec![Unseen, Unexpected]);
     assert!(!r.valid);
@@ -246,40 +240,12 @@ fn nonmonotonic_send_in_one_session() {
 fn concurrent_sends_owe_no_order() {
     let mut b = Builder::default();
     // Both in flight at once; the later-invoked one landed first.
-    b.op_at(
-        0,
-        testkit::send_kind("a", Some((0, 1))),
-        Outcome::Ok,
-        false,
-        1,
-        10,
-    );
-    b.op_at(
-        0,
-        testkit::send_kind("b", Some((0, 0))),
-        Outcome::Ok,
-        false,
-        2,
-        11,
-    );
-    b.op_at(
-        0,
-        testkit::send_kind("c", Some((0, 2))),
-        Outcome::Ok,
-        false,
-        12,
-        13,
-    );
+    b.op_at(0, testkit::send_kind("a", Some((0, 1))), Outcome::Ok, false, 1, 10);
+    b.op_at(0, testkit::send_kind("b", Some((0, 0))), Outcome::Ok, false, 2, 11);
+    b.op_at(0, testkit::send_kind("c", Some((0, 2))), Outcome::Ok, false, 12, 13);
     assert_eq!(b.check().counts[&NonmonotonicSend], 0);
     // Once both completed, a new send must pass the higher of them.
-    b.op_at(
-        0,
-        testkit::send_kind("d", Some((0, 1))),
-        Outcome::Ok,
-        false,
-        14,
-        15,
-    );
+    b.op_at(0, testkit::send_kind("d", Some((0, 1))), Outcome::Ok, false, 14, 15);
     assert_eq!(b.check().counts[&NonmonotonicSend], 1);
 }
 
@@ -326,14 +292,7 @@ fn failed_assign_keeps_position() {
     b.sent(0, "a", 0, 0);
     b.sent(0, "b", 0, 1);
     b.poll(1, &[(0, 0, "a"), (0, 1, "b")]);
-    b.op(
-        1,
-        OpKind::Assign {
-            partitions: vec![testkit::part(0)],
-        },
-        fail(),
-        false,
-    );
+    b.op(1, OpKind::Assign { partitions: vec![testkit::part(0)] }, fail(), false);
     b.poll(1, &[(0, 0, "a")]);
     assert_eq!(b.check().counts[&NonmonotonicPoll], 1);
 }
@@ -341,16 +300,7 @@ fn failed_assign_keeps_position() {
 #[test]
 fn int_nonmonotonic_poll_within_one_poll() {
     let mut b = written();
-    let poll = b.poll(
-        10,
-        &[
-            (0, 0, "a"),
-            (0, 1, "b"),
-            (1, 0, "x"),
-            (0, 1, "b"),
-            (0, 2, "c"),
-        ],
-    );
+    let poll = b.poll(10, &[(0, 0, "a"), (0, 1, "b"), (1, 0, "x"), (0, 1, "b"), (0, 2, "c")]);
     let r = b.check();
     assert_eq!(kinds(&r), vec![IntNonmonotonicPoll], "{r}");
     let a = r.of_kind(IntNonmonotonicPoll).next().unwrap();
@@ -402,32 +352,17 @@ fn names_round_trip() {
         assert_eq!(k.as_str().parse::<AnomalyKind>(), Ok(k));
         assert_eq!(k.to_string(), k.as_str());
     }
-    let names: Vec<String> = ["lost-write", "G1a", "poll-skip"]
-        .map(String::from)
-        .to_vec();
+    let names: Vec<String> = ["lost-write", "G1a", "poll-skip"].map(String::from).to_vec();
     let opts = CheckOptions::from_names(&names).unwrap();
-    assert_eq!(
-        opts.invalid_on.into_iter().collect::<Vec<_>>(),
-        vec![LostWrite, G1a, PollSkip]
-    );
+    assert_eq!(opts.invalid_on.into_iter().collect::<Vec<_>>(), vec![LostWrite, G1a, PollSkip]);
 }
 
 #[test]
 fn bad_names_get_clear_errors() {
-    let err = CheckOptions::from_names(&["lost-writes".to_string()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("unknown checker \"lost-writes\"") && err.contains("lost-write,"),
-        "{err}"
-    );
-    let err = CheckOptions::from_names(&["int-nonmonotonic-send".to_string()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not apply") && err.contains("one record"),
-        "{err}"
-    );
+    let err = CheckOptions::from_names(&["lost-writes".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("unknown checker \"lost-writes\"") && err.contains("lost-write,"), "{err}");
+    let err = CheckOptions::from_names(&["int-nonmonotonic-send".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("does not apply") && err.contains("one record"), "{err}");
     let err = "G1c".parse::<AnomalyKind>().unwrap_err().to_string();
     assert!(err.contains("transactions"), "{err}");
     assert!(CheckOptions::from_names(&[]).is_err());
@@ -484,19 +419,9 @@ fn odd_input_does_not_panic() {
     b.sent(0, "a", 0, -5);
     b.sent(0, "a", 0, i64::MAX);
     b.send(0, "a", Some((0, i64::MIN)), fail());
-    b.poll(
-        1,
-        &[(0, i64::MAX, "a"), (0, i64::MIN, "q"), (0, i64::MAX, "a")],
-    );
+    b.poll(1, &[(0, i64::MAX, "a"), (0, i64::MIN, "q"), (0, i64::MAX, "a")]);
     b.final_poll(1, &[(0, i64::MIN, "q"), (0, i64::MAX, "a")]);
-    b.op_at(
-        2,
-        testkit::send_kind("z", Some((0, 3))),
-        Outcome::Ok,
-        false,
-        50,
-        1,
-    );
+    b.op_at(2, testkit::send_kind("z", Some((0, 3))), Outcome::Ok, false, 50, 1);
     let r = b.check();
     assert!(!r.valid);
     let _ = r.to_string();

@@ -19,11 +19,7 @@ pub(super) fn inconsistent_offsets(ix: &Index, out: &mut Vec<Anomaly>) {
                 offsets: vec![*offset],
                 values: slot.keys().map(|v| v.to_string()).collect(),
                 ops: op_indexes(slot.values().flatten().copied()),
-                explanation: format!(
-                    "{} values observed at {}@{offset}",
-                    slot.len(),
-                    partition_name(p)
-                ),
+                explanation: format!("{} values observed at {}@{offset}", slot.len(), partition_name(p)),
             });
         }
     }
@@ -32,24 +28,15 @@ pub(super) fn inconsistent_offsets(ix: &Index, out: &mut Vec<Anomaly>) {
 pub(super) fn duplicates(ix: &Index, out: &mut Vec<Anomaly>) {
     for (value, at) in ix.positions.iter().filter(|(_, at)| at.len() > 1) {
         let places: BTreeSet<&TopicPartition> = at.iter().map(|(p, _)| p).collect();
-        let ops = at
-            .iter()
-            .flat_map(|(p, o)| ix.ops_at(p, *o, value).iter().copied());
-        let where_: Vec<String> = at
-            .iter()
-            .map(|(p, o)| format!("{}@{o}", partition_name(p)))
-            .collect();
+        let ops = at.iter().flat_map(|(p, o)| ix.ops_at(p, *o, value).iter().copied());
+        let where_: Vec<String> = at.iter().map(|(p, o)| format!("{}@{o}", partition_name(p))).collect();
         out.push(Anomaly {
             kind: AnomalyKind::Duplicate,
             partition: (places.len() == 1).then(|| at[0].0.clone()),
             offsets: at.iter().map(|(_, o)| *o).collect(),
             values: vec![value.to_string()],
             ops: op_indexes(ops),
-            explanation: format!(
-                "{value:?} observed at {} positions: {}",
-                at.len(),
-                where_.join(", ")
-            ),
+            explanation: format!("{value:?} observed at {} positions: {}", at.len(), where_.join(", ")),
         });
     }
 }
@@ -64,10 +51,7 @@ pub(super) fn provenance(ix: &Index, out: &mut Vec<Anomaly>) {
         let sends = ix.sends.get(value).map(Vec::as_slice).unwrap_or_default();
         let kind = if sends.is_empty() {
             AnomalyKind::Unexpected
-        } else if sends
-            .iter()
-            .all(|s| matches!(s.op.outcome, Outcome::Fail { .. }))
-        {
+        } else if sends.iter().all(|s| matches!(s.op.outcome, Outcome::Fail { .. })) {
             AnomalyKind::G1a
         } else {
             continue;
@@ -88,10 +72,7 @@ pub(super) fn provenance(ix: &Index, out: &mut Vec<Anomaly>) {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
-            _ => format!(
-                "{value:?} was read by {} poll(s) but no send ever attempted it",
-                readers.len()
-            ),
+            _ => format!("{value:?} was read by {} poll(s) but no send ever attempted it", readers.len()),
         };
         out.push(Anomaly {
             kind,
