@@ -54,10 +54,6 @@ fn ack_before_durable_loses_acknowledged_writes() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "the client's debug assertion that fetched offsets increase panics on reused offsets; run with --release"
-)]
 fn duplicate_offset_after_crash_reuses_offsets() {
     let s = crashing(
         PlantedBugs { duplicate_offset_after_crash: true, ..PlantedBugs::default() },
