@@ -6,8 +6,11 @@
 //! durable. File directory entries live in two namespaces the same way: creating,
 //! renaming or removing a file changes the volatile namespace, and
 //! [`Fs::sync_dir`] on the parent makes it durable. [`SimDisk::crash`] throws the
-//! volatile state away (optionally keeping a block-aligned prefix of each file's
-//! last unsynced write: a torn write).
+//! volatile state away, optionally tearing each file's last unsynced write in one
+//! of two ways real disks do: a block-aligned prefix survives (the file is short),
+//! or the file length survives but some of the write's later blocks never reached
+//! the medium and read back as what was there before — zeros past the old end
+//! (holes). Only a checksum catches the second kind.
 //!
 //! Files are inodes named by entries, so a rename moves the entry, not the data,
 //! and an open handle outlives the removal of its name, as on POSIX.
@@ -54,6 +57,11 @@ pub struct DiskFaults {
     /// At a crash, a file's last unsynced write is torn: a prefix of it, cut
     /// at a [`BLOCK_SIZE`] boundary, survives.
     pub torn_write: f64,
+    /// Given a tear, the probability that it keeps the write's full length
+    /// instead, with a random non-empty subset of its blocks after the first
+    /// lost: they read back as the durable bytes they replaced, zeros past the
+    /// old end of the file. The length alone then looks right.
+    pub torn_write_holes: f64,
     /// Total bytes the disk holds (volatile view); writes beyond fail with
     /// ENOSPC. 0 means unlimited.
     pub capacity_bytes: u64,
@@ -89,7 +97,18 @@ pub enum DiskEvent {
     Remove { path: String },
     Truncate { path: String, len: u64 },
     Fault { kind: FaultKind, path: String, detail: String },
-    Crash { files_reverted: usize, torn: usize },
+    /// `holed` counts the torn writes (among `torn`) that kept their length
+    /// but lost blocks inside it.
+    Crash {
+        files_reverted: usize,
+        torn: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        holed: usize,
+    },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl fmt::Display for DiskEvent {
@@ -103,8 +122,13 @@ impl fmt::Display for DiskEvent {
             DiskEvent::Remove { path } => write!(f, "remove {path}"),
             DiskEvent::Truncate { path, len } => write!(f, "truncate {path} to {len}"),
             DiskEvent::Fault { kind, path, detail } => write!(f, "FAULT {kind:?} {path}: {detail}"),
-            DiskEvent::Crash { files_reverted, torn } => {
-                write!(f, "CRASH {files_reverted} files reverted, {torn} torn writes")
+            DiskEvent::Crash { files_reverted, torn, holed } => {
+                write!(f, "CRASH {files_reverted} files reverted, {torn} torn writes")?;
+                // Only when there are any, so traces of runs without holes keep their hashes.
+                if *holed > 0 {
+                    write!(f, " ({holed} with holes)")?;
+                }
+                Ok(())
             }
         }
     }
@@ -174,6 +198,19 @@ struct Disk {
     generation: u64,
     latency: Duration,
     events: Vec<DiskEvent>,
+    /// Forced transient read corruptions still to inject, by file path (see
+    /// [`SimDisk::corrupt_next_reads`]).
+    forced_read_corruption: BTreeMap<PathBuf, u32>,
+}
+
+/// How a crash tears a file's last unsynced write.
+enum Tear {
+    /// The bytes of the write before `cut` survive; the file ends there (or
+    /// at its durable length, if that is longer).
+    Prefix { off: u64, cut: u64 },
+    /// The whole write's length survives, but the blocks starting at `lost`
+    /// (each [`BLOCK_SIZE`] long, clipped to the write) keep their durable bytes.
+    Holes { off: u64, end: u64, lost: Vec<u64> },
 }
 
 fn show(p: &Path) -> String {
@@ -270,6 +307,7 @@ impl Disk {
             self.inodes.remove(&ino);
         }
         let mut torn = 0;
+        let mut holed = 0;
         let names: Vec<(PathBuf, u64)> = self.names.iter().map(|(p, &i)| (p.clone(), i)).collect();
         for (path, ino) in names {
             let synced = self.inodes[&ino].is_synced();
@@ -279,35 +317,47 @@ impl Disk {
             }
             reverted += 1;
             let last_write = self.inodes[&ino].last_write;
+            let written = self.inodes[&ino].data.len() as u64;
             let tear = match last_write {
-                Some((off, len)) if len > 0 && self.chance(self.faults.torn_write) => {
-                    // Cut points: block boundaries strictly inside the write.
-                    let first = (off / BLOCK_SIZE + 1) * BLOCK_SIZE;
-                    let end = off + len;
-                    let cuts = if first < end { (end - 1 - first) / BLOCK_SIZE + 1 } else { 0 };
-                    if cuts == 0 {
-                        None
-                    } else {
-                        let k = self.rng.random_range(0..cuts);
-                        Some((off, first + k * BLOCK_SIZE))
-                    }
-                }
+                Some((off, len)) if len > 0 && self.chance(self.faults.torn_write) => self.draw_tear(off, len, written),
                 _ => None,
             };
             let node = self.inodes.get_mut(&ino).expect("live inode");
             let mut data = node.durable.clone();
-            if let Some((off, cut)) = tear {
-                let cut = cut.min(node.data.len() as u64);
-                if cut > off {
+            let len = last_write.map_or(0, |w| w.1);
+            match tear {
+                Some(Tear::Prefix { off, cut }) => {
                     if data.len() < cut as usize {
                         data.resize(cut as usize, 0);
                     }
                     data[off as usize..cut as usize].copy_from_slice(&node.data[off as usize..cut as usize]);
                     torn += 1;
-                    let detail =
-                        format!("kept {} of {} bytes written at {off}", cut - off, last_write.map_or(0, |w| w.1));
+                    let detail = format!("kept {} of {len} bytes written at {off}", cut - off);
                     self.fault(FaultKind::TornWrite, &path, detail);
                 }
+                Some(Tear::Holes { off, end, lost }) => {
+                    let old = data.clone();
+                    if data.len() < end as usize {
+                        data.resize(end as usize, 0);
+                    }
+                    data[off as usize..end as usize].copy_from_slice(&node.data[off as usize..end as usize]);
+                    for &at in &lost {
+                        let hole_end = (at + BLOCK_SIZE).min(end) as usize;
+                        for (i, b) in data[at as usize..hole_end].iter_mut().enumerate() {
+                            *b = old.get(at as usize + i).copied().unwrap_or(0);
+                        }
+                    }
+                    torn += 1;
+                    holed += 1;
+                    let lost: Vec<String> = lost.iter().map(u64::to_string).collect();
+                    let detail = format!(
+                        "kept the length of {len} bytes written at {off} but lost the {}-byte blocks at {}",
+                        BLOCK_SIZE,
+                        lost.join(", ")
+                    );
+                    self.fault(FaultKind::TornWrite, &path, detail);
+                }
+                None => {}
             }
             let node = self.inodes.get_mut(&ino).expect("live inode");
             node.durable = data.clone();
@@ -317,7 +367,35 @@ impl Disk {
             node.handles = 0;
         }
         self.used = self.inodes.values().map(|n| n.data.len() as u64).sum();
-        self.events.push(DiskEvent::Crash { files_reverted: reverted, torn });
+        self.events.push(DiskEvent::Crash { files_reverted: reverted, torn, holed });
+    }
+
+    /// How to tear a write of `len` bytes at `off` in a file whose volatile
+    /// length is `file_len`; `None` if it cannot be torn (it lies within one
+    /// block, so it reaches the medium whole or not at all).
+    fn draw_tear(&mut self, off: u64, len: u64, file_len: u64) -> Option<Tear> {
+        // Block boundaries strictly inside the write: the cut points of a
+        // prefix, and the starts of the blocks a hole can take.
+        let first = (off / BLOCK_SIZE + 1) * BLOCK_SIZE;
+        let end = (off + len).min(file_len);
+        if first >= end {
+            return None;
+        }
+        let blocks = (end - 1 - first) / BLOCK_SIZE + 1;
+        if self.chance(self.faults.torn_write_holes) {
+            // The first block is always kept, so the head of the write (a
+            // record batch header, say) is intact and only a checksum over
+            // the rest can tell. Each later block is lost at even odds, at
+            // least one.
+            let mut lost: Vec<u64> =
+                (0..blocks).filter(|_| self.rng.random_bool(0.5)).map(|k| first + k * BLOCK_SIZE).collect();
+            if lost.is_empty() {
+                lost.push(first + self.rng.random_range(0..blocks) * BLOCK_SIZE);
+            }
+            return Some(Tear::Holes { off, end, lost });
+        }
+        let k = self.rng.random_range(0..blocks);
+        Some(Tear::Prefix { off, cut: first + k * BLOCK_SIZE })
     }
 }
 
@@ -348,6 +426,7 @@ impl SimDisk {
             generation: 0,
             latency: Duration::ZERO,
             events: Vec::new(),
+            forced_read_corruption: BTreeMap::new(),
         };
         SimDisk { inner: Arc::new(Mutex::new(disk)) }
     }
@@ -422,6 +501,14 @@ impl SimDisk {
             d.fault(FaultKind::BitRot, path, format!("bit {} of byte {offset} flipped", bit % 8));
         }
         hit
+    }
+
+    /// Make the next `n` reads of the file at `path` (through any handle
+    /// opened under that name) return one flipped bit each, as
+    /// [`DiskFaults::read_corruption`] does, whatever the probabilities: a
+    /// transient fault a test can aim. The medium stays intact.
+    pub fn corrupt_next_reads(&self, path: &Path, n: u32) {
+        self.lock().forced_read_corruption.insert(path.to_path_buf(), n);
     }
 
     /// Bytes in the volatile view of all files.
@@ -646,7 +733,16 @@ impl File for SimFile {
         }
         let start = offset as usize;
         buf[..n].copy_from_slice(&d.inodes[&self.ino].data[start..start + n]);
-        if d.chance(d.faults.read_corruption) {
+        let forced = match d.forced_read_corruption.get_mut(&self.path) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        };
+        // Forced first, so that an aimed fault draws no randomness of its own
+        // beyond where the bit lands.
+        if forced || d.chance(d.faults.read_corruption) {
             let pos = d.rng.random_range(0..n);
             let bit = d.rng.random_range(0..8u8);
             buf[pos] ^= 1 << bit;

@@ -252,6 +252,7 @@ pub fn overlay(base: &DiskFaults, strike: &DiskFaults) -> DiskFaults {
         write_error: base.write_error.max(strike.write_error),
         sync_error: base.sync_error.max(strike.sync_error),
         torn_write: base.torn_write.max(strike.torn_write),
+        torn_write_holes: base.torn_write_holes.max(strike.torn_write_holes),
         capacity_bytes: match (base.capacity_bytes, strike.capacity_bytes) {
             (0, c) | (c, 0) => c,
             (a, b) => a.min(b),

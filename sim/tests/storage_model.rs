@@ -11,7 +11,8 @@ use bytes::{Bytes, BytesMut};
 use faultline_broker::config::{LogConfig, PlantedBugs};
 use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
 use faultline_broker::storage::{PartitionLog, StorageError};
-use faultline_sim::disk::{DiskFaults, SimDisk};
+use faultline_broker::io::Fs;
+use faultline_sim::disk::{DiskEvent, DiskFaults, FaultKind, SimDisk};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use proptest::prelude::*;
 
@@ -38,12 +39,20 @@ enum Op {
     },
     /// The next append's write fails with EIO.
     AppendWriteError(BatchSpec),
-    /// The next fsyncs fail with EIO.
+    /// The next fsyncs fail with EIO, and reads come back corrupted at times.
     AppendSyncError(BatchSpec),
+    /// With `torn`, the last unsynced writes are torn, half the time by
+    /// holes that keep the file length.
     Crash {
         torn: bool,
     },
     Reopen,
+    /// Reopen while the next `n` reads of every file come back with a bit
+    /// flipped in transit: recovery reads a bad batch again, up to three
+    /// times, rather than cut, so up to two flips per file cost nothing.
+    ReopenWithFlakyReads {
+        n: u32,
+    },
 }
 
 fn batch_spec() -> impl Strategy<Value = BatchSpec> {
@@ -61,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => batch_spec().prop_map(Op::AppendSyncError),
         2 => any::<bool>().prop_map(|torn| Op::Crash { torn }),
         1 => Just(Op::Reopen),
+        1 => (1u32..3).prop_map(|n| Op::ReopenWithFlakyReads { n }),
     ]
 }
 
@@ -151,6 +161,10 @@ impl Harness {
     fn new(seed: u64, flush_messages: u64) -> Self {
         let config =
             LogConfig { segment_bytes: 700, index_interval_bytes: 200, flush_messages, ..LogConfig::default() };
+        Self::with_config(seed, config)
+    }
+
+    fn with_config(seed: u64, config: LogConfig) -> Self {
         let mut h = Harness {
             disk: SimDisk::perfect(seed),
             dir: PathBuf::from("data/topic-0"),
@@ -276,7 +290,7 @@ impl Harness {
             }
             Op::AppendSyncError(spec) => {
                 let input = self.next_batches(std::slice::from_ref(spec));
-                self.disk.set_faults(DiskFaults { sync_error: 1.0, ..DiskFaults::default() });
+                self.disk.set_faults(DiskFaults { sync_error: 1.0, read_corruption: 0.5, ..DiskFaults::default() });
                 // Fails only if the flush policy flushes on this append.
                 let _ = self.append(&input);
                 self.disk.set_faults(DiskFaults::default());
@@ -284,7 +298,7 @@ impl Harness {
             }
             Op::Crash { torn } => {
                 let torn_write = if *torn { 1.0 } else { 0.0 };
-                self.disk.set_faults(DiskFaults { torn_write, ..DiskFaults::default() });
+                self.disk.set_faults(DiskFaults { torn_write, torn_write_holes: 0.5, ..DiskFaults::default() });
                 self.disk.crash();
                 self.disk.set_faults(DiskFaults::default());
                 self.reopen();
@@ -293,6 +307,29 @@ impl Harness {
                 let end = self.model.end();
                 self.reopen();
                 assert_eq!(self.model.end(), end, "a reopen without a crash lost data");
+            }
+            Op::ReopenWithFlakyReads { n } => {
+                let end = self.model.end();
+                self.log().flush().unwrap();
+                self.log = None;
+                for path in self.disk.list_dir(&self.dir).unwrap() {
+                    self.disk.corrupt_next_reads(&path, *n);
+                }
+                let opened = PartitionLog::open(
+                    Arc::new(self.disk.clone()),
+                    self.dir.clone(),
+                    self.config.clone(),
+                    PlantedBugs::default(),
+                    0,
+                );
+                // Disarm what recovery did not use, so later reads are clean.
+                for path in self.disk.list_dir(&self.dir).unwrap() {
+                    self.disk.corrupt_next_reads(&path, 0);
+                }
+                self.log = Some(opened.unwrap().0);
+                assert_eq!(self.log().log_end_offset(), end, "transient read faults at recovery lost data");
+                self.model.durable = end;
+                self.check_all();
             }
         }
         let durable = self.log().durable_offset();
@@ -351,4 +388,195 @@ fn unflushed_appends_are_lost_on_crash_and_flushed_ones_kept() {
     h.disk.crash();
     h.reopen();
     assert_eq!(h.log().log_end_offset(), 2);
+}
+
+/// Default segment and index sizes: one segment, no index entry for the
+/// first 4 KiB, so reads and scans start at the segment's first byte.
+fn one_segment(flush_messages: u64) -> LogConfig {
+    LogConfig { flush_messages, ..LogConfig::default() }
+}
+
+fn first_segment(h: &Harness) -> PathBuf {
+    h.dir.join(format!("{:020}.log", 0))
+}
+
+fn count_faults(events: &[DiskEvent], kind: FaultKind) -> usize {
+    events.iter().filter(|e| matches!(e, DiskEvent::Fault { kind: k, .. } if *k == kind)).count()
+}
+
+/// An fsync fails while every read returns a flipped bit: the rollback of
+/// the failed append must not read, so it cannot be misled into cutting
+/// acknowledged batches or handing their offsets out again.
+#[test]
+fn a_failed_fsync_rolls_back_exactly_the_failed_append_whatever_reads_return() {
+    let mut h = Harness::with_config(3, one_segment(1));
+    for _ in 0..8 {
+        let input = h.next_batches(&[BatchSpec { records: 3, pad: 40, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    let acked = h.model.end();
+    assert_eq!(h.log().durable_offset(), acked);
+    let size = h.log().size_bytes();
+    h.disk.drain_events();
+    h.disk.set_faults(DiskFaults { sync_error: 1.0, read_corruption: 1.0, ..DiskFaults::default() });
+    let input = h.next_batches(&[BatchSpec { records: 2, pad: 30, gzip: false }]);
+    let err = h.append(&input).unwrap_err();
+    assert!(matches!(err, StorageError::Io(_)), "{err:?}");
+    let events = h.disk.drain_events();
+    h.disk.set_faults(DiskFaults::default());
+    assert!(count_faults(&events, FaultKind::SyncError) >= 1);
+    assert_eq!(count_faults(&events, FaultKind::ReadCorruption), 0, "the rollback read the log: {events:?}");
+    assert_eq!((h.log().log_end_offset(), h.log().durable_offset()), (acked, acked));
+    assert_eq!(h.log().size_bytes(), size);
+    assert_eq!(h.disk.contents(&first_segment(&h)).unwrap().len() as u64, size, "the file is cut back exactly");
+    h.check_all();
+    // The offsets of the failed append are free again, and nothing acknowledged moved.
+    let input = h.next_batches(&[BatchSpec { records: 2, pad: 30, gzip: false }]);
+    h.append(&input).unwrap();
+    h.disk.crash();
+    h.reopen();
+    assert_eq!(h.model.batches.len(), 9);
+}
+
+/// A write fault, then an fsync fault, on a log whose segment has index
+/// entries: each rollback restores the indexes too, so reads by offset still
+/// land on batch boundaries and a reopen trusts nothing stale.
+#[test]
+fn rollbacks_restore_indexes_and_a_later_reopen_agrees() {
+    let mut h = Harness::with_config(4, LogConfig { index_interval_bytes: 150, ..one_segment(1) });
+    for _ in 0..6 {
+        let input = h.next_batches(&[BatchSpec { records: 2, pad: 60, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    for faults in [
+        DiskFaults { write_error: 1.0, ..DiskFaults::default() },
+        DiskFaults { sync_error: 1.0, ..DiskFaults::default() },
+    ] {
+        h.disk.set_faults(faults);
+        let input = h.next_batches(&[BatchSpec { records: 4, pad: 200, gzip: false }]);
+        assert!(h.append(&input).is_err());
+        h.disk.set_faults(DiskFaults::default());
+        h.check_all();
+        for at in 0..h.model.end() {
+            h.apply(&Op::Read { at: at as u16, max_bytes: 1, below_hw: false });
+        }
+    }
+    for _ in 0..4 {
+        let input = h.next_batches(&[BatchSpec { records: 2, pad: 60, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    h.apply(&Op::Reopen);
+    h.apply(&Op::Crash { torn: false });
+    assert_eq!(h.model.batches.len(), 10);
+}
+
+/// Truncation locates its cut by reading; a transient bit flip while it does
+/// must make it retry or refuse, never cut elsewhere.
+#[test]
+fn truncation_under_transient_read_corruption_cuts_exactly_where_asked_or_not_at_all() {
+    let mut h = Harness::with_config(5, LogConfig { index_interval_bytes: 300, ..one_segment(1) });
+    for _ in 0..10 {
+        let input = h.next_batches(&[BatchSpec { records: 3, pad: 50, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    let path = first_segment(&h);
+    // Two flips: the walk re-reads and gets through.
+    h.disk.corrupt_next_reads(&path, 2);
+    h.log().truncate_to(20).unwrap();
+    h.model.truncate(20);
+    h.check_all();
+    // Every read flipped: the walk gives up and the log is unchanged.
+    h.disk.set_faults(DiskFaults { read_corruption: 1.0, ..DiskFaults::default() });
+    let before = (h.log().log_end_offset(), h.log().size_bytes());
+    assert!(h.log().truncate_to(10).is_err());
+    h.disk.set_faults(DiskFaults::default());
+    assert_eq!((h.log().log_end_offset(), h.log().size_bytes()), before);
+    h.check_all();
+    h.apply(&Op::Crash { torn: false });
+    assert_eq!(h.model.end(), 18, "offset 20 sits in the batch 18..21, which goes whole");
+}
+
+/// Recovery reads a durable batch whose bytes arrive with a flipped bit: it
+/// reads it again rather than cutting acknowledged data.
+#[test]
+fn recovery_rereads_a_batch_that_a_transient_fault_corrupted() {
+    let mut h = Harness::with_config(6, one_segment(1));
+    for _ in 0..8 {
+        let input = h.next_batches(&[BatchSpec { records: 3, pad: 80, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    let path = first_segment(&h);
+    h.disk.crash();
+    h.disk.drain_events();
+    h.disk.corrupt_next_reads(&path, 2);
+    // `reopen` asserts that nothing durable was lost.
+    h.reopen();
+    assert_eq!(count_faults(&h.disk.drain_events(), FaultKind::ReadCorruption), 2);
+    assert_eq!(h.model.batches.len(), 8);
+}
+
+/// The same batch rotten on the medium fails every re-read: recovery cuts it,
+/// as Kafka would.
+#[test]
+fn recovery_still_cuts_a_batch_rotten_on_the_medium() {
+    let mut h = Harness::with_config(7, one_segment(1));
+    for _ in 0..4 {
+        let input = h.next_batches(&[BatchSpec { records: 3, pad: 80, gzip: false }]);
+        h.append(&input).unwrap();
+    }
+    let path = first_segment(&h);
+    let len = h.disk.contents(&path).unwrap().len() as u64;
+    h.log = None;
+    assert!(h.disk.flip_bit(&path, len - 5, 3));
+    let (log, report) =
+        PartitionLog::open(Arc::new(h.disk.clone()), h.dir.clone(), h.config.clone(), PlantedBugs::default(), 0)
+            .unwrap();
+    assert_eq!(report.log_end_offset, 9);
+    assert_eq!(report.truncated_bytes, h.model.batches[3].2.len() as u64);
+    assert_eq!(log.log_end_offset(), 9);
+}
+
+/// Crash while a large append is unsynced, with a tear that keeps the file's
+/// length but loses blocks inside the batch: only the CRC can tell.
+fn crash_with_holes(bugs: PlantedBugs) -> (Harness, PartitionLog, faultline_broker::storage::RecoveryReport) {
+    let mut h = Harness::with_config(8, one_segment(1_000));
+    // A small first batch, so the big one's header sits in its write's first
+    // block, which a holed tear always keeps.
+    let input = h.next_batches(&[BatchSpec { records: 1, pad: 10, gzip: false }]);
+    h.append(&input).unwrap();
+    h.log().flush().unwrap();
+    let input = h.next_batches(&[BatchSpec { records: 4, pad: 400, gzip: false }]);
+    h.append(&input).unwrap();
+    let path = first_segment(&h);
+    let written = h.disk.contents(&path).unwrap();
+    h.log = None;
+    h.disk.set_faults(DiskFaults { torn_write: 1.0, torn_write_holes: 1.0, ..DiskFaults::default() });
+    h.disk.crash();
+    h.disk.set_faults(DiskFaults::default());
+    let after = h.disk.contents(&path).unwrap();
+    assert_eq!(after.len(), written.len(), "a holed tear keeps the length");
+    assert_ne!(after, written, "and loses blocks");
+    let events = h.disk.drain_events();
+    assert!(matches!(events.last(), Some(DiskEvent::Crash { holed: 1, .. })), "{events:?}");
+    let (log, report) =
+        PartitionLog::open(Arc::new(h.disk.clone()), h.dir.clone(), h.config.clone(), bugs, 0).unwrap();
+    (h, log, report)
+}
+
+#[test]
+fn recovery_cuts_a_batch_with_holes_by_its_crc() {
+    let (h, log, report) = crash_with_holes(PlantedBugs::default());
+    assert_eq!(report.log_end_offset, 1);
+    assert_eq!(report.truncated_bytes, h.model.batches[1].2.len() as u64);
+    assert_eq!(log.log_end_offset(), 1);
+}
+
+#[test]
+fn planted_skip_crc_on_recovery_lets_a_batch_with_holes_survive() {
+    let bugs = PlantedBugs { skip_crc_on_recovery: true, ..PlantedBugs::default() };
+    let (h, log, report) = crash_with_holes(bugs);
+    assert_eq!((report.log_end_offset, report.truncated_bytes), (5, 0));
+    let served = log.read(1, 1 << 16, i64::MAX).unwrap().records;
+    assert_eq!(served.len(), h.model.batches[1].2.len());
+    assert_ne!(&served[..], &h.model.batches[1].2[..], "the zeroed blocks are served as data");
 }

@@ -28,8 +28,11 @@ class Mismatch(Exception):
         self.logs = list(logs)
 
 
+_T0 = time.monotonic()
+
+
 def say(msg):
-    print(f"interop: {msg}", flush=True)
+    print(f"interop: [{time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
 
 
 def tail(path, lines=40):
@@ -42,6 +45,25 @@ def tail(path, lines=40):
     except OSError as e:
         return f"(cannot read {path}: {e})"
     return "\n".join(data[-lines:])
+
+
+def problem_lines(path, limit=20):
+    """The broker log's ERROR and WARN lines (first `limit` distinct ones,
+    timestamps dropped): usually the API key and version that failed."""
+    seen = {}
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                line = ANSI_RE.sub("", raw.decode("utf-8", "replace")).rstrip()
+                if " ERROR " in line or " WARN " in line:
+                    key = line.split(" ", 1)[-1]
+                    key = re.sub(r"conn=\d+ peer=\S+ ", "", key)
+                    seen[key] = seen.get(key, 0) + 1
+                    if len(seen) >= limit:
+                        break
+    except OSError:
+        return ""
+    return "\n".join(f"{k}{f'  (x{n})' if n > 1 else ''}" for k, n in seen.items())
 
 
 # --------------------------------------------------------------------------

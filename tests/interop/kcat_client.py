@@ -1,5 +1,7 @@
 """kcat (librdkafka) as a producer and consumer."""
 
+import re
+
 from harness import Mismatch, find_kcat, run_cmd, tail
 
 # librdkafka debug contexts kept in each kcat invocation's stderr log.
@@ -29,7 +31,7 @@ def produce(addr, topic, records, codec, workdir, label, timeout=300.0, logs=())
     if code != 0:
         raise Mismatch(
             f"{label}: kcat producer exited with status {code} (a delivery failed or the "
-            f"producer could not start); its last stderr lines:\n{_errors(err_path)}",
+            f"producer could not start): {_first_error(err_path)}\n{_errors(err_path)}",
             [err_path, *logs],
         )
 
@@ -47,7 +49,7 @@ def consume(addr, topic, workdir, label, timeout=300.0, logs=()):
     code, out, err_path = run_cmd(cmd, label, workdir, timeout, logs=logs)
     if code != 0:
         raise Mismatch(
-            f"{label}: kcat consumer exited with status {code}; its last stderr lines:\n"
+            f"{label}: kcat consumer exited with status {code}: {_first_error(err_path)}\n"
             f"{_errors(err_path)}",
             [err_path, *logs],
         )
@@ -61,6 +63,28 @@ def consume(addr, topic, workdir, label, timeout=300.0, logs=()):
                            [err_path, *logs])
         consumed.append((int(parts[0]), int(parts[1]), parts[2], parts[3]))
     return consumed
+
+
+def _first_error(err_path):
+    """kcat's own error line ("% ERROR: ..."), or the last line it printed."""
+    try:
+        with open(err_path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "(no stderr)"
+    errs = [l for l in lines if l.startswith("% ERROR")]
+    first = errs[0] if errs else (lines[-1] if lines else "(no stderr)")
+    # With -d protocol, name the request the broker dropped the connection on.
+    for i, l in enumerate(lines):
+        if "Disconnected" in l and "|FAIL|" in l:
+            sent = [m for m in lines[:i] if "|SEND|" in m and " Sent " in m]
+            if sent:
+                m = re.search(r"Sent (\w+) \((v\d+)", sent[-1])
+                if m:
+                    first += f" [last request before the broker closed the connection: " \
+                             f"{m.group(1)} {m.group(2)}]"
+            break
+    return first
 
 
 def _errors(err_path):

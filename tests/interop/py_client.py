@@ -54,6 +54,16 @@ def _common():
     return {"api_version": tuple(int(x) for x in pinned.split("."))} if pinned else {}
 
 
+def _producer_config(config):
+    """Drop settings this kafka-python release does not know (2.0.x has no
+    enable_idempotence or delivery_timeout_ms), instead of failing on them."""
+    known = _kafka().KafkaProducer.DEFAULT_CONFIG
+    dropped = [k for k in config if k not in known]
+    if dropped:
+        log.info("this kafka-python has no %s; not set", dropped)
+    return {k: v for k, v in config.items() if k in known}
+
+
 def _describe(exc):
     return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
 
@@ -103,8 +113,9 @@ def wait_for_topic(addr, topic, partitions, timeout=60.0, logs=()):
 
 @guarded("KafkaProducer")
 def produce(addr, topic, records, codec, label, logs=(), timeout=300.0, **overrides):
-    """Produce with KafkaProducer(acks='all', default partitioner) and return
-    the acknowledged (partition, offset) of every record, in send order."""
+    """Produce with KafkaProducer(acks='all', default partitioner, `overrides`)
+    and return the acknowledged (partition, offset) of every record, in send
+    order."""
     kafka = _kafka()
     config = dict(
         bootstrap_servers=addr,
@@ -117,7 +128,7 @@ def produce(addr, topic, records, codec, label, logs=(), timeout=300.0, **overri
     config.update(overrides)
     log.info("=== %s: KafkaProducer(%s) ===", label, config)
     try:
-        producer = kafka.KafkaProducer(**config)
+        producer = kafka.KafkaProducer(**_producer_config(config))
     except Exception as e:
         raise Mismatch(f"{label}: KafkaProducer could not start: {_describe(e)}", logs)
     try:
@@ -230,7 +241,7 @@ def produce_until_killed(addr, topic, records, kill, ack_threshold, label, logs=
         return cb
 
     try:
-        producer = kafka.KafkaProducer(**config)
+        producer = kafka.KafkaProducer(**_producer_config(config))
     except Exception as e:
         raise Mismatch(f"{label}: KafkaProducer could not start: {_describe(e)}", logs)
     sent = 0

@@ -65,6 +65,20 @@ def check_tools(require_all_codecs):
     return missing, notes
 
 
+class ClippedFormatter(logging.Formatter):
+    """kafka-python's DEBUG lines carry whole requests (record bytes
+    included); keep each line's head, enough to see the API, version and
+    error codes, so the log stays a few MB."""
+
+    LIMIT = 700
+
+    def format(self, record):
+        line = super().format(record)
+        if len(line) > self.LIMIT:
+            line = f"{line[:self.LIMIT]}... [{len(line) - self.LIMIT} more chars]"
+        return line
+
+
 def build_faultline():
     say("building faultline (cargo build --release --bin faultline)")
     subprocess.run(["cargo", "build", "--release", "--bin", "faultline"], cwd=REPO, check=True)
@@ -83,6 +97,7 @@ class Run:
         # topic -> expected topic log ({partition: [(key, value), ...]})
         self.expected = {}
         self.summary = []
+        self.failures = []
         self.py_codecs = [c for c in ["none", *COMPRESSED] if self._py_codec(c)]
         self.kcat_codecs = ["none", *COMPRESSED]  # librdkafka builds in all four
 
@@ -97,6 +112,24 @@ class Run:
 
     def logs(self, *extra):
         return [*extra, *self.broker.logs, self.py_log]
+
+    def check(self, fn, *args):
+        """Run one check. A failed check is reported at once and the
+        run goes on with the next one (the expected logs come from what was
+        produced, not from earlier reads), so one run shows every broken
+        check; up to --max-failures, then the run stops."""
+        try:
+            fn(*args)
+        except Mismatch as e:
+            self.failures.append(e)
+            print(f"interop: CHECK FAILED: {e}", flush=True)
+            if len(self.failures) >= self.args.max_failures:
+                raise Mismatch(f"stopping after {self.failed_list()}", self.failures[0].logs)
+
+    def failed_list(self):
+        return (f"{len(self.failures)} failed check(s):\n"
+                + "\n".join(f"  {i + 1}. {str(e).splitlines()[0]}"
+                             for i, e in enumerate(self.failures)))
 
     # ---- steps ----------------------------------------------------------
 
@@ -128,25 +161,34 @@ class Run:
         kcat_client.produce(self.broker.addr, topic, records, codec, self.workdir,
                             f"kcat-produce-{codec}", logs=self.logs())
         self.expected[topic] = want
-        self.verify_kcat(topic, f"kcat-consume-{codec}")
+        self.check(self.verify_kcat, topic, f"kcat-consume-{codec}")
         self.summary.append(f"kcat {codec}: produced {count}, consumed {total(want)} "
                             f"(per partition {counts(want)})")
 
-    def py_produce_and_check(self, codec, count):
+    def py_produce_and_check(self, codec, count, idempotent=False):
+        """kafka-python >= 3 makes every producer idempotent by default
+        (KIP-679), which needs InitProducerId and producer ids/sequences in
+        Produce. That path gets its own topic (interop-py-idempotent, client
+        defaults); the per-codec topics use enable_idempotence=False so that
+        they test acks='all' delivery whatever the idempotence support."""
         import py_client
 
-        topic = f"interop-py-{codec}"
+        name = "idempotent" if idempotent else codec
+        topic = f"interop-py-{name}"
         self.create_topic(topic)
-        label = f"py-produce-{codec}"
-        records = harness.make_records(f"py-{codec}", count, max(1, count // 4))
-        acks = py_client.produce(self.broker.addr, topic, records, codec, label, logs=self.logs())
+        label = f"py-produce-{name}"
+        records = harness.make_records(f"py-{name}", count, max(1, count // 4))
+        overrides = {} if idempotent else {"enable_idempotence": False}
+        acks = py_client.produce(self.broker.addr, topic, records, codec, label, logs=self.logs(),
+                                 **overrides)
         want = harness.log_from_acks(label, records, acks, self.parts, self.logs())
         # Acknowledged offsets equal the default partitioner's placement in send order.
         compare_logs(f"{label} (acks vs murmur2 placement)", want,
                      harness.expected_log(records, self.parts), self.logs())
         self.expected[topic] = want
-        self.verify_py(topic, f"py-consume-{codec}")
-        self.summary.append(f"kafka-python {codec}: produced {count} (all acknowledged), consumed "
+        self.check(self.verify_py, topic, f"py-consume-{name}")
+        what = "default (idempotent) producer" if idempotent else f"{codec}"
+        self.summary.append(f"kafka-python {what}: produced {count} (all acknowledged), consumed "
                             f"{total(want)} (per partition {counts(want)})")
 
     def verify_kcat(self, topic, label):
@@ -247,9 +289,12 @@ class Run:
             self.expected[topic][p] = self.expected[topic][p] + add[p]
 
         topic = "interop-crash"
+        if topic not in self.expected:
+            return  # its check failed; nothing to append after
         label = f"py-produce-after-restart-{self.broker.runs}"
         records = harness.make_records(f"crash-after-restart-{self.broker.runs}", n, max(1, n // 4))
-        acks = py_client.produce(self.broker.addr, topic, records, "gzip", label, logs=self.logs())
+        acks = py_client.produce(self.broker.addr, topic, records, "gzip", label, logs=self.logs(),
+                                 enable_idempotence=False)
         base = self.expected[topic]
         shifted = [(p, o - len(base[p])) for p, o in acks]
         add = harness.log_from_acks(f"{label} (offsets must continue after the recovered "
@@ -274,6 +319,7 @@ class Run:
             self.kcat_produce_and_check(codec, a.codec_records)
 
         say("--- run 1: kafka-python produce/consume ---")
+        self.check(self.py_produce_and_check, "none", a.idempotent_records, True)
         self.py_produce_and_check("none", a.records)
         for codec in self.py_codecs[1:]:
             self.py_produce_and_check(codec, a.codec_records)
@@ -281,9 +327,9 @@ class Run:
         say("--- run 1: cross-reads (each client reads the other's topics) ---")
         for codec in self.kcat_codecs:
             if self._py_codec(codec):
-                self.verify_py(f"interop-kcat-{codec}", f"py-consume-kcat-{codec}")
+                self.check(self.verify_py, f"interop-kcat-{codec}", f"py-consume-kcat-{codec}")
         for codec in self.py_codecs:
-            self.verify_kcat(f"interop-py-{codec}", f"kcat-consume-py-{codec}")
+            self.check(self.verify_kcat, f"interop-py-{codec}", f"kcat-consume-py-{codec}")
         self.summary.append("cross-reads: kafka-python read kcat's topics and kcat read "
                             "kafka-python's topics: identical")
 
@@ -292,26 +338,28 @@ class Run:
 
         say("--- run 2: restart on the same data dir ---")
         self.broker.start()
-        self.check_crash_topic()
+        self.check(self.check_crash_topic)
         for topic in sorted(self.expected):
             if topic != "interop-crash" and self.py_can_read(topic):
-                self.verify_py(topic, f"py-consume-after-restart-{topic}")
+                self.check(self.verify_py, topic, f"py-consume-after-restart-{topic}")
         self.append_after_recovery()
         for topic in sorted(self.expected):
-            self.verify_kcat(topic, f"kcat-consume-run2-{topic}")
+            self.check(self.verify_kcat, topic, f"kcat-consume-run2-{topic}")
 
         say("--- run 3: idle SIGKILL, restart, read everything again ---")
         self.broker.kill()
         self.broker.start()
         for topic in sorted(self.expected):
-            self.verify_kcat(topic, f"kcat-consume-run3-{topic}")
+            self.check(self.verify_kcat, topic, f"kcat-consume-run3-{topic}")
             if self.py_can_read(topic):
-                self.verify_py(topic, f"py-consume-run3-{topic}")
+                self.check(self.verify_py, topic, f"py-consume-run3-{topic}")
         n = sum(total(log) for log in self.expected.values())
         self.summary.append(f"after 2 SIGKILLs and 3 broker runs: {n} records in "
                             f"{len(self.expected)} topics read back identically by kcat and "
                             f"kafka-python")
         self.broker.stop()
+        if self.failures:
+            raise Mismatch(self.failed_list(), self.failures[0].logs)
 
 
 def main():
@@ -321,6 +369,8 @@ def main():
                    help="records per client on the uncompressed topic (default 10000)")
     p.add_argument("--codec-records", type=int, default=5000,
                    help="records per client on each compressed topic (default 5000)")
+    p.add_argument("--idempotent-records", type=int, default=2000,
+                   help="records kafka-python's default (idempotent) producer sends (default 2000)")
     p.add_argument("--crash-records", type=int, default=60000,
                    help="records queued for the SIGKILL-during-produce stream (default 60000)")
     p.add_argument("--crash-ack-threshold", type=int, default=4000,
@@ -328,6 +378,8 @@ def main():
     p.add_argument("--append-records", type=int, default=1000,
                    help="records each client appends after the restart (default 1000)")
     p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--max-failures", type=int, default=12,
+                   help="stop after this many failed checks (default 12)")
     p.add_argument("--rust-log", default=os.environ.get("RUST_LOG", "info"),
                    help="RUST_LOG for the broker (default: $RUST_LOG or info)")
     p.add_argument("--workdir", help="directory for data and logs (default: a new temp dir)")
@@ -360,7 +412,7 @@ def main():
     workdir = args.workdir or tempfile.mkdtemp(prefix="faultline-interop-")
     os.makedirs(workdir, exist_ok=True)
     handler = logging.FileHandler(os.path.join(workdir, "kafka-python.debug.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(ClippedFormatter("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
     for name in ("kafka", "interop"):
         lg = logging.getLogger(name)
         lg.setLevel(logging.DEBUG)
@@ -384,6 +436,12 @@ def main():
         for path in dict.fromkeys(e.logs):
             if path and os.path.exists(path):
                 print(f"---- last lines of {path} ----\n{harness.tail(path)}", flush=True)
+        for n in range(1, run.broker.runs + 1):
+            path = os.path.join(workdir, f"broker-run{n}.stderr.log")
+            problems = harness.problem_lines(path)
+            if problems:
+                print(f"---- ERROR/WARN lines of broker run {n} ({path}) ----\n{problems}",
+                      flush=True)
     except BaseException as e:
         print(f"\ninterop: FAILED with an unexpected {type(e).__name__}:", flush=True)
         traceback.print_exc()
@@ -403,7 +461,8 @@ def main():
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
-    print(f"interop: work dir kept for diagnosis: {workdir} (broker logs broker-run*.log, "
+    print(f"interop: FAILED after {time.monotonic() - started:.0f}s; "
+          f"work dir kept for diagnosis: {workdir} (broker logs broker-run*.log, "
           f"kcat stderr *.stderr.log with -d {__import__('kcat_client').KCAT_DEBUG}, "
           f"kafka-python DEBUG log kafka-python.debug.log)", flush=True)
     return 1

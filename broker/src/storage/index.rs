@@ -136,6 +136,11 @@ impl<E: Entry> IndexFile<E> {
     /// Keep the longest prefix of entries that satisfy `keep`.
     pub fn truncate_where(&mut self, keep: impl Fn(&E) -> bool) {
         let n = self.entries.partition_point(keep);
+        self.truncate(n);
+    }
+
+    /// Keep the first `n` entries; the file follows at the next flush.
+    pub fn truncate(&mut self, n: usize) {
         self.entries.truncate(n);
         if self.written > n {
             self.written = n;

@@ -5,6 +5,11 @@
 //! advances the recovery point, which is also the high watermark: with a
 //! single replica only fsynced data is exposed, so a crash never takes back
 //! what a consumer saw.
+//!
+//! An append that cannot be made durable when the flush policy asks is undone
+//! from what the log holds in memory (the active segment's size, next offset
+//! and index entries before it), never by reading the log back: a read that
+//! comes back corrupted must not decide where the log ends.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -34,6 +39,8 @@ pub struct PartitionLog {
     first_unflushed_ms: Option<i64>,
     /// A segment was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// Writing the recovery-point checkpoint failed; try again at the next flush.
+    checkpoint_due: bool,
 }
 
 fn invalid_config(msg: String) -> StorageError {
@@ -95,6 +102,7 @@ impl PartitionLog {
             unflushed_records: 0,
             first_unflushed_ms: None,
             dir_dirty,
+            checkpoint_due: false,
         };
         // Recovery fsynced what it kept, so it is all durable.
         let log_end = log.log_end_offset();
@@ -151,14 +159,31 @@ impl PartitionLog {
             headers.push((pos, h));
         }
         self.maybe_roll_for(buf.len() as u64, next, now_ms)?;
+        let mark = self.active().mark();
         self.active().append(&buf, &headers)?;
+        let first_unflushed_ms = self.first_unflushed_ms;
         self.unflushed_records += record_count;
         self.first_unflushed_ms.get_or_insert(now_ms);
         if let Err(e) = self.maybe_flush(now_ms) {
             // Not durable and maybe never will be: take it back so a failed
-            // append is not visible. If even that fails, the outcome is unknown.
-            let _ = self.active().truncate_to(base_offset);
+            // append is not visible and its offsets go to the next one. A
+            // failed flush never advances the recovery point, so nothing
+            // acknowledged is above `base_offset`.
+            debug_assert!(self.recovery_point <= base_offset);
             self.unflushed_records -= record_count;
+            self.first_unflushed_ms = first_unflushed_ms;
+            let active = self.active();
+            // The active segment's own fsync may have gone through before a
+            // later step failed (the directory fsync): then the batch is on
+            // the medium and the cut must be too, or a crash would bring
+            // back an append its producer was told had failed.
+            let was_synced = active.is_synced();
+            let undone = active.rollback(mark).and_then(|()| if was_synced { active.flush(false) } else { Ok(()) });
+            if let Err(undo) = undone {
+                // The in-memory state is back regardless; the segment cuts
+                // the file before its next write or fsync.
+                tracing::warn!(dir = %self.dir.display(), base_offset, error = %undo, "cutting back a failed append did not finish");
+            }
             return Err(e);
         }
         let log_append_time = if self.log_append_time { now_ms } else { -1 };
@@ -260,9 +285,18 @@ impl PartitionLog {
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
         // The checkpoint only bounds recovery's scan; refreshing it once per
-        // roll keeps that scan to the last segment or two.
-        if rolled {
-            write_checkpoint(&*self.fs, &self.dir, log_end)?;
+        // roll keeps that scan to the last segment or two. The data is
+        // durable by now, so failing to write it fails nothing: the old
+        // checkpoint stays (the new one lands by an atomic rename or not at
+        // all) and is behind, never ahead. Retry at the next flush.
+        if rolled || self.checkpoint_due {
+            match write_checkpoint(&*self.fs, &self.dir, log_end) {
+                Ok(()) => self.checkpoint_due = false,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery-point checkpoint failed; will retry");
+                    self.checkpoint_due = true;
+                }
+            }
         }
         Ok(())
     }

@@ -1,6 +1,14 @@
 //! One log segment: a `.log` file of batches starting at a base offset, with
 //! its offset and time indexes. Owns appending, locating an offset, reading
 //! whole batches, scanning (validating) its file and truncating.
+//!
+//! Only open-time recovery ([`Segment::recover`], [`Segment::load`]) cuts the
+//! file where its bytes stop making sense, and even it reads a bad batch again
+//! before believing it: a read can be corrupted in transit while the medium is
+//! fine. Everywhere else the cut point comes from state held in memory (an
+//! append is undone with [`Segment::rollback`]) or from batches that read back
+//! intact ([`Segment::truncate_to`]); bytes that do not check out make the
+//! operation fail, never cut deeper.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,6 +27,12 @@ pub(super) const NO_TIMESTAMP: i64 = -1;
 const SCAN_CHUNK: usize = 1 << 20;
 /// Smallest read when locating an offset.
 const MIN_READ_CHUNK: usize = 16 << 10;
+/// Reads of a batch that does not check out before believing it is bad. A
+/// bit flipped in transit (a flaky cable, controller or DMA) is gone on the
+/// next read; rot on the medium is not. Three reads make a transient fault
+/// that lands on the same batch every time vanishingly rare, at the cost of
+/// two extra reads where the log really is torn, which happens once per crash.
+const READ_ATTEMPTS: u32 = 3;
 
 pub(super) const LOG_SUFFIX: &str = "log";
 const SUFFIXES: [&str; 3] = [LOG_SUFFIX, "index", "timeindex"];
@@ -73,6 +87,18 @@ pub(super) struct Segment {
     needs_sync: bool,
     /// The index files did not exist when the segment was opened.
     index_missing: bool,
+    /// The file may hold bytes past `tail.size` that are not part of the log
+    /// (a cut back after a failed append did not go through): cut them
+    /// before the next write or fsync, so they can never be read as batches.
+    stale_end: bool,
+}
+
+/// The state of a segment before an append, to undo it exactly.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AppendMark {
+    tail: Tail,
+    index_len: usize,
+    time_index_len: usize,
 }
 
 /// Positioned reads through a buffer, so that walking many small batch
@@ -88,6 +114,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(file: &'a dyn File, limit: u64, chunk: usize) -> Self {
         Reader { file, limit, chunk, start: 0, buf: Vec::new() }
+    }
+
+    /// Forget what was read, so the next [`Reader::get`] reads the file again.
+    fn invalidate(&mut self) {
+        self.buf.clear();
     }
 
     /// `len` bytes at `pos`; `None` if they lie beyond the limit.
@@ -155,6 +186,7 @@ impl Segment {
             index_interval_bytes,
             tail: Tail::empty(base_offset),
             needs_sync: false,
+            stale_end: false,
         })
     }
 
@@ -212,11 +244,14 @@ impl Segment {
     /// Append batches already given their offsets, in one write. On failure
     /// the file is cut back and the segment is unchanged.
     pub fn append(&mut self, buf: &[u8], headers: &[(usize, BatchHeader)]) -> io::Result<()> {
+        self.trim_stale_end()?;
         let pos = self.tail.size;
         debug_assert_eq!(headers.first().map(|(p, _)| *p), Some(0));
         if let Err(e) = self.log.write_at(buf, pos) {
-            // Best effort: a failed write may have left a partial tail.
-            let _ = self.log.set_len(pos);
+            // A failed write may have left a partial tail. If cutting it
+            // fails too, the next write or fsync tries again.
+            self.stale_end = true;
+            let _ = self.trim_stale_end();
             return Err(e);
         }
         let Segment { tail, index, time_index, base_offset, index_interval_bytes, .. } = self;
@@ -232,6 +267,7 @@ impl Segment {
     /// The active segment's indexes can wait: recovery always rescans the
     /// active segment, so they matter only once it is rolled.
     pub fn flush(&mut self, indexes: bool) -> io::Result<()> {
+        self.trim_stale_end()?;
         if self.needs_sync {
             self.log.sync()?;
             self.needs_sync = false;
@@ -239,6 +275,42 @@ impl Segment {
         if indexes {
             self.index.flush()?;
             self.time_index.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the log file has been fsynced since it last changed.
+    pub fn is_synced(&self) -> bool {
+        !self.needs_sync && !self.stale_end
+    }
+
+    /// Where the segment stands, for [`Segment::rollback`].
+    pub fn mark(&self) -> AppendMark {
+        AppendMark { tail: self.tail, index_len: self.index.entries().len(), time_index_len: self.time_index.entries().len() }
+    }
+
+    /// Undo every append since `mark`: back to the size, next offset and
+    /// index entries held then. Nothing is read — those are known — so no
+    /// bad read can move the cut. If the file cannot be cut back now, the
+    /// segment remembers to do it before its next write or fsync; the
+    /// in-memory state is restored either way.
+    pub fn rollback(&mut self, mark: AppendMark) -> io::Result<()> {
+        debug_assert!(mark.tail.size <= self.tail.size && mark.tail.next_offset <= self.tail.next_offset);
+        self.tail = mark.tail;
+        self.index.truncate(mark.index_len);
+        self.time_index.truncate(mark.time_index_len);
+        self.stale_end = true;
+        self.trim_stale_end()
+    }
+
+    /// Cut bytes past the segment's size left by an append that was undone.
+    fn trim_stale_end(&mut self) -> io::Result<()> {
+        if self.stale_end {
+            self.log.set_len(self.tail.size)?;
+            self.stale_end = false;
+            // The cut must reach the medium too, or a crash could bring the
+            // undone batches back.
+            self.needs_sync = true;
         }
         Ok(())
     }
@@ -309,45 +381,42 @@ impl Segment {
 
     /// Validate batches from `pos` (where offset `expected` must start) to
     /// the end of the file, noting each. Stops at the first bad one, cuts the
-    /// file there, and explains.
+    /// file there, and explains. Open-time recovery only: this is the one
+    /// place that cuts the log because of what it read, so a batch is read
+    /// [`READ_ATTEMPTS`] times before it is judged bad.
     fn scan_from(&mut self, mut pos: u64, mut expected: i64, check_crc: bool) -> io::Result<Option<String>> {
         let len = self.log.len()?;
         let mut problem = None;
         {
             let Segment { log, tail, index, time_index, base_offset, index_interval_bytes, .. } = self;
             let mut reader = Reader::new(&**log, len, SCAN_CHUNK);
+            let mut attempt = 1;
             while pos < len {
-                let Some(head) = reader.get(pos, HEADER_SIZE)? else {
-                    problem = Some(format!("torn batch header at byte {pos}"));
-                    break;
-                };
-                let h = match BatchHeader::parse(head).and_then(|h| h.validate_for_append().map(|()| h)) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        problem = Some(format!("at byte {pos}: {e}"));
-                        break;
+                match check_batch(&mut reader, pos, len, expected, check_crc)? {
+                    Ok(h) => {
+                        if attempt > 1 {
+                            tracing::warn!(
+                                segment = *base_offset,
+                                pos,
+                                attempt,
+                                "batch read back intact: an earlier read was corrupted in transit"
+                            );
+                        }
+                        note_batch(tail, index, time_index, *base_offset, *index_interval_bytes, pos, &h);
+                        expected = h.next_offset();
+                        pos += h.size() as u64;
+                        attempt = 1;
                     }
-                };
-                if h.base_offset != expected {
-                    problem =
-                        Some(format!("at byte {pos}: batch at offset {} where {expected} was expected", h.base_offset));
-                    break;
-                }
-                let Some(bytes) = reader.get(pos, h.size())? else {
-                    problem = Some(format!("torn batch at byte {pos}: {} bytes, {} on file", h.size(), len - pos));
-                    break;
-                };
-                // PLANTED BUG `skip_crc_on_recovery`: with `check_crc` false,
-                // corrupt batches survive recovery and are served.
-                if check_crc {
-                    if let Err(e) = batch::validate_crc(&h, bytes) {
-                        problem = Some(format!("at byte {pos}: {e}"));
+                    Err(why) if attempt < READ_ATTEMPTS => {
+                        tracing::debug!(segment = *base_offset, pos, attempt, %why, "reading the batch again");
+                        attempt += 1;
+                        reader.invalidate();
+                    }
+                    Err(why) => {
+                        problem = Some(why);
                         break;
                     }
                 }
-                note_batch(tail, index, time_index, *base_offset, *index_interval_bytes, pos, &h);
-                expected = h.next_offset();
-                pos += h.size() as u64;
             }
         }
         if problem.is_some() {
@@ -455,38 +524,173 @@ impl Segment {
 
     /// Remove every batch at or after the one holding `offset`. Returns the
     /// bytes removed.
+    ///
+    /// The cut point has to be found by reading: from the last index entry
+    /// before `offset`, every batch up to the cut is read whole and must
+    /// continue the offsets and pass its CRC (re-read up to [`READ_ATTEMPTS`]
+    /// times). If one never does, the segment is left untouched and the call
+    /// fails: a bad read must not choose where the log ends.
     pub fn truncate_to(&mut self, offset: i64) -> Result<u64, StorageError> {
-        let mut reader = Reader::new(&*self.log, self.tail.size, MIN_READ_CHUNK);
-        let Some((pos, h)) = self.locate(offset, &mut reader)? else {
+        if offset >= self.tail.next_offset {
             return Ok(0);
-        };
-        let removed = self.tail.size - pos;
-        self.tail.next_offset = h.base_offset;
-        self.cut(pos)?;
-        // Rebuild the in-memory tail from the last surviving index entry.
+        }
         let base = self.base_offset;
-        let (from, start) = match self.index.last().copied() {
-            Some(e) => {
-                let h = self.header_at(&mut Reader::new(&*self.log, pos, HEADER_SIZE), e.position as u64)?;
-                (e.position as u64, h.base_offset)
-            }
-            None => (0, base),
+        // Entries before the batch holding `offset` are exactly those whose
+        // batch ends below it; they survive the cut.
+        let start = self.index.below(offset - base).copied();
+        let (mut pos, mut expected) = match start {
+            Some(e) => (e.position as u64, Expect::Last(base + e.relative_offset as i64)),
+            None => (0, Expect::Base(base)),
         };
+        let mut kept: Vec<(u64, BatchHeader)> = Vec::new();
+        let (cut, next) = loop {
+            if pos >= self.tail.size {
+                return Err(StorageError::CorruptMessage(format!(
+                    "segment {base} ends at byte {pos} before offset {offset}"
+                )));
+            }
+            let h = self.read_batch_checked(pos, expected)?;
+            if h.last_offset() >= offset {
+                break (pos, h.base_offset);
+            }
+            kept.push((pos, h));
+            expected = Expect::Base(h.next_offset());
+            pos += h.size() as u64;
+        };
+        // Everything checked out: now change the file, then the state.
+        let removed = self.tail.size - cut;
+        self.log.set_len(cut)?;
+        self.stale_end = false;
+        self.tail.next_offset = next;
+        self.tail.size = cut;
+        self.index.truncate_where(|e| (e.position as u64) < cut);
+        self.time_index.truncate_where(|e| base + (e.relative_offset as i64) < next);
+        self.needs_sync = true;
+        // Rebuild the in-memory tail from the surviving indexes and the
+        // batches just read, as the appends had built it.
         let first = self.tail.first_batch_timestamp;
         self.tail = Tail::empty(base);
         if let Some(t) = self.time_index.last() {
             self.tail.max_timestamp = t.timestamp;
             self.tail.offset_of_max_timestamp = base + t.relative_offset as i64;
         }
-        if pos > 0 {
+        if cut > 0 {
             self.tail.first_batch_timestamp = first;
         }
-        if let Some(problem) = self.scan_from(from, start, true)? {
-            return Err(StorageError::CorruptMessage(format!("segment {base} while truncating: {problem}")));
+        let Segment { tail, index, time_index, index_interval_bytes, .. } = self;
+        for (p, h) in &kept {
+            note_batch(tail, index, time_index, base, *index_interval_bytes, *p, h);
         }
-        debug_assert_eq!(self.tail.size, pos);
+        debug_assert_eq!((self.tail.size, self.tail.next_offset), (cut, next));
         Ok(removed)
     }
+
+    /// The header of the batch at `pos`, read whole and checked: it lies
+    /// within the segment, starts or ends at the offset `expected`, and
+    /// passes its CRC. A failing batch is read again, up to [`READ_ATTEMPTS`]
+    /// times, since a read can be corrupted in transit.
+    fn read_batch_checked(&self, pos: u64, expected: Expect) -> Result<BatchHeader, StorageError> {
+        let mut why = String::new();
+        for attempt in 1..=READ_ATTEMPTS {
+            match self.try_read_batch(pos, expected)? {
+                Ok(h) => {
+                    if attempt > 1 {
+                        tracing::warn!(
+                            segment = self.base_offset,
+                            pos,
+                            attempt,
+                            "batch read back intact: an earlier read was corrupted in transit"
+                        );
+                    }
+                    return Ok(h);
+                }
+                Err(e) => why = e,
+            }
+        }
+        Err(StorageError::CorruptMessage(format!(
+            "segment {}: batch at byte {pos} failed {READ_ATTEMPTS} reads: {why}",
+            self.base_offset
+        )))
+    }
+
+    fn try_read_batch(&self, pos: u64, expected: Expect) -> io::Result<Result<BatchHeader, String>> {
+        let mut head = [0u8; HEADER_SIZE];
+        if pos + HEADER_SIZE as u64 > self.tail.size {
+            return Ok(Err("the segment ends inside the header".into()));
+        }
+        self.log.read_exact_at(&mut head, pos)?;
+        let size = match BatchHeader::parse(&head) {
+            Ok(h) => h.size(),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if pos + size as u64 > self.tail.size {
+            return Ok(Err(format!("a batch of {size} bytes runs past the segment")));
+        }
+        // One read for the whole batch, and everything judged from it: the
+        // header read above only told how much to read.
+        let mut bytes = vec![0u8; size];
+        self.log.read_exact_at(&mut bytes, pos)?;
+        let h = match BatchHeader::parse(&bytes).and_then(|h| h.validate_for_append().map(|()| h)) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if h.size() != size {
+            return Ok(Err(format!("batch length read as {} and then {}", size, h.size())));
+        }
+        let offsets_ok = match expected {
+            Expect::Base(b) => h.base_offset == b,
+            Expect::Last(l) => h.last_offset() == l,
+        };
+        if !offsets_ok {
+            return Ok(Err(format!("batch at offset {} where {expected:?} was expected", h.base_offset)));
+        }
+        if let Err(e) = batch::validate_crc(&h, &bytes) {
+            return Ok(Err(e.to_string()));
+        }
+        Ok(Ok(h))
+    }
+}
+
+/// Which offset a batch read during truncation must carry.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Its base offset: it follows a batch already read.
+    Base(i64),
+    /// Its last offset: an index entry points at it.
+    Last(i64),
+}
+
+/// Read and check the batch at `pos` in a file of `len` bytes, for the
+/// recovery scan: `Ok(Err(why))` if it is torn, malformed, out of sequence
+/// or (with `check_crc`) fails its CRC.
+fn check_batch(
+    reader: &mut Reader<'_>,
+    pos: u64,
+    len: u64,
+    expected: i64,
+    check_crc: bool,
+) -> io::Result<Result<BatchHeader, String>> {
+    let Some(head) = reader.get(pos, HEADER_SIZE)? else {
+        return Ok(Err(format!("torn batch header at byte {pos}")));
+    };
+    let h = match BatchHeader::parse(head).and_then(|h| h.validate_for_append().map(|()| h)) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(format!("at byte {pos}: {e}"))),
+    };
+    if h.base_offset != expected {
+        return Ok(Err(format!("at byte {pos}: batch at offset {} where {expected} was expected", h.base_offset)));
+    }
+    let Some(bytes) = reader.get(pos, h.size())? else {
+        return Ok(Err(format!("torn batch at byte {pos}: {} bytes, {} on file", h.size(), len - pos)));
+    };
+    // PLANTED BUG `skip_crc_on_recovery`: with `check_crc` false, corrupt
+    // batches survive recovery and are served.
+    if check_crc {
+        if let Err(e) = batch::validate_crc(&h, bytes) {
+            return Ok(Err(format!("at byte {pos}: {e}")));
+        }
+    }
+    Ok(Ok(h))
 }
 
 /// What a full scan of a segment found.

@@ -369,3 +369,59 @@ fn recovery_copes_with_a_stale_or_garbage_checkpoint() {
     assert_eq!((report.truncated_bytes, report.log_end_offset), (0, 200));
     assert_eq!(read_all(&log), stored.concat());
 }
+
+/// A torn write that kept the file's length but not all of its blocks: the
+/// last batch's header is intact and its length checks out, only a block of
+/// its body reads back as zeros. Only the CRC can tell; the planted bug that
+/// skips it on recovery serves the zeros as records.
+#[test]
+fn recovery_cuts_a_batch_with_a_zeroed_block_by_crc_and_the_planted_bug_keeps_it() {
+    for skip_crc in [false, true] {
+        let f = fixture();
+        let config = LogConfig { segment_bytes: 1 << 20, ..small_config() };
+        let (mut log, _) = f.open_with(config.clone(), PlantedBugs::default());
+        log.append(&encode_at(2, 1, Compression::None), 0).unwrap();
+        let big = log.append(&encode_at(60, 100, Compression::None), 0).unwrap();
+        let end = log.log_end_offset();
+        let stored = log.read(big.base_offset, 1, i64::MAX).unwrap().records.to_vec();
+        drop(log);
+        let path = f.segment(0, "log");
+        let len = f.file_len(&path);
+        let pos = len - stored.len() as u64;
+        // The first whole 512-byte block past the header, inside the batch.
+        let hole = (pos + 61).div_ceil(512) * 512;
+        assert!(hole + 512 <= len, "the batch ({} bytes at {pos}) spans a whole block", stored.len());
+        f.fs.open(&path, OpenOptions::EXISTING).unwrap().write_at(&[0u8; 512], hole).unwrap();
+        assert_eq!(f.file_len(&path), len);
+        let bugs = PlantedBugs { skip_crc_on_recovery: skip_crc, ..PlantedBugs::default() };
+        let (log, report) = f.open_with(config, bugs);
+        if skip_crc {
+            assert_eq!((report.truncated_bytes, report.log_end_offset), (0, end));
+            let served = log.read(big.base_offset, 1, i64::MAX).unwrap().records;
+            assert_eq!(served.len(), stored.len());
+            assert!(served[(hole - pos) as usize..][..512].iter().all(|&b| b == 0), "the hole is served");
+        } else {
+            assert_eq!((report.truncated_bytes, report.log_end_offset), (stored.len() as u64, big.base_offset));
+            assert_eq!(log.log_end_offset(), 2);
+        }
+    }
+}
+
+/// Truncation rebuilds the kept segment's tail and indexes from the batches
+/// it read; appends then continue from there, and a reopen finds those
+/// indexes sound and the same batches.
+#[test]
+fn truncate_then_reopen_finds_the_same_indexes() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    let stored = fill(&mut log, 40, 5);
+    log.truncate_to(123).unwrap();
+    assert_eq!(log.log_end_offset(), 120);
+    let more = fill(&mut log, 3, 5);
+    drop(log);
+    let (log, report) = f.open();
+    assert_eq!((report.truncated_bytes, report.indexes_rebuilt, report.log_end_offset), (0, 0, 135));
+    let mut want = stored[..24].concat();
+    want.extend(more.concat());
+    assert_eq!(read_all(&log), want);
+}

@@ -29,7 +29,7 @@ fn unsynced_write_is_lost_on_crash_and_synced_write_kept() {
     assert!(f.len().is_err());
     let f = disk.open(&p("d/f"), OpenOptions::EXISTING).unwrap();
     assert_eq!(f.len().unwrap(), 7);
-    assert!(matches!(disk.drain_events().last(), Some(DiskEvent::Crash { files_reverted: 1, torn: 0 })));
+    assert!(matches!(disk.drain_events().last(), Some(DiskEvent::Crash { files_reverted: 1, torn: 0, holed: 0 })));
 }
 
 #[test]
@@ -172,4 +172,81 @@ fn open_handle_survives_removal_of_its_name() {
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"abc");
     assert!(disk.open(&p("d/f"), OpenOptions::EXISTING).is_err());
+}
+
+#[test]
+fn torn_write_with_holes_keeps_the_length_and_loses_later_blocks() {
+    let faults = DiskFaults { torn_write: 1.0, torn_write_holes: 1.0, ..Default::default() };
+    let (disk, mut f) = setup(faults);
+    f.write_at(&[1u8; 100], 0).unwrap();
+    f.sync().unwrap();
+    // Overwrites the durable tail [80, 100) and extends the file to 4100.
+    f.write_at(&[2u8; 4020], 80).unwrap();
+    disk.crash();
+    let after = disk.contents(&p("d/f")).unwrap();
+    assert_eq!(after.len(), 4100, "the length survives");
+    assert!(after[..80].iter().all(|&b| b == 1));
+    // The write's first block (up to the first boundary) always arrives.
+    assert!(after[80..512].iter().all(|&b| b == 2));
+    let mut lost = 0;
+    for start in (512..4100).step_by(BLOCK_SIZE as usize) {
+        let block = &after[start..(start + BLOCK_SIZE as usize).min(4100)];
+        match block[0] {
+            2 => assert!(block.iter().all(|&b| b == 2), "block at {start} is partly there"),
+            0 => {
+                assert!(block.iter().all(|&b| b == 0), "a hole past the old end reads as zeros");
+                lost += 1;
+            }
+            other => panic!("unexpected byte {other} at {start}"),
+        }
+    }
+    assert!(lost >= 1, "a holed tear loses at least one block");
+    let events = disk.drain_events();
+    let detail = events
+        .iter()
+        .find_map(|e| match e {
+            DiskEvent::Fault { kind: FaultKind::TornWrite, detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .expect("the tear is recorded");
+    assert!(detail.contains("lost"), "{detail}");
+    assert!(matches!(events.last(), Some(DiskEvent::Crash { torn: 1, holed: 1, .. })));
+    assert!(events.last().unwrap().to_string().contains("1 with holes"));
+}
+
+#[test]
+fn a_hole_inside_the_old_length_reads_back_the_old_bytes() {
+    let faults = DiskFaults { torn_write: 1.0, torn_write_holes: 1.0, ..Default::default() };
+    let (disk, mut f) = setup(faults);
+    f.write_at(&[1u8; 2048], 0).unwrap();
+    f.sync().unwrap();
+    // Two blocks overwritten in place: only the second can be lost.
+    f.write_at(&[2u8; 1024], 0).unwrap();
+    disk.crash();
+    let after = disk.contents(&p("d/f")).unwrap();
+    assert_eq!(after.len(), 2048);
+    assert!(after[..512].iter().all(|&b| b == 2));
+    assert!(after[512..].iter().all(|&b| b == 1));
+}
+
+#[test]
+fn forced_read_corruption_is_transient_and_counted() {
+    let (disk, mut f) = setup(DiskFaults::default());
+    f.write_at(&[0u8; 64], 0).unwrap();
+    disk.corrupt_next_reads(&p("d/f"), 2);
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+    }
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the third read is clean");
+    assert!(disk.contents(&p("d/f")).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn old_scenario_faults_parse_without_the_hole_setting() {
+    let faults: DiskFaults = toml::from_str("torn_write = 0.5\nsync_error = 0.1\n").unwrap();
+    assert_eq!(faults.torn_write_holes, 0.0);
+    assert_eq!(faults.torn_write, 0.5);
 }
