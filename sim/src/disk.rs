@@ -89,14 +89,36 @@ pub enum FaultKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DiskEvent {
-    Write { path: String, offset: u64, len: u64 },
-    Sync { path: String },
-    SyncDir { path: String },
-    Create { path: String },
-    Rename { from: String, to: String },
-    Remove { path: String },
-    Truncate { path: String, len: u64 },
-    Fault { kind: FaultKind, path: String, detail: String },
+    Write {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Sync {
+        path: String,
+    },
+    SyncDir {
+        path: String,
+    },
+    Create {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Remove {
+        path: String,
+    },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Fault {
+        kind: FaultKind,
+        path: String,
+        detail: String,
+    },
     /// `holed` counts the torn writes (among `torn`) that kept their length
     /// but lost blocks inside it.
     Crash {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use faultline_broker::config::{LogConfig, PlantedBugs};
+use faultline_broker::io::Fs;
 use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
 use faultline_broker::storage::{PartitionLog, StorageError};
-use faultline_broker::io::Fs;
 use faultline_sim::disk::{DiskEvent, DiskFaults, FaultKind, SimDisk};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use proptest::prelude::*;
@@ -558,8 +558,7 @@ fn crash_with_holes(bugs: PlantedBugs) -> (Harness, PartitionLog, faultline_brok
     assert_ne!(after, written, "and loses blocks");
     let events = h.disk.drain_events();
     assert!(matches!(events.last(), Some(DiskEvent::Crash { holed: 1, .. })), "{events:?}");
-    let (log, report) =
-        PartitionLog::open(Arc::new(h.disk.clone()), h.dir.clone(), h.config.clone(), bugs, 0).unwrap();
+    let (log, report) = PartitionLog::open(Arc::new(h.disk.clone()), h.dir.clone(), h.config.clone(), bugs, 0).unwrap();
     (h, log, report)
 }
 

@@ -138,7 +138,11 @@ pub struct Decoded {
 /// Decode the complete batches in `data` for `topic`-`partition`, keeping
 /// records at offsets `>= fetch_offset`. Control records are skipped.
 pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -> Result<Decoded, ClientError> {
-    let corrupt = |what: String| ClientError::Protocol(format!("fetched data for {topic}-{partition}: {what}"));
+    let corrupt = |reason: String| ClientError::CorruptRecord {
+        partition: super::TopicPartition::new(topic, partition),
+        offset: fetch_offset,
+        reason,
+    };
     let mut out = Decoded::default();
     while data.len() >= LOG_OVERHEAD {
         let base_offset = (&data[0..8]).get_i64();
@@ -254,7 +258,11 @@ mod tests {
         let mut b = BytesMut::from(&batch[..]);
         let last = b.len() - 1;
         b[last] ^= 0xff;
-        assert!(decode(b.freeze(), "t", 0, 0).is_err());
+        let err = decode(at_offset(&b.freeze(), 40), "t", 2, 41).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::CorruptRecord { partition, offset: 41, .. } if partition.partition == 2),
+            "{err}"
+        );
         let mut short = BytesMut::from(&batch[..LOG_OVERHEAD]);
         short[8..12].copy_from_slice(&4i32.to_be_bytes());
         short.extend_from_slice(&[0, 0, 0, 0]);

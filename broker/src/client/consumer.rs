@@ -327,6 +327,10 @@ impl Consumer {
 
     /// Fetch records from the assigned partitions, waiting up to `timeout`
     /// for some to arrive. Returns records in offset order per partition.
+    ///
+    /// A partition whose fetched data fails its CRC check is not advanced;
+    /// if no other partition returned records the poll fails with
+    /// [`ClientError::CorruptRecord`], and polling again re-fetches it.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         if self.positions.is_empty() {
             return Err(ClientError::InvalidArgument("poll with no partitions assigned".into()));
@@ -369,6 +373,13 @@ impl Consumer {
         let answers = futures::future::join_all(fetches).await;
         let mut records = Vec::new();
         let mut progressed = false;
+        // The first error that is not retried here. It is raised only if no
+        // records came back: positions of the partitions that did return
+        // records have already moved past them, so raising it would throw
+        // those records away (Kafka's consumer likewise hands out what it
+        // has and raises on the next poll). The failing partition keeps its
+        // position, so the next fetch meets the error again.
+        let mut failure: Option<ClientError> = None;
         for answer in answers {
             let parts = match answer {
                 Ok(parts) => parts,
@@ -378,7 +389,10 @@ impl Consumer {
                     }
                     continue;
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
             };
             progressed = true;
             for (tp, fetched_at, result) in parts {
@@ -401,7 +415,8 @@ impl Consumer {
                     }
                     Err(e) if e.broker_error() == Some(ResponseError::OffsetOutOfRange) => {
                         if self.config.auto_offset_reset == AutoOffsetReset::None {
-                            return Err(e);
+                            failure.get_or_insert(e);
+                            continue;
                         }
                         self.positions.insert(tp, None);
                     }
@@ -410,11 +425,16 @@ impl Consumer {
                             self.cluster.invalidate(&tp.topic);
                         }
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok((records, progressed))
+        match failure {
+            Some(e) if records.is_empty() => Err(e),
+            _ => Ok((records, progressed)),
+        }
     }
 
     /// Fetch `parts` from `leader`; per partition, the decoded records or

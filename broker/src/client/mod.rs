@@ -70,6 +70,13 @@ pub enum ClientError {
     /// The broker sent something we cannot decode or did not ask for.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Fetched record data failed its CRC-32C or framing check
+    /// (`check.crcs`). Nothing of that partition was consumed and its
+    /// position stays at `offset`, so the next poll fetches the same data
+    /// again: a fault that flipped bits in transit or on a read goes away,
+    /// corruption stored in the log does not.
+    #[error("corrupt record data fetched from {partition} at offset {offset}: {reason}")]
+    CorruptRecord { partition: TopicPartition, offset: i64, reason: String },
     /// The broker supports no version of an API we speak.
     #[error("broker {addr} does not support {api} versions {min}..={max}")]
     UnsupportedVersion { addr: String, api: String, min: i16, max: i16 },

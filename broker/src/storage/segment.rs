@@ -286,7 +286,11 @@ impl Segment {
 
     /// Where the segment stands, for [`Segment::rollback`].
     pub fn mark(&self) -> AppendMark {
-        AppendMark { tail: self.tail, index_len: self.index.entries().len(), time_index_len: self.time_index.entries().len() }
+        AppendMark {
+            tail: self.tail,
+            index_len: self.index.entries().len(),
+            time_index_len: self.time_index.entries().len(),
+        }
     }
 
     /// Undo every append since `mark`: back to the size, next offset and
