@@ -168,6 +168,7 @@ fn run_single(spec: &str, args: &RunArgs) -> anyhow::Result<i32> {
         hash_hex(r.trace_hash)
     );
     print!("{}", r.report);
+    print!("{}", r.findings());
     if let Some(path) = &args.trace {
         let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         r.trace.write_text(std::io::BufWriter::new(f))?;
@@ -228,7 +229,7 @@ fn write_outputs(dir: &Path, r: &RunResult) -> anyhow::Result<()> {
         writeln!(t, "{:>9.3} {}", e.at.as_secs_f64(), e.what)?;
     }
     use std::io::Write;
-    write!(create("report")?, "{}", r.report)?;
+    write!(create("report")?, "{}{}", r.report, r.findings())?;
     Ok(())
 }
 

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::history::{History, Op, OpKind, Outcome};
+use serde::Serialize;
+
+use crate::history::{History, Op, OpKind, Outcome, TopicPartition};
 use crate::trace::{EventKind, Trace};
 
 /// An operation invoked and not yet completed.
@@ -21,6 +23,43 @@ pub struct Pending {
     pub kind: OpKind,
 }
 
+/// An offset the final read could never decode: its every fetch of the
+/// batch there failed the client's CRC check for the whole retry budget,
+/// after the run had healed. The corruption is in the stored log, not in
+/// one read of it, and the data there is gone for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    /// Consecutive final-read fetches of `offset` that failed.
+    pub attempts: u32,
+    /// Simulated time of the first and the last of those fetches.
+    #[serde(serialize_with = "ser_ms")]
+    pub first_attempt: Duration,
+    #[serde(serialize_with = "ser_ms")]
+    pub last_attempt: Duration,
+    /// When any poll (the final read's or an ordinary consumer's) first
+    /// failed to decode this offset.
+    #[serde(serialize_with = "ser_ms")]
+    pub first_seen: Duration,
+    /// The client's error on the last attempt.
+    pub error: String,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// How the final read ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalRead {
+    /// Every partition was read up to the log end offset the healed broker
+    /// reported (false if any was given up as unreadable).
+    pub complete: bool,
+    /// Offsets given up on as persistently corrupt.
+    pub unreadable: Vec<Unreadable>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     history: History,
@@ -29,8 +68,11 @@ struct State {
     sessions: BTreeMap<String, u64>,
     pending: BTreeMap<String, Pending>,
     topics_ready: bool,
-    final_read_done: Option<bool>,
-    corrupt_reads: usize,
+    final_read: Option<FinalRead>,
+    /// Polls that failed because fetched data failed its CRC check.
+    corrupt_polls: usize,
+    /// When a poll first failed to decode each (partition, offset).
+    first_corrupt: BTreeMap<(TopicPartition, i64), Duration>,
 }
 
 /// Shared handle to the recorder.
@@ -83,6 +125,33 @@ impl Recorder {
             outcome,
             final_read,
         };
+        self.push(&mut s, op);
+    }
+
+    /// Record an operation that ran from `invoke` to `now` while the node
+    /// went on with others (the final read's `Assign` spans its polls).
+    #[allow(clippy::too_many_arguments)]
+    pub fn span(
+        &self,
+        node: &str,
+        process: u64,
+        invoke: Duration,
+        now: Duration,
+        kind: OpKind,
+        outcome: Outcome,
+        final_read: bool,
+    ) {
+        let op = Op {
+            index: 0,
+            process,
+            node: node.to_string(),
+            invoke_ns: invoke.as_nanos() as u64,
+            complete_ns: now.as_nanos() as u64,
+            kind,
+            outcome,
+            final_read,
+        };
+        let mut s = self.lock();
         self.push(&mut s, op);
     }
 
@@ -142,13 +211,22 @@ impl Recorder {
         self.push(&mut s, op);
     }
 
-    /// A poll got data the client could not decode.
-    pub fn note_corrupt_read(&self) {
-        self.lock().corrupt_reads += 1;
+    /// A poll failed at `now` because the data fetched from `partition` at
+    /// `offset` did not pass the client's CRC check.
+    pub fn note_corrupt_poll(&self, partition: TopicPartition, offset: i64, now: Duration) {
+        let mut s = self.lock();
+        s.corrupt_polls += 1;
+        s.first_corrupt.entry((partition, offset)).or_insert(now);
     }
 
-    pub fn corrupt_reads(&self) -> usize {
-        self.lock().corrupt_reads
+    /// Polls that failed their CRC check so far.
+    pub fn corrupt_polls(&self) -> usize {
+        self.lock().corrupt_polls
+    }
+
+    /// When a poll first failed to decode `partition` at `offset`.
+    pub fn first_corrupt(&self, partition: &TopicPartition, offset: i64) -> Option<Duration> {
+        self.lock().first_corrupt.get(&(partition.clone(), offset)).copied()
     }
 
     pub fn set_topics_ready(&self) {
@@ -159,14 +237,14 @@ impl Recorder {
         self.lock().topics_ready
     }
 
-    /// The final read finished; `complete` says whether it reached the end
-    /// of every partition.
-    pub fn set_final_read_done(&self, complete: bool) {
-        self.lock().final_read_done = Some(complete);
+    /// The final read finished.
+    pub fn set_final_read_done(&self, outcome: FinalRead) {
+        self.lock().final_read = Some(outcome);
     }
 
-    pub fn final_read_done(&self) -> Option<bool> {
-        self.lock().final_read_done
+    /// How the final read ended, once it has.
+    pub fn final_read_done(&self) -> Option<FinalRead> {
+        self.lock().final_read.clone()
     }
 
     /// Operations recorded so far.

@@ -7,8 +7,12 @@
 //! 2. at `duration`: heal everything — repair and release links, restart
 //!    crashed hosts, clear disk faults and clock skew.
 //! 3. `[duration, duration + settle)`: quiet.
-//! 4. then the reader reads every partition to its end, bounded by
+//! 4. then the reader asks the healed broker for every partition's log end
+//!    offset and reads each from its beginning to that end, bounded by
 //!    [`FINAL_READ_BUDGET`].
+//!
+//! A run passes when the checkers find nothing invalid, the final read
+//! completed, and no acknowledged data stayed corrupt ([`CORRUPT_READ`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +23,9 @@ use serde::Serialize;
 
 use crate::checker::{self, Report};
 use crate::disk::DiskFaults;
-use crate::history::History;
+use crate::history::{History, Op, OpKind, Outcome, TopicPartition};
 use crate::nemesis::{self, HostChange, Injector, Roles, Strike};
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, Unreadable};
 use crate::scenario::Scenario;
 use crate::seam::{NodeState, SimIo};
 use crate::seed;
@@ -38,8 +42,18 @@ const BROKER_PORT: u16 = 9092;
 /// Where each broker keeps its log on its simulated disk.
 pub const DATA_DIR: &str = "/var/lib/faultline";
 
-/// The run-level finding for corrupt data reaching a client. The checkers
-/// never see it as a value: the client's CRC check refuses the batch.
+/// The run-level finding for persistent corruption: an offset the final
+/// read, after the heal, failed to decode on every one of its attempts
+/// ([`crate::workload::PERSISTENT_CORRUPT_ATTEMPTS`] fetches over at least
+/// [`crate::workload::PERSISTENT_CORRUPT_SPAN`]). The log itself holds a
+/// corrupt batch, so whatever was acknowledged there and after it can never
+/// be read. The checkers never see corrupt data as values — the client's
+/// CRC check refuses it — so the runner reports it beside them.
+///
+/// Corrupt fetches during the run are not this finding: the simulated
+/// disk's read corruption flips bits in what one read returns, the client's
+/// CRC check refuses it and the next fetch reads the data intact, which is
+/// the system working (see [`RunResult::corrupt_polls`]).
 pub const CORRUPT_READ: &str = "corrupt-read";
 
 /// Knobs that change what a run keeps, never what it does.
@@ -72,9 +86,13 @@ pub struct RunResult {
     pub report: Report,
     /// Whether the final read reached the end of every partition.
     pub final_read_complete: bool,
-    /// Polls that got bytes the client could not decode (bad CRC, bad
-    /// framing): the broker served corrupt data.
-    pub corrupt_reads: usize,
+    /// Polls that failed because fetched data did not pass the client's CRC
+    /// check, and were retried. Informational: a passing fault is refused
+    /// and read again; only [`RunResult::unreadable`] fails a run.
+    pub corrupt_polls: usize,
+    /// Offsets whose data stayed corrupt through the final read's whole
+    /// retry budget: the [`CORRUPT_READ`] finding.
+    pub unreadable: Vec<Unreadable>,
     pub trace_hash: u64,
     pub trace: Trace,
     pub history: History,
@@ -85,16 +103,16 @@ pub struct RunResult {
 
 impl RunResult {
     /// True if the checkers found nothing that makes the run invalid, no
-    /// client was served corrupt data, and the final read completed (so the
-    /// checkers saw everything).
+    /// acknowledged data stayed corrupt, and the final read completed (so
+    /// the checkers saw everything).
     pub fn passed(&self) -> bool {
-        self.report.valid && self.final_read_complete && self.corrupt_reads == 0
+        self.report.valid && self.final_read_complete && self.unreadable.is_empty()
     }
 
     /// A one-word verdict.
     pub fn verdict(&self) -> String {
         let mut kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
-        if self.corrupt_reads > 0 {
+        if !self.unreadable.is_empty() {
             kinds.push(CORRUPT_READ);
         }
         if !kinds.is_empty() {
@@ -104,6 +122,81 @@ impl RunResult {
         } else {
             "valid".into()
         }
+    }
+
+    /// What the runner itself found, beside the checkers' report: the
+    /// corrupt-read finding with each unreadable offset, how the final read
+    /// ended, and the transient corruption the clients refused. Empty when
+    /// there is nothing to say.
+    pub fn findings(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+        if !self.unreadable.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{CORRUPT_READ}: {} — acknowledged data stayed corrupt after the heal: the log holds a batch \
+                 that fails its CRC check on every read, so it and everything after it in its partition is \
+                 unreadable",
+                self.unreadable.len()
+            );
+            for u in &self.unreadable {
+                let p = format!("{}-{}", u.partition.topic, u.partition.partition);
+                let _ = writeln!(
+                    out,
+                    "  {p}@{}: all {} final-read fetches from {} to {} failed the CRC check; first seen corrupt at {}",
+                    u.offset,
+                    u.attempts,
+                    secs(u.first_attempt),
+                    secs(u.last_attempt),
+                    secs(u.first_seen),
+                );
+                if let Some(op) = self.acknowledged_at(&u.partition, u.offset) {
+                    let what = match &op.kind {
+                        OpKind::Send { value, .. } => format!("{value:?}"),
+                        _ => "a value".into(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "    {what} was acknowledged there by #{} at {}",
+                        op.index,
+                        secs(Duration::from_nanos(op.complete_ns))
+                    );
+                }
+                let _ = writeln!(out, "    last error: {}", u.error);
+            }
+        } else if !self.final_read_complete {
+            let why = self
+                .history
+                .ops
+                .iter()
+                .rev()
+                .find(|op| op.final_read && matches!(op.kind, OpKind::Assign { .. }))
+                .map(|op| match &op.outcome {
+                    Outcome::Info { error } | Outcome::Fail { error } => error.clone(),
+                    Outcome::Ok => "it ended ok".into(),
+                })
+                .unwrap_or_else(|| "it never ended within the simulation's time limit".into());
+            let _ = writeln!(out, "\nfinal read incomplete: {why}");
+        }
+        if self.corrupt_polls > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} poll(s) in all failed the client's CRC check and were retried; corruption that one re-fetch \
+                 clears is not a finding, only what outlasts the final read's retries is",
+                self.corrupt_polls
+            );
+        }
+        out
+    }
+
+    /// The acknowledged send that landed at `offset` of `partition`.
+    fn acknowledged_at(&self, partition: &TopicPartition, offset: i64) -> Option<&Op> {
+        self.history.ops.iter().find(|op| {
+            op.outcome == Outcome::Ok
+                && matches!(&op.kind, OpKind::Send { topic, partition: Some(p), offset: Some(o), .. }
+                    if topic == &partition.topic && *p == partition.partition && *o == offset)
+        })
     }
 }
 
@@ -228,7 +321,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let mut next = 0;
     let mut healed = false;
 
-    let final_read_complete = loop {
+    let final_read = loop {
         let now = sim.elapsed();
         while next < agenda.len() && agenda[next].0 <= now {
             let (_, up, i) = agenda[next];
@@ -258,17 +351,17 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
                 trace.record(after.as_nanos() as u64, name, EventKind::Disk, format_args!("{ev}"));
             }
         }
-        if let Some(complete) = recorder.final_read_done() {
-            break complete;
+        if let Some(outcome) = recorder.final_read_done() {
+            break outcome;
         }
         if after >= hard_limit {
-            break false;
+            break Default::default();
         }
     };
     let sim_time = sim.elapsed();
     drop(sim);
 
-    let corrupt_reads = recorder.corrupt_reads();
+    let corrupt_polls = recorder.corrupt_polls();
     let history = recorder.finish(sim_time);
     let report = checker::check(&history, &check);
     Ok(RunResult {
@@ -277,8 +370,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         ops: history.ops.len(),
         faults: strikes.len(),
         report,
-        final_read_complete,
-        corrupt_reads,
+        final_read_complete: final_read.complete,
+        corrupt_polls,
+        unreadable: final_read.unreadable,
         trace_hash: trace.hash(),
         trace,
         history,

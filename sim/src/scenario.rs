@@ -445,6 +445,7 @@ fn check_disk_faults(f: &DiskFaults) -> anyhow::Result<()> {
         ("write_error", f.write_error),
         ("sync_error", f.sync_error),
         ("torn_write", f.torn_write),
+        ("torn_write_holes", f.torn_write_holes),
     ] {
         if !(0.0..=1.0).contains(&p) {
             bail!("disk fault {name} must be a probability in [0, 1], got {p}");

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context};
 
-use crate::runner::{run_scenario, RunOptions};
+use crate::runner::{run_scenario, RunOptions, CORRUPT_READ};
 use crate::scenario::Scenario;
 
 /// What a sweep keeps of one run.
@@ -87,16 +87,24 @@ pub fn sweep(
 /// Run one seed, keeping only what a sweep reports.
 pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
     match run_scenario(scenario, seed, &RunOptions::default()) {
-        Ok(r) => SeedOutcome {
-            seed,
-            passed: r.passed(),
-            verdict: r.verdict(),
-            ops: r.ops,
-            faults: r.faults,
-            trace_hash: r.trace_hash,
-            anomalies: r.report.counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), *n)).collect(),
-            error: None,
-        },
+        Ok(r) => {
+            let mut anomalies: BTreeMap<String, usize> =
+                r.report.counts.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k.to_string(), *n)).collect();
+            // The runner's own finding, counted beside the checkers' kinds.
+            if !r.unreadable.is_empty() {
+                anomalies.insert(CORRUPT_READ.to_string(), r.unreadable.len());
+            }
+            SeedOutcome {
+                seed,
+                passed: r.passed(),
+                verdict: r.verdict(),
+                ops: r.ops,
+                faults: r.faults,
+                trace_hash: r.trace_hash,
+                anomalies,
+                error: None,
+            }
+        }
         Err(e) => SeedOutcome {
             seed,
             passed: false,

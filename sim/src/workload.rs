@@ -8,9 +8,17 @@
 //!   faults are healed reads every partition from its log start to its end
 //!   (the final read the checkers rely on).
 //!
+//! Fetched data that fails the client's CRC check is a failed poll, and the
+//! client polls the same offset again: a bit flipped on one read of the disk
+//! is gone on the next, which is the check doing its job. Only the final
+//! read judges corruption: an offset that never decodes through its whole
+//! retry budget, after the heal, is corruption stored in the log
+//! ([`Unreadable`]).
+//!
 //! Each host's session is a fresh process id; a host that crashes comes back
 //! as a new session, as a crashed client would.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +32,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::history::{OpKind, Outcome, Polled, TopicPartition};
-use crate::recorder::Recorder;
+use crate::recorder::{FinalRead, Recorder, Unreadable};
 use crate::scenario::{Topic, Workload};
 use crate::seam::{sim_now, NodeState, SimIo};
 use crate::seed;
@@ -170,24 +178,52 @@ fn consumer_config(ctx: &ClientCtx) -> ConsumerConfig {
     c
 }
 
-/// One recorded poll. Returns false if the poll failed.
-async fn recorded_poll(ctx: &ClientCtx, env: &Env, consumer: &mut Consumer, process: u64, final_read: bool) -> bool {
+fn history_tp(tp: &ClientTp) -> TopicPartition {
+    TopicPartition { topic: tp.topic.clone(), partition: tp.partition }
+}
+
+/// How one recorded poll went.
+enum PollResult {
+    /// It returned (perhaps no records).
+    Read,
+    /// It failed; nothing was read.
+    Failed,
+    /// It failed because the data fetched from `partition` at `offset` did
+    /// not pass the CRC check; nothing was read and the position is still
+    /// `offset`.
+    Corrupt { partition: ClientTp, offset: i64, error: String },
+}
+
+/// One recorded poll.
+async fn recorded_poll(
+    ctx: &ClientCtx,
+    env: &Env,
+    consumer: &mut Consumer,
+    process: u64,
+    final_read: bool,
+) -> PollResult {
     let wait = Duration::from_millis(200);
     ctx.recorder.invoke(ctx.name(), process, sim_now(), OpKind::Poll { records: Vec::new() });
     let res = io::timeout(env, wait + ctx.request_timeout() * 2, consumer.poll(wait)).await;
-    let (ok, kind, outcome) = match res {
-        Some(Ok(records)) => (true, Some(OpKind::Poll { records: polled(&records) }), Outcome::Ok),
-        // The broker answered with bytes that do not decode: corrupt data
-        // was served. Nothing was read, so the poll failed.
-        Some(Err(e @ ClientError::Protocol(_))) => {
-            ctx.recorder.note_corrupt_read();
-            (false, None, Outcome::Fail { error: format!("corrupt data: {e}") })
-        }
-        Some(Err(e)) => (false, None, outcome_of(&e)),
-        None => (false, None, Outcome::Info { error: "poll did not return".into() }),
+    let (result, kind, outcome) = match res {
+        Some(Ok(records)) => (PollResult::Read, Some(OpKind::Poll { records: polled(&records) }), Outcome::Ok),
+        // The client's CRC check refused what was fetched, so nothing was
+        // read and the poll definitely failed. Whether the corruption was a
+        // passing fault or is stored in the log only re-fetching can tell.
+        Some(Err(e)) => match &e {
+            ClientError::CorruptRecord { partition, offset, .. } => {
+                ctx.recorder.note_corrupt_poll(history_tp(partition), *offset, sim_now());
+                let error = format!("corrupt data: {e}");
+                let result =
+                    PollResult::Corrupt { partition: partition.clone(), offset: *offset, error: e.to_string() };
+                (result, None, Outcome::Fail { error })
+            }
+            _ => (PollResult::Failed, None, outcome_of(&e)),
+        },
+        None => (PollResult::Failed, None, Outcome::Info { error: "poll did not return".into() }),
     };
     ctx.recorder.complete(ctx.name(), sim_now(), kind, outcome, final_read);
-    ok
+    result
 }
 
 /// A consumer host: assigns every partition and polls until the workload
@@ -207,11 +243,14 @@ pub async fn consumer(ctx: ClientCtx) {
     };
     let tps = ctx.partitions();
     consumer.assign(tps.clone());
-    let assigned = tps.iter().map(|tp| TopicPartition { topic: tp.topic.clone(), partition: tp.partition }).collect();
+    let assigned = tps.iter().map(history_tp).collect();
     ctx.recorder.instant(ctx.name(), process, sim_now(), OpKind::Assign { partitions: assigned }, Outcome::Ok, false);
     while sim_now() < ctx.end {
-        if !recorded_poll(&ctx, &env, &mut consumer, process, false).await {
-            env.sleep(Duration::from_millis(50)).await;
+        match recorded_poll(&ctx, &env, &mut consumer, process, false).await {
+            PollResult::Read => {}
+            // A corrupt fetch is retried like any failed one: the position
+            // did not move, so the next poll asks for the same data again.
+            PollResult::Failed | PollResult::Corrupt { .. } => env.sleep(Duration::from_millis(50)).await,
         }
     }
 }
@@ -225,8 +264,8 @@ pub async fn reader(ctx: ClientCtx) {
     if now < ctx.final_start {
         env.sleep(ctx.final_start - now).await;
     }
-    let complete = final_read(&ctx, &env).await;
-    ctx.recorder.set_final_read_done(complete);
+    let outcome = final_read(&ctx, &env).await;
+    ctx.recorder.set_final_read_done(outcome);
 }
 
 async fn create_topics(ctx: &ClientCtx, env: &Env) {
@@ -257,47 +296,168 @@ async fn create_topics(ctx: &ClientCtx, env: &Env) {
     ctx.recorder.set_topics_ready();
 }
 
-/// Read every partition from its log start to the end offset it has when
-/// the read begins. True if every partition was read to its end.
-async fn final_read(ctx: &ClientCtx, env: &Env) -> bool {
+/// Consecutive failed fetches of one offset, all failing the CRC check,
+/// after which the final read calls that offset's corruption persistent...
+pub const PERSISTENT_CORRUPT_ATTEMPTS: u32 = 20;
+/// ...provided they also span at least this much simulated time, so that a
+/// burst of transient faults is never mistaken for stored corruption.
+pub const PERSISTENT_CORRUPT_SPAN: Duration = Duration::from_secs(2);
+/// Pause after a failed final-read poll.
+const FINAL_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Corrupt fetches of one partition at one offset, back to back.
+struct Streak {
+    offset: i64,
+    attempts: u32,
+    first: Duration,
+    last: Duration,
+    error: String,
+}
+
+/// The final read. Its `Assign` of every partition is recorded when the
+/// read ends, spanning it: `ok` only if every partition was read from its
+/// beginning up to the log end offset the healed broker reported, `info`
+/// otherwise — the promise the checkers rely on.
+async fn final_read(ctx: &ClientCtx, env: &Env) -> FinalRead {
     let process = ctx.recorder.new_session(ctx.name());
-    let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(ctx)) else {
-        return false;
-    };
+    let start = sim_now();
     let tps = ctx.partitions();
-    consumer.assign(tps.clone());
-    let assigned = tps.iter().map(|tp| TopicPartition { topic: tp.topic.clone(), partition: tp.partition }).collect();
-    ctx.recorder.instant(ctx.name(), process, sim_now(), OpKind::Assign { partitions: assigned }, Outcome::Ok, true);
+    let (outcome, why_not) = match read_to_end(ctx, env, process, &tps).await {
+        Ok(unreadable) if unreadable.is_empty() => (FinalRead { complete: true, unreadable }, None),
+        Ok(unreadable) => {
+            let why = unreadable
+                .iter()
+                .map(|u| format!("{}@{} never passed its CRC check", partition_name(&u.partition), u.offset))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (FinalRead { complete: false, unreadable }, Some(why))
+        }
+        Err(why) => (FinalRead::default(), Some(why)),
+    };
+    let result = match why_not {
+        None => Outcome::Ok,
+        Some(error) => Outcome::Info { error },
+    };
+    let assigned = tps.iter().map(history_tp).collect();
+    ctx.recorder.span(ctx.name(), process, start, sim_now(), OpKind::Assign { partitions: assigned }, result, true);
+    outcome
+}
+
+fn partition_name(tp: &TopicPartition) -> String {
+    format!("{}-{}", tp.topic, tp.partition)
+}
+
+/// Ask the healed broker for each partition's log end offset, seek every
+/// partition to its beginning and poll until each position reaches its end.
+/// Returns the offsets given up on as persistently corrupt (the other
+/// partitions were read to their ends), or why the read did not finish.
+async fn read_to_end(ctx: &ClientCtx, env: &Env, process: u64, tps: &[ClientTp]) -> Result<Vec<Unreadable>, String> {
+    let mut consumer = Consumer::new(env.clone(), consumer_config(ctx)).map_err(|e| format!("no consumer: {e}"))?;
+    consumer.assign(tps.to_vec());
+    // Asked only now, after the heal and the settle period, so that the
+    // ends cover what the producers' last sends (stopped at the end of the
+    // window, bounded by their delivery timeout) got acknowledged.
     let ends = loop {
         if sim_now() >= ctx.final_deadline {
-            return false;
+            return Err("the broker never answered ListOffsets (latest)".into());
         }
-        match consumer.end_offsets(&tps).await {
+        match consumer.end_offsets(tps).await {
             Ok(ends) => break ends,
             Err(e) => {
                 tracing::debug!(error = %e, "final read: end offsets failed; retrying");
-                env.sleep(Duration::from_millis(100)).await;
+                env.sleep(FINAL_RETRY_BACKOFF).await;
             }
         }
     };
+    tracing::debug!(?ends, "final read: log end offsets");
     loop {
-        let mut remaining = Vec::new();
-        for tp in &tps {
-            let end = ends.get(tp).copied().unwrap_or(0);
-            match consumer.position(tp).await {
-                Ok(p) if p >= end => {}
-                _ => remaining.push(tp.clone()),
+        if sim_now() >= ctx.final_deadline {
+            return Err("the broker never answered ListOffsets (earliest)".into());
+        }
+        match consumer.seek_to_beginning(&[]).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "final read: seek to beginning failed; retrying");
+                env.sleep(FINAL_RETRY_BACKOFF).await;
             }
         }
-        if remaining.is_empty() {
-            return true;
+    }
+    // Partitions still short of their end. Only these stay assigned, so a
+    // partition read to its end is never fetched (or reset) again.
+    let mut todo: BTreeMap<ClientTp, i64> =
+        tps.iter().map(|tp| (tp.clone(), ends.get(tp).copied().unwrap_or(0))).collect();
+    let mut streaks: BTreeMap<ClientTp, Streak> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    loop {
+        let mut short = BTreeMap::new();
+        for (tp, end) in &todo {
+            match consumer.position(tp).await {
+                Ok(p) if p >= *end => {}
+                Ok(p) => {
+                    short.insert(tp.clone(), p);
+                }
+                // Unknown and not yet re-resolved: still to read.
+                Err(_) => {
+                    short.insert(tp.clone(), -1);
+                }
+            }
+        }
+        todo.retain(|tp, _| short.contains_key(tp));
+        // A streak is consecutive failures at one offset: moving on ends it.
+        streaks.retain(|tp, s| short.get(tp) == Some(&s.offset));
+        if todo.is_empty() {
+            return Ok(unreadable);
         }
         if sim_now() >= ctx.final_deadline {
-            return false;
+            let left: Vec<String> = todo
+                .iter()
+                .map(|(tp, end)| format!("{tp} at {} of {end}", short.get(tp).copied().unwrap_or(-1)))
+                .collect();
+            return Err(format!("read budget spent with partitions short of their end: {}", left.join(", ")));
         }
-        consumer.assign(remaining);
-        if !recorded_poll(ctx, env, &mut consumer, process, true).await {
-            env.sleep(Duration::from_millis(100)).await;
+        let assignment: Vec<ClientTp> = todo.keys().cloned().collect();
+        if consumer.assignment() != assignment {
+            consumer.assign(assignment);
+        }
+        match recorded_poll(ctx, env, &mut consumer, process, true).await {
+            PollResult::Read => {}
+            PollResult::Failed => env.sleep(FINAL_RETRY_BACKOFF).await,
+            PollResult::Corrupt { partition, offset, error } => {
+                let now = sim_now();
+                let s = streaks.entry(partition.clone()).or_insert_with(|| Streak {
+                    offset,
+                    attempts: 0,
+                    first: now,
+                    last: now,
+                    error: String::new(),
+                });
+                if s.offset != offset {
+                    *s = Streak { offset, attempts: 0, first: now, last: now, error: String::new() };
+                }
+                s.attempts += 1;
+                s.last = now;
+                s.error = error;
+                if s.attempts >= PERSISTENT_CORRUPT_ATTEMPTS && s.last - s.first >= PERSISTENT_CORRUPT_SPAN {
+                    let tp = history_tp(&partition);
+                    let first_seen = ctx.recorder.first_corrupt(&tp, offset).unwrap_or(s.first);
+                    tracing::warn!(partition = %partition, offset, attempts = s.attempts, "final read: data stays corrupt; giving up on the partition");
+                    unreadable.push(Unreadable {
+                        partition: tp,
+                        offset,
+                        attempts: s.attempts,
+                        first_attempt: s.first,
+                        last_attempt: s.last,
+                        first_seen,
+                        error: s.error.clone(),
+                    });
+                    // The rest of this partition cannot be reached past the
+                    // corrupt batch; the others are still read to their end.
+                    todo.remove(&partition);
+                    streaks.remove(&partition);
+                } else {
+                    env.sleep(FINAL_RETRY_BACKOFF).await;
+                }
+            }
         }
     }
 }

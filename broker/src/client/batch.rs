@@ -137,18 +137,39 @@ pub struct Decoded {
 
 /// Decode the complete batches in `data` for `topic`-`partition`, keeping
 /// records at offsets `>= fetch_offset`. Control records are skipped.
-pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -> Result<Decoded, ClientError> {
-    let corrupt = |reason: String| ClientError::CorruptRecord {
-        partition: super::TopicPartition::new(topic, partition),
-        offset: fetch_offset,
-        reason,
-    };
+///
+/// A batch that fails its checks ends the decoding. If good batches came
+/// before it they are returned, and the next fetch starts at the bad one
+/// (as Kafka's consumer hands out the records before a corrupt batch);
+/// otherwise it is a [`ClientError::CorruptRecord`] at `fetch_offset`, the
+/// offset the consumer stays at. A corrupt batch's own base offset is not
+/// covered by its CRC, so it only goes into the message.
+pub fn decode(data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -> Result<Decoded, ClientError> {
     let mut out = Decoded::default();
+    match decode_into(data, topic, partition, fetch_offset, &mut out) {
+        Err(reason) if out.next_offset.is_none() => Err(ClientError::CorruptRecord {
+            partition: super::TopicPartition::new(topic, partition),
+            offset: fetch_offset,
+            reason,
+        }),
+        _ => Ok(out),
+    }
+}
+
+/// Decode into `out` until the data ends or a batch fails its checks (then
+/// the reason).
+fn decode_into(
+    mut data: Bytes,
+    topic: &str,
+    partition: i32,
+    fetch_offset: i64,
+    out: &mut Decoded,
+) -> Result<(), String> {
     while data.len() >= LOG_OVERHEAD {
         let base_offset = (&data[0..8]).get_i64();
         let batch_len = (&data[8..12]).get_i32();
         if batch_len < 0 {
-            return Err(corrupt(format!("negative batch length at offset {base_offset}")));
+            return Err(format!("negative batch length at offset {base_offset}"));
         }
         let total = LOG_OVERHEAD + batch_len as usize;
         if data.len() < total {
@@ -156,14 +177,13 @@ pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -
         }
         let mut batch = data.split_to(total);
         if total < BATCH_HEADER_BYTES {
-            return Err(corrupt(format!("batch at offset {base_offset} is only {total} bytes")));
+            return Err(format!("batch at offset {base_offset} is only {total} bytes"));
         }
         if batch[MAGIC_AT] != 2 {
-            return Err(corrupt(format!("batch at offset {base_offset} has magic {}", batch[MAGIC_AT])));
+            return Err(format!("batch at offset {base_offset} has magic {}", batch[MAGIC_AT]));
         }
         let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
-        let set = RecordBatchDecoder::decode(&mut batch)
-            .map_err(|e| corrupt(format!("batch at offset {base_offset}: {e}")))?;
+        let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
         for r in set.records {
             if r.control || r.offset < fetch_offset {
                 continue;
@@ -182,7 +202,7 @@ pub fn decode(mut data: Bytes, topic: &str, partition: i32, fetch_offset: i64) -
         }
         out.next_offset = Some(base_offset + last_delta as i64 + 1);
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -268,6 +288,21 @@ mod tests {
         short.extend_from_slice(&[0, 0, 0, 0]);
         assert!(decode(short.freeze(), "t", 0, 0).is_err());
         assert!(decode(Bytes::new(), "t", 0, 0).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn records_before_a_corrupt_batch_are_returned() {
+        let good = at_offset(&encode(&[rec(1), rec(2)], Compression::None).unwrap(), 10);
+        let mut bad = BytesMut::from(&at_offset(&encode(&[rec(3)], Compression::None).unwrap(), 12)[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        let mut data = BytesMut::from(&good[..]);
+        data.extend_from_slice(&bad);
+        let d = decode(data.freeze(), "t", 0, 10).unwrap();
+        assert_eq!(d.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![10, 11]);
+        assert_eq!(d.next_offset, Some(12), "the next fetch starts at the corrupt batch");
+        let err = decode(bad.freeze(), "t", 0, 12).unwrap_err();
+        assert!(matches!(err, ClientError::CorruptRecord { offset: 12, .. }), "{err}");
     }
 
     #[test]
