@@ -11,7 +11,7 @@ use crate::server::Broker;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub async fn handle(b: &Broker, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub async fn handle(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let topic = b.topics.get(&t.name);
@@ -26,7 +26,11 @@ pub async fn handle(b: &Broker, req: ListOffsetsRequest, _version: i16) -> ListO
             let result = match topic.as_ref().and_then(|t| t.partition(lp.partition_index)) {
                 None => Err(ResponseError::UnknownTopicOrPartition),
                 Some(p) => check_leader_epoch(p, lp.current_leader_epoch).and_then(|()| {
-                    pr.leader_epoch = p.leader_epoch;
+                    // The field exists from v4 on; setting it for older
+                    // versions makes the response unencodable.
+                    if version >= 4 {
+                        pr.leader_epoch = p.leader_epoch;
+                    }
                     match lp.timestamp {
                         EARLIEST => p.offsets().map(|o| (o.log_start_offset, -1)).map_err(|e| e.code()),
                         LATEST => p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code()),
