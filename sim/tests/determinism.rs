@@ -8,7 +8,7 @@ use faultline_sim::scenario;
 #[test]
 fn every_builtin_scenario_is_deterministic() {
     for s in scenario::builtin().unwrap() {
-        for seed in [1, 2] {
+        for seed in 1..=20 {
             let a = run_scenario(&s, seed, &RunOptions::default()).unwrap();
             let b = run_scenario(&s, seed, &RunOptions::default()).unwrap();
             println!(

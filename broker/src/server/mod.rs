@@ -7,11 +7,13 @@
 //! - [`connection`]: one client connection: framing, version checks, dispatch.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`flusher`]: the background task applying `flush.ms` and `segment.ms`.
+//! - [`producer_ids`]: durable allocation of idempotent producer ids.
 
 mod connection;
 mod flusher;
 mod handlers;
 pub mod partition;
+pub mod producer_ids;
 pub mod topic_config;
 pub mod topics;
 
@@ -23,6 +25,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::BrokerConfig;
 use crate::io::{self, Env};
+use producer_ids::ProducerIds;
 use topics::Topics;
 
 /// State shared by every task of one broker.
@@ -30,6 +33,7 @@ pub(crate) struct Broker {
     pub env: Env,
     pub config: BrokerConfig,
     pub topics: Topics,
+    pub producer_ids: ProducerIds,
     /// Host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
@@ -101,6 +105,8 @@ pub async fn start(env: Env, config: BrokerConfig) -> anyhow::Result<RunningBrok
     anyhow::ensure!(config.socket_request_max_bytes >= 64, "socket_request_max_bytes is too small");
     let topics = Topics::open(env.clone(), config.clone())
         .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+    let producer_ids = ProducerIds::open(env.fs(), &config.data_dir)
+        .with_context(|| format!("cannot load producer ids from {}", config.data_dir.display()))?;
     env.pay_disk_latency().await;
     let listener = env.listen(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
@@ -110,6 +116,7 @@ pub async fn start(env: Env, config: BrokerConfig) -> anyhow::Result<RunningBrok
         env: env.clone(),
         config,
         topics,
+        producer_ids,
         advertised_host: host,
         advertised_port: port,
         hw_advanced: Notify::new(),

@@ -27,6 +27,8 @@ impl PartitionError {
             PartitionError::Storage(StorageError::CorruptMessage(_)) => ResponseError::CorruptMessage,
             PartitionError::Storage(StorageError::MessageTooLarge { .. }) => ResponseError::MessageTooLarge,
             PartitionError::Storage(StorageError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange,
+            PartitionError::Storage(StorageError::OutOfOrderSequence(_)) => ResponseError::OutOfOrderSequenceNumber,
+            PartitionError::Storage(StorageError::InvalidProducerEpoch(_)) => ResponseError::InvalidProducerEpoch,
             PartitionError::Storage(StorageError::Io(_)) => ResponseError::KafkaStorageError,
             PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
         }
@@ -71,12 +73,16 @@ impl Partition {
     }
 
     /// Append validated batches. Durable only once [`Self::offsets`] shows a
-    /// high watermark past `last_offset`.
+    /// high watermark past `last_offset`. A producer's retry of batches
+    /// already in the log appends nothing and reports the original offsets.
     pub fn append(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, PartitionError> {
         let mut s = self.live()?;
         let before = s.log.log_end_offset();
         let info = s.log.append(batches, now_ms)?;
-        debug_assert_eq!(info.base_offset, before, "offsets are assigned from the log end");
+        debug_assert!(
+            info.base_offset == before || (info.duplicate && info.last_offset < before),
+            "offsets are assigned from the log end, or are an earlier batch's"
+        );
         debug_assert!(info.last_offset >= info.base_offset);
         Ok(info)
     }

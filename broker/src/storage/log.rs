@@ -10,6 +10,10 @@
 //! from what the log holds in memory (the active segment's size, next offset
 //! and index entries before it), never by reading the log back: a read that
 //! comes back corrupted must not decide where the log ends.
+//!
+//! The log also owns its partition's idempotent-producer state
+//! ([`ProducerStateManager`]): derived from the batch headers, rebuilt on
+//! open and after a truncation, and consulted by every append.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,6 +24,7 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
 use super::batch::{self, BatchHeader, Batches};
+use super::producer_state::{self, ProducerEntry, ProducerStateManager, Verdict};
 use super::recovery::{self, write_checkpoint};
 use super::segment::Segment;
 use super::{AppendInfo, ReadResult, RecoveryReport, StorageError};
@@ -41,7 +46,13 @@ pub struct PartitionLog {
     dir_dirty: bool,
     /// Writing the recovery-point checkpoint failed; try again at the next flush.
     checkpoint_due: bool,
+    /// Idempotent producers with batches in this log.
+    producers: ProducerStateManager,
 }
+
+/// Times a producer-state rebuild re-reads the log before settling for what
+/// it could read.
+const REBUILD_ATTEMPTS: u32 = 3;
 
 fn invalid_config(msg: String) -> StorageError {
     StorageError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
@@ -103,6 +114,7 @@ impl PartitionLog {
             first_unflushed_ms: None,
             dir_dirty,
             checkpoint_due: false,
+            producers: ProducerStateManager::new(),
         };
         // Recovery fsynced what it kept, so it is all durable.
         let log_end = log.log_end_offset();
@@ -112,6 +124,7 @@ impl PartitionLog {
             log.dir_dirty = false;
         }
         write_checkpoint(&*log.fs, &log.dir, log_end)?;
+        log.rebuild_producer_state();
         // PLANTED BUG `duplicate_offset_after_crash`: restart offset assignment
         // from the last index entry (or the stale recovery point) instead of
         // the recovered log end, so new batches reuse existing offsets.
@@ -141,6 +154,7 @@ impl PartitionLog {
         let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
         let mut next = base_offset;
         let mut record_count = 0u64;
+        let mut touched: BTreeMap<i64, ProducerEntry> = BTreeMap::new();
         for item in Batches::new(batches, false) {
             let (pos, h, bytes) = item?;
             if h.size() > self.config.max_message_bytes {
@@ -148,12 +162,44 @@ impl PartitionLog {
             }
             h.validate_for_append()?;
             batch::validate_crc(&h, bytes)?;
+            if h.has_producer_id() && !h.is_control() && !producer_state::is_idempotent(&h) {
+                return Err(StorageError::CorruptMessage(format!(
+                    "batch from producer {} has epoch {} and base sequence {}; both must be non-negative",
+                    h.producer_id, h.producer_epoch, h.base_sequence
+                )));
+            }
+            // Judge the batch against the producer's state, including batches
+            // earlier in this same request; nothing is installed until the
+            // append has succeeded.
+            let mut entry = None;
+            if producer_state::is_idempotent(&h) {
+                let current = touched.get(&h.producer_id).or_else(|| self.producers.get(h.producer_id));
+                if let Some(e) = current {
+                    if let Verdict::Duplicate(m) = e.check(&h)? {
+                        // Kafka answers a retry with the original offsets and
+                        // appends nothing of the request.
+                        tracing::debug!(dir = %self.dir.display(), producer_id = h.producer_id, first_seq = m.first_seq, base_offset = m.first_offset, "duplicate batch not appended again");
+                        return Ok(AppendInfo {
+                            base_offset: m.first_offset,
+                            last_offset: m.last_offset,
+                            log_append_time: -1,
+                            record_count: 0,
+                            duplicate: true,
+                        });
+                    }
+                    entry = Some(e.clone());
+                }
+            }
             let stored = &mut buf[pos..pos + h.size()];
             batch::set_base_offset(stored, next);
             if self.log_append_time {
                 batch::set_log_append_time(stored, now_ms);
             }
             let h = BatchHeader::parse(stored)?;
+            if producer_state::is_idempotent(&h) {
+                let e = entry.unwrap_or_else(|| ProducerEntry { epoch: h.producer_epoch, batches: Default::default() });
+                touched.entry(h.producer_id).or_insert(e).record(&h);
+            }
             next = h.next_offset();
             record_count += h.record_count as u64;
             headers.push((pos, h));
@@ -186,8 +232,9 @@ impl PartitionLog {
             }
             return Err(e);
         }
+        self.producers.install(touched);
         let log_append_time = if self.log_append_time { now_ms } else { -1 };
-        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time, record_count })
+        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time, record_count, duplicate: false })
     }
 
     /// Roll before an append of `len` bytes ending at `next` if the active
@@ -347,7 +394,47 @@ impl PartitionLog {
         seg.flush(true)?;
         tracing::info!(dir = %self.dir.display(), offset, removed_bytes = removed, "log truncated");
         self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        // Producers' last batches may have gone with the tail.
+        self.rebuild_producer_state();
         self.flush()
+    }
+
+    /// Call `f` with the header of every batch from the one holding `from`
+    /// to the log end, in offset order. Reads headers only.
+    pub fn for_each_batch_header(&self, from: i64, mut f: impl FnMut(&BatchHeader)) -> Result<(), StorageError> {
+        let from = from.max(self.log_start_offset());
+        let first = *self.segments.range(..=from).next_back().map(|(b, _)| b).unwrap_or(&from);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            seg.for_each_header(from, &mut f)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuild the producer state from the whole log. Kafka reads a snapshot
+    /// and scans only past it; our logs are small enough to scan in full.
+    /// The state only serves to recognise retries, so if the log cannot be
+    /// read back, keep what was read and carry on: producers past the bad
+    /// spot are treated as unknown, which accepts their next batch.
+    fn rebuild_producer_state(&mut self) {
+        let start = self.log_start_offset();
+        for attempt in 1..=REBUILD_ATTEMPTS {
+            let mut state = ProducerStateManager::new();
+            let scanned = self.for_each_batch_header(start, |h| state.record(h));
+            let complete = scanned.is_ok();
+            if let Err(e) = scanned {
+                tracing::warn!(dir = %self.dir.display(), attempt, error = %e, "reading batch headers for producer state failed");
+            }
+            self.producers = state;
+            if complete {
+                return;
+            }
+        }
+        tracing::warn!(dir = %self.dir.display(), producers = self.producers.len(), "producer state rebuilt from part of the log");
+    }
+
+    /// The idempotent producers this log knows.
+    pub fn producer_state(&self) -> &ProducerStateManager {
+        &self.producers
     }
 
     pub fn log_start_offset(&self) -> i64 {

@@ -6,6 +6,7 @@
 pub mod batch;
 mod index;
 mod log;
+pub mod producer_state;
 mod recovery;
 mod segment;
 #[cfg(test)]
@@ -27,6 +28,13 @@ pub enum StorageError {
     /// A read asked for an offset outside [log start, log end].
     #[error("offset {offset} out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// An idempotent producer's batch does not continue its sequence.
+    #[error("out of order sequence number: {0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent producer's epoch is older than one already in the log:
+    /// a newer instance of the producer fenced it.
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
     /// The disk failed (EIO, ENOSPC, ...). The log stays consistent: the
     /// failed append is not visible.
     #[error("storage I/O error: {0}")]
@@ -44,6 +52,9 @@ pub struct AppendInfo {
     pub log_append_time: i64,
     /// Number of records appended.
     pub record_count: u64,
+    /// The batches were a producer's retry of batches already in the log:
+    /// nothing was appended and the offsets are the originals'.
+    pub duplicate: bool,
 }
 
 /// The result of a read: whole batches, as stored.

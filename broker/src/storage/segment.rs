@@ -503,6 +503,34 @@ impl Segment {
         Ok(Some((Bytes::copy_from_slice(bytes), next)))
     }
 
+    /// Call `f` with the header of every batch from the one holding `offset`
+    /// to the end of the segment, in order. Only headers are parsed; each
+    /// must continue the offsets of the one before, so a damaged read fails
+    /// the walk instead of feeding it nonsense.
+    pub fn for_each_header(&self, offset: i64, f: &mut dyn FnMut(&BatchHeader)) -> Result<(), StorageError> {
+        let mut reader = Reader::new(&*self.log, self.tail.size, MIN_READ_CHUNK);
+        let Some((mut pos, mut h)) = self.locate(offset, &mut reader)? else {
+            return Ok(());
+        };
+        loop {
+            f(&h);
+            pos += h.size() as u64;
+            if pos >= self.tail.size {
+                return Ok(());
+            }
+            let next = self.header_at(&mut reader, pos)?;
+            if next.base_offset != h.next_offset() {
+                return Err(StorageError::CorruptMessage(format!(
+                    "batch at byte {pos} of segment {} starts at offset {}, expected {}",
+                    self.base_offset,
+                    next.base_offset,
+                    h.next_offset()
+                )));
+            }
+            h = next;
+        }
+    }
+
     /// The first batch whose max timestamp is >= `ts`, as bytes.
     pub fn batch_at_timestamp(&self, ts: i64) -> Result<Option<Bytes>, StorageError> {
         if self.tail.max_timestamp < ts {

@@ -425,3 +425,64 @@ fn truncate_then_reopen_finds_the_same_indexes() {
     want.extend(more.concat());
     assert_eq!(read_all(&log), want);
 }
+
+/// A batch of `n` records from idempotent producer `pid` at `epoch`, starting at sequence `seq`.
+fn idempotent(n: i64, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+    let mut b = encode_at(n, 10_000, Compression::None);
+    b[43..51].copy_from_slice(&pid.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&seq.to_be_bytes());
+    let crc = super::batch::compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn idempotent_retries_are_not_appended_twice() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    fill(&mut log, 2, 5);
+    let first = log.append(&idempotent(3, 42, 0, 0), 0).unwrap();
+    assert_eq!((first.base_offset, first.last_offset, first.duplicate), (10, 12, false));
+    let retry = log.append(&idempotent(3, 42, 0, 0), 0).unwrap();
+    assert_eq!((retry.base_offset, retry.last_offset, retry.duplicate), (10, 12, true));
+    assert_eq!(log.log_end_offset(), 13);
+    assert!(matches!(log.append(&idempotent(1, 42, 0, 5), 0), Err(StorageError::OutOfOrderSequence(_))));
+    assert!(matches!(log.append(&idempotent(1, 42, -1, 3), 0), Err(StorageError::CorruptMessage(_))));
+    // Two batches of one producer in one request: the second follows the first.
+    let two = [idempotent(2, 42, 0, 3), idempotent(2, 42, 0, 5)].concat();
+    assert_eq!(log.append(&two, 0).unwrap().last_offset, 16);
+    let gap = [idempotent(1, 42, 0, 7), idempotent(1, 42, 0, 9)].concat();
+    assert!(matches!(log.append(&gap, 0), Err(StorageError::OutOfOrderSequence(_))));
+    assert_eq!(log.log_end_offset(), 17, "a refused request appends nothing");
+    // A newer epoch fences the older one.
+    log.append(&idempotent(1, 42, 1, 0), 0).unwrap();
+    assert!(matches!(log.append(&idempotent(1, 42, 0, 7), 0), Err(StorageError::InvalidProducerEpoch(_))));
+}
+
+#[test]
+fn producer_state_survives_reopen_and_follows_truncation() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    // Enough batches to span several segments.
+    for i in 0..30 {
+        let b = idempotent(4, 7, 0, i * 4);
+        assert_eq!(log.append(&b, 0).unwrap().base_offset, i as i64 * 4);
+    }
+    assert!(log.segment_base_offsets().len() > 1);
+    let state = log.producer_state().clone();
+    drop(log);
+    let (mut log, _) = f.open();
+    assert_eq!(log.producer_state(), &state, "rebuilt from batch headers");
+    let retry = log.append(&idempotent(4, 7, 0, 29 * 4), 0).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (116, true));
+    // Cut the last two batches: the producer's expected sequence goes back with them.
+    log.truncate_to(112).unwrap();
+    assert_eq!(log.producer_state().get(7).unwrap().batches.back().unwrap().last_seq, 111);
+    assert!(matches!(log.append(&idempotent(4, 7, 0, 116), 0), Err(StorageError::OutOfOrderSequence(_))));
+    let again = log.append(&idempotent(4, 7, 0, 112), 0).unwrap();
+    assert_eq!((again.base_offset, again.duplicate), (112, false));
+    let mut seen = Vec::new();
+    log.for_each_batch_header(100, |h| seen.push((h.base_offset, h.base_sequence))).unwrap();
+    assert_eq!(seen, vec![(100, 100), (104, 104), (108, 108), (112, 112)]);
+}

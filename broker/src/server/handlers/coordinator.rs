@@ -1,6 +1,7 @@
-//! FindCoordinator and InitProducerId: consumer groups, idempotence and
-//! transactions are not built yet. Both get an error clients report clearly
-//! instead of a closed connection they would retry forever.
+//! FindCoordinator and InitProducerId. Idempotent producers get their ids
+//! here; consumer groups and transactions are not built yet, and requests for
+//! them get an error clients report clearly instead of a closed connection
+//! they would retry forever.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -12,6 +13,7 @@ use super::str_bytes;
 use crate::server::Broker;
 
 const NOT_BUILT: &str = "consumer groups and transactions are not supported by this broker yet";
+const NO_TRANSACTIONS: &str = "transactions are not supported by this broker yet";
 
 pub fn find_coordinator(_broker: &Broker, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     tracing::info!("FindCoordinator refused: {NOT_BUILT}");
@@ -42,13 +44,47 @@ pub fn find_coordinator(_broker: &Broker, req: FindCoordinatorRequest, version: 
     resp
 }
 
-/// A non-retriable error: Kafka clients fail the producer with a message
-/// pointing at an incompatible broker, rather than retrying forever.
-pub fn init_producer_id(_broker: &Broker, _req: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
-    tracing::info!("InitProducerId refused: idempotent and transactional producers are not supported yet");
+/// Give an idempotent producer a fresh id with epoch 0.
+///
+/// A request naming a transactional id is refused with INVALID_REQUEST:
+/// transactions are not built, and Kafka clients treat that code as fatal
+/// with a clear message, instead of retrying as they would a coordinator
+/// error. (An authorization error would mislead; UNSUPPORTED_VERSION would
+/// blame the protocol version, which is fine.)
+///
+/// A request carrying an existing producer id and epoch (KIP-360: the
+/// producer bumps its epoch after an unknown or out-of-order sequence) gets
+/// a brand-new id, as Kafka answers non-transactional producers: the new id
+/// has no history in any partition, so its sequences start afresh, and the
+/// old id is never handed out again.
+pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
-    resp.error_code = ResponseError::InvalidRequest.code();
     resp.producer_id = (-1).into();
     resp.producer_epoch = -1;
+    if let Some(txn) = req.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+        tracing::info!(transactional_id = %txn.0, "InitProducerId refused: {NO_TRANSACTIONS}");
+        resp.error_code = ResponseError::InvalidRequest.code();
+        return resp;
+    }
+    // Kafka checks that a producer id and epoch come together or not at all.
+    if (req.producer_id.0 < 0) != (req.producer_epoch < 0) {
+        tracing::info!(producer_id = req.producer_id.0, epoch = req.producer_epoch, "InitProducerId refused: producer id and epoch must both be set or both be -1");
+        resp.error_code = ResponseError::InvalidRequest.code();
+        return resp;
+    }
+    let allocated = b.producer_ids.allocate();
+    b.env.pay_disk_latency().await;
+    match allocated {
+        Ok(id) => {
+            tracing::debug!(producer_id = id, previous = req.producer_id.0, "producer id allocated");
+            resp.producer_id = id.into();
+            resp.producer_epoch = 0;
+        }
+        Err(e) => {
+            // Retriable: clients try InitProducerId again, perhaps once the disk recovers.
+            tracing::error!(error = %e, "cannot reserve producer ids");
+            resp.error_code = ResponseError::CoordinatorNotAvailable.code();
+        }
+    }
     resp
 }

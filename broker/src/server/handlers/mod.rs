@@ -79,7 +79,7 @@ pub(crate) async fn handle(broker: &Broker, mut frame: Bytes) -> Reply {
         ApiKey::Fetch => respond(key, v, corr, &fetch::handle(b, body!(), v).await),
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(b, body!(), v).await),
         ApiKey::FindCoordinator => respond(key, v, corr, &coordinator::find_coordinator(b, body!(), v)),
-        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(b, body!(), v)),
+        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(b, body!(), v).await),
         other => {
             debug_assert!(false, "{other:?} is in the version table but has no handler");
             Reply::Close(format!("{other:?} has no handler"))

@@ -1,0 +1,119 @@
+//! Producer id allocation for idempotent producers (InitProducerId).
+//!
+//! A producer id must never be handed out twice, across restarts and crashes
+//! included: a reused id would make the partitions' producer state take a new
+//! producer's batches for an old one's retries. Like Kafka's controller, ids
+//! are reserved in blocks: `<data_dir>/producer_ids.json` records the end of
+//! the reserved range, written atomically and synced *before* any id of the
+//! block is given out. A crash may skip the rest of a block, never repeat it,
+//! and only one request in [`BLOCK_SIZE`] waits for an fsync.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::topics::write_atomically;
+use crate::io::{Fs, OpenOptions};
+
+/// Ids reserved per write; Kafka's controller hands out blocks of 1000.
+pub const BLOCK_SIZE: i64 = 1000;
+const FILE_NAME: &str = "producer_ids.json";
+
+/// The file's contents: every id below `block_end` may have been given out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reserved {
+    block_end: i64,
+}
+
+struct State {
+    /// The next id to hand out.
+    next: i64,
+    /// End (exclusive) of the block reserved on disk.
+    block_end: i64,
+}
+
+/// Hands out fresh producer ids.
+pub struct ProducerIds {
+    fs: Arc<dyn Fs>,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl ProducerIds {
+    /// Load the reservation from `data_dir`. Ids resume after the last
+    /// reserved block, whether or not all of it was used.
+    pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> anyhow::Result<ProducerIds> {
+        let path = data_dir.join(FILE_NAME);
+        let block_end = if fs.exists(&path) {
+            let file = fs.open(&path, OpenOptions::EXISTING)?;
+            let mut buf = vec![0u8; file.len()? as usize];
+            file.read_exact_at(&mut buf, 0)?;
+            let r: Reserved = serde_json::from_slice(&buf)
+                .with_context(|| format!("{} is not a producer id reservation", path.display()))?;
+            anyhow::ensure!(r.block_end >= 0, "{} holds a negative block end {}", path.display(), r.block_end);
+            r.block_end
+        } else {
+            0
+        };
+        tracing::info!(next_producer_id = block_end, "producer ids loaded");
+        Ok(ProducerIds { fs, path, state: Mutex::new(State { next: block_end, block_end }) })
+    }
+
+    /// A producer id never handed out before, reserving a new block on disk
+    /// when the current one is used up.
+    pub fn allocate(&self) -> std::io::Result<i64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        debug_assert!(s.next <= s.block_end);
+        if s.next == s.block_end {
+            let block_end = s
+                .block_end
+                .checked_add(BLOCK_SIZE)
+                .ok_or_else(|| std::io::Error::other("producer ids are exhausted"))?;
+            let json = serde_json::to_vec(&Reserved { block_end }).map_err(std::io::Error::other)?;
+            // Durable before use: the reservation is what a restart resumes from.
+            write_atomically(&*self.fs, &self.path, &json)?;
+            s.block_end = block_end;
+            tracing::debug!(block_end, "reserved a block of producer ids");
+        }
+        let id = s.next;
+        s.next += 1;
+        assert!(s.next <= s.block_end, "a producer id outside its reserved block");
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::real::RealIo;
+
+    #[test]
+    fn ids_are_unique_across_reopens_and_reserved_in_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealIo::new().fs();
+        let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+        assert_eq!((ids.allocate().unwrap(), ids.allocate().unwrap()), (0, 1));
+        // Reopening (a restart or crash) skips the rest of the block.
+        let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+        let first = ids.allocate().unwrap();
+        assert_eq!(first, BLOCK_SIZE);
+        for expected in first + 1..first + BLOCK_SIZE + 5 {
+            assert_eq!(ids.allocate().unwrap(), expected);
+        }
+        let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+        assert_eq!(ids.allocate().unwrap(), 3 * BLOCK_SIZE);
+    }
+
+    #[test]
+    fn a_damaged_reservation_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealIo::new().fs();
+        write_atomically(&*fs, &dir.path().join(FILE_NAME), b"{\"block_end\": -5}").unwrap();
+        assert!(ProducerIds::open(fs.clone(), dir.path()).is_err());
+        write_atomically(&*fs, &dir.path().join(FILE_NAME), b"garbage").unwrap();
+        assert!(ProducerIds::open(fs, dir.path()).is_err());
+    }
+}
