@@ -448,7 +448,8 @@ fn idempotent_retries_are_not_appended_twice() {
     assert_eq!((retry.base_offset, retry.last_offset, retry.duplicate), (10, 12, true));
     assert_eq!(log.log_end_offset(), 13);
     assert!(matches!(log.append(&idempotent(1, 42, 0, 5), 0), Err(StorageError::OutOfOrderSequence(_))));
-    assert!(matches!(log.append(&idempotent(1, 42, -1, 3), 0), Err(StorageError::CorruptMessage(_))));
+    let r = log.append(&idempotent(1, 42, -1, 3), 0);
+    assert!(matches!(r, Err(StorageError::CorruptMessage(_))), "{r:?}");
     // Two batches of one producer in one request: the second follows the first.
     let two = [idempotent(2, 42, 0, 3), idempotent(2, 42, 0, 5)].concat();
     assert_eq!(log.append(&two, 0).unwrap().last_offset, 16);
