@@ -28,7 +28,7 @@ pub async fn handle(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
                 Some(p) => check_leader_epoch(p, lp.current_leader_epoch).and_then(|()| {
                     // The field exists from v4 on; setting it for older
                     // versions makes the response unencodable.
-                    if version >= 0 {
+                    if version >= 4 {
                         pr.leader_epoch = p.leader_epoch;
                     }
                     match lp.timestamp {
