@@ -176,6 +176,9 @@ async fn group_and_transaction_apis_fail_clearly() {
     let resp: FindCoordinatorResponse =
         c.call(4, &FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")])).await;
     assert_eq!(resp.coordinators[0].error_code, code(ResponseError::CoordinatorNotAvailable));
-    let resp: InitProducerIdResponse = c.call(4, &InitProducerIdRequest::default()).await;
+    // Idempotent producers get an id (tests/broker_idempotence.rs); transactional ones are refused.
+    let txn =
+        InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))));
+    let resp: InitProducerIdResponse = c.call(4, &txn).await;
     assert_eq!(resp.error_code, code(ResponseError::InvalidRequest));
 }

@@ -62,10 +62,12 @@ pub fn last_sequence(h: &BatchHeader) -> i32 {
     increment_sequence(h.base_sequence, h.last_offset_delta)
 }
 
-/// Whether a batch takes part in idempotence: it carries a producer id and is
-/// a data batch (control markers belong to transactions).
+/// Whether a batch takes part in idempotence: it carries a producer id, an
+/// epoch and a sequence, and is a data batch (control markers belong to
+/// transactions). The log refuses batches with a producer id but no valid
+/// epoch or sequence, so a rebuild only meets them in logs written before.
 pub fn is_idempotent(h: &BatchHeader) -> bool {
-    h.has_producer_id() && !h.is_control()
+    h.has_producer_id() && !h.is_control() && h.producer_epoch >= 0 && h.base_sequence >= 0
 }
 
 impl ProducerEntry {

@@ -68,7 +68,11 @@ pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest, _version: 
     }
     // Kafka checks that a producer id and epoch come together or not at all.
     if (req.producer_id.0 < 0) != (req.producer_epoch < 0) {
-        tracing::info!(producer_id = req.producer_id.0, epoch = req.producer_epoch, "InitProducerId refused: producer id and epoch must both be set or both be -1");
+        tracing::info!(
+            producer_id = req.producer_id.0,
+            epoch = req.producer_epoch,
+            "InitProducerId refused: producer id and epoch must both be set or both be -1"
+        );
         resp.error_code = ResponseError::InvalidRequest.code();
         return resp;
     }
