@@ -23,6 +23,23 @@ pub struct Pending {
     pub kind: OpKind,
 }
 
+impl Pending {
+    /// The operation completed by `node` at `now`; `kind` replaces the
+    /// invoked kind when given. Its index is assigned when it is pushed.
+    fn into_op(self, node: &str, now: Duration, kind: Option<OpKind>, outcome: Outcome, final_read: bool) -> Op {
+        Op {
+            index: 0,
+            process: self.process,
+            node: node.to_string(),
+            invoke_ns: self.invoke_ns,
+            complete_ns: now.as_nanos() as u64,
+            kind: kind.unwrap_or(self.kind),
+            outcome,
+            final_read,
+        }
+    }
+}
+
 /// An offset the final read could never decode: its every fetch of the
 /// batch there failed the client's CRC check for the whole retry budget,
 /// after the run had healed. The corruption is in the stored log, not in
@@ -115,16 +132,7 @@ impl Recorder {
             debug_assert!(false, "{node} completed an operation it never invoked");
             return;
         };
-        let op = Op {
-            index: 0,
-            process: p.process,
-            node: node.to_string(),
-            invoke_ns: p.invoke_ns,
-            complete_ns: now.as_nanos() as u64,
-            kind: kind.unwrap_or(p.kind),
-            outcome,
-            final_read,
-        };
+        let op = p.into_op(node, now, kind, outcome, final_read);
         self.push(&mut s, op);
     }
 
@@ -185,16 +193,7 @@ impl Recorder {
         let mut s = self.lock();
         let Some(&process) = s.sessions.get(node) else { return };
         if let Some(p) = s.pending.remove(node) {
-            let op = Op {
-                index: 0,
-                process: p.process,
-                node: node.to_string(),
-                invoke_ns: p.invoke_ns,
-                complete_ns: now.as_nanos() as u64,
-                kind: p.kind,
-                outcome: Outcome::Info { error: "client crashed".into() },
-                final_read: false,
-            };
+            let op = p.into_op(node, now, None, Outcome::Info { error: "client crashed".into() }, false);
             self.push(&mut s, op);
         }
         let t = now.as_nanos() as u64;

@@ -85,6 +85,20 @@ impl ClientCtx {
         sim_now() < self.end
     }
 
+    /// The world and a new session for a producer or consumer host, once the
+    /// topics exist; `None` if the workload window closed first.
+    async fn begin_session(&self) -> Option<(Env, u64)> {
+        if sim_now() >= self.end {
+            return None;
+        }
+        let env = self.env();
+        if !self.await_topics(&env).await {
+            return None;
+        }
+        let process = self.recorder.new_session(self.name());
+        Some((env, process))
+    }
+
     fn rng(&self, process: u64) -> ChaCha8Rng {
         seed::rng(self.seed, &format!("workload/{}/{process}", self.name()))
     }
@@ -100,14 +114,7 @@ fn outcome_of(e: &ClientError) -> Outcome {
 
 /// A producer host: one session, sending until the workload window closes.
 pub async fn producer(ctx: ClientCtx) {
-    if sim_now() >= ctx.end {
-        return;
-    }
-    let env = ctx.env();
-    if !ctx.await_topics(&env).await {
-        return;
-    }
-    let process = ctx.recorder.new_session(ctx.name());
+    let Some((env, process)) = ctx.begin_session().await else { return };
     let mut rng = ctx.rng(process);
     let w = &ctx.workload;
     let mut config = ProducerConfig::new(ctx.bootstrap.clone());
@@ -229,14 +236,7 @@ async fn recorded_poll(
 /// A consumer host: assigns every partition and polls until the workload
 /// window closes.
 pub async fn consumer(ctx: ClientCtx) {
-    if sim_now() >= ctx.end {
-        return;
-    }
-    let env = ctx.env();
-    if !ctx.await_topics(&env).await {
-        return;
-    }
-    let process = ctx.recorder.new_session(ctx.name());
+    let Some((env, process)) = ctx.begin_session().await else { return };
     let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(&ctx)) else {
         tracing::error!("cannot create consumer");
         return;

@@ -7,13 +7,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use faultline_broker::client::batch::{encode_v2, OutRecord, ProducerFields};
 use faultline_broker::config::{LogConfig, PlantedBugs};
 use faultline_broker::io::Fs;
 use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
 use faultline_broker::storage::{PartitionLog, StorageError};
 use faultline_sim::disk::{DiskEvent, DiskFaults, FaultKind, SimDisk};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::Compression;
 use proptest::prelude::*;
 
 /// A producer batch: `records` records whose values are `pad` bytes long.
@@ -76,27 +77,18 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Encode one producer batch with values unique to `tag`.
 fn encode(spec: &BatchSpec, tag: u64) -> Vec<u8> {
-    let records: Vec<Record> = (0..spec.records as i64)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32,
-            timestamp: 1_000 + tag as i64,
+    let records: Vec<OutRecord> = (0..spec.records as i64)
+        .map(|i| OutRecord {
             key: None,
             value: Some(Bytes::from(format!("{tag}-{i}-{}", "x".repeat(spec.pad as usize)))),
-            headers: Default::default(),
+            headers: vec![],
+            timestamp: 1_000 + tag as i64,
         })
         .collect();
     let compression = if spec.gzip { Compression::Gzip } else { Compression::None };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
-    buf.to_vec()
+    // Sequence numbers from 0 with no producer id, as this model has always written.
+    let producer = ProducerFields { id: -1, epoch: -1, base_sequence: 0 };
+    encode_v2(&records, producer, compression).unwrap().to_vec()
 }
 
 /// The log as it should be: every batch appended, with its offsets.

@@ -11,11 +11,8 @@ use faultline_broker::io::real::RealIo;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(long)]
-    topic: String,
-    /// Comma-separated broker addresses, host:port.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    bootstrap_server: String,
+    #[command(flatten)]
+    target: super::TopicTarget,
     /// Start at the log start instead of the log end.
     #[arg(long)]
     from_beginning: bool,
@@ -37,17 +34,17 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let servers = parse_bootstrap(&args.bootstrap_server)?;
+    let servers = parse_bootstrap(&args.target.bootstrap_server)?;
     let env = RealIo::new();
     let partitions: Vec<TopicPartition> = match args.partition {
-        Some(p) => vec![TopicPartition::new(&args.topic, p)],
+        Some(p) => vec![TopicPartition::new(&args.target.topic, p)],
         None => {
             let admin = Admin::new(env.clone(), AdminConfig::new(servers.clone()))?;
             let d = admin
-                .describe_topics(std::slice::from_ref(&args.topic))
+                .describe_topics(std::slice::from_ref(&args.target.topic))
                 .await
-                .with_context(|| format!("topic {}", args.topic))?;
-            d[0].partitions.iter().map(|p| TopicPartition::new(&args.topic, p.partition)).collect()
+                .with_context(|| format!("topic {}", args.target.topic))?;
+            d[0].partitions.iter().map(|p| TopicPartition::new(&args.target.topic, p.partition)).collect()
         }
     };
     let mut config = ConsumerConfig::new(servers);

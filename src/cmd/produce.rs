@@ -14,11 +14,8 @@ const MAX_OUTSTANDING: usize = 10_000;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(long)]
-    topic: String,
-    /// Comma-separated broker addresses, host:port.
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    bootstrap_server: String,
+    #[command(flatten)]
+    target: super::TopicTarget,
     /// Lines are `key<TAB>value`.
     #[arg(long)]
     keyed: bool,
@@ -68,7 +65,7 @@ impl Tally {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<i32> {
-    let mut config = ProducerConfig::new(parse_bootstrap(&args.bootstrap_server)?);
+    let mut config = ProducerConfig::new(parse_bootstrap(&args.target.bootstrap_server)?);
     config.acks = args.acks;
     config.compression_type = args.compression.parse::<Compression>()?;
     config.linger_ms = args.linger_ms;
@@ -81,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         n += 1;
         let mut record = if args.keyed {
             match line.split_once('\t') {
-                Some((k, v)) => ProducerRecord::new(&args.topic, v.to_string()).with_key(k.to_string()),
+                Some((k, v)) => ProducerRecord::new(&args.target.topic, v.to_string()).with_key(k.to_string()),
                 None => {
                     eprintln!("line {n}: no TAB between key and value; skipped");
                     tally.definite += 1;
@@ -89,7 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             }
         } else {
-            ProducerRecord::new(&args.topic, line)
+            ProducerRecord::new(&args.target.topic, line)
         };
         record.partition = args.partition;
         pending.push_back((n, producer.send(record)));
@@ -106,7 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         "produced {} of {} records to {} ({} failed: {} not written, {} unknown)",
         tally.ok,
         n,
-        args.topic,
+        args.target.topic,
         tally.definite + tally.indeterminate,
         tally.definite,
         tally.indeterminate

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use faultline_broker::client::batch::{encode_v2, OutRecord, ProducerFields};
 use faultline_broker::config::BrokerConfig;
 use faultline_broker::io::real::RealIo;
 use faultline_broker::io::{Env, Stream};
@@ -17,7 +18,7 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::Compression;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub struct TestBroker {
@@ -141,28 +142,30 @@ pub async fn create_topic(conn: &mut Conn, topic: &str, partitions: i32, configs
 
 /// A v2 record batch holding `values`.
 pub fn batch(compression: Compression, values: &[&str]) -> Bytes {
-    let records: Vec<Record> = values
+    batch_from(ProducerFields { id: -1, epoch: -1, base_sequence: 0 }, compression, values, |i| {
+        Some(Bytes::from(format!("k{i}")))
+    })
+}
+
+/// A v2 record batch holding `values` from `producer`, timestamped from 1000
+/// on, with keys from `key`.
+pub fn batch_from(
+    producer: ProducerFields,
+    compression: Compression,
+    values: &[&str],
+    key: impl Fn(usize) -> Option<Bytes>,
+) -> Bytes {
+    let records: Vec<OutRecord> = values
         .iter()
         .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_000 + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
+        .map(|(i, v)| OutRecord {
+            key: key(i),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
+            headers: vec![],
+            timestamp: 1_000 + i as i64,
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
-    buf.freeze()
+    encode_v2(&records, producer, compression).unwrap()
 }
 
 pub fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {

@@ -95,6 +95,32 @@ impl OutRecord {
 /// Encode `records` as one v2 batch with offsets 0..n (the broker assigns
 /// real ones) and no producer id.
 pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, ClientError> {
+    encode_v2(records, ProducerFields::NONE, compression.codec())
+}
+
+/// The producer id, epoch and first sequence number a v2 batch header carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerFields {
+    /// A batch from a producer that is not idempotent.
+    pub const NONE: ProducerFields =
+        ProducerFields { id: NO_PRODUCER_ID, epoch: NO_PRODUCER_EPOCH, base_sequence: NO_SEQUENCE };
+}
+
+/// Encode `records` as one v2 batch with offsets 0..n and the given producer
+/// fields, with any codec. Tests use it to build batches the client would not
+/// send, such as idempotent ones or ones with a chosen base sequence.
+#[doc(hidden)]
+pub fn encode_v2(
+    records: &[OutRecord],
+    producer: ProducerFields,
+    compression: kafka_protocol::records::Compression,
+) -> Result<Bytes, ClientError> {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let recs: Vec<Record> = records
         .iter()
@@ -104,14 +130,14 @@ pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, 
             control: false,
             delete_horizon: false,
             partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch whenever `offset - sequence`
             // changes, and derives the header's base sequence from the first
-            // record; this keeps one batch with base sequence NO_SEQUENCE.
-            sequence: NO_SEQUENCE + i as i32,
+            // record; this keeps one batch with the requested base sequence.
+            sequence: producer.base_sequence + i as i32,
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
@@ -119,7 +145,7 @@ pub fn encode(records: &[OutRecord], compression: Compression) -> Result<Bytes, 
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: compression.codec() };
+    let options = RecordEncodeOptions { version: 2, compression };
     RecordBatchEncoder::encode(&mut buf, &recs, &options)
         .map_err(|e| ClientError::InvalidArgument(format!("cannot encode record batch: {e}")))?;
     Ok(buf.freeze())

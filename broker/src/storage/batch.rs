@@ -252,29 +252,13 @@ impl<'a> Iterator for Batches<'a> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use crate::client::batch::{encode_v2, OutRecord, ProducerFields};
+    use bytes::Bytes;
+    use kafka_protocol::records::{Compression, RecordBatchDecoder, TimestampType};
 
-    fn record(i: i64, ts: i64) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            // The encoder splits batches where offset - sequence changes.
-            sequence: i as i32,
-            timestamp: ts,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: Default::default(),
-        }
-    }
+    /// No producer id, sequence numbers from 0: the batches these tests
+    /// have always stored.
+    const FIRST_SEQUENCE_ZERO: ProducerFields = ProducerFields { id: -1, epoch: -1, base_sequence: 0 };
 
     /// One encoded batch of `n` records.
     fn encode(n: i64, compression: Compression) -> Vec<u8> {
@@ -284,10 +268,15 @@ pub(super) mod tests {
     /// One encoded batch of `n` records timestamped from `first_ts` on, one
     /// millisecond apart.
     pub(in crate::storage) fn encode_at(n: i64, first_ts: i64, compression: Compression) -> Vec<u8> {
-        let records: Vec<Record> = (0..n).map(|i| record(i, first_ts + i)).collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
-        buf.to_vec()
+        let records: Vec<OutRecord> = (0..n)
+            .map(|i| OutRecord {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("value-{i}"))),
+                headers: vec![],
+                timestamp: first_ts + i,
+            })
+            .collect();
+        encode_v2(&records, FIRST_SEQUENCE_ZERO, compression).unwrap().to_vec()
     }
 
     #[test]
