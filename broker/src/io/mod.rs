@@ -62,11 +62,42 @@ pub trait Io: Send + Sync + 'static {
     fn spawn(&self, name: &str, task: BoxFuture);
     /// A random u64 from this node's seeded stream.
     fn random_u64(&self) -> u64;
-    /// Pay the latency the simulated disk charged since the last call. Storage
-    /// is synchronous (a plain state machine); the node calls this after a
-    /// storage operation on a request path so that slow disks slow requests.
-    /// Real mode has nothing to pay.
+    /// Pay the latency the simulated disk charged since the last call. Real
+    /// mode has nothing to pay. Callers above the seam use [`on_disk`], which
+    /// pays for exactly the work it ran.
     async fn pay_disk_latency(&self) {}
+    /// Run synchronous storage work, then pay its disk latency. Real mode runs
+    /// it where a slow call (an fsync on a slow disk, creating thousands of
+    /// partitions) cannot hold up tasks that need no disk; the simulator runs
+    /// it inline, on its one thread, and charges the simulated latency.
+    async fn run_disk_work<'a>(&'a self, work: Box<dyn FnOnce() + Send + 'a>) {
+        work();
+        self.pay_disk_latency().await;
+    }
+}
+
+/// Proof that the code holding it runs inside [`on_disk`], so the disk
+/// latency it causes is paid by the operation that caused it. Methods that
+/// touch storage take a `&DiskScope`; the compiler then refuses a call from
+/// anywhere that would not pay.
+pub struct DiskScope(());
+
+impl DiskScope {
+    /// A scope for work outside any request path, where there is nobody to
+    /// charge: opening the node at start-up, shutdown, and unit tests that
+    /// drive the node core with no runtime at all.
+    pub fn unmetered() -> DiskScope {
+        DiskScope(())
+    }
+}
+
+/// Run storage work `f` through the seam and pay its disk latency before
+/// returning its result.
+pub async fn on_disk<T: Send>(env: &Env, f: impl FnOnce(&DiskScope) -> T + Send) -> T {
+    let mut out = None;
+    let slot = &mut out;
+    env.run_disk_work(Box::new(move || *slot = Some(f(&DiskScope(()))))).await;
+    out.expect("disk work always runs")
 }
 
 /// Shared handle to the seam, passed to every component.

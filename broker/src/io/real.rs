@@ -67,6 +67,16 @@ impl Io for RealIo {
     fn spawn(&self, _name: &str, task: BoxFuture) {
         tokio::spawn(task);
     }
+    async fn run_disk_work<'a>(&'a self, work: Box<dyn FnOnce() + Send + 'a>) {
+        // On the multi-threaded runtime `faultline serve` uses, hand this
+        // worker's other tasks to another thread while the disk call blocks:
+        // otherwise a task parked in this worker's LIFO slot (a connection
+        // that only wants ApiVersions) waits for the whole disk call.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+            _ => work(),
+        }
+    }
     fn random_u64(&self) -> u64 {
         // splitmix64 over an atomic counter: cheap and good enough for jitter.
         let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);

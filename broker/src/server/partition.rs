@@ -1,13 +1,23 @@
-//! One partition as this broker hosts it: the log plus the leadership state
-//! replication will grow (leader epoch now; followers and the ISR later).
+//! One partition as this node hosts it: the log plus the replica state Kafka
+//! keeps beside it — role, leader epoch and high watermark.
+//!
+//! The high watermark is a partition concept, not a storage one: it is the
+//! offset below which a record is acknowledged by every replica the
+//! durability policy counts, and the bound on what consumers may read. With
+//! one replica and acknowledgement-on-fsync (today's policy) it follows the
+//! durable offset; with followers it will be the smallest log end offset of
+//! the ISR. Storage only reports the log end and the durable offset.
 //!
 //! The log is a synchronous state machine behind a plain mutex that is never
-//! held across an await; callers pay the simulated disk latency afterwards.
+//! held across an await. Every method that touches the disk takes a
+//! [`DiskScope`], so it can only be called where the latency is paid.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError;
 
+use crate::io::DiskScope;
 use crate::storage::{AppendInfo, PartitionLog, ReadResult, StorageError};
 
 /// Why an operation on a partition failed.
@@ -18,6 +28,9 @@ pub enum PartitionError {
     /// The topic was deleted while the request was in flight.
     #[error("partition was deleted")]
     Deleted,
+    /// This replica is not the leader; the client must ask Metadata again.
+    #[error("this broker is not the leader of the partition")]
+    NotLeader,
 }
 
 impl PartitionError {
@@ -31,6 +44,7 @@ impl PartitionError {
             PartitionError::Storage(StorageError::InvalidProducerEpoch(_)) => ResponseError::InvalidProducerEpoch,
             PartitionError::Storage(StorageError::Io(_)) => ResponseError::KafkaStorageError,
             PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
+            PartitionError::NotLeader => ResponseError::NotLeaderOrFollower,
         }
     }
 }
@@ -43,28 +57,74 @@ pub struct Offsets {
     pub log_end_offset: i64,
 }
 
+/// What this replica does for the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes produce requests, assigns offsets, stamps its epoch.
+    Leader,
+    /// Copies the leader's log verbatim (replication, not built yet).
+    Follower { leader_id: i32 },
+}
+
 struct State {
     log: PartitionLog,
+    role: Role,
+    leader_epoch: i32,
+    high_watermark: i64,
     deleted: bool,
+}
+
+impl State {
+    /// Recompute the high watermark after the log moved. One replica, acks on
+    /// fsync: everything durable is acknowledged. Returns whether it advanced.
+    fn update_high_watermark(&mut self) -> bool {
+        let candidate = self.log.durable_offset();
+        let leo = self.log.log_end_offset();
+        assert!(candidate <= leo, "durable offset {candidate} past the log end {leo}");
+        if candidate > self.high_watermark {
+            self.high_watermark = candidate;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn check_invariants(&self) {
+        let (start, leo) = (self.log.log_start_offset(), self.log.log_end_offset());
+        assert!(
+            start <= self.high_watermark && self.high_watermark <= leo,
+            "high watermark {} outside [log start {start}, log end {leo}]",
+            self.high_watermark
+        );
+        assert!(self.log.durable_offset() <= leo, "durable offset past the log end");
+        assert!(self.leader_epoch >= 0, "negative leader epoch {}", self.leader_epoch);
+    }
 }
 
 /// A hosted partition.
 pub struct Partition {
     pub topic: String,
     pub index: i32,
-    /// Leader epoch; 0 until leadership can change hands.
-    pub leader_epoch: i32,
+    /// Bumped whenever the high watermark moves, so a waiter can tell whether
+    /// it missed a change between reading the partition and starting to wait.
+    hw_version: AtomicU64,
     state: Mutex<State>,
 }
 
 impl Partition {
+    /// A partition this node leads, opened from a recovered log. What
+    /// recovery kept was fsynced, so all of it is below the high watermark.
     pub fn new(topic: String, index: i32, log: PartitionLog) -> Partition {
-        Partition { topic, index, leader_epoch: 0, state: Mutex::new(State { log, deleted: false }) }
+        let high_watermark = log.durable_offset();
+        let state = State { log, role: Role::Leader, leader_epoch: 0, high_watermark, deleted: false };
+        state.check_invariants();
+        Partition { topic, index, hw_version: AtomicU64::new(0), state: Mutex::new(state) }
     }
 
     fn live(&self) -> Result<MutexGuard<'_, State>, PartitionError> {
-        // A panic while holding the lock is a bug elsewhere; the log itself
-        // keeps no half-applied state across calls, so keep serving.
+        // A panic while holding the lock already failed the run (assertions
+        // are on everywhere); in real mode the log keeps no half-applied
+        // state across calls, so keep serving.
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.deleted {
             return Err(PartitionError::Deleted);
@@ -72,63 +132,102 @@ impl Partition {
         Ok(state)
     }
 
-    /// Append validated batches. Durable only once [`Self::offsets`] shows a
-    /// high watermark past `last_offset`. A producer's retry of batches
-    /// already in the log appends nothing and reports the original offsets.
-    pub fn append(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, PartitionError> {
-        let mut s = self.live()?;
-        let before = s.log.log_end_offset();
-        let info = s.log.append(batches, now_ms)?;
-        debug_assert!(
-            info.base_offset == before || (info.duplicate && info.last_offset < before),
-            "offsets are assigned from the log end, or are an earlier batch's"
-        );
-        debug_assert!(info.last_offset >= info.base_offset);
-        Ok(info)
+    fn moved(&self, advanced: bool) -> bool {
+        if advanced {
+            self.hw_version.fetch_add(1, Ordering::Release);
+        }
+        advanced
     }
 
-    /// Read from `offset`, never past the high watermark.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
+    /// See [`Partition::hw_version`]'s field doc.
+    pub fn hw_version(&self) -> u64 {
+        self.hw_version.load(Ordering::Acquire)
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).leader_epoch
+    }
+
+    pub fn role(&self) -> Role {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).role
+    }
+
+    /// Append a producer's validated batches as the leader. Acknowledged
+    /// only once [`Self::offsets`] shows a high watermark past `last_offset`.
+    /// A producer's retry of batches already in the log appends nothing and
+    /// reports the original offsets. Returns the append and whether the
+    /// high watermark advanced.
+    pub fn append(&self, _disk: &DiskScope, batches: &[u8], now_ms: i64) -> Result<(AppendInfo, bool), PartitionError> {
+        let mut s = self.live()?;
+        if s.role != Role::Leader {
+            return Err(PartitionError::NotLeader);
+        }
+        let before = s.log.log_end_offset();
+        let info = s.log.append(batches, now_ms)?;
+        assert!(
+            info.base_offset == before || (info.duplicate && info.last_offset < before),
+            "offsets are assigned densely from the log end ({before}), or are an earlier batch's: {info:?}"
+        );
+        assert!(info.last_offset >= info.base_offset, "an append of no records: {info:?}");
+        assert!(
+            info.duplicate || s.log.log_end_offset() == info.last_offset + 1,
+            "log end {} does not follow the appended last offset {}",
+            s.log.log_end_offset(),
+            info.last_offset
+        );
+        let advanced = s.update_high_watermark();
+        s.check_invariants();
+        Ok((info, self.moved(advanced)))
+    }
+
+    /// Read from `offset`, never at or past the high watermark.
+    pub fn read(&self, _disk: &DiskScope, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
         let s = self.live()?;
-        let hw = s.log.high_watermark();
-        Ok(s.log.read(offset, max_bytes, hw)?)
+        let mut read = s.log.read(offset, max_bytes, s.high_watermark)?;
+        read.high_watermark = s.high_watermark;
+        Ok(read)
     }
 
     pub fn offsets(&self) -> Result<Offsets, PartitionError> {
         let s = self.live()?;
-        let o = Offsets {
+        Ok(Offsets {
             log_start_offset: s.log.log_start_offset(),
-            high_watermark: s.log.high_watermark(),
+            high_watermark: s.high_watermark,
             log_end_offset: s.log.log_end_offset(),
-        };
-        debug_assert!(o.log_start_offset <= o.high_watermark && o.high_watermark <= o.log_end_offset, "{o:?}");
-        Ok(o)
+        })
     }
 
     /// First offset below the high watermark with a timestamp at or after `ts`.
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, PartitionError> {
+    pub fn offset_for_timestamp(&self, _disk: &DiskScope, ts: i64) -> Result<Option<(i64, i64)>, PartitionError> {
         let s = self.live()?;
-        let hw = s.log.high_watermark();
+        let hw = s.high_watermark;
         Ok(s.log.offset_for_timestamp(ts)?.filter(|&(offset, _)| offset < hw))
     }
 
     /// Apply `flush.ms` and `segment.ms`. Returns whether the high watermark moved.
-    pub fn tick(&self, now_ms: i64) -> Result<bool, PartitionError> {
+    pub fn tick(&self, _disk: &DiskScope, now_ms: i64) -> Result<bool, PartitionError> {
         let mut s = self.live()?;
-        let hw = s.log.high_watermark();
         s.log.maybe_flush(now_ms)?;
         s.log.maybe_roll(now_ms)?;
-        Ok(s.log.high_watermark() != hw)
+        let advanced = s.update_high_watermark();
+        s.check_invariants();
+        Ok(self.moved(advanced))
     }
 
     /// fsync everything appended (clean shutdown).
-    pub fn flush(&self) -> Result<(), PartitionError> {
-        Ok(self.live()?.log.flush()?)
+    pub fn flush(&self, _disk: &DiskScope) -> Result<bool, PartitionError> {
+        let mut s = self.live()?;
+        s.log.flush()?;
+        let advanced = s.update_high_watermark();
+        s.check_invariants();
+        Ok(self.moved(advanced))
     }
 
     /// Stop serving this partition; later calls fail with [`PartitionError::Deleted`].
     pub fn mark_deleted(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).deleted = true;
+        // Waiters re-read and find the partition gone.
+        self.moved(true);
     }
 }
 
@@ -138,7 +237,7 @@ pub fn check_leader_epoch(partition: &Partition, requested: i32) -> Result<(), R
     if requested < 0 {
         return Ok(());
     }
-    match requested.cmp(&partition.leader_epoch) {
+    match requested.cmp(&partition.leader_epoch()) {
         Ordering::Less => Err(ResponseError::FencedLeaderEpoch),
         Ordering::Greater => Err(ResponseError::UnknownLeaderEpoch),
         Ordering::Equal => Ok(()),

@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::topics::write_atomically;
-use crate::io::{Fs, OpenOptions};
+use crate::io::{DiskScope, Fs, OpenOptions};
 
 /// Ids reserved per write; Kafka's controller hands out blocks of 1000.
 pub const BLOCK_SIZE: i64 = 1000;
@@ -64,7 +64,7 @@ impl ProducerIds {
 
     /// A producer id never handed out before, reserving a new block on disk
     /// when the current one is used up.
-    pub fn allocate(&self) -> std::io::Result<i64> {
+    pub fn allocate(&self, _disk: &DiskScope) -> std::io::Result<i64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         debug_assert!(s.next <= s.block_end);
         if s.next == s.block_end {
@@ -95,16 +95,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = RealIo::new().fs();
         let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
-        assert_eq!((ids.allocate().unwrap(), ids.allocate().unwrap()), (0, 1));
+        assert_eq!((ids.allocate(&DiskScope::unmetered()).unwrap(), ids.allocate(&DiskScope::unmetered()).unwrap()), (0, 1));
         // Reopening (a restart or crash) skips the rest of the block.
         let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
-        let first = ids.allocate().unwrap();
+        let first = ids.allocate(&DiskScope::unmetered()).unwrap();
         assert_eq!(first, BLOCK_SIZE);
         for expected in first + 1..first + BLOCK_SIZE + 5 {
-            assert_eq!(ids.allocate().unwrap(), expected);
+            assert_eq!(ids.allocate(&DiskScope::unmetered()).unwrap(), expected);
         }
         let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
-        assert_eq!(ids.allocate().unwrap(), 3 * BLOCK_SIZE);
+        assert_eq!(ids.allocate(&DiskScope::unmetered()).unwrap(), 3 * BLOCK_SIZE);
     }
 
     #[test]

@@ -19,8 +19,11 @@ use uuid::Uuid;
 
 use super::partition::Partition;
 use super::topic_config::apply_overrides;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use crate::config::{BrokerConfig, LogConfig};
-use crate::io::{Env, Fs, OpenOptions};
+use crate::io::{DiskScope, Fs, OpenOptions};
 use crate::storage::PartitionLog;
 
 /// Kafka's limit on topic name length.
@@ -114,17 +117,18 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 
 /// The registry of hosted topics.
 pub struct Topics {
-    env: Env,
     fs: Arc<dyn Fs>,
+    /// Draws topic ids; seeded by the node so a simulated run replays.
+    rng: Mutex<ChaCha8Rng>,
     config: BrokerConfig,
     map: Mutex<BTreeMap<String, Arc<Topic>>>,
 }
 
 impl Topics {
     /// Load every topic under the data directory, recovering each partition log.
-    pub fn open(env: Env, config: BrokerConfig) -> anyhow::Result<Topics> {
-        let fs = env.fs();
-        let topics = Topics { env, fs, config, map: Mutex::new(BTreeMap::new()) };
+    pub fn open(fs: Arc<dyn Fs>, config: BrokerConfig, now_ms: i64, seed: u64) -> anyhow::Result<Topics> {
+        let rng = Mutex::new(ChaCha8Rng::seed_from_u64(seed));
+        let topics = Topics { fs, rng, config, map: Mutex::new(BTreeMap::new()) };
         let data_dir = topics.config.data_dir.clone();
         topics.fs.create_dir_all(&topics.meta_dir())?;
         topics.fs.sync_dir(&data_dir)?;
@@ -137,7 +141,7 @@ impl Topics {
                 continue;
             }
             let topic = topics
-                .load_topic(&path)
+                .load_topic(&path, now_ms)
                 .map_err(|e| anyhow::anyhow!("cannot load topic from {}: {e:#}", path.display()))?;
             map.insert(topic.name.clone(), Arc::new(topic));
         }
@@ -168,17 +172,21 @@ impl Topics {
     }
 
     /// Create a topic and its partition logs, durably.
-    pub fn create(&self, spec: &TopicSpec) -> Result<Arc<Topic>, TopicError> {
+    pub fn create(&self, _disk: &DiskScope, spec: &TopicSpec, now_ms: i64) -> Result<Arc<Topic>, TopicError> {
         let mut map = self.lock();
         let v = self.check(&map, spec)?;
+        let id = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            Uuid::from_u64_pair(rng.random(), rng.random())
+        };
         let meta = TopicMeta {
             name: spec.name.clone(),
-            topic_id: Uuid::from_u64_pair(self.env.random_u64(), self.env.random_u64()).to_string(),
+            topic_id: id.to_string(),
             partitions: v.partitions,
             replication_factor: 1,
             configs: spec.configs.clone(),
         };
-        let topic = self.materialize(&meta, v.config, true).map_err(|e| {
+        let topic = self.materialize(&meta, v.config, true, now_ms).map_err(|e| {
             tracing::error!(topic = %spec.name, error = %format!("{e:#}"), "topic creation failed");
             self.remove_partition_dirs(&spec.name, v.partitions);
             TopicError::new(ResponseError::KafkaStorageError, format!("cannot create topic: {e}"))
@@ -190,7 +198,7 @@ impl Topics {
     }
 
     /// Delete a topic: it stops serving at once; its data is removed.
-    pub fn delete(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
+    pub fn delete(&self, _disk: &DiskScope, name: &str) -> Result<Arc<Topic>, TopicError> {
         let mut map = self.lock();
         let Some(topic) = map.get(name).cloned() else {
             return Err(TopicError::new(
@@ -258,7 +266,7 @@ impl Topics {
 
     /// Open (creating if `fresh`) every partition log of `meta`; when fresh,
     /// write the metadata file last, as the commit point.
-    fn materialize(&self, meta: &TopicMeta, config: LogConfig, fresh: bool) -> anyhow::Result<Topic> {
+    fn materialize(&self, meta: &TopicMeta, config: LogConfig, fresh: bool, now_ms: i64) -> anyhow::Result<Topic> {
         let id = Uuid::parse_str(&meta.topic_id)?;
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for index in 0..meta.partitions {
@@ -268,7 +276,7 @@ impl Topics {
             }
             self.fs.create_dir_all(&dir)?;
             let (log, report) =
-                PartitionLog::open(self.fs.clone(), dir, config.clone(), self.config.bugs, self.env.now_ms())?;
+                PartitionLog::open(self.fs.clone(), dir, config.clone(), self.config.bugs, now_ms)?;
             if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 {
                 tracing::warn!(topic = %meta.name, partition = index, ?report, "partition log recovered");
             }
@@ -289,7 +297,7 @@ impl Topics {
         })
     }
 
-    fn load_topic(&self, path: &Path) -> anyhow::Result<Topic> {
+    fn load_topic(&self, path: &Path, now_ms: i64) -> anyhow::Result<Topic> {
         let file = self.fs.open(path, OpenOptions::EXISTING)?;
         let mut buf = vec![0u8; file.len()? as usize];
         file.read_exact_at(&mut buf, 0)?;
@@ -302,7 +310,7 @@ impl Topics {
         );
         anyhow::ensure!((1..=MAX_PARTITIONS).contains(&meta.partitions), "bad partition count {}", meta.partitions);
         let config = apply_overrides(&self.config.log, &meta.configs).map_err(anyhow::Error::msg)?;
-        self.materialize(&meta, config, false)
+        self.materialize(&meta, config, false, now_ms)
     }
 
     fn remove_orphans(&self, topics: &BTreeMap<String, Arc<Topic>>) -> anyhow::Result<()> {

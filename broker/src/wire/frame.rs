@@ -1,7 +1,7 @@
 //! Frame I/O: every Kafka request and response is an i32 big-endian length
 //! followed by that many bytes.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame could not be read. Every variant ends the connection.
@@ -53,6 +53,90 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<O
     Ok(Some(Bytes::from(buf)))
 }
 
+/// How much a [`FrameReader`] asks the socket for at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection's inbound side on the broker: frames cut from a buffer that
+/// fills as bytes arrive. Unlike [`read_frame`], it can keep reading while a
+/// request is parked, so the broker notices a client that hangs up in the
+/// middle of a long poll. It never holds more than one largest-allowed frame
+/// plus one read chunk.
+pub struct FrameReader {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameReader {
+    pub fn new(max: usize) -> FrameReader {
+        FrameReader { buf: BytesMut::new(), max }
+    }
+
+    /// The next frame's payload; `Ok(None)` when the peer closed cleanly
+    /// between frames.
+    pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(Some(frame));
+            }
+            if !self.fill(r).await? {
+                return match self.buf.len() {
+                    0 => Ok(None),
+                    got if got < 4 => Err(FrameError::Truncated { got, want: 4 }),
+                    got => Err(FrameError::Truncated { got: got - 4, want: self.declared()? }),
+                };
+            }
+        }
+    }
+
+    /// Resolves when the peer closes the connection (or it fails), reading
+    /// and keeping whatever the peer pipelines meanwhile. Never resolves once
+    /// a whole frame is buffered: then the peer must wait for our answer.
+    /// Cancel-safe: bytes read are kept.
+    pub async fn closed<R: AsyncRead + Unpin>(&mut self, r: &mut R) {
+        loop {
+            let full = self.buf.len() >= 4 && self.declared().map_or(true, |n| self.buf.len() >= 4 + n);
+            if full || self.buf.len() >= self.max + 4 {
+                return std::future::pending().await;
+            }
+            match self.fill(r).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            }
+        }
+    }
+
+    fn declared(&self) -> Result<usize, FrameError> {
+        let declared = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if declared < 0 {
+            return Err(FrameError::NegativeLength(declared));
+        }
+        let size = declared as usize;
+        if size > self.max {
+            return Err(FrameError::TooLarge { size, max: self.max });
+        }
+        Ok(size)
+    }
+
+    fn take(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let size = self.declared()?;
+        if self.buf.len() < 4 + size {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(4 + size);
+        frame.advance(4);
+        Ok(Some(frame.freeze()))
+    }
+
+    /// Read once; false at end of stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<bool> {
+        self.buf.reserve(READ_CHUNK);
+        Ok(r.read_buf(&mut self.buf).await? > 0)
+    }
+}
+
 /// Write one already-framed buffer (length prefix included, as the encoders
 /// in this module produce) and flush it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
@@ -78,6 +162,28 @@ mod tests {
             assert_eq!(read_frame(&mut r, 10).await.unwrap().unwrap(), Bytes::from_static(b"abc"));
             assert_eq!(read_frame(&mut r, 10).await.unwrap().unwrap(), Bytes::new());
             assert!(read_frame(&mut r, 10).await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn frame_reader_cuts_pipelined_frames_and_sees_a_hang_up() {
+        let data: Vec<u8> = [&3i32.to_be_bytes()[..], b"abc", &2i32.to_be_bytes()[..], b"de"].concat();
+        block_on(async {
+            let mut r = &data[..];
+            let mut reader = FrameReader::new(10);
+            assert_eq!(reader.next(&mut r).await.unwrap().unwrap(), Bytes::from_static(b"abc"));
+            // A whole frame is buffered (or arrives): `closed` must not
+            // resolve, since the peer is waiting for an answer.
+            use futures::FutureExt;
+            assert!(reader.closed(&mut r).now_or_never().is_none());
+            assert_eq!(reader.next(&mut r).await.unwrap().unwrap(), Bytes::from_static(b"de"));
+            reader.closed(&mut r).await;
+            assert!(reader.next(&mut r).await.unwrap().is_none());
+            let short: Vec<u8> = [&5i32.to_be_bytes()[..], b"ab"].concat();
+            let mut reader = FrameReader::new(10);
+            assert!(matches!(reader.next(&mut &short[..]).await, Err(FrameError::Truncated { got: 2, want: 5 })));
+            let big = 11i32.to_be_bytes();
+            assert!(matches!(FrameReader::new(10).next(&mut &big[..]).await, Err(FrameError::TooLarge { .. })));
         });
     }
 

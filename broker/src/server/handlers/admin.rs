@@ -18,7 +18,7 @@ use super::{str_bytes, topic_name};
 use crate::config::LogConfig;
 use crate::server::topic_config::{describe, ConfigEntry};
 use crate::server::topics::{TopicError, TopicSpec};
-use crate::server::Broker;
+use crate::server::node::Cx;
 
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -28,13 +28,12 @@ const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub async fn create_topics(b: &Broker, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub fn create_topics(cx: &mut Cx, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let mut counts = BTreeMap::new();
     for t in &req.topics {
         *counts.entry(t.name.0.to_string()).or_insert(0) += 1;
     }
     let mut resp = CreateTopicsResponse::default();
-    let mut touched_disk = false;
     for t in req.topics {
         let mut r = CreatableTopicResult::default();
         r.name = t.name.clone();
@@ -44,12 +43,11 @@ pub async fn create_topics(b: &Broker, req: CreateTopicsRequest, version: i16) -
                 message: "topic named more than once in the request".into(),
             })
         } else {
-            spec_of(b, t).and_then(|spec| {
+            spec_of(cx, t).and_then(|spec| {
                 if req.validate_only {
-                    b.topics.validate(&spec).map(|(n, rf, config)| (Uuid::nil(), n, rf, config, spec.configs))
+                    cx.node.topics.validate(&spec).map(|(n, rf, config)| (Uuid::nil(), n, rf, config, spec.configs))
                 } else {
-                    touched_disk = true;
-                    b.topics.create(&spec).map(|t| {
+                    cx.node.topics.create(cx.disk, &spec, cx.clock.now_ms).map(|t| {
                         (t.id, t.partitions.len() as i32, t.replication_factor, t.config.clone(), t.overrides.clone())
                     })
                 }
@@ -84,15 +82,12 @@ pub async fn create_topics(b: &Broker, req: CreateTopicsRequest, version: i16) -
         }
         resp.topics.push(r);
     }
-    if touched_disk {
-        b.env.pay_disk_latency().await;
-    }
     resp
 }
 
 /// Turn a CreateTopics entry into a spec. Manual assignments are accepted only
 /// when they place every partition on this broker alone.
-fn spec_of(b: &Broker, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
+fn spec_of(cx: &Cx, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
     let mut num_partitions = t.num_partitions;
     let mut replication_factor = t.replication_factor;
     if !t.assignments.is_empty() {
@@ -110,12 +105,12 @@ fn spec_of(b: &Broker, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
                 message: "assigned partitions must be numbered 0..n without gaps".into(),
             });
         }
-        if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != b.config.node_id) {
+        if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != cx.node.config.node_id) {
             return Err(TopicError {
                 code: ResponseError::InvalidReplicaAssignment,
                 message: format!(
                     "every partition must be assigned to broker {} alone: replication is not built yet",
-                    b.config.node_id
+                    cx.node.config.node_id
                 ),
             });
         }
@@ -126,7 +121,7 @@ fn spec_of(b: &Broker, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
     Ok(TopicSpec { name: t.name.0.to_string(), num_partitions, replication_factor, configs })
 }
 
-pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub fn delete_topics(cx: &mut Cx, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
         req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
     } else {
@@ -139,13 +134,14 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest, version: i16) -
         r.name = name.as_deref().map(topic_name);
         let resolved = match &name {
             Some(n) => Ok(n.clone()),
-            None => b
+            None => cx
+                .node
                 .topics
                 .get_by_id(id)
                 .map(|t| t.name.clone())
                 .ok_or(TopicError { code: ResponseError::UnknownTopicId, message: format!("no topic has id {id}") }),
         };
-        match resolved.and_then(|n| b.topics.delete(&n)) {
+        match resolved.and_then(|n| cx.node.topics.delete(cx.disk, &n)) {
             Ok(t) => {
                 r.name = Some(topic_name(&t.name));
                 r.topic_id = t.id;
@@ -157,11 +153,10 @@ pub async fn delete_topics(b: &Broker, req: DeleteTopicsRequest, version: i16) -
         }
         resp.responses.push(r);
     }
-    b.env.pay_disk_latency().await;
     resp
 }
 
-pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
+pub fn describe_configs(cx: &mut Cx, req: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
     let mut resp = DescribeConfigsResponse::default();
     for res in req.resources {
         let mut r = DescribeConfigsResult::default();
@@ -173,7 +168,7 @@ pub fn describe_configs(b: &Broker, req: DescribeConfigsRequest, version: i16) -
                 "resource type {} is not supported: only topic configs (type {RESOURCE_TOPIC}) can be described",
                 res.resource_type
             )));
-        } else if let Some(t) = b.topics.get(&res.resource_name) {
+        } else if let Some(t) = cx.node.topics.get(&res.resource_name) {
             // Null asks for every config; so does an empty list, which would
             // otherwise ask for nothing at all.
             let keys: Option<BTreeSet<String>> =

@@ -4,10 +4,9 @@
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 
-use crate::server::Broker;
 use crate::wire::advertised_api_versions;
 
-pub fn handle(_broker: &Broker, _req: ApiVersionsRequest, _version: i16) -> ApiVersionsResponse {
+pub fn handle(_req: ApiVersionsRequest, _version: i16) -> ApiVersionsResponse {
     advertised_api_versions(0)
 }
 

@@ -10,12 +10,12 @@ use kafka_protocol::messages::{
 };
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::server::node::Cx;
 
 const NOT_BUILT: &str = "consumer groups and transactions are not supported by this broker yet";
 const NO_TRANSACTIONS: &str = "transactions are not supported by this broker yet";
 
-pub fn find_coordinator(_broker: &Broker, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub fn find_coordinator(req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     tracing::info!("FindCoordinator refused: {NOT_BUILT}");
     let err = ResponseError::CoordinatorNotAvailable.code();
     let mut resp = FindCoordinatorResponse::default();
@@ -57,7 +57,7 @@ pub fn find_coordinator(_broker: &Broker, req: FindCoordinatorRequest, version: 
 /// a brand-new id, as Kafka answers non-transactional producers: the new id
 /// has no history in any partition, so its sequences start afresh, and the
 /// old id is never handed out again.
-pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
+pub fn init_producer_id(cx: &mut Cx, req: InitProducerIdRequest, _version: i16) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
     resp.producer_id = (-1).into();
     resp.producer_epoch = -1;
@@ -76,8 +76,7 @@ pub async fn init_producer_id(b: &Broker, req: InitProducerIdRequest, _version: 
         resp.error_code = ResponseError::InvalidRequest.code();
         return resp;
     }
-    let allocated = b.producer_ids.allocate();
-    b.env.pay_disk_latency().await;
+    let allocated = cx.node.producer_ids.allocate(cx.disk);
     match allocated {
         Ok(id) => {
             tracing::debug!(producer_id = id, previous = req.producer_id.0, "producer id allocated");

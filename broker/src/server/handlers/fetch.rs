@@ -1,8 +1,10 @@
 //! Fetch: read from each requested partition up to the high watermark,
 //! within the partition and response byte limits, long-polling up to
-//! `max_wait_ms` until `min_bytes` are available. A waiting fetch holds only
-//! its own connection; appends and flushes wake it.
+//! `max_wait_ms` until `min_bytes` are available. A waiting fetch is parked
+//! on the partitions it reads; the shell wakes it when one of their high
+//! watermarks moves, and drops it when its client disconnects.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,46 +12,46 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
+use super::Request;
+use crate::server::node::{Cx, Parked, Step, Waiting as Parkable};
 use crate::server::partition::{check_leader_epoch, Partition};
-use crate::server::Broker;
 
 const READ_COMMITTED: i8 = 1;
 
-pub async fn handle(b: &Broker, req: FetchRequest, _version: i16) -> FetchResponse {
-    let deadline = b.env.elapsed() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-    let min_bytes = req.min_bytes.max(0) as usize;
-    let stopping = b.stopping();
-    tokio::pin!(stopping);
-    loop {
-        // Register for wake-ups before reading so an append between the read
-        // and the wait is not missed.
-        let notified = b.hw_advanced.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let (resp, bytes, failed) = read_once(b, &req);
-        b.env.pay_disk_latency().await;
-        let now = b.env.elapsed();
-        if bytes >= min_bytes || failed || now >= deadline {
-            return resp;
-        }
-        tokio::select! {
-            biased;
-            _ = &mut stopping => return resp,
-            _ = &mut notified => {}
-            _ = b.env.sleep(deadline - now) => {}
-        }
+/// A fetch that found fewer than `min_bytes` and waits for more.
+pub(crate) struct Waiting {
+    request: Request,
+    fetch: FetchRequest,
+}
+
+pub(crate) fn handle(cx: &mut Cx, req: FetchRequest, request: Request) -> Step {
+    let deadline = cx.clock.elapsed + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    resume(cx, Waiting { request, fetch: req }, deadline)
+}
+
+/// Read every requested partition; answer if there is enough, something
+/// failed, or the deadline passed, else park until a watched partition's
+/// high watermark moves.
+pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
+    let min_bytes = w.fetch.min_bytes.max(0) as usize;
+    let (resp, bytes, failed, watch) = read_once(cx, &w.fetch);
+    if bytes >= min_bytes || failed || cx.clock.elapsed >= deadline || watch.is_empty() {
+        return w.request.respond(&resp);
     }
+    Step::Park(Parked { request: Parkable::Fetch(w), deadline, watch })
 }
 
 /// One pass over the requested partitions: the response, the record bytes it
 /// carries, and whether any partition failed (which ends the long poll).
-fn read_once(b: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool) {
+#[allow(clippy::type_complexity)]
+fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(Arc<Partition>, u64)>) {
+    let mut watch = Vec::new();
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut failed = false;
     let response_max = req.max_bytes.max(0) as usize;
     for ft in &req.topics {
-        let topic = b.topics.get(&ft.topic);
+        let topic = cx.node.topics.get(&ft.topic);
         let mut tr = FetchableTopicResponse::default();
         tr.topic = ft.topic.clone();
         tr.topic_id = ft.topic_id;
@@ -61,8 +63,12 @@ fn read_once(b: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool) {
             let limit = (fp.partition_max_bytes.max(0) as usize).min(response_max.saturating_sub(total));
             let result = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(p) => check_leader_epoch(p, fp.current_leader_epoch)
-                    .and_then(|()| read_partition(p, fp.fetch_offset, limit, total == 0, &mut pd)),
+                Some(p) => {
+                    // Read the version first: a move after this read is then never missed.
+                    watch.push((p.clone(), p.hw_version()));
+                    check_leader_epoch(p, fp.current_leader_epoch)
+                        .and_then(|()| read_partition(cx, p, fp.fetch_offset, limit, total == 0, &mut pd))
+                }
             };
             match result {
                 Ok(records) => {
@@ -79,13 +85,14 @@ fn read_once(b: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool) {
         }
         resp.responses.push(tr);
     }
-    (resp, total, failed)
+    (resp, total, failed, watch)
 }
 
 /// Read one partition into `pd`'s offsets, returning its records. Only the
 /// first partition with data may exceed `limit` (by one batch, as Kafka
 /// allows so that a consumer can always make progress).
 fn read_partition(
+    cx: &Cx,
     p: &Partition,
     offset: i64,
     limit: usize,
@@ -103,7 +110,7 @@ fn read_partition(
     if offset >= o.high_watermark || (limit == 0 && !may_exceed) {
         return Ok(Bytes::new());
     }
-    let read = p.read(offset, limit).map_err(|e| e.code())?;
+    let read = p.read(cx.disk, offset, limit).map_err(|e| e.code())?;
     if read.records.len() > limit && !may_exceed {
         return Ok(Bytes::new());
     }

@@ -6,15 +6,15 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::server::partition::check_leader_epoch;
-use crate::server::Broker;
+use crate::server::node::Cx;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub async fn handle(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn handle(cx: &mut Cx, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
-        let topic = b.topics.get(&t.name);
+        let topic = cx.node.topics.get(&t.name);
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = t.name.clone();
         for lp in t.partitions {
@@ -29,13 +29,13 @@ pub async fn handle(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
                     // The field exists from v4 on; setting it for older
                     // versions makes the response unencodable.
                     if version >= 4 {
-                        pr.leader_epoch = p.leader_epoch;
+                        pr.leader_epoch = p.leader_epoch();
                     }
                     match lp.timestamp {
                         EARLIEST => p.offsets().map(|o| (o.log_start_offset, -1)).map_err(|e| e.code()),
                         LATEST => p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code()),
                         ts if ts >= 0 => {
-                            p.offset_for_timestamp(ts).map(|found| found.unwrap_or((-1, -1))).map_err(|e| e.code())
+                            p.offset_for_timestamp(cx.disk, ts).map(|found| found.unwrap_or((-1, -1))).map_err(|e| e.code())
                         }
                         _ => Err(ResponseError::InvalidRequest),
                     }
@@ -52,6 +52,5 @@ pub async fn handle(b: &Broker, req: ListOffsetsRequest, version: i16) -> ListOf
         }
         resp.topics.push(tr);
     }
-    b.env.pay_disk_latency().await;
     resp
 }

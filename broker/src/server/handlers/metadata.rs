@@ -10,32 +10,31 @@ use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
 use crate::server::topics::{Topic, TopicSpec};
-use crate::server::Broker;
+use crate::server::node::Cx;
 
 /// The cluster id clients see; a single-broker cluster needs no generated one.
 pub const CLUSTER_ID: &str = "faultline";
 
-pub async fn handle(b: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut resp = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
-    broker.node_id = b.config.node_id.into();
-    broker.host = str_bytes(b.advertised_host.clone());
-    broker.port = b.advertised_port;
+    broker.node_id = cx.node.config.node_id.into();
+    broker.host = str_bytes(cx.node.advertised_host.clone());
+    broker.port = cx.node.advertised_port;
     resp.brokers = vec![broker];
     resp.cluster_id = Some(str_bytes(CLUSTER_ID));
-    resp.controller_id = b.config.node_id.into();
+    resp.controller_id = cx.node.config.node_id.into();
 
     // v0 has no null list: an empty one means every topic.
     let requested = match req.topics {
         Some(t) if !(version == 0 && t.is_empty()) => t,
         _ => {
-            resp.topics = b.topics.all().iter().map(|t| describe(b, t)).collect();
+            resp.topics = cx.node.topics.all().iter().map(|t| describe(cx, t)).collect();
             return resp;
         }
     };
     // Before v4 the request cannot say no to auto-creation.
-    let may_create = b.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
-    let mut created = false;
+    let may_create = cx.node.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
     let mut seen = std::collections::BTreeSet::new();
     for wanted in requested {
         let entry = match wanted.name {
@@ -43,12 +42,11 @@ pub async fn handle(b: &Broker, req: MetadataRequest, version: i16) -> MetadataR
                 if !seen.insert(name.0.to_string()) {
                     continue;
                 }
-                match b.topics.get(&name) {
-                    Some(t) => describe(b, &t),
-                    None if may_create => match b.topics.create(&TopicSpec::defaults(&name)) {
+                match cx.node.topics.get(&name) {
+                    Some(t) => describe(cx, &t),
+                    None if may_create => match cx.node.topics.create(cx.disk, &TopicSpec::defaults(&name), cx.clock.now_ms) {
                         Ok(t) => {
-                            created = true;
-                            describe(b, &t)
+                            describe(cx, &t)
                         }
                         Err(e) => {
                             tracing::debug!(topic = %name.0, error = %e.message, "auto-creation refused");
@@ -64,21 +62,18 @@ pub async fn handle(b: &Broker, req: MetadataRequest, version: i16) -> MetadataR
                     }
                 }
             }
-            None => match b.topics.get_by_id(wanted.topic_id) {
-                Some(t) => describe(b, &t),
+            None => match cx.node.topics.get_by_id(wanted.topic_id) {
+                Some(t) => describe(cx, &t),
                 None => error_entry(None, wanted.topic_id, ResponseError::UnknownTopicId),
             },
         };
         resp.topics.push(entry);
     }
-    if created {
-        b.env.pay_disk_latency().await;
-    }
     resp
 }
 
-fn describe(b: &Broker, t: &Topic) -> MetadataResponseTopic {
-    let node = b.config.node_id;
+fn describe(cx: &Cx, t: &Topic) -> MetadataResponseTopic {
+    let node = cx.node.config.node_id;
     let mut entry = MetadataResponseTopic::default();
     entry.name = Some(topic_name(&t.name));
     entry.topic_id = t.id;
@@ -89,7 +84,7 @@ fn describe(b: &Broker, t: &Topic) -> MetadataResponseTopic {
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = p.index;
             mp.leader_id = node.into();
-            mp.leader_epoch = p.leader_epoch;
+            mp.leader_epoch = p.leader_epoch();
             mp.replica_nodes = vec![node.into()];
             mp.isr_nodes = vec![node.into()];
             mp

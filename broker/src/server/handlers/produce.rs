@@ -1,6 +1,13 @@
 //! Produce: validate each partition's record batches, append them, and, for
-//! acks=1/-1, answer only once they are durable (the high watermark has
-//! passed them), so an acknowledged write survives a crash.
+//! acks=1/-1, answer only once they are below the high watermark (today:
+//! durable), so an acknowledged write survives a crash.
+//!
+//! The acks contract: acks=0 is never answered (a failure closes the
+//! connection, the only signal such a producer gets); acks=1 and acks=-1 are
+//! answered when every appended batch of the request is below its
+//! partition's high watermark, or with REQUEST_TIMED_OUT for the partitions
+//! still short of it at `timeout_ms`. With one replica the two are the same;
+//! replication will make acks=1 answer at the leader's append.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,21 +16,19 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::str_bytes;
+use super::{str_bytes, Request};
+use crate::server::node::{Cx, Parked, Step, Waiting as Parkable};
 use crate::server::partition::Partition;
-use crate::server::Broker;
 use crate::wire::validate_record_set;
 
-pub enum Outcome {
-    Respond(ProduceResponse),
-    /// acks=0 and everything was appended: Kafka sends nothing.
-    Silent,
-    /// acks=0 and something failed: Kafka closes the connection, the only
-    /// way to tell such a producer.
-    Close(String),
+/// A produce request whose appended batches are not all acknowledged yet.
+pub(crate) struct Waiting {
+    request: Request,
+    response: ProduceResponse,
+    pending: Vec<Pending>,
 }
 
-/// An appended partition waiting for its batches to become durable.
+/// One appended partition waiting for its high watermark.
 struct Pending {
     partition: Arc<Partition>,
     last_offset: i64,
@@ -31,14 +36,15 @@ struct Pending {
     partition_slot: usize,
 }
 
-pub async fn handle(b: &Broker, req: ProduceRequest, version: i16) -> Outcome {
+pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step {
     let acks = req.acks;
     let acks_valid = matches!(acks, 0 | 1 | -1);
     let mut resp = ProduceResponse::default();
     let mut pending = Vec::new();
     let mut first_error: Option<String> = None;
+    let topics = &cx.node.topics;
     for (ti, td) in req.topic_data.into_iter().enumerate() {
-        let topic = b.topics.get(&td.name);
+        let topic = topics.get(&td.name);
         let mut tr = TopicProduceResponse::default();
         tr.name = td.name.clone();
         for (pi, pd) in td.partition_data.into_iter().enumerate() {
@@ -51,7 +57,7 @@ pub async fn handle(b: &Broker, req: ProduceRequest, version: i16) -> Outcome {
             let result = if !acks_valid {
                 Err((ResponseError::InvalidRequiredAcks, format!("acks must be 0, 1 or -1, not {acks}")))
             } else if let Some(p) = partition {
-                append(b, p, pd.records.unwrap_or_default()).await
+                append(cx, p, pd.records.unwrap_or_default())
             } else {
                 Err((ResponseError::UnknownTopicOrPartition, "no such topic or partition".to_string()))
             };
@@ -60,7 +66,7 @@ pub async fn handle(b: &Broker, req: ProduceRequest, version: i16) -> Outcome {
                     pr.base_offset = base;
                     pr.log_append_time_ms = append_time;
                     pr.log_start_offset = log_start;
-                    if acks != 0 && !b.config.bugs.ack_before_durable {
+                    if acks != 0 && !cx.node.config.bugs.ack_before_durable {
                         let partition = partition.expect("appended to a partition").clone();
                         pending.push(Pending { partition, last_offset: last, topic_slot: ti, partition_slot: pi });
                     }
@@ -69,7 +75,7 @@ pub async fn handle(b: &Broker, req: ProduceRequest, version: i16) -> Outcome {
                     tracing::debug!(topic = %td.name.0, partition = pd.index, ?code, %message, "produce refused");
                     first_error.get_or_insert_with(|| format!("{}-{}: {message}", td.name.0, pd.index));
                     pr.error_code = code.code();
-                    if version >= 8 {
+                    if request.version >= 8 {
                         pr.error_message = Some(str_bytes(message));
                     }
                 }
@@ -80,39 +86,65 @@ pub async fn handle(b: &Broker, req: ProduceRequest, version: i16) -> Outcome {
     }
     if acks == 0 {
         return match first_error {
-            Some(e) => Outcome::Close(format!("acks=0 produce failed: {e}")),
-            None => Outcome::Silent,
+            Some(e) => Step::Close(format!("acks=0 produce failed: {e}")),
+            None => Step::Silent,
         };
     }
-    let deadline = b.env.elapsed() + Duration::from_millis(req.timeout_ms.max(0) as u64);
-    for p in pending {
-        if let Err(code) = await_durable(b, &p.partition, p.last_offset, deadline).await {
-            let pr = &mut resp.responses[p.topic_slot].partition_responses[p.partition_slot];
-            pr.error_code = code.code();
-            pr.base_offset = -1;
+    let deadline = cx.clock.elapsed + Duration::from_millis(req.timeout_ms.max(0) as u64);
+    resume(cx, Waiting { request, response: resp, pending }, deadline)
+}
+
+/// Answer once every pending partition's high watermark has passed its
+/// batches, or at the deadline with REQUEST_TIMED_OUT for those that have not.
+pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
+    let timed_out = cx.clock.elapsed >= deadline;
+    let mut watch = Vec::new();
+    let mut still = Vec::new();
+    for p in w.pending {
+        // Read the version first: a move after this read is then never missed.
+        let version = p.partition.hw_version();
+        let outcome = p.partition.offsets().map(|o| o.high_watermark > p.last_offset).map_err(|e| e.code());
+        let pr = &mut w.response.responses[p.topic_slot].partition_responses[p.partition_slot];
+        match outcome {
+            Ok(true) => {}
+            Ok(false) if !timed_out => {
+                watch.push((p.partition.clone(), version));
+                still.push(p);
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    topic = %p.partition.topic,
+                    partition = p.partition.index,
+                    last_offset = p.last_offset,
+                    "produce timed out waiting for the high watermark"
+                );
+                pr.error_code = ResponseError::RequestTimedOut.code();
+                pr.base_offset = -1;
+            }
+            Err(code) => {
+                pr.error_code = code.code();
+                pr.base_offset = -1;
+            }
         }
     }
-    Outcome::Respond(resp)
+    if still.is_empty() {
+        return w.request.respond(&w.response);
+    }
+    w.pending = still;
+    Step::Park(Parked { request: Parkable::Produce(w), deadline, watch })
 }
 
 /// Validate and append one partition's record set. Returns (base offset,
 /// last offset, log append time, log start offset).
-async fn append(
-    b: &Broker,
-    p: &Partition,
-    records: bytes::Bytes,
-) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
+fn append(cx: &mut Cx, p: &Arc<Partition>, records: bytes::Bytes) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
     if let Err(why) = validate_record_set(&records) {
         tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
         return Err((ResponseError::CorruptMessage, why));
     }
-    let appended = p.append(&records, b.env.now_ms()).and_then(|info| Ok((info, p.offsets()?)));
-    b.env.pay_disk_latency().await;
+    let appended = p.append(cx.disk, &records, cx.clock.now_ms).and_then(|info| Ok((info, p.offsets()?)));
     match appended {
-        Ok((info, offsets)) => {
-            if offsets.high_watermark > info.last_offset {
-                b.hw_advanced.notify_waiters();
-            }
+        Ok(((info, advanced), offsets)) => {
+            cx.advanced(p, advanced);
             Ok((info.base_offset, info.last_offset, info.log_append_time, offsets.log_start_offset))
         }
         Err(e) => {
@@ -120,29 +152,6 @@ async fn append(
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "append failed");
             }
             Err((e.code(), e.to_string()))
-        }
-    }
-}
-
-/// Wait until everything up to `last_offset` is below the high watermark.
-async fn await_durable(b: &Broker, p: &Partition, last_offset: i64, deadline: Duration) -> Result<(), ResponseError> {
-    loop {
-        let notified = b.hw_advanced.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let hw = p.offsets().map_err(|e| e.code())?.high_watermark;
-        if hw > last_offset {
-            return Ok(());
-        }
-        let now = b.env.elapsed();
-        if now >= deadline {
-            tracing::warn!(topic = %p.topic, partition = p.index, last_offset, hw, "produce timed out waiting for durability");
-            return Err(ResponseError::RequestTimedOut);
-        }
-        tokio::select! {
-            biased;
-            _ = &mut notified => {}
-            _ = b.env.sleep(deadline - now) => {}
         }
     }
 }

@@ -1,0 +1,195 @@
+//! The node core: Kafka's request logic as a plain state machine, with no
+//! sockets, no runtime and no clock of its own (in the style of
+//! quinn-proto).
+//!
+//! Inputs are a decoded request frame, a parked request to re-examine, or a
+//! timer tick, each with the current [`Clock`] and a [`DiskScope`] proving the
+//! caller pays for the disk work. Outputs are an [`Output`]: what to do with
+//! the request (reply, stay silent, close, or park until a condition holds or
+//! a deadline passes) and which partitions' high watermarks moved, so the
+//! shell can wake requests parked on them. The async shell in
+//! [`super::shell`] owns connections, waiting and timers; it never decides
+//! anything Kafka-specific.
+//!
+//! A parked request is data, not a suspended future: [`Parked`] carries the
+//! partitions it watches (with the high-watermark version it saw), its
+//! deadline on the monotonic clock, and what to re-check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::handlers::{self, fetch, produce};
+use super::partition::Partition;
+use super::producer_ids::ProducerIds;
+use super::topics::Topics;
+use crate::config::BrokerConfig;
+use crate::io::{DiskScope, Fs};
+
+/// The two clocks a node reads, sampled by the shell for each input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall-clock milliseconds since the Unix epoch (record timestamps,
+    /// `segment.ms`, `flush.ms`); may jump.
+    pub now_ms: i64,
+    /// Monotonic time since the node started (deadlines).
+    pub elapsed: Duration,
+}
+
+/// What the node asks of the shell about one request.
+pub enum Step {
+    /// Send this response frame (length prefix included).
+    Reply(Bytes),
+    /// Send nothing (acks=0 produce) and read the next request.
+    Silent,
+    /// Close the connection, logging why.
+    Close(String),
+    /// Wait, then hand the request back with [`Node::resume`].
+    Park(Parked),
+}
+
+/// The result of one input.
+pub struct Output {
+    pub step: Step,
+    /// Partitions whose high watermark moved: requests parked on them may
+    /// now complete.
+    pub wake: Vec<Arc<Partition>>,
+}
+
+/// A request waiting for a condition the node cannot meet yet.
+pub struct Parked {
+    pub(crate) request: Waiting,
+    pub(crate) deadline: Duration,
+    pub(crate) watch: Vec<(Arc<Partition>, u64)>,
+}
+
+impl Parked {
+    /// When to hand the request back even if nothing changed.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The partitions whose high watermark the request waits on.
+    pub fn watched(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.watch.iter().map(|(p, _)| p)
+    }
+
+    /// Whether a watched partition moved since the request looked at it: if
+    /// so, resume at once instead of waiting for a wake-up already missed.
+    pub fn stale(&self) -> bool {
+        self.watch.iter().any(|(p, seen)| p.hw_version() != *seen)
+    }
+}
+
+/// What a parked request re-checks when resumed.
+pub(crate) enum Waiting {
+    Produce(produce::Waiting),
+    Fetch(fetch::Waiting),
+}
+
+/// Everything a handler may touch while it runs: the node, proof that disk
+/// latency is paid, the time, and the partitions whose high watermark it moved.
+pub(crate) struct Cx<'a> {
+    pub node: &'a Node,
+    pub disk: &'a DiskScope,
+    pub clock: Clock,
+    pub wake: Vec<Arc<Partition>>,
+}
+
+impl Cx<'_> {
+    /// Record that `p`'s high watermark moved if `advanced`.
+    pub fn advanced(&mut self, p: &Arc<Partition>, advanced: bool) {
+        if advanced && !self.wake.iter().any(|w| Arc::ptr_eq(w, p)) {
+            self.wake.push(p.clone());
+        }
+    }
+}
+
+/// One broker's state: its configuration, topics and partitions, and
+/// producer ids.
+pub struct Node {
+    pub config: BrokerConfig,
+    pub topics: Topics,
+    pub producer_ids: ProducerIds,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+}
+
+impl Node {
+    /// Open the data directory, recovering every partition. `seed` feeds the
+    /// node's own random choices (topic ids), so a simulated run replays.
+    pub fn open(
+        _disk: &DiskScope,
+        fs: Arc<dyn Fs>,
+        config: BrokerConfig,
+        advertised: (String, i32),
+        now_ms: i64,
+        seed: u64,
+    ) -> anyhow::Result<Node> {
+        use anyhow::Context;
+        anyhow::ensure!(config.num_partitions >= 1, "num_partitions must be at least 1, not {}", config.num_partitions);
+        anyhow::ensure!(config.socket_request_max_bytes >= 64, "socket_request_max_bytes is too small");
+        let topics = Topics::open(fs.clone(), config.clone(), now_ms, seed)
+            .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+        let producer_ids = ProducerIds::open(fs, &config.data_dir)
+            .with_context(|| format!("cannot load producer ids from {}", config.data_dir.display()))?;
+        let (advertised_host, advertised_port) = advertised;
+        Ok(Node { config, topics, producer_ids, advertised_host, advertised_port })
+    }
+
+    /// Handle one request frame (length prefix removed).
+    pub fn handle(&self, disk: &DiskScope, clock: Clock, frame: Bytes) -> Output {
+        let mut cx = Cx { node: self, disk, clock, wake: Vec::new() };
+        let step = handlers::dispatch(&mut cx, frame);
+        Output { step, wake: cx.wake }
+    }
+
+    /// Re-examine a parked request: it completes if its condition now holds
+    /// or its deadline has passed, and parks again otherwise.
+    pub fn resume(&self, disk: &DiskScope, clock: Clock, parked: Parked) -> Output {
+        let mut cx = Cx { node: self, disk, clock, wake: Vec::new() };
+        let step = match parked.request {
+            Waiting::Produce(w) => produce::resume(&mut cx, w, parked.deadline),
+            Waiting::Fetch(w) => fetch::resume(&mut cx, w, parked.deadline),
+        };
+        Output { step, wake: cx.wake }
+    }
+
+    /// Apply time-based log policies (`flush.ms`, `segment.ms`) to every
+    /// partition. Returns the partitions whose high watermark moved and when
+    /// to tick again.
+    pub fn tick(&self, disk: &DiskScope, clock: Clock) -> (Vec<Arc<Partition>>, Duration) {
+        let mut cx = Cx { node: self, disk, clock, wake: Vec::new() };
+        for topic in self.topics.all() {
+            for p in &topic.partitions {
+                match p.tick(disk, clock.now_ms) {
+                    Ok(moved) => cx.advanced(p, moved),
+                    Err(e) => tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush/roll failed"),
+                }
+            }
+        }
+        (cx.wake, self.tick_interval())
+    }
+
+    /// How often policies are checked, like Kafka's
+    /// `log.flush.scheduler.interval.ms`, bounded by the smallest `flush.ms`
+    /// so short flush intervals are honoured.
+    pub fn tick_interval(&self) -> Duration {
+        let smallest = self.topics.all().iter().map(|t| t.config.flush_ms).chain([self.config.log.flush_ms]).min();
+        let ms = smallest.unwrap_or(1000).clamp(10, 1000) as u64;
+        Duration::from_millis(ms / 2).max(Duration::from_millis(10))
+    }
+
+    /// fsync every partition (clean shutdown).
+    pub fn flush_all(&self, disk: &DiskScope) {
+        for topic in self.topics.all() {
+            for p in &topic.partitions {
+                if let Err(e) = p.flush(disk) {
+                    tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "flush at shutdown failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The async shell around the [`Node`] core: it owns everything that waits —
+//! the accept loop, one task per connection, parked requests, and the
+//! policy timer — and drives the core through the seam. It makes no Kafka
+//! decision of its own.
+//!
+//! Every call into the core runs inside [`on_disk`], so the disk latency it
+//! causes is paid by the request that caused it, and in real mode a slow disk
+//! call holds up only that request. A connection answers its requests
+//! strictly in order, one at a time, as Kafka does; while a request is
+//! parked the connection keeps reading, so a client that hangs up ends its
+//! long poll at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::node::{Clock, Node, Output, Parked, Step};
+use super::partition::Partition;
+use crate::io::{self, on_disk, DiskScope, Env, Listener, Stream};
+use crate::wire::{write_frame, FrameReader};
+
+/// State shared by every task of one broker.
+pub(crate) struct Shell {
+    pub env: Env,
+    pub node: Arc<Node>,
+    waiters: Waiters,
+    /// Becomes true when the broker is asked to stop.
+    stop: watch::Sender<bool>,
+}
+
+impl Shell {
+    pub fn new(env: Env, node: Arc<Node>) -> Shell {
+        Shell { env, node, waiters: Waiters::default(), stop: watch::channel(false).0 }
+    }
+
+    pub fn clock(&self) -> Clock {
+        Clock { now_ms: self.env.now_ms(), elapsed: self.env.elapsed() }
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once the broker is asked to stop.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Run a core call on the disk path, then wake what it moved.
+    async fn core<T: Send>(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> (T, Vec<Arc<Partition>>) + Send) -> T {
+        let clock = self.clock();
+        let node = &*self.node;
+        let (out, wake) = on_disk(&self.env, |disk| f(node, disk, clock)).await;
+        for p in &wake {
+            self.waiters.wake(p);
+        }
+        out
+    }
+
+    async fn step(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> Output + Send) -> Step {
+        self.core(|node, disk, clock| {
+            let out = f(node, disk, clock);
+            (out.step, out.wake)
+        })
+        .await
+    }
+}
+
+/// Requests parked on partitions, woken when a partition's high watermark
+/// moves. Keyed by topic and index; entries die with their last waiter.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<BTreeMap<(String, i32), Weak<Notify>>>,
+}
+
+impl Waiters {
+    fn subscribe(&self, p: &Partition) -> Arc<Notify> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (p.topic.clone(), p.index);
+        if let Some(n) = map.get(&key).and_then(Weak::upgrade) {
+            return n;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let n = Arc::new(Notify::new());
+        map.insert(key, Arc::downgrade(&n));
+        n
+    }
+
+    fn wake(&self, p: &Partition) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get(&(p.topic.clone(), p.index)).and_then(Weak::upgrade) {
+            n.notify_waiters();
+        }
+    }
+}
+
+pub(crate) async fn accept_loop(shell: Arc<Shell>, listener: Box<dyn Listener>) {
+    let stopping = shell.stopping();
+    tokio::pin!(stopping);
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stopping => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                next_id += 1;
+                let id = next_id;
+                tracing::debug!(conn = id, %peer, "connection accepted");
+                let s = shell.clone();
+                io::spawn(&shell.env, "broker-connection", async move { serve(s, stream, peer, id).await });
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                shell.env.sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!("accept loop stopped");
+}
+
+/// Why a connection task ended early.
+enum Ended {
+    Stopping,
+    HungUp,
+}
+
+async fn serve(shell: Arc<Shell>, mut stream: Box<dyn Stream>, peer: String, id: u64) {
+    let stopping = shell.stopping();
+    tokio::pin!(stopping);
+    let mut reader = FrameReader::new(shell.node.config.socket_request_max_bytes);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut stopping => return,
+            f = reader.next(&mut stream) => f,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                tracing::debug!(conn = id, %peer, "connection closed by client");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(conn = id, %peer, error = %e, "closing connection: bad frame");
+                return;
+            }
+        };
+        let mut step = shell.step(|node, disk, clock| node.handle(disk, clock, frame)).await;
+        loop {
+            match step {
+                Step::Reply(out) => {
+                    if let Err(e) = write_frame(&mut stream, &out).await {
+                        tracing::debug!(conn = id, %peer, error = %e, "connection lost while writing a response");
+                        return;
+                    }
+                    break;
+                }
+                Step::Silent => break,
+                Step::Close(reason) => {
+                    tracing::warn!(conn = id, %peer, %reason, "closing connection");
+                    return;
+                }
+                Step::Park(parked) => match wait(&shell, &parked, &mut reader, &mut stream, &mut stopping).await {
+                    Ok(()) => step = shell.step(|node, disk, clock| node.resume(disk, clock, parked)).await,
+                    Err(Ended::Stopping) => return,
+                    Err(Ended::HungUp) => {
+                        tracing::debug!(conn = id, %peer, "client hung up while its request waited");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Wait until a watched partition moves or the parked request's deadline
+/// passes; fail if the broker stops or the client hangs up first.
+async fn wait(
+    shell: &Shell,
+    parked: &Parked,
+    reader: &mut FrameReader,
+    stream: &mut Box<dyn Stream>,
+    stopping: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<(), Ended> {
+    let notifies: Vec<Arc<Notify>> = parked.watched().map(|p| shell.waiters.subscribe(p)).collect();
+    let mut notified: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+    for n in &mut notified {
+        n.as_mut().enable();
+    }
+    // Registered before this check, so a move after it is not missed.
+    if parked.stale() {
+        return Ok(());
+    }
+    let now = shell.env.elapsed();
+    let left = parked.deadline().saturating_sub(now);
+    let any_moved = async move {
+        if notified.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures::future::select_all(notified).await;
+    };
+    tokio::select! {
+        biased;
+        _ = stopping => Err(Ended::Stopping),
+        _ = reader.closed(stream) => Err(Ended::HungUp),
+        _ = any_moved => Ok(()),
+        _ = shell.env.sleep(left) => Ok(()),
+    }
+}
+
+/// The policy timer: `flush.ms` and `segment.ms`, applied by the core.
+pub(crate) fn spawn_ticker(shell: Arc<Shell>) {
+    let env = shell.env.clone();
+    io::spawn(&env, "broker-ticker", async move {
+        let stopping = shell.stopping();
+        tokio::pin!(stopping);
+        let mut pause = shell.node.tick_interval();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopping => return,
+                _ = shell.env.sleep(pause) => {}
+            }
+            pause = shell.core(|node, disk, clock| {
+                let (wake, next) = node.tick(disk, clock);
+                (next, wake)
+            })
+            .await;
+        }
+    });
+}
