@@ -52,11 +52,17 @@ pub struct PlantedBugs {
     /// After a crash, restart offset assignment from the last index entry
     /// instead of the recovered log end, reusing offsets.
     pub duplicate_offset_after_crash: bool,
+    /// Panic in the broker's background policy task on its first tick: a
+    /// crash in a spawned task, which must fail a simulated run, not vanish.
+    pub panic_in_background_task: bool,
 }
 
 impl PlantedBugs {
     pub fn any(&self) -> bool {
-        self.ack_before_durable || self.skip_crc_on_recovery || self.duplicate_offset_after_crash
+        self.ack_before_durable
+            || self.skip_crc_on_recovery
+            || self.duplicate_offset_after_crash
+            || self.panic_in_background_task
     }
 }
 

@@ -99,6 +99,9 @@ pub struct RunResult {
     pub timeline: Vec<TimelineEntry>,
     /// Simulated time the run took.
     pub sim_time: Duration,
+    /// Panics in any simulated task (a failed invariant assertion is one),
+    /// as "node task: message". Any panic fails the run.
+    pub panics: Vec<String>,
 }
 
 impl RunResult {
@@ -106,11 +109,14 @@ impl RunResult {
     /// acknowledged data stayed corrupt, and the final read completed (so
     /// the checkers saw everything).
     pub fn passed(&self) -> bool {
-        self.report.valid && self.final_read_complete && self.unreadable.is_empty()
+        self.report.valid && self.final_read_complete && self.unreadable.is_empty() && self.panics.is_empty()
     }
 
     /// A one-word verdict.
     pub fn verdict(&self) -> String {
+        if let Some(first) = self.panics.first() {
+            return format!("PANIC ({first})");
+        }
         let mut kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
         if !self.unreadable.is_empty() {
             kinds.push(CORRUPT_READ);
@@ -132,6 +138,12 @@ impl RunResult {
         use std::fmt::Write;
         let mut out = String::new();
         let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+        if !self.panics.is_empty() {
+            let _ = writeln!(out, "\npanic: {} task(s) panicked; the run stopped at the first", self.panics.len());
+            for p in &self.panics {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
         if !self.unreadable.is_empty() {
             let _ = writeln!(
                 out,
@@ -165,7 +177,7 @@ impl RunResult {
                 }
                 let _ = writeln!(out, "    last error: {}", u.error);
             }
-        } else if !self.final_read_complete {
+        } else if !self.final_read_complete && self.panics.is_empty() {
             let why = self
                 .history
                 .ops
@@ -256,12 +268,21 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             let trace = trace.clone();
             let name = node.name.clone();
             async move {
+                use futures::FutureExt;
                 let at = crate::seam::sim_now().as_nanos() as u64;
                 trace.record(at, &name, EventKind::Node, format_args!("broker starting"));
-                if let Err(e) = faultline_broker::server::run(env, config).await {
-                    let at = crate::seam::sim_now().as_nanos() as u64;
-                    trace.record(at, &name, EventKind::Node, format_args!("broker stopped: {e:#}"));
-                    tracing::warn!(error = %format!("{e:#}"), "broker stopped");
+                let run = std::panic::AssertUnwindSafe(faultline_broker::server::run(env, config)).catch_unwind();
+                let at = || crate::seam::sim_now().as_nanos() as u64;
+                match run.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        trace.record(at(), &name, EventKind::Node, format_args!("broker stopped: {e:#}"));
+                        tracing::warn!(error = %format!("{e:#}"), "broker stopped");
+                    }
+                    Err(payload) => {
+                        let message = crate::seam::panic_message(&*payload);
+                        trace.record_panic(at(), &name, "broker", &message);
+                    }
                 }
                 Ok(())
             }
@@ -354,6 +375,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         if let Some(outcome) = recorder.final_read_done() {
             break outcome;
         }
+        if trace.has_panicked() {
+            break Default::default();
+        }
         if after >= hard_limit {
             break Default::default();
         }
@@ -364,6 +388,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let corrupt_polls = recorder.corrupt_polls();
     let history = recorder.finish(sim_time);
     let report = checker::check(&history, &check);
+    let panics = trace.panics();
     Ok(RunResult {
         seed,
         scenario: scenario.name.clone(),
@@ -378,6 +403,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         history,
         timeline,
         sim_time,
+        panics,
     })
 }
 
@@ -419,12 +445,12 @@ fn heal(
 ) {
     for &(_, up, i) in pending {
         // Every strike ends inside the window, so only ends can remain.
-        debug_assert!(!up, "strike {i} starts after the fault window");
+        assert!(!up, "strike {i} starts after the fault window");
         if !up {
             apply(sim, injector, nodes, &strikes[i], false, now, trace, recorder, timeline);
         }
     }
-    debug_assert!(injector.is_quiet(), "faults still in force after healing");
+    assert!(injector.is_quiet(), "faults still in force after healing");
     for node in nodes.values() {
         node.disk.set_faults(DiskFaults::default());
         node.set_skew(Default::default());

@@ -152,8 +152,18 @@ impl Io for SimIo {
         tokio::time::sleep(d).await
     }
 
-    fn spawn(&self, _name: &str, task: BoxFuture) {
-        tokio::task::spawn_local(task);
+    /// Tasks run on the host's local set. A panic inside one would end only
+    /// that task, silently; it is caught here and recorded, and the runner
+    /// fails the run with it (assertions on invariants are panics).
+    fn spawn(&self, name: &str, task: BoxFuture) {
+        use futures::FutureExt;
+        let (trace, node, name) = (self.trace.clone(), self.node.name.clone(), name.to_string());
+        tokio::task::spawn_local(async move {
+            if let Err(payload) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                let message = panic_message(&*payload);
+                trace.record_panic(sim_now().as_nanos() as u64, &node, &name, &message);
+            }
+        });
     }
 
     fn random_u64(&self) -> u64 {
@@ -166,6 +176,15 @@ impl Io for SimIo {
             tokio::time::sleep(d).await;
         }
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_string())
 }
 
 /// A turmoil stream that reports every chunk it delivers to the trace.

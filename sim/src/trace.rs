@@ -63,6 +63,8 @@ struct Inner {
     /// events and most runs only need the hash.
     lines: Option<Vec<String>>,
     line: String,
+    /// Panics caught in tasks spawned through the seam, as "node task: message".
+    panics: Vec<String>,
 }
 
 /// Shared handle to the trace; every node and the runner append to it. The
@@ -79,7 +81,24 @@ impl Trace {
             events: 0,
             lines: keep_lines.then(Vec::new),
             line: String::new(),
+            panics: Vec::new(),
         })))
+    }
+
+    /// A task spawned on `node` panicked: record it as an event, and keep it
+    /// so the run fails with it.
+    pub fn record_panic(&self, at_ns: u64, node: &str, task: &str, message: &str) {
+        self.record(at_ns, node, EventKind::Node, format_args!("task {task} panicked: {message}"));
+        self.0.lock().expect("trace lock").panics.push(format!("{node} {task}: {message}"));
+    }
+
+    pub fn has_panicked(&self) -> bool {
+        !self.0.lock().expect("trace lock").panics.is_empty()
+    }
+
+    /// Every panic caught so far.
+    pub fn panics(&self) -> Vec<String> {
+        self.0.lock().expect("trace lock").panics.clone()
     }
 
     /// Append one event at simulated time `at_ns`.

@@ -97,3 +97,19 @@ fn skip_crc_on_recovery_serves_corrupt_data() {
     // none of it.
     assert_control_clean(&s, seed.max(CONTROL_SEEDS), served_corrupt);
 }
+
+/// A panic in a task the broker spawned (here its policy timer) must fail
+/// the run with its message; the runner prints the seed and replay command
+/// for any failed run.
+#[test]
+fn a_panic_in_a_broker_task_fails_the_run() {
+    let mut s = scenario::builtin_named("steady").unwrap();
+    s.cluster.bugs = PlantedBugs { panic_in_background_task: true, ..PlantedBugs::default() };
+    let r = run_scenario(&s, 1, &RunOptions::default()).unwrap();
+    assert!(!r.passed(), "a run with a panicking broker task passed");
+    assert!(r.verdict().starts_with("PANIC"), "{}", r.verdict());
+    assert!(r.panics.iter().any(|p| p.contains("planted panic")), "{:?}", r.panics);
+    assert!(r.findings().contains("planted panic"), "{}", r.findings());
+    let control = run_scenario(&scenario::builtin_named("steady").unwrap(), 1, &RunOptions::default()).unwrap();
+    assert!(control.panics.is_empty(), "{:?}", control.panics);
+}

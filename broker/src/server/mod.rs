@@ -18,6 +18,9 @@ mod shell;
 pub mod topic_config;
 pub mod topics;
 
+#[cfg(test)]
+mod node_tests;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

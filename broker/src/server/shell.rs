@@ -230,6 +230,7 @@ pub(crate) fn spawn_ticker(shell: Arc<Shell>) {
                 _ = &mut stopping => return,
                 _ = shell.env.sleep(pause) => {}
             }
+            assert!(!shell.node.config.bugs.panic_in_background_task, "planted panic in the broker's policy task");
             pause = shell.core(|node, disk, clock| {
                 let (wake, next) = node.tick(disk, clock);
                 (next, wake)
