@@ -200,7 +200,7 @@ impl Inode {
             self.durable[lo..hi].copy_from_slice(&self.data[lo..hi]);
         }
         self.last_write = None;
-        debug_assert_eq!(self.data.len(), self.durable.len());
+        assert_eq!(self.data.len(), self.durable.len());
     }
 }
 

@@ -287,7 +287,7 @@ fn flip_one_bit(disk: &crate::disk::SimDisk, rng: &mut ChaCha8Rng) {
     }
     let (path, len) = &logs[rng.random_range(0..logs.len())];
     let hit = disk.flip_bit(path, rng.random_range(0..*len), rng.random_range(0..8u8));
-    debug_assert!(hit, "flipped a bit beyond the end of {}", path.display());
+    assert!(hit, "flipped a bit beyond the end of {}", path.display());
 }
 
 /// What the injector did to a host's software, for the runner to follow up.
@@ -327,7 +327,7 @@ fn bump(map: &mut BTreeMap<(String, String), u32>, key: (String, String), up: bo
     if up {
         *n += 1;
     } else {
-        debug_assert!(*n > 0, "healing a link fault that was never applied: {key:?}");
+        assert!(*n > 0, "healing a link fault that was never applied: {key:?}");
         *n = n.saturating_sub(1);
         if *n == 0 {
             map.remove(&key);
@@ -417,7 +417,7 @@ impl Injector {
                         return HostChange::Crashed(host.clone());
                     }
                 } else {
-                    debug_assert!(*n > 0, "restarting {host}, which no strike crashed");
+                    assert!(*n > 0, "restarting {host}, which no strike crashed");
                     *n = n.saturating_sub(1);
                     if *n == 0 {
                         self.down.remove(host);

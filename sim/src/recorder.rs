@@ -121,7 +121,7 @@ impl Recorder {
     pub fn invoke(&self, node: &str, process: u64, now: Duration, kind: OpKind) {
         let prev =
             self.lock().pending.insert(node.to_string(), Pending { process, invoke_ns: now.as_nanos() as u64, kind });
-        debug_assert!(prev.is_none(), "{node} invoked an operation while another was in flight");
+        assert!(prev.is_none(), "{node} invoked an operation while another was in flight");
     }
 
     /// Complete `node`'s operation in flight with `outcome`; `kind` replaces
@@ -129,7 +129,7 @@ impl Recorder {
     pub fn complete(&self, node: &str, now: Duration, kind: Option<OpKind>, outcome: Outcome, final_read: bool) {
         let mut s = self.lock();
         let Some(p) = s.pending.remove(node) else {
-            debug_assert!(false, "{node} completed an operation it never invoked");
+            assert!(false, "{node} completed an operation it never invoked");
             return;
         };
         let op = p.into_op(node, now, kind, outcome, final_read);

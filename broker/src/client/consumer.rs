@@ -405,10 +405,12 @@ impl Consumer {
                         let next =
                             decoded.records.last().map(|r| r.offset + 1).into_iter().chain(decoded.next_offset).max();
                         if let Some(next) = next {
-                            debug_assert!(
-                                next > fetched_at,
-                                "fetch from {fetched_at} of {tp} went backwards to {next}"
-                            );
+                            // A broker's answer is input, not an invariant: a
+                            // position that would move back stays put, and the
+                            // records go to the checkers, which judge them.
+                            if next <= fetched_at {
+                                tracing::debug!(%tp, fetched_at, next, "fetch did not advance the position");
+                            }
                             self.positions.insert(tp.clone(), Some(next.max(fetched_at)));
                         }
                         records.extend(decoded.records);

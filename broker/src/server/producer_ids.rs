@@ -66,7 +66,7 @@ impl ProducerIds {
     /// when the current one is used up.
     pub fn allocate(&self, _disk: &DiskScope) -> std::io::Result<i64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        debug_assert!(s.next <= s.block_end);
+        assert!(s.next <= s.block_end);
         if s.next == s.block_end {
             let block_end = s
                 .block_end

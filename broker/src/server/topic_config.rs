@@ -75,7 +75,7 @@ pub fn describe(effective: &LogConfig, overrides: &BTreeMap<String, String>) -> 
         entry("segment.bytes", effective.segment_bytes.to_string(), ConfigType::Int),
         entry("segment.ms", effective.segment_ms.to_string(), ConfigType::Long),
     ];
-    debug_assert!(out.iter().map(|e| e.name).eq(TOPIC_CONFIG_NAMES.iter().copied()));
+    assert!(out.iter().map(|e| e.name).eq(TOPIC_CONFIG_NAMES.iter().copied()));
     out
 }
 

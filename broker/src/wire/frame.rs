@@ -140,8 +140,8 @@ impl FrameReader {
 /// Write one already-framed buffer (length prefix included, as the encoders
 /// in this module produce) and flush it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    debug_assert!(frame.len() >= 4, "a frame carries its length prefix");
-    debug_assert_eq!(i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize, frame.len() - 4);
+    assert!(frame.len() >= 4, "a frame carries its length prefix");
+    assert_eq!(i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize, frame.len() - 4);
     w.write_all(frame).await?;
     w.flush().await
 }

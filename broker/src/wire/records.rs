@@ -42,7 +42,7 @@ pub fn validate_record_set(records: &Bytes) -> Result<RecordSetSummary, String> 
         summary.records += count as u64;
         pos += 12 + batch_length as usize;
     }
-    debug_assert_eq!(pos, records.len());
+    assert_eq!(pos, records.len());
     Ok(summary)
 }
 

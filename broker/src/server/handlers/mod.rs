@@ -67,7 +67,7 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::FindCoordinator => respond(key, v, corr, &coordinator::find_coordinator(body!(), v)),
         ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
         other => {
-            debug_assert!(false, "{other:?} is in the version table but has no handler");
+            assert!(false, "{other:?} is in the version table but has no handler");
             Step::Close(format!("{other:?} has no handler"))
         }
     }
