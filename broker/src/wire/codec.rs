@@ -48,14 +48,27 @@ impl RequestPrefix {
     }
 }
 
+/// Decode a request body. Bytes left after it are tolerated and logged at
+/// debug, as Kafka does: some clients pad requests (librdkafka 2.16 adds 3
+/// bytes to an all-topics Metadata v11). A body that is short is an error.
+pub fn decode_request_body<T: Decodable>(buf: &mut Bytes, key: ApiKey, version: i16) -> Result<T, WireError> {
+    let body =
+        T::decode(buf, version).map_err(|source| WireError::Decode { what: std::any::type_name::<T>(), source })?;
+    if !buf.is_empty() {
+        tracing::debug!(api = ?key, version, trailing = buf.len(), "ignoring bytes after the request body");
+    }
+    Ok(body)
+}
+
 /// Decode the request header at the front of `frame`, leaving the body.
 pub fn decode_request_header(frame: &mut Bytes, key: ApiKey, version: i16) -> Result<RequestHeader, WireError> {
     let header_version = key.request_header_version(version);
     RequestHeader::decode(frame, header_version).map_err(|source| WireError::Decode { what: "request header", source })
 }
 
-/// Decode a whole message body; bytes left over mean the peer and we disagree
-/// about the schema, which is as bad as a short body.
+/// Decode a whole message body strictly: bytes left over mean the peer and we
+/// disagree about the schema. The client and tests use this for responses;
+/// the broker is lenient with requests ([`decode_request_body`]).
 pub fn decode_body<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, WireError> {
     let body =
         T::decode(buf, version).map_err(|source| WireError::Decode { what: std::any::type_name::<T>(), source })?;

@@ -8,7 +8,7 @@ mod records;
 mod versions;
 
 pub use codec::{
-    decode_body, decode_request_header, decode_response, encode_request, encode_response, RequestPrefix, WireError,
+    decode_body, decode_request_body, decode_request_header, decode_response, encode_request, encode_response, RequestPrefix, WireError,
 };
 pub use frame::{read_frame, write_frame, FrameError, FrameReader};
 pub use records::{validate_record_set, RecordSetSummary};

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::node::{Cx, Step};
-use crate::wire::{accepted_versions, decode_body, decode_request_header, encode_response, RequestPrefix};
+use crate::wire::{accepted_versions, decode_request_body, decode_request_header, encode_response, RequestPrefix};
 
 /// Handle one request frame (length prefix removed).
 pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
@@ -48,7 +48,7 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
 
     macro_rules! body {
         () => {
-            match decode_body(&mut frame, version) {
+            match decode_request_body(&mut frame, key, version) {
                 Ok(r) => r,
                 Err(e) => return Step::Close(format!("{key:?} v{version}: {e}")),
             }
