@@ -86,6 +86,29 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     /// `socket.request.max.bytes`: largest request frame accepted.
     pub socket_request_max_bytes: usize,
+    /// `queued.max.request.bytes`: request bytes all connections together may
+    /// hold in memory (read but not yet answered). A connection that would
+    /// exceed it waits to read more until others' requests finish. Kafka's
+    /// default is unbounded; ours is 512 MiB, and at least one largest frame.
+    pub queued_max_request_bytes: usize,
+    /// `max.connections`: open client connections; a connection beyond it is
+    /// closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: open connections from one address.
+    pub max_connections_per_ip: usize,
+    /// `connections.max.idle.ms`: a connection that completes no request for
+    /// this long is closed (also one that trickles a frame in byte by byte).
+    pub connections_max_idle_ms: u64,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries,
+    /// whatever the request asks (Kafka: 55 MiB).
+    pub fetch_max_bytes: usize,
+    /// Partitions this broker hosts in all; CreateTopics and auto-creation
+    /// beyond it are refused with a policy error. Every partition holds open
+    /// files, so this bounds descriptors too.
+    pub max_partitions: usize,
+    /// Topics one Metadata request may auto-create; the rest of the request's
+    /// unknown topics get UNKNOWN_TOPIC_OR_PARTITION (clients retry).
+    pub max_auto_created_topics_per_request: usize,
     /// Defaults for every topic's log.
     pub log: LogConfig,
     /// Planted bugs (simulation only).
@@ -103,6 +126,13 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            queued_max_request_bytes: 512 * 1024 * 1024,
+            max_connections: 4096,
+            max_connections_per_ip: 1024,
+            connections_max_idle_ms: 600_000,
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_partitions: 10_000,
+            max_auto_created_topics_per_request: 10,
             log: LogConfig::default(),
             bugs: PlantedBugs::default(),
         }

@@ -131,6 +131,15 @@ impl Node {
         use anyhow::Context;
         anyhow::ensure!(config.num_partitions >= 1, "num_partitions must be at least 1, not {}", config.num_partitions);
         anyhow::ensure!(config.socket_request_max_bytes >= 64, "socket_request_max_bytes is too small");
+        anyhow::ensure!(
+            config.queued_max_request_bytes >= config.socket_request_max_bytes + crate::wire::READ_CHUNK,
+            "queued_max_request_bytes ({}) must hold at least one largest request (socket_request_max_bytes {} + {})",
+            config.queued_max_request_bytes,
+            config.socket_request_max_bytes,
+            crate::wire::READ_CHUNK
+        );
+        anyhow::ensure!(config.max_connections >= 1 && config.max_connections_per_ip >= 1, "connection limits must be at least 1");
+        anyhow::ensure!(config.fetch_max_bytes >= 1, "fetch_max_bytes must be at least 1");
         let topics = Topics::open(fs.clone(), config.clone(), now_ms, seed)
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let producer_ids = ProducerIds::open(fs, &config.data_dir)

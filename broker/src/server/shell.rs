@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::node::{Clock, Node, Output, Parked, Step};
 use super::partition::Partition;
@@ -26,13 +26,24 @@ pub(crate) struct Shell {
     pub env: Env,
     pub node: Arc<Node>,
     waiters: Waiters,
+    /// `queued.max.request.bytes`, shared by every connection's reader.
+    request_budget: Arc<Semaphore>,
+    connections: Connections,
     /// Becomes true when the broker is asked to stop.
     stop: watch::Sender<bool>,
 }
 
 impl Shell {
     pub fn new(env: Env, node: Arc<Node>) -> Shell {
-        Shell { env, node, waiters: Waiters::default(), stop: watch::channel(false).0 }
+        let budget = node.config.queued_max_request_bytes.min(Semaphore::MAX_PERMITS);
+        Shell {
+            env,
+            node,
+            waiters: Waiters::default(),
+            request_budget: Arc::new(Semaphore::new(budget)),
+            connections: Connections::default(),
+            stop: watch::channel(false).0,
+        }
     }
 
     pub fn clock(&self) -> Clock {
@@ -99,6 +110,48 @@ impl Waiters {
     }
 }
 
+/// Open connections, in all and per peer address (`max.connections`,
+/// `max.connections.per.ip`).
+#[derive(Default)]
+struct Connections {
+    by_ip: Mutex<BTreeMap<String, usize>>,
+}
+
+/// A counted connection; uncounted when dropped.
+struct ConnectionSlot<'a> {
+    connections: &'a Connections,
+    ip: String,
+}
+
+impl Connections {
+    fn admit(&self, peer: &str, max_total: usize, max_per_ip: usize) -> Result<ConnectionSlot<'_>, String> {
+        let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip).to_string();
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = by_ip.values().sum();
+        if total >= max_total {
+            return Err(format!("max_connections ({max_total}) reached"));
+        }
+        let mine = by_ip.entry(ip.clone()).or_default();
+        if *mine >= max_per_ip {
+            return Err(format!("max_connections_per_ip ({max_per_ip}) reached for {ip}"));
+        }
+        *mine += 1;
+        Ok(ConnectionSlot { connections: self, ip })
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_ip = self.connections.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 pub(crate) async fn accept_loop(shell: Arc<Shell>, listener: Box<dyn Listener>) {
     let stopping = shell.stopping();
     tokio::pin!(stopping);
@@ -134,14 +187,29 @@ enum Ended {
 }
 
 async fn serve(shell: Arc<Shell>, mut stream: Box<dyn Stream>, peer: String, id: u64) {
+    let config = &shell.node.config;
+    let _slot = match shell.connections.admit(&peer, config.max_connections, config.max_connections_per_ip) {
+        Ok(slot) => slot,
+        Err(why) => {
+            tracing::warn!(conn = id, %peer, %why, "refusing connection");
+            return;
+        }
+    };
     let stopping = shell.stopping();
     tokio::pin!(stopping);
-    let mut reader = FrameReader::new(shell.node.config.socket_request_max_bytes);
+    let idle = Duration::from_millis(config.connections_max_idle_ms);
+    let mut reader = FrameReader::with_budget(config.socket_request_max_bytes, shell.request_budget.clone());
     loop {
+        // Idle time counts from the last answered request, so a peer that
+        // trickles a frame in byte by byte is closed like a silent one.
         let frame = tokio::select! {
             biased;
             _ = &mut stopping => return,
             f = reader.next(&mut stream) => f,
+            _ = shell.env.sleep(idle) => {
+                tracing::info!(conn = id, %peer, idle_ms = config.connections_max_idle_ms, buffered = reader.buffered(), "closing idle connection");
+                return;
+            }
         };
         let frame = match frame {
             Ok(Some(f)) => f,

@@ -248,6 +248,16 @@ impl Topics {
                 format!("number of partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"),
             ));
         }
+        let hosted: usize = map.values().map(|t| t.partitions.len()).sum();
+        if hosted + partitions as usize > self.config.max_partitions {
+            return Err(TopicError::new(
+                ResponseError::PolicyViolation,
+                format!(
+                    "{partitions} more partitions would exceed this broker's max_partitions ({}, {hosted} hosted)",
+                    self.config.max_partitions
+                ),
+            ));
+        }
         let rf = if spec.replication_factor == -1 {
             self.config.default_replication_factor
         } else {

@@ -1,7 +1,10 @@
 //! Frame I/O: every Kafka request and response is an i32 big-endian length
 //! followed by that many bytes.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame could not be read. Every variant ends the connection.
@@ -54,26 +57,49 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<O
 }
 
 /// How much a [`FrameReader`] asks the socket for at a time.
-const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// A connection's inbound side on the broker: frames cut from a buffer that
 /// fills as bytes arrive. Unlike [`read_frame`], it can keep reading while a
 /// request is parked, so the broker notices a client that hangs up in the
 /// middle of a long poll. It never holds more than one largest-allowed frame
 /// plus one read chunk.
+///
+/// With a budget (`queued.max.request.bytes`, shared by every connection),
+/// each read first takes permits for the bytes it may read; permits are given
+/// back when the frame they hold has been answered (the next call to
+/// [`FrameReader::next`]). A connection that finds the budget spent waits,
+/// holding nothing more, until other requests finish.
 pub struct FrameReader {
     buf: BytesMut,
     max: usize,
+    budget: Option<Arc<Semaphore>>,
+    /// Permits for the bytes in `buf`.
+    held: Option<OwnedSemaphorePermit>,
+    /// Permits for the frame last returned, still being answered.
+    answering: Option<OwnedSemaphorePermit>,
 }
 
 impl FrameReader {
     pub fn new(max: usize) -> FrameReader {
-        FrameReader { buf: BytesMut::new(), max }
+        FrameReader { buf: BytesMut::new(), max, budget: None, held: None, answering: None }
+    }
+
+    /// A reader whose buffered bytes count against `budget`.
+    pub fn with_budget(max: usize, budget: Arc<Semaphore>) -> FrameReader {
+        FrameReader { budget: Some(budget), ..FrameReader::new(max) }
+    }
+
+    /// Bytes buffered and not yet returned as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// The next frame's payload; `Ok(None)` when the peer closed cleanly
     /// between frames.
     pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, FrameError> {
+        // The previous frame has been answered: its bytes are free.
+        self.answering = None;
         loop {
             if let Some(frame) = self.take()? {
                 return Ok(Some(frame));
@@ -127,13 +153,41 @@ impl FrameReader {
         }
         let mut frame = self.buf.split_to(4 + size);
         frame.advance(4);
+        if let Some(held) = &mut self.held {
+            self.answering = held.split(4 + size);
+        }
         Ok(Some(frame.freeze()))
     }
 
-    /// Read once; false at end of stream.
+    /// Read once; false at end of stream. Reads no further than the end of
+    /// the frame being read, so pipelined requests wait in the socket, not
+    /// in our memory.
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<bool> {
-        self.buf.reserve(READ_CHUNK);
-        Ok(r.read_buf(&mut self.buf).await? > 0)
+        let want = match self.buf.len() {
+            n if n < 4 => 4 - n,
+            n => match self.declared() {
+                Ok(size) => (4 + size).saturating_sub(n).clamp(1, READ_CHUNK),
+                Err(_) => 1,
+            },
+        };
+        let mut permit = match &self.budget {
+            Some(budget) => Some(
+                budget.clone().acquire_many_owned(want as u32).await.map_err(|_| std::io::Error::other("budget closed"))?,
+            ),
+            None => None,
+        };
+        self.buf.reserve(want);
+        let n = (&mut *r).take(want as u64).read_buf(&mut self.buf).await?;
+        if let Some(p) = &mut permit {
+            // Keep permits for what was read; give back the rest now.
+            let kept = p.split(n);
+            match (&mut self.held, kept) {
+                (Some(held), Some(kept)) => held.merge(kept),
+                (held @ None, kept) => *held = kept,
+                (Some(_), None) => {}
+            }
+        }
+        Ok(n > 0)
     }
 }
 
@@ -184,6 +238,40 @@ mod tests {
             assert!(matches!(reader.next(&mut &short[..]).await, Err(FrameError::Truncated { got: 2, want: 5 })));
             let big = 11i32.to_be_bytes();
             assert!(matches!(FrameReader::new(10).next(&mut &big[..]).await, Err(FrameError::TooLarge { .. })));
+        });
+    }
+
+    #[test]
+    fn a_shared_budget_bounds_bytes_held_across_readers() {
+        use futures::FutureExt;
+        use tokio::io::AsyncWriteExt;
+        block_on(async {
+            let budget = Arc::new(Semaphore::new(100));
+            let (mut a_peer, mut a) = tokio::io::duplex(1024);
+            let (mut b_peer, mut b) = tokio::io::duplex(1024);
+            let mut ra = FrameReader::with_budget(1000, budget.clone());
+            let mut rb = FrameReader::with_budget(1000, budget.clone());
+            // A: a 90-byte frame, 80 bytes of it sent, then a stall.
+            a_peer.write_all(&90i32.to_be_bytes()).await.unwrap();
+            a_peer.write_all(&[1; 80]).await.unwrap();
+            assert!(ra.next(&mut a).now_or_never().is_none());
+            assert_eq!(budget.available_permits(), 100 - 84);
+            // B: a whole 50-byte frame is on the wire, but only 16 bytes of
+            // budget are left: B reads its length, then waits for room for
+            // the body.
+            b_peer.write_all(&50i32.to_be_bytes()).await.unwrap();
+            b_peer.write_all(&[2; 50]).await.unwrap();
+            assert!(rb.next(&mut b).now_or_never().is_none());
+            assert_eq!(rb.buffered(), 4, "B read only what the budget allowed");
+            assert_eq!(budget.available_permits(), 12);
+            // A's frame completes and is answered: its bytes are freed on A's next read.
+            a_peer.write_all(&[1; 10]).await.unwrap();
+            assert_eq!(ra.next(&mut a).await.unwrap().unwrap().len(), 90);
+            assert!(rb.next(&mut b).now_or_never().is_none(), "A's frame is still being answered");
+            assert!(ra.next(&mut a).now_or_never().is_none());
+            assert_eq!(rb.next(&mut b).await.unwrap().unwrap(), Bytes::from(vec![2u8; 50]));
+            drop(rb.next(&mut b).now_or_never());
+            assert_eq!(budget.available_permits(), 100);
         });
     }
 

@@ -1,6 +1,9 @@
 //! Fetch: read from each requested partition up to the high watermark,
 //! within the partition and response byte limits, long-polling up to
-//! `max_wait_ms` until `min_bytes` are available. A waiting fetch is parked
+//! `max_wait_ms` until `min_bytes` are available. Responses never exceed the
+//! broker's `fetch.max.bytes` (plus one batch, so a consumer always
+//! progresses), and a partition named twice in one request gets
+//! INVALID_REQUEST instead of being read twice. A waiting fetch is parked
 //! on the partitions it reads; the shell wakes it when one of their high
 //! watermarks moves, and drops it when its client disconnects.
 
@@ -49,7 +52,10 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(A
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
     let mut failed = false;
-    let response_max = req.max_bytes.max(0) as usize;
+    // The broker's fetch.max.bytes bounds every response, whatever the client asks.
+    let response_max = (req.max_bytes.max(0) as usize).min(cx.node.config.fetch_max_bytes);
+    // A partition named twice would be read (and sent) twice: refused.
+    let mut seen = std::collections::BTreeSet::new();
     for ft in &req.topics {
         let topic = cx.node.topics.get(&ft.topic);
         let mut tr = FetchableTopicResponse::default();
@@ -61,7 +67,9 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(A
             pd.high_watermark = -1;
             pd.aborted_transactions = (req.isolation_level == READ_COMMITTED).then(Vec::new);
             let limit = (fp.partition_max_bytes.max(0) as usize).min(response_max.saturating_sub(total));
+            let duplicate = !seen.insert((ft.topic.0.as_str(), ft.topic_id, fp.partition));
             let result = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
+                _ if duplicate => Err(ResponseError::InvalidRequest),
                 None => Err(ResponseError::UnknownTopicOrPartition),
                 Some(p) => {
                     // Read the version first: a move after this read is then never missed.

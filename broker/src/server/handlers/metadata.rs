@@ -36,6 +36,9 @@ pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataRespon
     // Before v4 the request cannot say no to auto-creation.
     let may_create = cx.node.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
     let mut seen = std::collections::BTreeSet::new();
+    // Auto-creation is bounded per request; the rest answer UNKNOWN_TOPIC_OR_PARTITION
+    // and clients ask again.
+    let mut created = 0usize;
     for wanted in requested {
         let entry = match wanted.name {
             Some(name) => {
@@ -44,8 +47,9 @@ pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataRespon
                 }
                 match cx.node.topics.get(&name) {
                     Some(t) => describe(cx, &t),
-                    None if may_create => match cx.node.topics.create(cx.disk, &TopicSpec::defaults(&name), cx.clock.now_ms) {
+                    None if may_create && created < cx.node.config.max_auto_created_topics_per_request => match cx.node.topics.create(cx.disk, &TopicSpec::defaults(&name), cx.clock.now_ms) {
                         Ok(t) => {
+                            created += 1;
                             describe(cx, &t)
                         }
                         Err(e) => {
