@@ -11,7 +11,9 @@ use bytes::Bytes;
 use faultline_broker::client::batch::{encode_v2, OutRecord, ProducerFields};
 use faultline_broker::config::{LogConfig, PlantedBugs};
 use faultline_broker::io::Fs;
-use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
+use faultline_broker::record_batch::{
+    set_base_offset, set_partition_leader_epoch, BatchHeader, Batches, ValidatedBatches,
+};
 use faultline_broker::storage::{PartitionLog, StorageError};
 use faultline_sim::disk::{DiskEvent, DiskFaults, FaultKind, SimDisk};
 use kafka_protocol::records::Compression;
@@ -112,6 +114,7 @@ impl Model {
             let base = self.end();
             let mut stored = bytes.to_vec();
             set_base_offset(&mut stored, base);
+            set_partition_leader_epoch(&mut stored, 0);
             self.batches.push((base, base + h.record_count as i64, stored));
         }
     }
@@ -206,7 +209,8 @@ impl Harness {
     /// Append; the model follows only if the log says it worked.
     fn append(&mut self, input: &[u8]) -> Result<(), StorageError> {
         let end = self.model.end();
-        match self.log().append(input, 0) {
+        let batches = ValidatedBatches::new(Bytes::copy_from_slice(input)).unwrap();
+        match self.log().append_as_leader(&batches, 0, 0) {
             Ok(info) => {
                 assert_eq!(info.base_offset, end);
                 self.model.append(input);
@@ -224,7 +228,7 @@ impl Harness {
     fn check_all(&mut self) {
         let log = self.log.as_ref().unwrap();
         assert_eq!(log.log_end_offset(), self.model.end());
-        assert!(log.high_watermark() <= log.log_end_offset());
+        assert!(log.durable_offset() <= log.log_end_offset());
         let mut offset = log.log_start_offset();
         let mut got = Vec::new();
         while offset < log.log_end_offset() {
@@ -246,7 +250,7 @@ impl Harness {
             Op::Read { at, max_bytes, below_hw } => {
                 let end = self.model.end();
                 let offset = *at as i64 % (end + 1);
-                let max_offset = if *below_hw { self.log().high_watermark() } else { i64::MAX };
+                let max_offset = if *below_hw { self.log().durable_offset() } else { i64::MAX };
                 let r = self.log().read(offset, *max_bytes as usize, max_offset).unwrap();
                 assert_eq!(r.log_end_offset, end);
                 let want = self.model.expected_read(offset, *max_bytes as usize, max_offset.min(end));
@@ -259,17 +263,17 @@ impl Harness {
             }
             Op::Flush => {
                 self.log().flush().unwrap();
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
             }
             Op::MaybeFlush => {
                 self.log().maybe_flush(i64::MAX).unwrap();
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
             }
             Op::Truncate { at } => {
                 let offset = *at as i64 % (self.model.end() + 1);
                 self.log().truncate_to(offset).unwrap();
                 self.model.truncate(offset);
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
                 self.check_all();
             }
             Op::AppendWriteError(spec) => {
@@ -376,7 +380,7 @@ fn unflushed_appends_are_lost_on_crash_and_flushed_ones_kept() {
     h.log().flush().unwrap();
     let second = h.next_batches(&[BatchSpec { records: 2, pad: 10, gzip: false }]);
     h.append(&second).unwrap();
-    assert_eq!((h.log().log_end_offset(), h.log().high_watermark()), (4, 2));
+    assert_eq!((h.log().log_end_offset(), h.log().durable_offset()), (4, 2));
     h.disk.crash();
     h.reopen();
     assert_eq!(h.log().log_end_offset(), 2);

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use kafka_protocol::error::ResponseError;
 
+use crate::record_batch::ValidatedBatches;
 use crate::storage::{AppendInfo, PartitionLog, ReadResult, StorageError};
 
 /// Why an operation on a partition failed.
@@ -30,6 +31,8 @@ impl PartitionError {
             PartitionError::Storage(StorageError::OutOfOrderSequence(_)) => ResponseError::OutOfOrderSequenceNumber,
             PartitionError::Storage(StorageError::InvalidProducerEpoch(_)) => ResponseError::InvalidProducerEpoch,
             PartitionError::Storage(StorageError::Io(_)) => ResponseError::KafkaStorageError,
+            PartitionError::Storage(StorageError::FencedLeaderEpoch(_)) => ResponseError::FencedLeaderEpoch,
+            PartitionError::Storage(StorageError::UnexpectedAppendOffset(_)) => ResponseError::UnknownServerError,
             PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
         }
     }
@@ -75,10 +78,10 @@ impl Partition {
     /// Append validated batches. Durable only once [`Self::offsets`] shows a
     /// high watermark past `last_offset`. A producer's retry of batches
     /// already in the log appends nothing and reports the original offsets.
-    pub fn append(&self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, PartitionError> {
+    pub fn append(&self, batches: &ValidatedBatches, now_ms: i64) -> Result<AppendInfo, PartitionError> {
         let mut s = self.live()?;
         let before = s.log.log_end_offset();
-        let info = s.log.append(batches, now_ms)?;
+        let info = s.log.append_as_leader(batches, now_ms, self.leader_epoch)?;
         debug_assert!(
             info.base_offset == before || (info.duplicate && info.last_offset < before),
             "offsets are assigned from the log end, or are an earlier batch's"
@@ -90,7 +93,7 @@ impl Partition {
     /// Read from `offset`, never past the high watermark.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
         let s = self.live()?;
-        let hw = s.log.high_watermark();
+        let hw = s.log.durable_offset();
         Ok(s.log.read(offset, max_bytes, hw)?)
     }
 
@@ -98,7 +101,7 @@ impl Partition {
         let s = self.live()?;
         let o = Offsets {
             log_start_offset: s.log.log_start_offset(),
-            high_watermark: s.log.high_watermark(),
+            high_watermark: s.log.durable_offset(),
             log_end_offset: s.log.log_end_offset(),
         };
         debug_assert!(o.log_start_offset <= o.high_watermark && o.high_watermark <= o.log_end_offset, "{o:?}");
@@ -108,22 +111,22 @@ impl Partition {
     /// First offset below the high watermark with a timestamp at or after `ts`.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, PartitionError> {
         let s = self.live()?;
-        let hw = s.log.high_watermark();
+        let hw = s.log.durable_offset();
         Ok(s.log.offset_for_timestamp(ts)?.filter(|&(offset, _)| offset < hw))
     }
 
     /// Apply `flush.ms` and `segment.ms`. Returns whether the high watermark moved.
     pub fn tick(&self, now_ms: i64) -> Result<bool, PartitionError> {
         let mut s = self.live()?;
-        let hw = s.log.high_watermark();
+        let hw = s.log.durable_offset();
         s.log.maybe_flush(now_ms)?;
         s.log.maybe_roll(now_ms)?;
-        Ok(s.log.high_watermark() != hw)
+        Ok(s.log.durable_offset() != hw)
     }
 
-    /// fsync everything appended (clean shutdown).
+    /// fsync everything appended and snapshot the producer state (clean shutdown).
     pub fn flush(&self) -> Result<(), PartitionError> {
-        Ok(self.live()?.log.flush()?)
+        Ok(self.live()?.log.close()?)
     }
 
     /// Stop serving this partition; later calls fail with [`PartitionError::Deleted`].

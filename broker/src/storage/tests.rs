@@ -4,14 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use kafka_protocol::records::Compression;
 
-use super::batch::tests::encode_at;
-use super::batch::{BatchHeader, Batches};
-use super::{PartitionLog, RecoveryReport, StorageError};
+use super::{AppendInfo, PartitionLog, RecoveryReport, StorageError};
 use crate::config::{LogConfig, PlantedBugs};
 use crate::io::real::RealFs;
 use crate::io::{Fs, OpenOptions};
+use crate::record_batch::tests::encode_at;
+use crate::record_batch::{BatchHeader, Batches, ValidatedBatches};
+
+/// Producer bytes as the server hands them over: validated once, then
+/// appended by a leader in epoch 0.
+trait AppendBytes {
+    fn append(&mut self, bytes: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError>;
+}
+
+impl AppendBytes for PartitionLog {
+    fn append(&mut self, bytes: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
+        let batches = ValidatedBatches::new(Bytes::copy_from_slice(bytes))?;
+        self.append_as_leader(&batches, now_ms, 0)
+    }
+}
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -91,7 +105,7 @@ fn append_assigns_offsets_and_reads_return_whole_batches() {
     two.extend(encode_at(4, 9, Compression::None));
     let b = log.append(&two, 0).unwrap();
     assert_eq!((b.base_offset, b.last_offset, b.record_count), (3, 8, 6));
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (9, 9));
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (9, 9));
 
     // An offset inside a batch returns that whole batch; at least one batch
     // even when it exceeds max_bytes.
@@ -172,21 +186,21 @@ fn rolls_segments_by_size_and_age_and_reads_across_them() {
 }
 
 #[test]
-fn flush_policy_holds_back_the_high_watermark() {
+fn flush_policy_holds_back_the_durable_offset() {
     let f = fixture();
     let config = LogConfig { flush_messages: 10, flush_ms: 1000, ..small_config() };
     let (mut log, _) = f.open_with(config, PlantedBugs::default());
     log.append(&encode_at(4, 1, Compression::None), 100).unwrap();
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (4, 0));
-    assert!(log.read(0, 1 << 20, log.high_watermark()).unwrap().records.is_empty());
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (4, 0));
+    assert!(log.read(0, 1 << 20, log.durable_offset()).unwrap().records.is_empty());
     assert!(!log.maybe_flush(500).unwrap());
     assert!(log.maybe_flush(1100).unwrap());
     assert_eq!(log.durable_offset(), 4);
     log.append(&encode_at(6, 1, Compression::None), 2000).unwrap();
     log.append(&encode_at(1, 1, Compression::None), 2000).unwrap();
-    assert_eq!(log.high_watermark(), 4);
+    assert_eq!(log.durable_offset(), 4);
     log.append(&encode_at(3, 1, Compression::None), 2000).unwrap();
-    assert_eq!(log.high_watermark(), 14, "ten unflushed records trigger a flush");
+    assert_eq!(log.durable_offset(), 14, "ten unflushed records trigger a flush");
 }
 
 #[test]
@@ -225,7 +239,7 @@ fn truncate_to_removes_batches_and_later_segments() {
     let before = log.segment_base_offsets();
     // Offset 52 is inside batch 10 (offsets 50..54): the whole batch goes.
     log.truncate_to(52).unwrap();
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (50, 50));
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (50, 50));
     assert_eq!(read_all(&log), stored[..10].concat());
     let after = log.segment_base_offsets();
     assert!(after.len() < before.len());
@@ -432,7 +446,7 @@ fn idempotent(n: i64, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
     b[43..51].copy_from_slice(&pid.to_be_bytes());
     b[51..53].copy_from_slice(&epoch.to_be_bytes());
     b[53..57].copy_from_slice(&seq.to_be_bytes());
-    let crc = super::batch::compute_crc(&b);
+    let crc = crate::record_batch::compute_crc(&b);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
 }

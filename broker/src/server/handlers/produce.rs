@@ -102,11 +102,14 @@ async fn append(
     p: &Partition,
     records: bytes::Bytes,
 ) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
-    if let Err(why) = validate_record_set(&records) {
-        tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
-        return Err((ResponseError::CorruptMessage, why));
-    }
-    let appended = p.append(&records, b.env.now_ms()).and_then(|info| Ok((info, p.offsets()?)));
+    let batches = match validate_record_set(records) {
+        Ok(batches) => batches,
+        Err(why) => {
+            tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
+            return Err((ResponseError::CorruptMessage, why));
+        }
+    };
+    let appended = p.append(&batches, b.env.now_ms()).and_then(|info| Ok((info, p.offsets()?)));
     b.env.pay_disk_latency().await;
     match appended {
         Ok((info, offsets)) => {
