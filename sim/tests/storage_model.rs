@@ -1,8 +1,9 @@
 //! Model-based test of the partition log on the simulated disk: random
 //! appends, reads, flushes, truncations, disk errors, crashes (unsynced bytes
 //! dropped, last writes torn) and reopens, checked against an in-memory list
-//! of the batches written. Nothing fsynced may ever be lost, and every read
-//! returns exactly what was written at those offsets.
+//! of the batches written. Nothing fsynced may ever be lost, every read
+//! returns exactly what was written at those offsets (leader epoch stamps
+//! included), and the leader-epoch cache always matches the batches.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,8 @@ enum Op {
         torn: bool,
     },
     Reopen,
+    /// Later appends come from a leader of a newer epoch.
+    NewLeaderEpoch,
     /// Reopen while the next `n` reads of every file come back with a bit
     /// flipped in transit: recovery reads a bad batch again, up to three
     /// times, rather than cut, so up to two flips per file cost nothing.
@@ -73,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => batch_spec().prop_map(Op::AppendSyncError),
         2 => any::<bool>().prop_map(|torn| Op::Crash { torn }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::NewLeaderEpoch),
         1 => (1u32..3).prop_map(|n| Op::ReopenWithFlakyReads { n }),
     ]
 }
@@ -107,14 +111,27 @@ impl Model {
         self.batches.last().map_or(0, |b| b.1)
     }
 
-    /// Store producer batches as the log should: at the end, offsets assigned.
-    fn append(&mut self, input: &[u8]) {
+    /// The leader epochs the batches carry, as the epoch cache must hold them.
+    fn epochs(&self) -> Vec<(i32, i64)> {
+        let mut out: Vec<(i32, i64)> = Vec::new();
+        for (base, _, bytes) in &self.batches {
+            let epoch = BatchHeader::parse(bytes).unwrap().partition_leader_epoch;
+            if out.last().is_none_or(|&(e, _)| e < epoch) {
+                out.push((epoch, *base));
+            }
+        }
+        out
+    }
+
+    /// Store producer batches as the log should: at the end, offsets assigned,
+    /// stamped with the leader's epoch.
+    fn append(&mut self, input: &[u8], epoch: i32) {
         for item in Batches::new(input, true) {
             let (_, h, bytes) = item.unwrap();
             let base = self.end();
             let mut stored = bytes.to_vec();
             set_base_offset(&mut stored, base);
-            set_partition_leader_epoch(&mut stored, 0);
+            set_partition_leader_epoch(&mut stored, epoch);
             self.batches.push((base, base + h.record_count as i64, stored));
         }
     }
@@ -150,6 +167,7 @@ struct Harness {
     log: Option<PartitionLog>,
     model: Model,
     tag: u64,
+    leader_epoch: i32,
 }
 
 impl Harness {
@@ -167,6 +185,7 @@ impl Harness {
             log: None,
             model: Model::default(),
             tag: 0,
+            leader_epoch: 0,
         };
         h.reopen();
         h
@@ -210,10 +229,11 @@ impl Harness {
     fn append(&mut self, input: &[u8]) -> Result<(), StorageError> {
         let end = self.model.end();
         let batches = ValidatedBatches::new(Bytes::copy_from_slice(input)).unwrap();
-        match self.log().append_as_leader(&batches, 0, 0) {
+        let epoch = self.leader_epoch;
+        match self.log().append_as_leader(&batches, 0, epoch) {
             Ok(info) => {
                 assert_eq!(info.base_offset, end);
-                self.model.append(input);
+                self.model.append(input, epoch);
                 assert_eq!(info.last_offset + 1, self.model.end());
                 Ok(())
             }
@@ -239,6 +259,11 @@ impl Harness {
         }
         let want: Vec<u8> = self.model.batches.iter().flat_map(|b| b.2.iter().copied()).collect();
         assert!(got == want, "log content differs from what was written");
+        let epochs: Vec<(i32, i64)> = log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, self.model.epochs(), "the leader-epoch cache differs from the batches");
+        if let Some(&(latest, _)) = epochs.last() {
+            assert_eq!(log.end_offset_for_epoch(latest), (latest, log.log_end_offset()));
+        }
     }
 
     fn apply(&mut self, op: &Op) {
@@ -298,6 +323,9 @@ impl Harness {
                 self.disk.crash();
                 self.disk.set_faults(DiskFaults::default());
                 self.reopen();
+            }
+            Op::NewLeaderEpoch => {
+                self.leader_epoch += 1;
             }
             Op::Reopen => {
                 let end = self.model.end();
