@@ -13,8 +13,12 @@ use kafka_protocol::messages::*;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 /// A batch of `values` from producer `pid` at `epoch`, numbered from `seq`.
+/// Timestamped now: a producer whose last batch is older than
+/// `producer.id.expiration.ms` (by its timestamps, as Kafka judges) is
+/// forgotten, and a batch from 1970 would be.
 fn idempotent_batch(pid: i64, epoch: i16, seq: i32, values: &[&str]) -> Bytes {
-    batch_from(ProducerFields { id: pid, epoch, base_sequence: seq }, Compression::None, values, |_| None)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    batch_at(ProducerFields { id: pid, epoch, base_sequence: seq }, Compression::None, values, |_| None, now)
 }
 
 async fn init_producer_id(c: &mut Conn, transactional_id: Option<&str>) -> InitProducerIdResponse {

@@ -3,7 +3,8 @@
 //! that runs outside any simulation) may not read a clock, draw OS
 //! randomness, start threads, touch `std::fs` or tokio's I/O, timers and
 //! spawner, or use hashed collections whose iteration order could leak into
-//! a run. A line that must break the rule says why with a `seam-ok:`
+//! a run, or `debug_assert!`, which release builds (the simulator's and CI's)
+//! compile out. A line that must break the rule says why with a `seam-ok:`
 //! comment, which this check honours and a reviewer can read.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("block_in_place", "a real-runtime primitive; only the real seam may use it"),
     ("HashMap", "iteration order is random per process; use BTreeMap"),
     ("HashSet", "iteration order is random per process; use BTreeSet"),
+    ("debug_assert", "compiled out of release builds, which simulated runs use; use invariant! or assert!"),
 ];
 
 /// Files that implement the seam, or run outside any simulation.

@@ -23,6 +23,9 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `message.timestamp.type`: "CreateTime" or "LogAppendTime".
     pub message_timestamp_type: String,
+    /// `producer.id.expiration.ms` (a broker setting in Kafka): forget an
+    /// idempotent producer whose last batch is this much older than now.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -35,6 +38,7 @@ impl Default for LogConfig {
             flush_ms: 1000,
             max_message_bytes: 1_048_588,
             message_timestamp_type: "CreateTime".into(),
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }

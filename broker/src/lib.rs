@@ -7,10 +7,16 @@
 //! - [`server`]: the broker node: topics, request handlers, long-poll fetch.
 //! - [`client`]: producer, consumer and admin clients over the same seam.
 //! - [`config`]: broker and topic configuration, and the planted-bug switches.
+//! - [`record_batch`]: the one definition of the Kafka v2 record batch
+//!   layout, used by storage, wire and client alike.
+
+#[macro_use]
+mod invariant;
 
 pub mod client;
 pub mod config;
 pub mod io;
+pub mod record_batch;
 pub mod server;
 pub mod storage;
 pub mod wire;

@@ -1,8 +1,9 @@
 //! Model-based test of the partition log on the simulated disk: random
 //! appends, reads, flushes, truncations, disk errors, crashes (unsynced bytes
 //! dropped, last writes torn) and reopens, checked against an in-memory list
-//! of the batches written. Nothing fsynced may ever be lost, and every read
-//! returns exactly what was written at those offsets.
+//! of the batches written. Nothing fsynced may ever be lost, every read
+//! returns exactly what was written at those offsets (leader epoch stamps
+//! included), and the leader-epoch cache always matches the batches.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use bytes::Bytes;
 use faultline_broker::client::batch::{encode_v2, OutRecord, ProducerFields};
 use faultline_broker::config::{LogConfig, PlantedBugs};
 use faultline_broker::io::Fs;
-use faultline_broker::storage::batch::{set_base_offset, BatchHeader, Batches};
+use faultline_broker::record_batch::{
+    set_base_offset, set_partition_leader_epoch, BatchHeader, Batches, ValidatedBatches,
+};
 use faultline_broker::storage::{PartitionLog, StorageError};
 use faultline_sim::disk::{DiskEvent, DiskFaults, FaultKind, SimDisk};
 use kafka_protocol::records::Compression;
@@ -48,6 +51,8 @@ enum Op {
         torn: bool,
     },
     Reopen,
+    /// Later appends come from a leader of a newer epoch.
+    NewLeaderEpoch,
     /// Reopen while the next `n` reads of every file come back with a bit
     /// flipped in transit: recovery reads a bad batch again, up to three
     /// times, rather than cut, so up to two flips per file cost nothing.
@@ -71,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => batch_spec().prop_map(Op::AppendSyncError),
         2 => any::<bool>().prop_map(|torn| Op::Crash { torn }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::NewLeaderEpoch),
         1 => (1u32..3).prop_map(|n| Op::ReopenWithFlakyReads { n }),
     ]
 }
@@ -105,13 +111,27 @@ impl Model {
         self.batches.last().map_or(0, |b| b.1)
     }
 
-    /// Store producer batches as the log should: at the end, offsets assigned.
-    fn append(&mut self, input: &[u8]) {
+    /// The leader epochs the batches carry, as the epoch cache must hold them.
+    fn epochs(&self) -> Vec<(i32, i64)> {
+        let mut out: Vec<(i32, i64)> = Vec::new();
+        for (base, _, bytes) in &self.batches {
+            let epoch = BatchHeader::parse(bytes).unwrap().partition_leader_epoch;
+            if out.last().is_none_or(|&(e, _)| e < epoch) {
+                out.push((epoch, *base));
+            }
+        }
+        out
+    }
+
+    /// Store producer batches as the log should: at the end, offsets assigned,
+    /// stamped with the leader's epoch.
+    fn append(&mut self, input: &[u8], epoch: i32) {
         for item in Batches::new(input, true) {
             let (_, h, bytes) = item.unwrap();
             let base = self.end();
             let mut stored = bytes.to_vec();
             set_base_offset(&mut stored, base);
+            set_partition_leader_epoch(&mut stored, epoch);
             self.batches.push((base, base + h.record_count as i64, stored));
         }
     }
@@ -147,6 +167,7 @@ struct Harness {
     log: Option<PartitionLog>,
     model: Model,
     tag: u64,
+    leader_epoch: i32,
 }
 
 impl Harness {
@@ -164,6 +185,7 @@ impl Harness {
             log: None,
             model: Model::default(),
             tag: 0,
+            leader_epoch: 0,
         };
         h.reopen();
         h
@@ -206,10 +228,12 @@ impl Harness {
     /// Append; the model follows only if the log says it worked.
     fn append(&mut self, input: &[u8]) -> Result<(), StorageError> {
         let end = self.model.end();
-        match self.log().append(input, 0) {
+        let batches = ValidatedBatches::new(Bytes::copy_from_slice(input)).unwrap();
+        let epoch = self.leader_epoch;
+        match self.log().append_as_leader(&batches, 0, epoch) {
             Ok(info) => {
                 assert_eq!(info.base_offset, end);
-                self.model.append(input);
+                self.model.append(input, epoch);
                 assert_eq!(info.last_offset + 1, self.model.end());
                 Ok(())
             }
@@ -224,7 +248,7 @@ impl Harness {
     fn check_all(&mut self) {
         let log = self.log.as_ref().unwrap();
         assert_eq!(log.log_end_offset(), self.model.end());
-        assert!(log.high_watermark() <= log.log_end_offset());
+        assert!(log.durable_offset() <= log.log_end_offset());
         let mut offset = log.log_start_offset();
         let mut got = Vec::new();
         while offset < log.log_end_offset() {
@@ -235,6 +259,11 @@ impl Harness {
         }
         let want: Vec<u8> = self.model.batches.iter().flat_map(|b| b.2.iter().copied()).collect();
         assert!(got == want, "log content differs from what was written");
+        let epochs: Vec<(i32, i64)> = log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, self.model.epochs(), "the leader-epoch cache differs from the batches");
+        if let Some(&(latest, _)) = epochs.last() {
+            assert_eq!(log.end_offset_for_epoch(latest), (latest, log.log_end_offset()));
+        }
     }
 
     fn apply(&mut self, op: &Op) {
@@ -246,7 +275,7 @@ impl Harness {
             Op::Read { at, max_bytes, below_hw } => {
                 let end = self.model.end();
                 let offset = *at as i64 % (end + 1);
-                let max_offset = if *below_hw { self.log().high_watermark() } else { i64::MAX };
+                let max_offset = if *below_hw { self.log().durable_offset() } else { i64::MAX };
                 let r = self.log().read(offset, *max_bytes as usize, max_offset).unwrap();
                 assert_eq!(r.log_end_offset, end);
                 let want = self.model.expected_read(offset, *max_bytes as usize, max_offset.min(end));
@@ -259,17 +288,17 @@ impl Harness {
             }
             Op::Flush => {
                 self.log().flush().unwrap();
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
             }
             Op::MaybeFlush => {
                 self.log().maybe_flush(i64::MAX).unwrap();
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
             }
             Op::Truncate { at } => {
                 let offset = *at as i64 % (self.model.end() + 1);
                 self.log().truncate_to(offset).unwrap();
                 self.model.truncate(offset);
-                assert_eq!(self.log().high_watermark(), self.model.end());
+                assert_eq!(self.log().durable_offset(), self.model.end());
                 self.check_all();
             }
             Op::AppendWriteError(spec) => {
@@ -294,6 +323,9 @@ impl Harness {
                 self.disk.crash();
                 self.disk.set_faults(DiskFaults::default());
                 self.reopen();
+            }
+            Op::NewLeaderEpoch => {
+                self.leader_epoch += 1;
             }
             Op::Reopen => {
                 let end = self.model.end();
@@ -376,7 +408,7 @@ fn unflushed_appends_are_lost_on_crash_and_flushed_ones_kept() {
     h.log().flush().unwrap();
     let second = h.next_batches(&[BatchSpec { records: 2, pad: 10, gzip: false }]);
     h.append(&second).unwrap();
-    assert_eq!((h.log().log_end_offset(), h.log().high_watermark()), (4, 2));
+    assert_eq!((h.log().log_end_offset(), h.log().durable_offset()), (4, 2));
     h.disk.crash();
     h.reopen();
     assert_eq!(h.log().log_end_offset(), 2);

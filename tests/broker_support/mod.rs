@@ -155,6 +155,17 @@ pub fn batch_from(
     values: &[&str],
     key: impl Fn(usize) -> Option<Bytes>,
 ) -> Bytes {
+    batch_at(producer, compression, values, key, 1_000)
+}
+
+/// As [`batch_from`], timestamped from `first_ts` on.
+pub fn batch_at(
+    producer: ProducerFields,
+    compression: Compression,
+    values: &[&str],
+    key: impl Fn(usize) -> Option<Bytes>,
+    first_ts: i64,
+) -> Bytes {
     let records: Vec<OutRecord> = values
         .iter()
         .enumerate()
@@ -162,7 +173,7 @@ pub fn batch_from(
             key: key(i),
             value: Some(Bytes::copy_from_slice(v.as_bytes())),
             headers: vec![],
-            timestamp: 1_000 + i as i64,
+            timestamp: first_ts + i as i64,
         })
         .collect();
     encode_v2(&records, producer, compression).unwrap()

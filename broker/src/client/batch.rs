@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
@@ -16,15 +16,11 @@ use kafka_protocol::records::{
 
 use super::consumer::ConsumerRecord;
 use super::{ClientError, Header};
+use crate::record_batch::{peek_offset_and_length, BatchHeader, LOG_OVERHEAD};
 
-/// Base offset (8) and batch length (4) come before the length counts.
-const LOG_OVERHEAD: usize = 12;
-/// Offset of `lastOffsetDelta` in a v2 batch header.
-const LAST_OFFSET_DELTA_AT: usize = 23;
-/// Offset of the magic byte.
-const MAGIC_AT: usize = 16;
-/// Size of a v2 batch header (`RECORD_BATCH_OVERHEAD`).
-pub const BATCH_HEADER_BYTES: usize = 61;
+/// Size of a v2 batch header (`RECORD_BATCH_OVERHEAD`), what every batch
+/// costs before its records.
+pub use crate::record_batch::HEADER_SIZE as BATCH_HEADER_BYTES;
 
 /// `compression.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,8 +188,7 @@ fn decode_into(
     out: &mut Decoded,
 ) -> Result<(), String> {
     while data.len() >= LOG_OVERHEAD {
-        let base_offset = (&data[0..8]).get_i64();
-        let batch_len = (&data[8..12]).get_i32();
+        let (base_offset, batch_len) = peek_offset_and_length(&data);
         if batch_len < 0 {
             return Err(format!("negative batch length at offset {base_offset}"));
         }
@@ -202,13 +197,7 @@ fn decode_into(
             break; // cut short by fetch size limits; the next fetch starts there
         }
         let mut batch = data.split_to(total);
-        if total < BATCH_HEADER_BYTES {
-            return Err(format!("batch at offset {base_offset} is only {total} bytes"));
-        }
-        if batch[MAGIC_AT] != 2 {
-            return Err(format!("batch at offset {base_offset} has magic {}", batch[MAGIC_AT]));
-        }
-        let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
+        let header = BatchHeader::parse(&batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
         let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
         for r in set.records {
             if r.control || r.offset < fetch_offset {
@@ -226,7 +215,7 @@ fn decode_into(
                 headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             });
         }
-        out.next_offset = Some(base_offset + last_delta as i64 + 1);
+        out.next_offset = Some(header.next_offset());
     }
     Ok(())
 }
@@ -252,7 +241,7 @@ mod tests {
     /// does not cover the base offset, so it stays valid.
     fn at_offset(batch: &Bytes, base: i64) -> Bytes {
         let mut b = BytesMut::from(&batch[..]);
-        b[0..8].copy_from_slice(&base.to_be_bytes());
+        crate::record_batch::set_base_offset(&mut b, base);
         b.freeze()
     }
 
@@ -340,8 +329,7 @@ mod tests {
         assert_eq!(info[0].record_count, 7);
         assert_eq!(info[0].base_sequence, NO_SEQUENCE);
         assert_eq!(info[0].producer_id, NO_PRODUCER_ID);
-        let last_delta = (&batch[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]).get_i32();
-        assert_eq!(last_delta, 6);
+        assert_eq!(BatchHeader::parse(&batch).unwrap().last_offset_delta, 6);
     }
 
     #[test]

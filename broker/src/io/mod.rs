@@ -183,3 +183,20 @@ pub trait File: Send + Sync {
     /// fsync: make everything written so far durable.
     fn sync(&mut self) -> io::Result<()>;
 }
+
+/// Replace `path` with `data` so that a crash leaves the old or the new
+/// contents, never a mix: write a temporary file next to it, fsync it, rename
+/// it over, and fsync the directory. Recovery removes stray `.tmp` files.
+pub fn write_atomically(fs: &dyn Fs, path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = fs.open(&tmp, OpenOptions { create: true, create_new: false, truncate: true })?;
+    f.write_at(data, 0)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}

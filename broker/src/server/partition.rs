@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 use kafka_protocol::error::ResponseError;
 
 use crate::io::DiskScope;
+use crate::record_batch::ValidatedBatches;
 use crate::storage::{AppendInfo, PartitionLog, ReadResult, StorageError};
 
 /// Why an operation on a partition failed.
@@ -43,6 +44,8 @@ impl PartitionError {
             PartitionError::Storage(StorageError::OutOfOrderSequence(_)) => ResponseError::OutOfOrderSequenceNumber,
             PartitionError::Storage(StorageError::InvalidProducerEpoch(_)) => ResponseError::InvalidProducerEpoch,
             PartitionError::Storage(StorageError::Io(_)) => ResponseError::KafkaStorageError,
+            PartitionError::Storage(StorageError::FencedLeaderEpoch(_)) => ResponseError::FencedLeaderEpoch,
+            PartitionError::Storage(StorageError::UnexpectedAppendOffset(_)) => ResponseError::UnknownServerError,
             PartitionError::Deleted => ResponseError::UnknownTopicOrPartition,
             PartitionError::NotLeader => ResponseError::NotLeaderOrFollower,
         }
@@ -80,7 +83,7 @@ impl State {
     fn update_high_watermark(&mut self) -> bool {
         let candidate = self.log.durable_offset();
         let leo = self.log.log_end_offset();
-        assert!(candidate <= leo, "durable offset {candidate} past the log end {leo}");
+        invariant!(candidate <= leo, "durable offset {candidate} past the log end {leo}");
         if candidate > self.high_watermark {
             self.high_watermark = candidate;
             true
@@ -91,13 +94,13 @@ impl State {
 
     fn check_invariants(&self) {
         let (start, leo) = (self.log.log_start_offset(), self.log.log_end_offset());
-        assert!(
+        invariant!(
             start <= self.high_watermark && self.high_watermark <= leo,
             "high watermark {} outside [log start {start}, log end {leo}]",
             self.high_watermark
         );
-        assert!(self.log.durable_offset() <= leo, "durable offset past the log end");
-        assert!(self.leader_epoch >= 0, "negative leader epoch {}", self.leader_epoch);
+        invariant!(self.log.durable_offset() <= leo, "durable offset past the log end");
+        invariant!(self.leader_epoch >= 0, "negative leader epoch {}", self.leader_epoch);
     }
 }
 
@@ -114,9 +117,12 @@ pub struct Partition {
 impl Partition {
     /// A partition this node leads, opened from a recovered log. What
     /// recovery kept was fsynced, so all of it is below the high watermark.
+    /// Its leader epoch is the latest in the log's leader-epoch cache, so
+    /// batches appended after a restart carry the epoch they did before.
     pub fn new(topic: String, index: i32, log: PartitionLog) -> Partition {
         let high_watermark = log.durable_offset();
-        let state = State { log, role: Role::Leader, leader_epoch: 0, high_watermark, deleted: false };
+        let leader_epoch = log.latest_epoch().unwrap_or(0);
+        let state = State { log, role: Role::Leader, leader_epoch, high_watermark, deleted: false };
         state.check_invariants();
         Partition { topic, index, hw_version: AtomicU64::new(0), state: Mutex::new(state) }
     }
@@ -157,19 +163,25 @@ impl Partition {
     /// A producer's retry of batches already in the log appends nothing and
     /// reports the original offsets. Returns the append and whether the
     /// high watermark advanced.
-    pub fn append(&self, _disk: &DiskScope, batches: &[u8], now_ms: i64) -> Result<(AppendInfo, bool), PartitionError> {
+    pub fn append(
+        &self,
+        _disk: &DiskScope,
+        batches: &ValidatedBatches,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, bool), PartitionError> {
         let mut s = self.live()?;
         if s.role != Role::Leader {
             return Err(PartitionError::NotLeader);
         }
         let before = s.log.log_end_offset();
-        let info = s.log.append(batches, now_ms)?;
-        assert!(
+        let epoch = s.leader_epoch;
+        let info = s.log.append_as_leader(batches, now_ms, epoch)?;
+        invariant!(
             info.base_offset == before || (info.duplicate && info.last_offset < before),
             "offsets are assigned densely from the log end ({before}), or are an earlier batch's: {info:?}"
         );
-        assert!(info.last_offset >= info.base_offset, "an append of no records: {info:?}");
-        assert!(
+        invariant!(info.last_offset >= info.base_offset, "an append of no records: {info:?}");
+        invariant!(
             info.duplicate || s.log.log_end_offset() == info.last_offset + 1,
             "log end {} does not follow the appended last offset {}",
             s.log.log_end_offset(),
@@ -183,9 +195,7 @@ impl Partition {
     /// Read from `offset`, never at or past the high watermark.
     pub fn read(&self, _disk: &DiskScope, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
         let s = self.live()?;
-        let mut read = s.log.read(offset, max_bytes, s.high_watermark)?;
-        read.high_watermark = s.high_watermark;
-        Ok(read)
+        Ok(s.log.read(offset, max_bytes, s.high_watermark)?)
     }
 
     pub fn offsets(&self) -> Result<Offsets, PartitionError> {
@@ -204,20 +214,25 @@ impl Partition {
         Ok(s.log.offset_for_timestamp(ts)?.filter(|&(offset, _)| offset < hw))
     }
 
-    /// Apply `flush.ms` and `segment.ms`. Returns whether the high watermark moved.
+    /// Apply `flush.ms`, `segment.ms` and `producer.id.expiration.ms`.
+    /// Returns whether the high watermark moved.
     pub fn tick(&self, _disk: &DiskScope, now_ms: i64) -> Result<bool, PartitionError> {
         let mut s = self.live()?;
         s.log.maybe_flush(now_ms)?;
         s.log.maybe_roll(now_ms)?;
+        let expired = s.log.expire_producers(now_ms);
+        if expired > 0 {
+            tracing::debug!(topic = %self.topic, partition = self.index, expired, "idle producer ids expired");
+        }
         let advanced = s.update_high_watermark();
         s.check_invariants();
         Ok(self.moved(advanced))
     }
 
-    /// fsync everything appended (clean shutdown).
+    /// fsync everything appended and snapshot producer state (clean shutdown).
     pub fn flush(&self, _disk: &DiskScope) -> Result<bool, PartitionError> {
         let mut s = self.live()?;
-        s.log.flush()?;
+        s.log.close()?;
         let advanced = s.update_high_watermark();
         s.check_invariants();
         Ok(self.moved(advanced))

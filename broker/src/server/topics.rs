@@ -374,19 +374,7 @@ impl Topics {
     }
 }
 
-/// Replace `path` with `data` so that a crash leaves the old or the new
-/// contents, never a mix: write a temporary file, sync it, rename it over, and
-/// sync the directory.
-pub fn write_atomically(fs: &dyn Fs, path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
-    let tmp = path.with_file_name(format!("{}.tmp", file_name(path)));
-    let mut f = fs.open(&tmp, OpenOptions { create: true, create_new: false, truncate: true })?;
-    f.write_at(data, 0)?;
-    f.sync()?;
-    drop(f);
-    fs.rename(&tmp, path)?;
-    fs.sync_dir(dir)
-}
+pub use crate::io::write_atomically;
 
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

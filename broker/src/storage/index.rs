@@ -129,7 +129,7 @@ impl<E: Entry> IndexFile<E> {
     }
 
     pub fn push(&mut self, e: E) {
-        debug_assert!(self.entries.last().is_none_or(|l| l.key() < e.key()), "index keys must increase");
+        invariant!(self.entries.last().is_none_or(|l| l.key() < e.key()), "index keys must increase");
         self.entries.push(e);
     }
 

@@ -1,19 +1,30 @@
-//! The partition log proper: segments, rolling, flushing, reading, recovery.
+//! The partition log proper: segments, rolling, flushing, reading, recovery,
+//! and the state derived from batch headers (idempotent producers, leader
+//! epochs).
 //!
 //! A partition is a directory of segments keyed by base offset. Appends go to
 //! the last (active) segment in one write; the flush policy fsyncs and
-//! advances the recovery point, which is also the high watermark: with a
-//! single replica only fsynced data is exposed, so a crash never takes back
-//! what a consumer saw.
+//! advances the durable offset (the recovery point). The log reports its log
+//! end offset and durable offset; which offsets consumers may see (the high
+//! watermark) is decided above it, by the partition.
+//!
+//! Two append paths: a leader's ([`PartitionLog::append_as_leader`]) assigns
+//! offsets, deduplicates idempotent producers' retries and stamps its leader
+//! epoch into every batch; a follower's ([`PartitionLog::append_as_follower`])
+//! stores replicated batches verbatim and refuses any that do not continue
+//! the log. Both take [`ValidatedBatches`], whose CRCs were checked once on
+//! the way in.
 //!
 //! An append that cannot be made durable when the flush policy asks is undone
 //! from what the log holds in memory (the active segment's size, next offset
 //! and index entries before it), never by reading the log back: a read that
 //! comes back corrupted must not decide where the log ends.
 //!
-//! The log also owns its partition's idempotent-producer state
-//! ([`ProducerStateManager`]): derived from the batch headers, rebuilt on
-//! open and after a truncation, and consulted by every append.
+//! The log owns its partition's idempotent-producer state
+//! ([`ProducerStateManager`], snapshotted at each roll) and leader-epoch
+//! cache ([`LeaderEpochCache`]). Both are derived from batch headers: on open
+//! and after a truncation they are loaded from their files and brought up to
+//! the log end by replaying only the headers their files do not cover.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -23,13 +34,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::batch::{self, BatchHeader, Batches};
+use super::leader_epoch::{EpochEntry, LeaderEpochCache};
 use super::producer_state::{self, ProducerEntry, ProducerStateManager, Verdict};
 use super::recovery::{self, write_checkpoint};
 use super::segment::Segment;
 use super::{AppendInfo, ReadResult, RecoveryReport, StorageError};
 use crate::config::{LogConfig, PlantedBugs};
 use crate::io::Fs;
+use crate::record_batch::{self as batch, BatchHeader, ValidatedBatches};
 
 /// One partition's log on one broker.
 pub struct PartitionLog {
@@ -48,11 +60,23 @@ pub struct PartitionLog {
     checkpoint_due: bool,
     /// Idempotent producers with batches in this log.
     producers: ProducerStateManager,
+    /// Leader epoch -> offset of its first batch.
+    epochs: LeaderEpochCache,
 }
 
-/// Times a producer-state rebuild re-reads the log before settling for what
-/// it could read.
+/// Times a rebuild of derived state re-reads the log before settling for
+/// what it could read.
 const REBUILD_ATTEMPTS: u32 = 3;
+/// Producer-state snapshots kept: the newest few, so that a truncation into
+/// the last segments still finds one below its cut.
+const SNAPSHOTS_KEPT: usize = 3;
+
+/// Batches on their way into the active segment, offsets assigned.
+struct Staged {
+    buf: Vec<u8>,
+    headers: Vec<(usize, BatchHeader)>,
+    record_count: u64,
+}
 
 fn invalid_config(msg: String) -> StorageError {
     StorageError::Io(io::Error::new(io::ErrorKind::InvalidInput, msg))
@@ -81,13 +105,14 @@ fn check_config(config: &LogConfig) -> Result<bool, StorageError> {
 impl PartitionLog {
     /// Open (or create) the log in `dir`, recovering from any unclean shutdown.
     /// There is no clean-shutdown marker, so every open validates from the
-    /// recovery point on.
+    /// recovery point on. Producers idle since before `now_ms` minus
+    /// `producer.id.expiration.ms` are not loaded.
     pub fn open(
         fs: Arc<dyn Fs>,
         dir: PathBuf,
         config: LogConfig,
         bugs: PlantedBugs,
-        _now_ms: i64,
+        now_ms: i64,
     ) -> Result<(PartitionLog, RecoveryReport), StorageError> {
         let log_append_time = check_config(&config)?;
         if !fs.is_dir(&dir) {
@@ -97,6 +122,7 @@ impl PartitionLog {
             }
         }
         let rec = recovery::recover(&*fs, &dir, config.index_interval_bytes, !bugs.skip_crc_on_recovery)?;
+        let mut report = rec.report;
         let mut segments = rec.segments;
         let mut dir_dirty = false;
         if segments.is_empty() {
@@ -115,6 +141,7 @@ impl PartitionLog {
             dir_dirty,
             checkpoint_due: false,
             producers: ProducerStateManager::new(),
+            epochs: LeaderEpochCache::new(),
         };
         // Recovery fsynced what it kept, so it is all durable.
         let log_end = log.log_end_offset();
@@ -123,8 +150,31 @@ impl PartitionLog {
             log.fs.sync_dir(&log.dir)?;
             log.dir_dirty = false;
         }
+        // Leader epochs from the segments recovery validated on are derived
+        // again from their batches; earlier ones were checkpointed before the
+        // recovery point passed them.
+        let epochs_from = match LeaderEpochCache::load(&*log.fs, &log.dir) {
+            Some(cache) => {
+                log.epochs = cache;
+                rec.scanned_from.unwrap_or(log_end)
+            }
+            None => {
+                // Written below if the rebuild finds any epoch.
+                report.leader_epochs_rebuilt = log_end > log.log_start_offset();
+                log.log_start_offset()
+            }
+        };
+        let (snapshot, replayed) = log.rebuild_derived_state(Some(epochs_from))?;
+        report.producer_snapshot_offset = snapshot;
+        report.producer_batches_replayed = replayed;
+        let expired = log.expire_producers(now_ms);
+        if expired > 0 {
+            tracing::debug!(dir = %log.dir.display(), expired, "idle producers expired on open");
+        }
+        // Derived state first: the recovery point may only vouch for what
+        // the epoch checkpoint covers.
+        log.epochs.write_if_dirty(&*log.fs, &log.dir)?;
         write_checkpoint(&*log.fs, &log.dir, log_end)?;
-        log.rebuild_producer_state();
         // PLANTED BUG `duplicate_offset_after_crash`: restart offset assignment
         // from the last index entry (or the stale recovery point) instead of
         // the recovered log end, so new batches reuse existing offsets.
@@ -135,33 +185,42 @@ impl PartitionLog {
             active.reuse_offsets_from(restart);
             log.recovery_point = restart;
         }
-        Ok((log, rec.report))
+        Ok((log, report))
     }
 
     fn active(&mut self) -> &mut Segment {
         self.segments.values_mut().next_back().expect("a log always has an active segment")
     }
 
-    /// Validate and append one or more v2 record batches, assigning offsets.
-    /// Does not fsync unless the flush policy says so; see [`Self::flush`].
-    /// On any error nothing of `batches` is visible.
-    pub fn append(&mut self, batches: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
-        if batches.is_empty() {
-            return Err(StorageError::CorruptMessage("no record batches".into()));
-        }
+    /// Append a producer's batches as this partition's leader in
+    /// `leader_epoch`: assign offsets from the log end, stamp the epoch into
+    /// every batch, switch to LogAppendTime if the topic uses it, and answer
+    /// an idempotent producer's retry with the original offsets instead of
+    /// appending it again. Does not fsync unless the flush policy says so;
+    /// see [`Self::flush`]. On any error nothing of `batches` is visible.
+    pub fn append_as_leader(
+        &mut self,
+        batches: &ValidatedBatches,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
         let base_offset = self.log_end_offset();
-        let mut buf = batches.to_vec();
-        let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
+        if !self.epochs.accepts(leader_epoch, base_offset) {
+            return Err(StorageError::FencedLeaderEpoch(format!(
+                "leader epoch {leader_epoch} is older than epoch {:?} already in the log",
+                self.epochs.latest_epoch()
+            )));
+        }
+        let mut buf = batches.bytes().to_vec();
+        let mut headers: Vec<(usize, BatchHeader)> = Vec::with_capacity(batches.batches().len());
         let mut next = base_offset;
         let mut record_count = 0u64;
         let mut touched: BTreeMap<i64, ProducerEntry> = BTreeMap::new();
-        for item in Batches::new(batches, false) {
-            let (pos, h, bytes) = item?;
+        for &(pos, h) in batches.batches() {
             if h.size() > self.config.max_message_bytes {
                 return Err(StorageError::MessageTooLarge { size: h.size(), max: self.config.max_message_bytes });
             }
             h.validate_for_append()?;
-            batch::validate_crc(&h, bytes)?;
             if h.has_producer_id() && !h.is_control() && !producer_state::is_idempotent(&h) {
                 return Err(StorageError::CorruptMessage(format!(
                     "batch from producer {} has epoch {} and base sequence {}; both must be non-negative",
@@ -190,12 +249,18 @@ impl PartitionLog {
                     entry = Some(e.clone());
                 }
             }
+            // The base offset and the leader epoch lie outside the CRC; only
+            // LogAppendTime makes the CRC be computed again.
             let stored = &mut buf[pos..pos + h.size()];
             batch::set_base_offset(stored, next);
+            batch::set_partition_leader_epoch(stored, leader_epoch);
+            let mut h = h;
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
             if self.log_append_time {
                 batch::set_log_append_time(stored, now_ms);
+                h = BatchHeader::parse(stored)?;
             }
-            let h = BatchHeader::parse(stored)?;
             if producer_state::is_idempotent(&h) {
                 let e = entry.unwrap_or_else(|| ProducerEntry { epoch: h.producer_epoch, batches: Default::default() });
                 touched.entry(h.producer_id).or_insert(e).record(&h);
@@ -204,9 +269,64 @@ impl PartitionLog {
             record_count += h.record_count as u64;
             headers.push((pos, h));
         }
+        self.append_staged(Staged { buf, headers, record_count }, now_ms)?;
+        self.producers.install(touched);
+        let log_append_time = if self.log_append_time { now_ms } else { -1 };
+        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time, record_count, duplicate: false })
+    }
+
+    /// Append batches replicated from the leader exactly as they are: no
+    /// offsets assigned, no retries recognised, timestamps and epochs as the
+    /// leader wrote them. They must start at the log end, be contiguous, and
+    /// never go back to an older leader epoch; otherwise nothing is appended.
+    /// The producer state and the epoch cache follow them.
+    pub fn append_as_follower(&mut self, batches: &ValidatedBatches, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        let base_offset = self.log_end_offset();
+        let mut next = base_offset;
+        let mut latest_epoch = self.epochs.latest();
+        let mut record_count = 0u64;
+        for &(_, h) in batches.batches() {
+            if h.base_offset != next {
+                return Err(StorageError::UnexpectedAppendOffset(format!(
+                    "batch at offset {} where the log continues at {next}",
+                    h.base_offset
+                )));
+            }
+            h.validate_for_append()?;
+            let epoch = h.partition_leader_epoch;
+            let backwards = epoch >= 0 && latest_epoch.is_some_and(|l| epoch < l.epoch);
+            if backwards {
+                return Err(StorageError::UnexpectedAppendOffset(format!(
+                    "batch at offset {} has leader epoch {epoch}, older than epoch {:?} in the log",
+                    h.base_offset, latest_epoch
+                )));
+            }
+            if epoch >= 0 && latest_epoch.is_none_or(|l| l.epoch < epoch) {
+                latest_epoch = Some(EpochEntry { epoch, start_offset: h.base_offset });
+            }
+            next = h.next_offset();
+            record_count += h.record_count as u64;
+        }
+        let staged = Staged { buf: batches.bytes().to_vec(), headers: batches.batches().to_vec(), record_count };
+        self.append_staged(staged, now_ms)?;
+        for (_, h) in batches.batches() {
+            self.producers.record(h);
+        }
+        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time: -1, record_count, duplicate: false })
+    }
+
+    /// Write batches whose offsets are settled to the active segment, note
+    /// their epochs, and apply the flush policy; on failure undo all of it.
+    fn append_staged(&mut self, staged: Staged, now_ms: i64) -> Result<(), StorageError> {
+        let Staged { buf, headers, record_count } = staged;
+        let base_offset = self.log_end_offset();
+        let next = headers.last().map_or(base_offset, |(_, h)| h.next_offset());
         self.maybe_roll_for(buf.len() as u64, next, now_ms)?;
         let mark = self.active().mark();
         self.active().append(&buf, &headers)?;
+        for (_, h) in &headers {
+            self.epochs.assign(h.partition_leader_epoch, h.base_offset);
+        }
         let first_unflushed_ms = self.first_unflushed_ms;
         self.unflushed_records += record_count;
         self.first_unflushed_ms.get_or_insert(now_ms);
@@ -215,9 +335,14 @@ impl PartitionLog {
             // append is not visible and its offsets go to the next one. A
             // failed flush never advances the recovery point, so nothing
             // acknowledged is above `base_offset`.
-            debug_assert!(self.recovery_point <= base_offset);
+            invariant!(
+                self.recovery_point <= base_offset,
+                "durable offset {} is past a failed append at {base_offset}",
+                self.recovery_point
+            );
             self.unflushed_records -= record_count;
             self.first_unflushed_ms = first_unflushed_ms;
+            self.epochs.truncate_from_end(base_offset);
             let active = self.active();
             // The active segment's own fsync may have gone through before a
             // later step failed (the directory fsync): then the batch is on
@@ -232,9 +357,13 @@ impl PartitionLog {
             }
             return Err(e);
         }
-        self.producers.install(touched);
-        let log_append_time = if self.log_append_time { now_ms } else { -1 };
-        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time, record_count, duplicate: false })
+        invariant!(
+            self.log_end_offset() == next && self.recovery_point <= next,
+            "after an append ending at {next}: log end {}, durable {}",
+            self.log_end_offset(),
+            self.recovery_point
+        );
+        Ok(())
     }
 
     /// Roll before an append of `len` bytes ending at `next` if the active
@@ -255,22 +384,42 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Start a new active segment at the log end.
+    /// Start a new active segment at the log end, and snapshot the producer
+    /// state there so that opening the log replays only what follows.
     fn roll(&mut self) -> Result<(), StorageError> {
         let base = self.log_end_offset();
-        debug_assert!(!self.active().is_empty(), "rolling an empty segment");
+        invariant!(!self.active().is_empty(), "rolling an empty segment at {base}");
         // The outgoing segment's indexes become part of the trusted log.
         self.active().flush(true)?;
         let seg = Segment::create(&*self.fs, &self.dir, base, self.config.index_interval_bytes)?;
         self.segments.insert(base, seg);
         self.dir_dirty = true;
+        self.take_snapshot(base);
         tracing::debug!(dir = %self.dir.display(), base, "rolled a new segment");
         Ok(())
     }
 
+    /// Write the producer-state snapshot at `offset` (the log end) and drop
+    /// the oldest beyond [`SNAPSHOTS_KEPT`]. A snapshot only shortens a
+    /// later replay, so failing to write one is logged, not returned.
+    fn take_snapshot(&mut self, offset: i64) {
+        invariant!(offset == self.log_end_offset(), "a snapshot at {offset} is not at the log end");
+        let written = producer_state::write_snapshot(&*self.fs, &self.dir, offset, &self.producers).and_then(|()| {
+            let all = producer_state::list_snapshots(&*self.fs, &self.dir)?;
+            for &old in &all[..all.len().saturating_sub(SNAPSHOTS_KEPT)] {
+                producer_state::delete_snapshot(&*self.fs, &self.dir, old)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::warn!(dir = %self.dir.display(), offset, error = %e, "writing a producer-state snapshot failed");
+        }
+    }
+
     /// Read whole batches starting with the one containing `offset`, up to
     /// `max_bytes` (at least one batch is returned if any is available, as
-    /// Kafka does), never past `max_offset` (exclusive; the high watermark).
+    /// Kafka does), never past `max_offset` (exclusive; the caller's bound,
+    /// such as the high watermark).
     pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError> {
         let (start, end) = (self.log_start_offset(), self.log_end_offset());
         if offset < start || offset > end {
@@ -279,7 +428,7 @@ impl PartitionLog {
         let mut result = ReadResult {
             records: Bytes::new(),
             log_end_offset: end,
-            high_watermark: self.high_watermark(),
+            durable_offset: self.durable_offset(),
             log_start_offset: start,
         };
         let max_offset = max_offset.min(end);
@@ -315,7 +464,7 @@ impl PartitionLog {
     /// fsync everything appended so far; advances the durable offset.
     pub fn flush(&mut self) -> Result<(), StorageError> {
         let log_end = self.log_end_offset();
-        if self.recovery_point == log_end && !self.dir_dirty {
+        if self.recovery_point == log_end && !self.dir_dirty && !self.epochs.is_dirty() {
             return Ok(());
         }
         let from = self.segments.range(..=self.recovery_point).next_back().map_or(0, |(b, _)| *b);
@@ -328,6 +477,7 @@ impl PartitionLog {
             self.fs.sync_dir(&self.dir)?;
             self.dir_dirty = false;
         }
+        invariant!(self.recovery_point <= log_end, "durable offset {} past the log end {log_end}", self.recovery_point);
         self.recovery_point = log_end;
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
@@ -335,8 +485,18 @@ impl PartitionLog {
         // roll keeps that scan to the last segment or two. The data is
         // durable by now, so failing to write it fails nothing: the old
         // checkpoint stays (the new one lands by an atomic rename or not at
-        // all) and is behind, never ahead. Retry at the next flush.
-        if rolled || self.checkpoint_due {
+        // all) and is behind, never ahead. Retry at the next flush. The
+        // epoch checkpoint goes first: recovery trusts it below the
+        // recovery point.
+        let epochs_written = match self.epochs.write_if_dirty(&*self.fs, &self.dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "writing the leader-epoch checkpoint failed; will retry");
+                self.checkpoint_due = true;
+                false
+            }
+        };
+        if epochs_written && (rolled || self.checkpoint_due) {
             match write_checkpoint(&*self.fs, &self.dir, log_end) {
                 Ok(()) => self.checkpoint_due = false,
                 Err(e) => {
@@ -344,6 +504,17 @@ impl PartitionLog {
                     self.checkpoint_due = true;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Flush and snapshot the producer state at the log end, as a clean
+    /// shutdown does, so the next open replays nothing.
+    pub fn close(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        let end = self.log_end_offset();
+        if end > self.log_start_offset() {
+            self.take_snapshot(end);
         }
         Ok(())
     }
@@ -365,9 +536,12 @@ impl PartitionLog {
         self.maybe_roll_for(0, next, now_ms)
     }
 
-    /// Remove everything at or after `offset` (for epoch-based truncation
-    /// later). If `offset` falls inside a batch, the whole batch goes.
-    /// Leaves the log fully flushed.
+    /// Remove everything at or after `offset`, as a follower does when its
+    /// log diverged from the leader's. If `offset` falls inside a batch, the
+    /// whole batch goes. The indexes, the leader-epoch cache (epochs starting
+    /// at or after the cut are forgotten) and the producer state (reloaded
+    /// from the newest snapshot below the cut) follow. Leaves the log fully
+    /// flushed.
     pub fn truncate_to(&mut self, offset: i64) -> Result<(), StorageError> {
         let offset = offset.max(self.log_start_offset());
         if offset >= self.log_end_offset() {
@@ -379,6 +553,10 @@ impl PartitionLog {
             write_checkpoint(&*self.fs, &self.dir, offset)?;
             self.recovery_point = offset;
         }
+        // Snapshots sit on batch boundaries, so those past `offset` are
+        // exactly those past the cut. They go before the batches they
+        // describe, lest a crash leave one to be read against new batches.
+        self.delete_snapshots_after(offset)?;
         let keep = *self.segments.range(..=offset).next_back().expect("offset is within the log").0;
         let doomed: Vec<i64> = self.segments.range(keep + 1..).map(|(b, _)| *b).collect();
         let mut removed = 0;
@@ -392,11 +570,29 @@ impl PartitionLog {
         let seg = self.segments.get_mut(&keep).expect("kept segment");
         removed += seg.truncate_to(offset)?;
         seg.flush(true)?;
-        tracing::info!(dir = %self.dir.display(), offset, removed_bytes = removed, "log truncated");
-        self.recovery_point = self.recovery_point.min(self.log_end_offset());
+        let log_end = self.log_end_offset();
+        tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "log truncated");
+        self.recovery_point = self.recovery_point.min(log_end);
+        invariant!(log_end <= offset, "truncation to {offset} left the log ending at {log_end}");
+        // The epoch file is rewritten by the flush below, before the
+        // recovery point can pass the cut again.
+        self.epochs.truncate_from_end(log_end);
         // Producers' last batches may have gone with the tail.
-        self.rebuild_producer_state();
+        self.rebuild_derived_state(None)?;
         self.flush()
+    }
+
+    /// Remove producer-state snapshots above `offset`.
+    fn delete_snapshots_after(&mut self, offset: i64) -> Result<(), StorageError> {
+        let stale: Vec<i64> =
+            producer_state::list_snapshots(&*self.fs, &self.dir)?.into_iter().filter(|&o| o > offset).collect();
+        for &o in &stale {
+            producer_state::delete_snapshot(&*self.fs, &self.dir, o)?;
+        }
+        if !stale.is_empty() {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Call `f` with the header of every batch from the one holding `from`
@@ -410,26 +606,102 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Rebuild the producer state from the whole log. Kafka reads a snapshot
-    /// and scans only past it; our logs are small enough to scan in full.
-    /// The state only serves to recognise retries, so if the log cannot be
-    /// read back, keep what was read and carry on: producers past the bad
-    /// spot are treated as unknown, which accepts their next batch.
-    fn rebuild_producer_state(&mut self) {
-        let start = self.log_start_offset();
-        for attempt in 1..=REBUILD_ATTEMPTS {
-            let mut state = ProducerStateManager::new();
-            let scanned = self.for_each_batch_header(start, |h| state.record(h));
-            let complete = scanned.is_ok();
-            if let Err(e) = scanned {
-                tracing::warn!(dir = %self.dir.display(), attempt, error = %e, "reading batch headers for producer state failed");
-            }
-            self.producers = state;
-            if complete {
-                return;
+    /// The newest producer-state snapshot at or below the log end that reads
+    /// back intact, with its offset. A damaged one is passed over for an
+    /// older one (and left on disk: the damage may have been in the read).
+    fn load_snapshot(&self) -> (ProducerStateManager, Option<i64>) {
+        let (start, end) = (self.log_start_offset(), self.log_end_offset());
+        let offsets = producer_state::list_snapshots(&*self.fs, &self.dir).unwrap_or_default();
+        for &offset in offsets.iter().rev().filter(|&&o| start <= o && o <= end) {
+            match producer_state::read_snapshot(&*self.fs, &self.dir, offset) {
+                Some(state) => return (state, Some(offset)),
+                None => {
+                    tracing::warn!(dir = %self.dir.display(), offset, "producer-state snapshot is damaged; trying an older one")
+                }
             }
         }
-        tracing::warn!(dir = %self.dir.display(), producers = self.producers.len(), "producer state rebuilt from part of the log");
+        (ProducerStateManager::new(), None)
+    }
+
+    /// Bring the state derived from batch headers up to the log end: the
+    /// producer state from the newest usable snapshot (or the log start),
+    /// and, with `epochs_from`, the leader epochs of batches from that
+    /// offset on. Only the headers after the earlier of the two are read.
+    /// Returns the snapshot used and the headers replayed into the producer
+    /// state.
+    ///
+    /// The producer state only serves to recognise retries, so if the log
+    /// cannot be read back, keep what was read and carry on: producers past
+    /// the bad spot are treated as unknown, which accepts their next batch.
+    fn rebuild_derived_state(&mut self, epochs_from: Option<i64>) -> Result<(Option<i64>, u64), StorageError> {
+        let log_end = self.log_end_offset();
+        // Snapshots past the log end describe batches recovery cut.
+        self.delete_snapshots_after(log_end)?;
+        let (snapshot_state, snapshot) = self.load_snapshot();
+        let replay_from = snapshot.unwrap_or(self.log_start_offset());
+        let epochs_before = self.epochs.clone();
+        if let Some(from) = epochs_from {
+            self.epochs.truncate_from_end(from);
+        }
+        let epochs_base = self.epochs.clone();
+        let walk_from = epochs_from.map_or(replay_from, |e| e.min(replay_from));
+        let mut replayed = 0;
+        for attempt in 1..=REBUILD_ATTEMPTS {
+            let mut state = snapshot_state.clone();
+            let mut epochs = epochs_base.clone();
+            replayed = 0;
+            let walked = self.for_each_batch_header(walk_from, |h| {
+                if h.base_offset >= replay_from {
+                    state.record(h);
+                    replayed += 1;
+                }
+                let newer = epochs.latest_epoch().is_none_or(|l| h.partition_leader_epoch > l);
+                if epochs_from.is_some_and(|from| h.base_offset >= from) && newer {
+                    epochs.assign(h.partition_leader_epoch, h.base_offset);
+                }
+            });
+            self.producers = state;
+            if epochs_from.is_some() {
+                self.epochs = epochs;
+            }
+            match walked {
+                Ok(()) => break,
+                Err(e) if attempt < REBUILD_ATTEMPTS => {
+                    tracing::warn!(dir = %self.dir.display(), attempt, error = %e, "reading batch headers for derived state failed");
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), producers = self.producers.len(), error = %e, "producer state and leader epochs rebuilt from part of the log");
+                }
+            }
+        }
+        // Re-deriving what the file already said is no change to write.
+        let dirty = epochs_before.is_dirty() || epochs_before.entries() != self.epochs.entries();
+        self.epochs.set_dirty(dirty);
+        Ok((snapshot, replayed))
+    }
+
+    /// Forget idempotent producers idle for `producer.id.expiration.ms`
+    /// (their last batch's max timestamp that much older than `now_ms`).
+    /// Returns how many were forgotten.
+    pub fn expire_producers(&mut self, now_ms: i64) -> usize {
+        self.producers.expire(now_ms, self.config.producer_id_expiration_ms)
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer: the largest epoch <= `epoch` in
+    /// this log and the offset where it ended (see
+    /// [`LeaderEpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The newest leader epoch in the log, if any batch was stamped.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// Every leader epoch in the log with its start offset, oldest first.
+    pub fn leader_epochs(&self) -> &[EpochEntry] {
+        self.epochs.entries()
     }
 
     /// The idempotent producers this log knows.
@@ -445,18 +717,14 @@ impl PartitionLog {
         self.segments.values().next_back().expect("a log always has a segment").next_offset()
     }
 
-    /// Offset up to which data is durable (fsynced).
+    /// Offset below which data is durable (fsynced): the recovery point.
+    /// Never past the log end.
     pub fn durable_offset(&self) -> i64 {
         self.recovery_point
     }
 
-    /// High watermark: on a single replica, the durable log end.
-    pub fn high_watermark(&self) -> i64 {
-        self.recovery_point
-    }
-
     /// First offset whose record timestamp is >= `ts`, with that timestamp.
-    /// Looks at the whole log, not only below the high watermark.
+    /// Looks at the whole log; the caller bounds the answer.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         for seg in self.segments.values() {
             let Some(bytes) = seg.batch_at_timestamp(ts)? else { continue };

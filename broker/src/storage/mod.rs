@@ -1,10 +1,12 @@
 //! The partition log: an ordered, durable sequence of Kafka record batches.
 //!
 //! Public surface used by the server and the simulator. Internals (segments,
-//! indexes, recovery) live in submodules.
+//! indexes, recovery, the leader-epoch cache, producer-state snapshots) live
+//! in submodules. Storage knows the log end offset and the durable (fsynced)
+//! offset; the high watermark is the partition's business, above storage.
 
-pub mod batch;
 mod index;
+pub mod leader_epoch;
 mod log;
 pub mod producer_state;
 mod recovery;
@@ -12,9 +14,12 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
+pub use leader_epoch::{EpochEntry, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use log::PartitionLog;
 
 use bytes::Bytes;
+
+use crate::record_batch::CorruptBatch;
 
 /// Errors the storage engine reports. Each maps to one Kafka error code.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,21 @@ pub enum StorageError {
     /// failed append is not visible.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A leader append stamped with an epoch older than one already in the
+    /// log: a newer leader has written since.
+    #[error("fenced leader epoch: {0}")]
+    FencedLeaderEpoch(String),
+    /// Replicated batches that do not continue the log: their base offset is
+    /// not the log end, their offsets are not contiguous, or their leader
+    /// epochs go backwards (Kafka's `UnexpectedAppendOffsetException`).
+    #[error("replicated batches do not continue the log: {0}")]
+    UnexpectedAppendOffset(String),
+}
+
+impl From<CorruptBatch> for StorageError {
+    fn from(e: CorruptBatch) -> Self {
+        StorageError::CorruptMessage(e.0)
+    }
 }
 
 /// What an append did.
@@ -62,9 +82,9 @@ pub struct AppendInfo {
 pub struct ReadResult {
     /// Concatenated record batches; may be empty.
     pub records: Bytes,
-    /// Log end and high watermark at the time of the read.
+    /// Log end and durable offset at the time of the read.
     pub log_end_offset: i64,
-    pub high_watermark: i64,
+    pub durable_offset: i64,
     pub log_start_offset: i64,
 }
 
@@ -80,4 +100,13 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: usize,
     /// Log end offset after recovery.
     pub log_end_offset: i64,
+    /// The producer-state snapshot the producer state was loaded from, if
+    /// any was usable: its offset.
+    pub producer_snapshot_offset: Option<i64>,
+    /// Batch headers read to bring the producer state from the snapshot (or
+    /// the log start) to the log end.
+    pub producer_batches_replayed: u64,
+    /// The leader-epoch checkpoint was missing or damaged and the cache was
+    /// rebuilt from every batch header.
+    pub leader_epochs_rebuilt: bool,
 }

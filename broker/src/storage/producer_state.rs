@@ -5,16 +5,26 @@
 //! one already in the log (answered with the original offsets, not appended
 //! again), fenced by a newer epoch, or out of order.
 //!
-//! The state is derived from the log alone: [`super::PartitionLog`] rebuilds
-//! it by scanning batch headers when it opens and after a truncation, and
-//! records each batch only once its append succeeded. Kafka also snapshots
-//! this state next to each segment so a restart reads only the tail; at our
-//! log sizes a header scan is cheap, so there are no snapshots yet.
+//! The state is derived from the log alone, and records each batch only once
+//! its append succeeded. Like Kafka, the log writes it to a snapshot file
+//! (`<offset>.snapshot`, the state of every batch below that offset) when a
+//! segment rolls and on a clean close, so opening the log (or truncating it)
+//! loads the newest usable snapshot and replays only the batch headers after
+//! it. A snapshot is checked by its CRC; one that fails is skipped for an
+//! older one, or a replay from the log start, never trusted.
+//!
+//! Producers idle for `producer.id.expiration.ms` (measured, as Kafka does,
+//! against the max timestamp of their last batch) are forgotten. A forgotten
+//! producer is like one never seen: its next batch is accepted at any
+//! sequence, which is what Kafka 3.x does for a producer id it has no entry for.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
 
-use super::batch::BatchHeader;
 use super::StorageError;
+use crate::io::{write_atomically, Fs, OpenOptions};
+use crate::record_batch::BatchHeader;
 
 /// Kafka keeps this many batches per producer: a producer has at most five
 /// requests in flight per connection, so a retry is always one of them.
@@ -49,7 +59,7 @@ pub enum Verdict {
 
 /// Kafka's sequence arithmetic: sequences wrap from `i32::MAX` to 0.
 pub fn increment_sequence(seq: i32, by: i32) -> i32 {
-    debug_assert!(seq >= 0 && by >= 0);
+    invariant!(seq >= 0 && by >= 0, "sequence arithmetic on a negative sequence {seq} + {by}");
     if seq > i32::MAX - by {
         by - (i32::MAX - seq) - 1
     } else {
@@ -119,6 +129,11 @@ impl ProducerEntry {
         }
     }
 
+    /// Max timestamp of the producer's last batch: the clock its expiry runs by.
+    pub fn last_timestamp(&self) -> i64 {
+        self.batches.back().map_or(i64::MIN, |b| b.max_timestamp)
+    }
+
     /// Remember a batch that is now in the log (its offsets assigned).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_epoch != self.epoch {
@@ -136,7 +151,7 @@ impl ProducerEntry {
             last_offset: h.last_offset(),
             max_timestamp: h.max_timestamp,
         });
-        debug_assert!(self.batches.len() <= MAX_BATCHES_PER_PRODUCER);
+        invariant!(self.batches.len() <= MAX_BATCHES_PER_PRODUCER, "a producer keeps at most five batches");
     }
 }
 
@@ -191,9 +206,137 @@ impl ProducerStateManager {
             .record(h);
     }
 
-    /// Install entries judged and appended together (see [`super::PartitionLog::append`]).
+    /// Install entries judged and appended together (see
+    /// [`super::PartitionLog::append_as_leader`]).
     pub fn install(&mut self, entries: BTreeMap<i64, ProducerEntry>) {
         self.producers.extend(entries);
+    }
+
+    /// Forget producers whose last batch is `expiration_ms` or more older
+    /// than `now_ms` (Kafka's `removeExpiredProducers`). Returns how many.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, e| now_ms.saturating_sub(e.last_timestamp()) < expiration_ms);
+        before - self.producers.len()
+    }
+
+    /// This state as a snapshot file's contents.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(4 + self.producers.len() * (11 + 36 * MAX_BATCHES_PER_PRODUCER));
+        body.extend_from_slice(&(self.producers.len() as u32).to_be_bytes());
+        for (id, e) in &self.producers {
+            body.extend_from_slice(&id.to_be_bytes());
+            body.extend_from_slice(&e.epoch.to_be_bytes());
+            body.push(e.batches.len() as u8);
+            for b in &e.batches {
+                body.extend_from_slice(&b.first_seq.to_be_bytes());
+                body.extend_from_slice(&b.last_seq.to_be_bytes());
+                body.extend_from_slice(&b.first_offset.to_be_bytes());
+                body.extend_from_slice(&b.last_offset.to_be_bytes());
+                body.extend_from_slice(&b.max_timestamp.to_be_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(6 + body.len());
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    /// Decode a snapshot taken at `offset`; `None` if it is damaged in any
+    /// way, including batches at or past `offset`.
+    pub fn decode_snapshot(buf: &[u8], offset: i64) -> Option<ProducerStateManager> {
+        let mut r = Cursor(buf);
+        if u16::from_be_bytes(r.take()?) != SNAPSHOT_VERSION {
+            return None;
+        }
+        let crc = u32::from_be_bytes(r.take()?);
+        if crc32c::crc32c(r.0) != crc {
+            return None;
+        }
+        let count = u32::from_be_bytes(r.take()?);
+        let mut producers = BTreeMap::new();
+        let mut last_id = -1;
+        for _ in 0..count {
+            let id = i64::from_be_bytes(r.take()?);
+            let epoch = i16::from_be_bytes(r.take()?);
+            let n = r.take::<1>()?[0] as usize;
+            if id <= last_id || epoch < 0 || n == 0 || n > MAX_BATCHES_PER_PRODUCER {
+                return None;
+            }
+            last_id = id;
+            let mut batches = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                let b = BatchMetadata {
+                    first_seq: i32::from_be_bytes(r.take()?),
+                    last_seq: i32::from_be_bytes(r.take()?),
+                    first_offset: i64::from_be_bytes(r.take()?),
+                    last_offset: i64::from_be_bytes(r.take()?),
+                    max_timestamp: i64::from_be_bytes(r.take()?),
+                };
+                let after_previous = batches.back().is_none_or(|p: &BatchMetadata| p.last_offset < b.first_offset);
+                if b.first_offset > b.last_offset || b.last_offset >= offset || !after_previous {
+                    return None;
+                }
+                batches.push_back(b);
+            }
+            producers.insert(id, ProducerEntry { epoch, batches });
+        }
+        r.0.is_empty().then_some(ProducerStateManager { producers })
+    }
+}
+
+const SNAPSHOT_VERSION: u16 = 1;
+pub(super) const SNAPSHOT_SUFFIX: &str = "snapshot";
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+}
+
+/// Path of the snapshot of the state below `offset`.
+pub(super) fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}.{SNAPSHOT_SUFFIX}"))
+}
+
+/// Offsets of the snapshot files in `dir`, ascending.
+pub(super) fn list_snapshots(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<i64>> {
+    let mut offsets: Vec<i64> = fs
+        .list_dir(dir)?
+        .iter()
+        .filter_map(|p| {
+            let (stem, suffix) = p.file_name()?.to_str()?.split_once('.')?;
+            let digits = stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit());
+            (suffix == SNAPSHOT_SUFFIX && digits).then(|| stem.parse().ok()).flatten()
+        })
+        .collect();
+    offsets.sort_unstable();
+    Ok(offsets)
+}
+
+/// Durably write the snapshot of `state` as of `offset`.
+pub(super) fn write_snapshot(fs: &dyn Fs, dir: &Path, offset: i64, state: &ProducerStateManager) -> io::Result<()> {
+    write_atomically(fs, &snapshot_path(dir, offset), &state.encode_snapshot())
+}
+
+/// Read the snapshot at `offset`; `None` if unreadable or damaged.
+pub(super) fn read_snapshot(fs: &dyn Fs, dir: &Path, offset: i64) -> Option<ProducerStateManager> {
+    let file = fs.open(&snapshot_path(dir, offset), OpenOptions::EXISTING).ok()?;
+    let mut buf = vec![0u8; file.len().ok()? as usize];
+    file.read_exact_at(&mut buf, 0).ok()?;
+    ProducerStateManager::decode_snapshot(&buf, offset)
+}
+
+/// Remove the snapshot at `offset`; a missing one is fine.
+pub(super) fn delete_snapshot(fs: &dyn Fs, dir: &Path, offset: i64) -> io::Result<()> {
+    match fs.remove_file(&snapshot_path(dir, offset)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -300,6 +443,40 @@ mod tests {
         assert_eq!(t.get(9).unwrap().batches[0].last_seq, 0);
         assert!(matches!(t.check(&header(9, 0, i32::MAX, 2, -1)).unwrap(), Verdict::Duplicate(_)));
         assert_eq!(t.check(&header(9, 0, 1, 1, -1)).unwrap(), Verdict::Append);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_damage_is_refused() {
+        let mut s = ProducerStateManager::new();
+        for i in 0..7 {
+            s.record(&header(1, 0, i, 2, 2 * i as i64));
+        }
+        s.record(&header(4, 3, 9, 1, 20));
+        let snap = s.encode_snapshot();
+        assert_eq!(ProducerStateManager::decode_snapshot(&snap, 21), Some(s.clone()));
+        assert_eq!(ProducerStateManager::decode_snapshot(&snap, 20), None, "a batch at the snapshot offset");
+        assert_eq!(ProducerStateManager::decode_snapshot(&snap[..snap.len() - 1], 21), None);
+        for at in [0, 3, 10, snap.len() - 1] {
+            let mut bad = snap.clone();
+            bad[at] ^= 0x10;
+            assert_eq!(ProducerStateManager::decode_snapshot(&bad, 21), None, "byte {at}");
+        }
+        let empty = ProducerStateManager::new().encode_snapshot();
+        assert_eq!(ProducerStateManager::decode_snapshot(&empty, 0), Some(ProducerStateManager::new()));
+    }
+
+    #[test]
+    fn idle_producers_expire_by_their_last_batch_timestamp() {
+        let mut s = ProducerStateManager::new();
+        s.record(&header(1, 0, 0, 1, 0)); // max timestamp 7
+        let mut later = header(2, 0, 0, 1, 1);
+        later.max_timestamp = 100;
+        s.record(&later);
+        assert_eq!(s.expire(106, 100), 0);
+        assert_eq!(s.expire(107, 100), 1);
+        assert!(s.get(1).is_none() && s.get(2).is_some());
+        // The forgotten producer's next batch is accepted at any sequence.
+        assert_eq!(s.check(&header(1, 0, 57, 1, -1)).unwrap(), Verdict::Append);
     }
 
     #[test]

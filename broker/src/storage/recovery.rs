@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::segment::{parse_segment_name, segment_path, Segment, LOG_SUFFIX};
 use super::{RecoveryReport, StorageError};
-use crate::io::{Fs, OpenOptions};
+use crate::io::{write_atomically, Fs, OpenOptions};
 
 const CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 const CHECKPOINT_VERSION: u32 = 0;
@@ -41,18 +41,10 @@ pub(super) fn read_checkpoint(fs: &dyn Fs, dir: &Path) -> Option<i64> {
     (version == CHECKPOINT_VERSION && crc == crc32c::crc32c(&offset.to_be_bytes()) && offset >= 0).then_some(offset)
 }
 
-/// Durably replace the recovery point: write a temp file, fsync it, rename it
-/// over the checkpoint, fsync the directory.
+/// Durably replace the recovery point.
 pub(super) fn write_checkpoint(fs: &dyn Fs, dir: &Path, offset: i64) -> io::Result<()> {
-    let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
     let text = format!("{CHECKPOINT_VERSION}\n{offset}\n{}\n", crc32c::crc32c(&offset.to_be_bytes()));
-    {
-        let mut f = fs.open(&tmp, OpenOptions { create: true, create_new: false, truncate: true })?;
-        f.write_at(text.as_bytes(), 0)?;
-        f.sync()?;
-    }
-    fs.rename(&tmp, &checkpoint_path(dir))?;
-    fs.sync_dir(dir)
+    write_atomically(fs, &checkpoint_path(dir), text.as_bytes())
 }
 
 /// A recovered directory.
@@ -61,6 +53,9 @@ pub(super) struct Recovered {
     pub report: RecoveryReport,
     /// The checkpoint as found (for the planted offset-reuse bug).
     pub recovery_point: Option<i64>,
+    /// Base offset of the first segment validated batch by batch: derived
+    /// state (leader epochs) is re-derived from there on.
+    pub scanned_from: Option<i64>,
 }
 
 /// Open every segment in `dir`, validate from the recovery point, cut
@@ -107,6 +102,7 @@ pub(super) fn recover(
     let mut segments = BTreeMap::new();
     let mut expected_base: Option<i64> = None;
     let mut cut_rest = false;
+    let mut scanned_from = None;
     for (i, &base) in bases.iter().enumerate() {
         if cut_rest || expected_base.is_some_and(|e| e != base) {
             if !cut_rest {
@@ -132,6 +128,7 @@ pub(super) fn recover(
             }
         }
         if scanned {
+            scanned_from.get_or_insert(base);
             report.segments_scanned += 1;
             let r = seg.recover(check_crc)?;
             report.indexes_rebuilt += r.index_was_damaged as usize;
@@ -152,5 +149,5 @@ pub(super) fn recover(
         fs.sync_dir(dir)?;
     }
     report.log_end_offset = segments.last_key_value().map_or(0, |(_, s)| s.next_offset());
-    Ok(Recovered { segments, report, recovery_point })
+    Ok(Recovered { segments, report, recovery_point, scanned_from })
 }

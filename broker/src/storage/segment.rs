@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::batch::{self, BatchHeader, HEADER_SIZE};
 use super::index::{IndexFile, OffsetEntry, TimeEntry};
 use super::StorageError;
 use crate::io::{File, Fs, OpenOptions};
+use crate::record_batch::{self as batch, BatchHeader, HEADER_SIZE};
 
 /// Timestamp of a segment with no batches (Kafka's `NO_TIMESTAMP`).
 pub(super) const NO_TIMESTAMP: i64 = -1;
@@ -246,7 +246,7 @@ impl Segment {
     pub fn append(&mut self, buf: &[u8], headers: &[(usize, BatchHeader)]) -> io::Result<()> {
         self.trim_stale_end()?;
         let pos = self.tail.size;
-        debug_assert_eq!(headers.first().map(|(p, _)| *p), Some(0));
+        invariant!(headers.first().map(|(p, _)| *p) == Some(0), "an append's first batch starts its buffer");
         if let Err(e) = self.log.write_at(buf, pos) {
             // A failed write may have left a partial tail. If cutting it
             // fails too, the next write or fsync tries again.
@@ -256,9 +256,15 @@ impl Segment {
         }
         let Segment { tail, index, time_index, base_offset, index_interval_bytes, .. } = self;
         for (p, h) in headers {
+            invariant!(
+                h.base_offset == tail.next_offset,
+                "offsets must be dense: batch at {} appended where segment {base_offset} continues at {}",
+                h.base_offset,
+                tail.next_offset
+            );
             note_batch(tail, index, time_index, *base_offset, *index_interval_bytes, pos + *p as u64, h);
         }
-        debug_assert_eq!(self.tail.size, pos + buf.len() as u64);
+        invariant!(self.tail.size == pos + buf.len() as u64, "the batches of an append fill its buffer exactly");
         self.needs_sync = true;
         Ok(())
     }
@@ -299,7 +305,10 @@ impl Segment {
     /// segment remembers to do it before its next write or fsync; the
     /// in-memory state is restored either way.
     pub fn rollback(&mut self, mark: AppendMark) -> io::Result<()> {
-        debug_assert!(mark.tail.size <= self.tail.size && mark.tail.next_offset <= self.tail.next_offset);
+        invariant!(
+            mark.tail.size <= self.tail.size && mark.tail.next_offset <= self.tail.next_offset,
+            "a rollback only goes back"
+        );
         self.tail = mark.tail;
         self.index.truncate(mark.index_len);
         self.time_index.truncate(mark.time_index_len);
@@ -613,7 +622,10 @@ impl Segment {
         for (p, h) in &kept {
             note_batch(tail, index, time_index, base, *index_interval_bytes, *p, h);
         }
-        debug_assert_eq!((self.tail.size, self.tail.next_offset), (cut, next));
+        invariant!(
+            (self.tail.size, self.tail.next_offset) == (cut, next),
+            "segment {base} after truncation: size and next offset match the cut"
+        );
         Ok(removed)
     }
 

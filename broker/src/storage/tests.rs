@@ -4,14 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use kafka_protocol::records::Compression;
 
-use super::batch::tests::encode_at;
-use super::batch::{BatchHeader, Batches};
-use super::{PartitionLog, RecoveryReport, StorageError};
+use super::{AppendInfo, PartitionLog, RecoveryReport, StorageError};
 use crate::config::{LogConfig, PlantedBugs};
 use crate::io::real::RealFs;
 use crate::io::{Fs, OpenOptions};
+use crate::record_batch::tests::encode_at;
+use crate::record_batch::{BatchHeader, Batches, ValidatedBatches};
+
+/// Producer bytes as the server hands them over: validated once, then
+/// appended by a leader in epoch 0.
+trait AppendBytes {
+    fn append(&mut self, bytes: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError>;
+}
+
+impl AppendBytes for PartitionLog {
+    fn append(&mut self, bytes: &[u8], now_ms: i64) -> Result<AppendInfo, StorageError> {
+        let batches = ValidatedBatches::new(Bytes::copy_from_slice(bytes))?;
+        self.append_as_leader(&batches, now_ms, 0)
+    }
+}
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -91,7 +105,7 @@ fn append_assigns_offsets_and_reads_return_whole_batches() {
     two.extend(encode_at(4, 9, Compression::None));
     let b = log.append(&two, 0).unwrap();
     assert_eq!((b.base_offset, b.last_offset, b.record_count), (3, 8, 6));
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (9, 9));
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (9, 9));
 
     // An offset inside a batch returns that whole batch; at least one batch
     // even when it exceeds max_bytes.
@@ -172,21 +186,21 @@ fn rolls_segments_by_size_and_age_and_reads_across_them() {
 }
 
 #[test]
-fn flush_policy_holds_back_the_high_watermark() {
+fn flush_policy_holds_back_the_durable_offset() {
     let f = fixture();
     let config = LogConfig { flush_messages: 10, flush_ms: 1000, ..small_config() };
     let (mut log, _) = f.open_with(config, PlantedBugs::default());
     log.append(&encode_at(4, 1, Compression::None), 100).unwrap();
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (4, 0));
-    assert!(log.read(0, 1 << 20, log.high_watermark()).unwrap().records.is_empty());
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (4, 0));
+    assert!(log.read(0, 1 << 20, log.durable_offset()).unwrap().records.is_empty());
     assert!(!log.maybe_flush(500).unwrap());
     assert!(log.maybe_flush(1100).unwrap());
     assert_eq!(log.durable_offset(), 4);
     log.append(&encode_at(6, 1, Compression::None), 2000).unwrap();
     log.append(&encode_at(1, 1, Compression::None), 2000).unwrap();
-    assert_eq!(log.high_watermark(), 4);
+    assert_eq!(log.durable_offset(), 4);
     log.append(&encode_at(3, 1, Compression::None), 2000).unwrap();
-    assert_eq!(log.high_watermark(), 14, "ten unflushed records trigger a flush");
+    assert_eq!(log.durable_offset(), 14, "ten unflushed records trigger a flush");
 }
 
 #[test]
@@ -225,7 +239,7 @@ fn truncate_to_removes_batches_and_later_segments() {
     let before = log.segment_base_offsets();
     // Offset 52 is inside batch 10 (offsets 50..54): the whole batch goes.
     log.truncate_to(52).unwrap();
-    assert_eq!((log.log_end_offset(), log.high_watermark()), (50, 50));
+    assert_eq!((log.log_end_offset(), log.durable_offset()), (50, 50));
     assert_eq!(read_all(&log), stored[..10].concat());
     let after = log.segment_base_offsets();
     assert!(after.len() < before.len());
@@ -432,7 +446,7 @@ fn idempotent(n: i64, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
     b[43..51].copy_from_slice(&pid.to_be_bytes());
     b[51..53].copy_from_slice(&epoch.to_be_bytes());
     b[53..57].copy_from_slice(&seq.to_be_bytes());
-    let crc = super::batch::compute_crc(&b);
+    let crc = crate::record_batch::compute_crc(&b);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
 }
@@ -486,4 +500,221 @@ fn producer_state_survives_reopen_and_follows_truncation() {
     let mut seen = Vec::new();
     log.for_each_batch_header(100, |h| seen.push((h.base_offset, h.base_sequence))).unwrap();
     assert_eq!(seen, vec![(100, 100), (104, 104), (108, 108), (112, 112)]);
+}
+
+/// `bytes` validated, as a replica fetch hands them over.
+fn validated(bytes: &[u8]) -> ValidatedBatches {
+    ValidatedBatches::new(Bytes::copy_from_slice(bytes)).unwrap()
+}
+
+fn epochs(log: &PartitionLog) -> Vec<(i32, i64)> {
+    log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect()
+}
+
+#[test]
+fn the_leader_stamps_its_epoch_into_every_batch_outside_the_crc() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    let two = [encode_at(2, 1, Compression::None), encode_at(3, 2, Compression::Gzip)].concat();
+    log.append_as_leader(&validated(&two), 0, 3).unwrap();
+    log.append_as_leader(&validated(&encode_at(1, 3, Compression::None)), 0, 5).unwrap();
+    let read = log.read(0, 1 << 20, i64::MAX).unwrap().records;
+    let stamped: Vec<(i64, i32)> = headers(&read).iter().map(|h| (h.base_offset, h.partition_leader_epoch)).collect();
+    assert_eq!(stamped, vec![(0, 3), (2, 3), (5, 5)], "CRCs checked by `headers`");
+    assert_eq!(epochs(&log), vec![(3, 0), (5, 5)]);
+    // A leader of an older epoch is fenced and appends nothing.
+    let r = log.append_as_leader(&validated(&encode_at(1, 4, Compression::None)), 0, 4);
+    assert!(matches!(r, Err(StorageError::FencedLeaderEpoch(_))), "{r:?}");
+    assert_eq!(log.log_end_offset(), 6);
+    // LogAppendTime recomputes the CRC after the stamp; both survive.
+    let g = fixture();
+    let config = LogConfig { message_timestamp_type: "LogAppendTime".into(), ..small_config() };
+    let (mut log, _) = g.open_with(config, PlantedBugs::default());
+    log.append_as_leader(&validated(&encode_at(2, 1, Compression::None)), 77, 9).unwrap();
+    let h = headers(&log.read(0, 1 << 20, i64::MAX).unwrap().records)[0];
+    assert_eq!((h.partition_leader_epoch, h.max_timestamp, h.is_log_append_time()), (9, 77, true));
+}
+
+#[test]
+fn a_follower_appends_replicated_batches_verbatim_and_refuses_what_does_not_continue() {
+    let f = fixture();
+    let (mut leader, _) = f.open();
+    leader.append_as_leader(&validated(&encode_at(2, 1, Compression::None)), 0, 1).unwrap();
+    leader.append_as_leader(&validated(&idempotent(3, 8, 0, 0)), 0, 1).unwrap();
+    leader.append_as_leader(&validated(&encode_at(1, 2, Compression::Lz4)), 0, 4).unwrap();
+    let shipped = leader.read(0, 1 << 20, i64::MAX).unwrap().records;
+
+    let g = fixture();
+    let (mut follower, _) = g.open();
+    // Not at the log end: refused.
+    let tail = headers(&shipped);
+    let second = &shipped[tail[0].size()..];
+    let r = follower.append_as_follower(&validated(second), 0);
+    assert!(matches!(r, Err(StorageError::UnexpectedAppendOffset(_))), "{r:?}");
+    // The whole log, verbatim: same bytes, offsets, epochs and producer state.
+    let info = follower.append_as_follower(&validated(&shipped), 0).unwrap();
+    assert_eq!((info.base_offset, info.last_offset, info.record_count, info.duplicate), (0, 5, 6, false));
+    assert_eq!(follower.read(0, 1 << 20, i64::MAX).unwrap().records, shipped);
+    assert_eq!(epochs(&follower), vec![(1, 0), (4, 5)]);
+    assert_eq!(follower.producer_state(), leader.producer_state());
+    // A gap, a repeat, or an epoch going backwards: refused, nothing appended.
+    let mut gap = encode_at(1, 5, Compression::None);
+    crate::record_batch::set_base_offset(&mut gap, 7);
+    crate::record_batch::set_partition_leader_epoch(&mut gap, 4);
+    let mut older = encode_at(1, 5, Compression::None);
+    crate::record_batch::set_base_offset(&mut older, 6);
+    crate::record_batch::set_partition_leader_epoch(&mut older, 3);
+    for bad in [gap, shipped.to_vec(), older.clone()] {
+        let r = follower.append_as_follower(&validated(&bad), 0);
+        assert!(matches!(r, Err(StorageError::UnexpectedAppendOffset(_))), "{r:?}");
+        assert_eq!(follower.log_end_offset(), 6);
+    }
+    // A retry of an idempotent batch is stored again: dedupe is the leader's job.
+    crate::record_batch::set_partition_leader_epoch(&mut older, 4);
+    follower.append_as_follower(&validated(&older), 0).unwrap();
+    assert_eq!(follower.log_end_offset(), 7);
+}
+
+#[test]
+fn the_epoch_cache_is_recovered_rebuilt_when_damaged_and_truncated_with_the_log() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    for (i, epoch) in [0, 0, 2, 2, 2, 5, 7, 7].into_iter().enumerate() {
+        log.append_as_leader(&validated(&encode_at(5, 100 + i as i64, Compression::None)), 0, epoch).unwrap();
+    }
+    let want = vec![(0, 0), (2, 10), (5, 25), (7, 30)];
+    assert_eq!(epochs(&log), want);
+    // OffsetForLeaderEpoch as Kafka answers it.
+    assert_eq!(log.end_offset_for_epoch(7), (7, 40));
+    assert_eq!(log.end_offset_for_epoch(2), (2, 25));
+    assert_eq!(log.end_offset_for_epoch(4), (2, 25));
+    assert_eq!(log.end_offset_for_epoch(8), (-1, -1));
+    assert_eq!(log.end_offset_for_epoch(-1), (-1, -1));
+    log.flush().unwrap();
+    drop(log);
+    let checkpoint = f.dir.join(super::leader_epoch::CHECKPOINT_FILE);
+    assert!(f.fs.exists(&checkpoint));
+    let (log, report) = f.open();
+    assert_eq!(epochs(&log), want);
+    assert!(!report.leader_epochs_rebuilt);
+    drop(log);
+    // Missing or damaged: rebuilt from the batches.
+    for damage in [None, Some(&b"0\n3\n0 0\n"[..]), Some(&b"0\n2\n5 0\n2 10\n"[..])] {
+        match damage {
+            None => f.fs.remove_file(&checkpoint).unwrap(),
+            Some(text) => crate::io::write_atomically(&*f.fs, &checkpoint, text).unwrap(),
+        }
+        let (log, report) = f.open();
+        assert!(report.leader_epochs_rebuilt, "{damage:?}");
+        assert_eq!(epochs(&log), want, "{damage:?}");
+    }
+    // A checkpoint ahead of the log (its tail lost in a crash) is cut back.
+    let (mut log, _) = f.open();
+    log.append_as_leader(&validated(&encode_at(5, 200, Compression::None)), 0, 9).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let segment = f.segment(*f.open().0.segment_base_offsets().last().unwrap(), "log");
+    let len = f.file_len(&segment);
+    f.set_len(&segment, len - 3);
+    let (log, _) = f.open();
+    assert_eq!(log.log_end_offset(), 40);
+    assert_eq!(epochs(&log), want);
+    drop(log);
+    // Truncation drops the epochs that start at or after the cut, on file too.
+    let (mut log, _) = f.open();
+    log.truncate_to(27).unwrap();
+    assert_eq!(log.log_end_offset(), 25);
+    assert_eq!(epochs(&log), vec![(0, 0), (2, 10)]);
+    assert_eq!(log.end_offset_for_epoch(2), (2, 25));
+    assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+    // The next leader's epoch starts where the log now ends.
+    log.append_as_leader(&validated(&encode_at(1, 300, Compression::None)), 0, 8).unwrap();
+    drop(log);
+    let (log, _) = f.open();
+    assert_eq!(epochs(&log), vec![(0, 0), (2, 10), (8, 25)]);
+    assert_eq!(log.end_offset_for_epoch(5), (2, 25));
+}
+
+#[test]
+fn open_loads_the_newest_snapshot_and_replays_only_the_tail() {
+    let f = fixture();
+    let (mut log, report) = f.open();
+    assert_eq!((report.producer_snapshot_offset, report.producer_batches_replayed), (None, 0));
+    for i in 0..40 {
+        log.append(&idempotent(4, 1 + i as i64 % 3, 0, (i / 3) * 4), 0).unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() > 3, "{bases:?}");
+    let state = log.producer_state().clone();
+    let active_batches = (log.log_end_offset() - bases.last().unwrap()) as u64 / 4;
+    drop(log);
+    // Unclean: the snapshot of the last roll, then the active segment's headers.
+    let (log, report) = f.open();
+    assert_eq!(report.producer_snapshot_offset, Some(*bases.last().unwrap()));
+    assert_eq!(report.producer_batches_replayed, active_batches);
+    assert!(active_batches < 40);
+    assert_eq!(log.producer_state(), &state);
+    let mut log = log;
+    log.close().unwrap();
+    drop(log);
+    // Clean: the snapshot at the log end, nothing replayed.
+    let (log, report) = f.open();
+    assert_eq!((report.producer_snapshot_offset, report.producer_batches_replayed), (Some(160), 0));
+    assert_eq!(log.producer_state(), &state);
+    drop(log);
+    // A damaged snapshot falls back to the one before it.
+    f.flip_byte(&f.dir.join(format!("{:020}.snapshot", 160)), 9);
+    let (log, report) = f.open();
+    assert_eq!(report.producer_snapshot_offset, Some(*bases.last().unwrap()));
+    assert_eq!(log.producer_state(), &state);
+    drop(log);
+    // Every snapshot damaged or gone: a replay from the log start.
+    for path in f.fs.list_dir(&f.dir).unwrap() {
+        if path.extension().is_some_and(|e| e == "snapshot") {
+            f.set_len(&path, 3);
+        }
+    }
+    let (log, report) = f.open();
+    assert_eq!((report.producer_snapshot_offset, report.producer_batches_replayed), (None, 40));
+    assert_eq!(log.producer_state(), &state);
+}
+
+#[test]
+fn truncation_deletes_snapshots_past_the_cut_and_reloads_producer_state() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    for i in 0..30 {
+        log.append(&idempotent(4, 7, 0, i * 4), 0).unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    let cut = bases[bases.len() - 2] + 4;
+    log.truncate_to(cut).unwrap();
+    let snapshots = super::producer_state::list_snapshots(&*f.fs, &f.dir).unwrap();
+    assert!(snapshots.iter().all(|&o| o <= cut), "{snapshots:?} past {cut}");
+    let last = log.producer_state().get(7).unwrap().batches.back().copied().unwrap();
+    assert_eq!((last.first_offset, last.last_seq), (cut - 4, cut as i32 - 1));
+    // A new batch may now reuse the cut offsets; reopening agrees.
+    log.append(&idempotent(4, 7, 0, cut as i32), 0).unwrap();
+    let state = log.producer_state().clone();
+    drop(log);
+    assert_eq!(f.open().0.producer_state(), &state);
+}
+
+#[test]
+fn idle_producers_expire_and_start_over_at_any_sequence() {
+    let f = fixture();
+    let config = LogConfig { producer_id_expiration_ms: 1_000, ..small_config() };
+    let (mut log, _) = f.open_with(config.clone(), PlantedBugs::default());
+    log.append(&idempotent(2, 5, 0, 0), 0).unwrap(); // max timestamp 10_001
+    assert_eq!(log.expire_producers(11_000), 0);
+    assert!(matches!(log.append(&idempotent(1, 5, 0, 9), 0), Err(StorageError::OutOfOrderSequence(_))));
+    assert_eq!(log.expire_producers(11_001), 1);
+    assert!(log.producer_state().is_empty());
+    // Forgotten: its next batch is taken like a new producer's.
+    let info = log.append(&idempotent(1, 5, 0, 9), 0).unwrap();
+    assert!(!info.duplicate);
+    drop(log);
+    // Opening at a later time does not bring it back.
+    let (log, _) = PartitionLog::open(f.fs.clone(), f.dir.clone(), config, PlantedBugs::default(), 50_000).unwrap();
+    assert!(log.producer_state().is_empty());
 }

@@ -1,7 +1,8 @@
 //! Checks on a produced record set before it reaches storage: every batch must
 //! be a well-formed v2 record batch with a good CRC-32C whose records parse
 //! (after decompression, for gzip, snappy, lz4 and zstd batches). Storage keeps
-//! the bytes as received; this only decides whether to accept them.
+//! the bytes as received; this only decides whether to accept them, and hands
+//! storage the [`ValidatedBatches`] so that no CRC is computed twice.
 //!
 //! Records are walked in place rather than decoded with `RecordBatchDecoder`:
 //! that decoder reserves memory for the record and header counts a batch
@@ -11,72 +12,29 @@
 use bytes::{Buf, Bytes};
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
-/// Bytes of a v2 batch header, from base offset through record count.
-const BATCH_HEADER_BYTES: usize = 61;
-/// Bytes of the header counted by the batch length field (all but base
-/// offset and the length itself).
-const BATCH_LENGTH_OVERHEAD: usize = 49;
-/// The CRC covers everything from the attributes field on.
-const CRC_START: usize = 21;
-
-/// What a valid record set contains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RecordSetSummary {
-    pub batches: usize,
-    pub records: u64,
-}
+use crate::record_batch::{BatchHeader, ValidatedBatches, HEADER_SIZE};
 
 /// Validate every batch in `records`. The error says what is wrong, for the
 /// CORRUPT_MESSAGE response and the log.
-pub fn validate_record_set(records: &Bytes) -> Result<RecordSetSummary, String> {
-    if records.is_empty() {
-        return Err("no record batches".into());
+pub fn validate_record_set(records: Bytes) -> Result<ValidatedBatches, String> {
+    let batches = ValidatedBatches::new(records).map_err(|e| e.to_string())?;
+    for &(pos, ref h) in batches.batches() {
+        let batch = batches.bytes().slice(pos..pos + h.size());
+        validate_records(&batch, h).map_err(|e| format!("batch at byte {pos}: {e}"))?;
     }
-    let mut summary = RecordSetSummary::default();
-    let mut pos = 0;
-    while pos < records.len() {
-        let count = validate_batch(&records.slice(pos..)).map_err(|e| format!("batch at byte {pos}: {e}"))?;
-        let batch_length =
-            i32::from_be_bytes([records[pos + 8], records[pos + 9], records[pos + 10], records[pos + 11]]);
-        summary.batches += 1;
-        summary.records += count as u64;
-        pos += 12 + batch_length as usize;
-    }
-    assert_eq!(pos, records.len());
-    Ok(summary)
+    Ok(batches)
 }
 
-/// Check the batch at the front of `rest`; returns its record count.
-fn validate_batch(rest: &Bytes) -> Result<usize, String> {
-    if rest.len() < BATCH_HEADER_BYTES {
-        return Err("truncated batch header".into());
-    }
-    let be32 = |at: usize| i32::from_be_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
-    let batch_length = be32(8);
-    let magic = rest[16] as i8;
-    if magic != 2 {
-        return Err(format!("magic {magic}; only v2 record batches are accepted"));
-    }
-    if batch_length < BATCH_LENGTH_OVERHEAD as i32 || batch_length as usize > rest.len() - 12 {
-        return Err(format!("bad batch length {batch_length}"));
-    }
-    let batch = rest.slice(..12 + batch_length as usize);
-    let crc = be32(17) as u32;
-    if crc32c::crc32c(&batch[CRC_START..]) != crc {
-        return Err("CRC-32C mismatch".into());
-    }
-    let count = be32(57);
-    if count < 0 {
-        return Err(format!("negative record count {count}"));
-    }
-    let count = count as usize;
-    let mut body = batch.slice(BATCH_HEADER_BYTES..);
-    let attributes = i16::from_be_bytes([rest[21], rest[22]]);
+/// Check that the records of a batch whose header and CRC are known good
+/// parse, and number as many as the header says.
+fn validate_records(batch: &Bytes, h: &BatchHeader) -> Result<(), String> {
+    let count = h.record_count as usize;
+    let mut body = batch.slice(HEADER_SIZE..);
     let walk = |buf: &mut dyn Buf| -> anyhow::Result<()> {
         let data = buf.copy_to_bytes(buf.remaining());
         walk_records(&data, count).map_err(anyhow::Error::msg)
     };
-    let result = match attributes & 0x7 {
+    let result = match h.compression() {
         0 => walk(&mut body),
         1 => Gzip::decompress(&mut body, |b| walk(b)),
         2 => Snappy::decompress(&mut body, |b| walk(b)),
@@ -84,8 +42,7 @@ fn validate_batch(rest: &Bytes) -> Result<usize, String> {
         4 => Zstd::decompress(&mut body, |b| walk(b)),
         other => return Err(format!("unknown compression codec {other}")),
     };
-    result.map_err(|e| format!("{e:#}"))?;
-    Ok(count)
+    result.map_err(|e| format!("{e:#}"))
 }
 
 /// Walk `count` v2 records filling `data` exactly, without allocating.
@@ -174,6 +131,7 @@ fn unsigned_varint(buf: &mut &[u8], max_bytes: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record_batch::compute_crc;
     use bytes::BytesMut;
     use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
@@ -204,34 +162,35 @@ mod tests {
     #[test]
     fn accepts_every_compression() {
         for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
-            let b = batch(c, 5);
-            assert_eq!(validate_record_set(&b), Ok(RecordSetSummary { batches: 1, records: 5 }), "{c:?}");
+            let v = validate_record_set(batch(c, 5)).unwrap();
+            assert_eq!((v.batches().len(), v.record_count()), (1, 5), "{c:?}");
         }
         let two = Bytes::from([batch(Compression::None, 2), batch(Compression::Gzip, 3)].concat());
-        assert_eq!(validate_record_set(&two).unwrap(), RecordSetSummary { batches: 2, records: 5 });
+        let v = validate_record_set(two).unwrap();
+        assert_eq!((v.batches().len(), v.record_count()), (2, 5));
     }
 
     #[test]
     fn rejects_damage() {
         let good = batch(Compression::None, 3);
-        assert!(validate_record_set(&Bytes::new()).is_err());
-        assert!(validate_record_set(&good.slice(..40)).is_err());
-        assert!(validate_record_set(&good.slice(..good.len() - 1)).is_err());
+        assert!(validate_record_set(Bytes::new()).is_err());
+        assert!(validate_record_set(good.slice(..40)).is_err());
+        assert!(validate_record_set(good.slice(..good.len() - 1)).is_err());
         let mut flipped = good.to_vec();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        assert!(validate_record_set(&Bytes::from(flipped)).unwrap_err().contains("CRC"));
+        assert!(validate_record_set(Bytes::from(flipped)).unwrap_err().contains("CRC"));
         let mut magic1 = good.to_vec();
         magic1[16] = 1;
-        assert!(validate_record_set(&Bytes::from(magic1)).unwrap_err().contains("magic"));
+        assert!(validate_record_set(Bytes::from(magic1)).unwrap_err().contains("magic"));
         // Counts that disagree with the data fail without allocating for them,
         // even with a valid CRC.
         for count in [i32::MAX, 4, 2] {
             let mut wrong = good.to_vec();
             wrong[57..61].copy_from_slice(&count.to_be_bytes());
-            let crc = crc32c::crc32c(&wrong[CRC_START..]);
+            let crc = compute_crc(&wrong);
             wrong[17..21].copy_from_slice(&crc.to_be_bytes());
-            assert!(validate_record_set(&Bytes::from(wrong)).is_err(), "{count}");
+            assert!(validate_record_set(Bytes::from(wrong)).is_err(), "{count}");
         }
     }
 

@@ -137,11 +137,14 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
 /// Validate and append one partition's record set. Returns (base offset,
 /// last offset, log append time, log start offset).
 fn append(cx: &mut Cx, p: &Arc<Partition>, records: bytes::Bytes) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
-    if let Err(why) = validate_record_set(&records) {
-        tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
-        return Err((ResponseError::CorruptMessage, why));
-    }
-    let appended = p.append(cx.disk, &records, cx.clock.now_ms).and_then(|info| Ok((info, p.offsets()?)));
+    let batches = match validate_record_set(records) {
+        Ok(batches) => batches,
+        Err(why) => {
+            tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
+            return Err((ResponseError::CorruptMessage, why));
+        }
+    };
+    let appended = p.append(cx.disk, &batches, cx.clock.now_ms).and_then(|info| Ok((info, p.offsets()?)));
     match appended {
         Ok(((info, advanced), offsets)) => {
             cx.advanced(p, advanced);

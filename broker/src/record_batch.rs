@@ -1,5 +1,7 @@
-//! Kafka record batch v2 (magic 2) headers: parse, validate the CRC-32C, and
-//! rewrite the base offset in place. Batches are stored as received.
+//! The Kafka record batch v2 (magic 2) layout, defined once: field offsets,
+//! header parsing, the CRC-32C, attribute bits, and the in-place setters the
+//! broker uses. Storage, the wire validation and the clients all read batches
+//! through this module. Batches are stored as received.
 //!
 //! Layout of the 61-byte header (big-endian), as in Kafka's
 //! `DefaultRecordBatch`:
@@ -15,25 +17,42 @@
 //! The CRC covers attributes to the end of the batch, so the broker may rewrite
 //! the base offset and the partition leader epoch without recomputing it.
 
-use super::StorageError;
+use bytes::Bytes;
 
 /// Bytes before `batchLength` counts: baseOffset and batchLength itself.
 pub const LOG_OVERHEAD: usize = 12;
-/// Size of the v2 batch header.
+/// Size of the v2 batch header (Kafka's `RECORD_BATCH_OVERHEAD`).
 pub const HEADER_SIZE: usize = 61;
 /// The only record format this broker stores.
 pub const MAGIC: i8 = 2;
+/// `partitionLeaderEpoch` of a batch no leader has stamped.
+pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
 
+const BASE_OFFSET_AT: usize = 0;
+const BATCH_LENGTH_AT: usize = 8;
 const LEADER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
+/// The CRC covers everything from here on.
 const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+const RECORD_COUNT_AT: usize = 57;
 
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 const TRANSACTIONAL_BIT: i16 = 0x10;
 const CONTROL_BIT: i16 = 0x20;
+
+/// A batch that is not a well-formed v2 batch; the text says why. Storage
+/// reports it as CORRUPT_MESSAGE, clients as a corrupt record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CorruptBatch(pub String);
 
 /// A parsed v2 batch header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,32 +76,40 @@ fn be<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
     buf[at..at + N].try_into().expect("slice length checked by caller")
 }
 
+/// The base offset and batch length at the front of `buf`, which must hold
+/// at least [`LOG_OVERHEAD`] bytes: enough to know how long the batch is
+/// before the rest of it has arrived.
+pub fn peek_offset_and_length(buf: &[u8]) -> (i64, i32) {
+    (i64::from_be_bytes(be(buf, BASE_OFFSET_AT)), i32::from_be_bytes(be(buf, BATCH_LENGTH_AT)))
+}
+
 impl BatchHeader {
     /// Parse the header at the start of `buf` and check what the header alone
     /// can tell: magic, length bounds, record count. `buf` needs only the
     /// header; the batch body is checked by [`validate_crc`].
-    pub fn parse(buf: &[u8]) -> Result<BatchHeader, StorageError> {
-        Self::parse_or_explain(buf).map_err(corrupt)
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, CorruptBatch> {
+        Self::parse_or_explain(buf).map_err(CorruptBatch)
     }
 
     fn parse_or_explain(buf: &[u8]) -> Result<BatchHeader, String> {
         if buf.len() < HEADER_SIZE {
             return Err(format!("{} bytes is too short for a batch header ({HEADER_SIZE})", buf.len()));
         }
+        let (base_offset, batch_length) = peek_offset_and_length(buf);
         let h = BatchHeader {
-            base_offset: i64::from_be_bytes(be(buf, 0)),
-            batch_length: i32::from_be_bytes(be(buf, 8)),
+            base_offset,
+            batch_length,
             partition_leader_epoch: i32::from_be_bytes(be(buf, LEADER_EPOCH_AT)),
             magic: buf[MAGIC_AT] as i8,
             crc: u32::from_be_bytes(be(buf, CRC_AT)),
             attributes: i16::from_be_bytes(be(buf, ATTRIBUTES_AT)),
-            last_offset_delta: i32::from_be_bytes(be(buf, 23)),
-            base_timestamp: i64::from_be_bytes(be(buf, 27)),
+            last_offset_delta: i32::from_be_bytes(be(buf, LAST_OFFSET_DELTA_AT)),
+            base_timestamp: i64::from_be_bytes(be(buf, BASE_TIMESTAMP_AT)),
             max_timestamp: i64::from_be_bytes(be(buf, MAX_TIMESTAMP_AT)),
-            producer_id: i64::from_be_bytes(be(buf, 43)),
-            producer_epoch: i16::from_be_bytes(be(buf, 51)),
-            base_sequence: i32::from_be_bytes(be(buf, 53)),
-            record_count: i32::from_be_bytes(be(buf, 57)),
+            producer_id: i64::from_be_bytes(be(buf, PRODUCER_ID_AT)),
+            producer_epoch: i16::from_be_bytes(be(buf, PRODUCER_EPOCH_AT)),
+            base_sequence: i32::from_be_bytes(be(buf, BASE_SEQUENCE_AT)),
+            record_count: i32::from_be_bytes(be(buf, RECORD_COUNT_AT)),
         };
         if h.magic != MAGIC {
             return Err(format!("unsupported magic {} (only v2 batches are accepted)", h.magic));
@@ -137,25 +164,21 @@ impl BatchHeader {
 
     /// Checks a producer's batch must pass on top of [`BatchHeader::parse`]:
     /// Kafka producers number records consecutively from zero.
-    pub fn validate_for_append(&self) -> Result<(), StorageError> {
+    pub fn validate_for_append(&self) -> Result<(), CorruptBatch> {
         if self.record_count == 0 {
-            return Err(corrupt("batch holds no records".into()));
+            return Err(CorruptBatch("batch holds no records".into()));
         }
         if self.last_offset_delta != self.record_count - 1 {
-            return Err(corrupt(format!(
+            return Err(CorruptBatch(format!(
                 "last offset delta {} does not match record count {}",
                 self.last_offset_delta, self.record_count
             )));
         }
         if self.compression() > 4 {
-            return Err(corrupt(format!("unknown compression codec {}", self.compression())));
+            return Err(CorruptBatch(format!("unknown compression codec {}", self.compression())));
         }
         Ok(())
     }
-}
-
-fn corrupt(msg: String) -> StorageError {
-    StorageError::CorruptMessage(msg)
 }
 
 /// CRC-32C of a whole batch's covered region (attributes to the end).
@@ -164,11 +187,11 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 }
 
 /// Check the stored CRC of a whole batch (`batch` is exactly one batch).
-pub fn validate_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), StorageError> {
-    debug_assert_eq!(batch.len(), header.size());
+pub fn validate_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), CorruptBatch> {
+    invariant!(batch.len() == header.size(), "a CRC check is given exactly one batch");
     let actual = compute_crc(batch);
     if actual != header.crc {
-        return Err(corrupt(format!(
+        return Err(CorruptBatch(format!(
             "CRC mismatch in batch at offset {}: stored {:#010x}, computed {actual:#010x}",
             header.base_offset, header.crc
         )));
@@ -178,7 +201,7 @@ pub fn validate_crc(header: &BatchHeader, batch: &[u8]) -> Result<(), StorageErr
 
 /// Give a batch its offsets: overwrite the base offset (not covered by the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
-    batch[..8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
 /// Stamp the leader epoch that appended the batch (not covered by the CRC).
@@ -213,18 +236,18 @@ impl<'a> Batches<'a> {
 
 impl<'a> Iterator for Batches<'a> {
     /// (position in the buffer, header, the batch's bytes)
-    type Item = Result<(usize, BatchHeader, &'a [u8]), StorageError>;
+    type Item = Result<(usize, BatchHeader, &'a [u8]), CorruptBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.pos == self.buf.len() {
             return None;
         }
         let pos = self.pos;
-        let step = || -> Result<(usize, BatchHeader, &'a [u8]), StorageError> {
+        let step = || -> Result<(usize, BatchHeader, &'a [u8]), CorruptBatch> {
             let rest = &self.buf[pos..];
-            let h = BatchHeader::parse_or_explain(rest).map_err(|e| corrupt(format!("at byte {pos}: {e}")))?;
+            let h = BatchHeader::parse_or_explain(rest).map_err(|e| CorruptBatch(format!("at byte {pos}: {e}")))?;
             if h.size() > rest.len() {
-                return Err(corrupt(format!(
+                return Err(CorruptBatch(format!(
                     "at byte {pos}: batch of {} bytes but only {} remain",
                     h.size(),
                     rest.len()
@@ -249,11 +272,50 @@ impl<'a> Iterator for Batches<'a> {
     }
 }
 
+/// A record set whose every batch has a well-formed header, fits the buffer
+/// and passed its CRC: the proof that the one CRC check of a produce (or a
+/// replica fetch) was made. Storage appends these without checking again.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatches {
+    bytes: Bytes,
+    /// (position in `bytes`, header), in order.
+    batches: Vec<(usize, BatchHeader)>,
+}
+
+impl ValidatedBatches {
+    /// Parse and CRC-check every batch in `bytes`.
+    pub fn new(bytes: Bytes) -> Result<ValidatedBatches, CorruptBatch> {
+        if bytes.is_empty() {
+            return Err(CorruptBatch("no record batches".into()));
+        }
+        let batches = Batches::new(&bytes, true).map(|r| r.map(|(pos, h, _)| (pos, h))).collect::<Result<_, _>>()?;
+        Ok(ValidatedBatches { bytes, batches })
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Each batch's position in [`Self::bytes`] and its header.
+    pub fn batches(&self) -> &[(usize, BatchHeader)] {
+        &self.batches
+    }
+
+    /// Each batch's bytes and header.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &BatchHeader)> {
+        self.batches.iter().map(|(pos, h)| (&self.bytes[*pos..*pos + h.size()], h))
+    }
+
+    /// Records across all batches, as the headers count them.
+    pub fn record_count(&self) -> u64 {
+        self.batches.iter().map(|(_, h)| h.record_count as u64).sum()
+    }
+}
+
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::client::batch::{encode_v2, OutRecord, ProducerFields};
-    use bytes::Bytes;
     use kafka_protocol::records::{Compression, RecordBatchDecoder, TimestampType};
 
     /// No producer id, sequence numbers from 0: the batches these tests
@@ -267,7 +329,7 @@ pub(super) mod tests {
 
     /// One encoded batch of `n` records timestamped from `first_ts` on, one
     /// millisecond apart.
-    pub(in crate::storage) fn encode_at(n: i64, first_ts: i64, compression: Compression) -> Vec<u8> {
+    pub(crate) fn encode_at(n: i64, first_ts: i64, compression: Compression) -> Vec<u8> {
         let records: Vec<OutRecord> = (0..n)
             .map(|i| OutRecord {
                 key: Some(Bytes::from(format!("k{i}"))),
@@ -313,7 +375,7 @@ pub(super) mod tests {
         let b = encode(3, Compression::None);
         // Truncated.
         let mut it = Batches::new(&b[..b.len() - 1], true);
-        assert!(matches!(it.next(), Some(Err(StorageError::CorruptMessage(_)))));
+        assert!(matches!(it.next(), Some(Err(CorruptBatch(_)))));
         assert!(it.next().is_none());
         // Too short for a header.
         assert!(BatchHeader::parse(&b[..20]).is_err());
