@@ -192,6 +192,74 @@ impl Partition {
         Ok((info, self.moved(advanced)))
     }
 
+    /// Append batches copied verbatim from the leader (replica fetch): their
+    /// offsets and epochs are the leader's, checked to continue this log.
+    /// The high watermark does not move here: a follower learns it from the
+    /// leader ([`Self::follow_high_watermark`]).
+    pub fn append_replicated(
+        &self,
+        _disk: &DiskScope,
+        batches: &ValidatedBatches,
+        now_ms: i64,
+    ) -> Result<AppendInfo, PartitionError> {
+        let mut s = self.live()?;
+        if !matches!(s.role, Role::Follower { .. }) {
+            return Err(PartitionError::NotLeader);
+        }
+        let info = s.log.append_as_follower(batches, now_ms)?;
+        s.check_invariants();
+        Ok(info)
+    }
+
+    /// A follower takes the leader's high watermark, bounded by what it holds.
+    /// Returns whether it advanced.
+    pub fn follow_high_watermark(&self, leader_hw: i64) -> Result<bool, PartitionError> {
+        let mut s = self.live()?;
+        invariant!(matches!(s.role, Role::Follower { .. }), "only a follower takes the leader's high watermark");
+        let candidate = leader_hw.min(s.log.log_end_offset());
+        let advanced = candidate > s.high_watermark;
+        if advanced {
+            s.high_watermark = candidate;
+        }
+        s.check_invariants();
+        Ok(self.moved(advanced))
+    }
+
+    /// Take a new role in a new (or the same) leader epoch, as the controller
+    /// decides. Epochs never go back: a stale decision is refused.
+    pub fn change_role(&self, role: Role, leader_epoch: i32) -> Result<(), ResponseError> {
+        let mut s = self.live().map_err(|e| e.code())?;
+        if leader_epoch < s.leader_epoch || (leader_epoch == s.leader_epoch && role != s.role) {
+            return Err(ResponseError::FencedLeaderEpoch);
+        }
+        s.role = role;
+        s.leader_epoch = leader_epoch;
+        s.check_invariants();
+        self.moved(true);
+        Ok(())
+    }
+
+    /// Cut the log back to `offset` (a follower whose suffix diverged from
+    /// the leader's, found by OffsetForLeaderEpoch). Never below the high
+    /// watermark: what is there is acknowledged.
+    pub fn truncate_to(&self, _disk: &DiskScope, offset: i64) -> Result<(), PartitionError> {
+        let mut s = self.live()?;
+        invariant!(
+            offset >= s.high_watermark,
+            "truncating to {offset}, below the high watermark {}",
+            s.high_watermark
+        );
+        s.log.truncate_to(offset)?;
+        s.check_invariants();
+        Ok(())
+    }
+
+    /// The end offset of `epoch` in this log, as OffsetForLeaderEpoch answers:
+    /// (the largest epoch ≤ `epoch` this log knows, where it ends).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64), PartitionError> {
+        Ok(self.live()?.log.end_offset_for_epoch(epoch))
+    }
+
     /// Read from `offset`, never at or past the high watermark.
     pub fn read(&self, _disk: &DiskScope, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
         let s = self.live()?;
@@ -256,5 +324,73 @@ pub fn check_leader_epoch(partition: &Partition, requested: i32) -> Result<(), R
         Ordering::Less => Err(ResponseError::FencedLeaderEpoch),
         Ordering::Greater => Err(ResponseError::UnknownLeaderEpoch),
         Ordering::Equal => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::client::batch::{encode, Compression, OutRecord};
+    use crate::config::{LogConfig, PlantedBugs};
+    use crate::io::real::RealFs;
+
+    fn open(dir: &std::path::Path) -> Partition {
+        crate::io::Fs::create_dir_all(&RealFs, &dir.join("t-0")).unwrap();
+        let (log, _) =
+            PartitionLog::open(Arc::new(RealFs), dir.join("t-0"), LogConfig::default(), PlantedBugs::default(), 0)
+                .unwrap();
+        Partition::new("t".into(), 0, log)
+    }
+
+    fn batch(values: &[&str]) -> ValidatedBatches {
+        let records: Vec<OutRecord> = values
+            .iter()
+            .map(|v| OutRecord { key: None, value: Some(Bytes::from(v.to_string())), headers: vec![], timestamp: 1 })
+            .collect();
+        ValidatedBatches::new(encode(&records, Compression::None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_leader_stamps_its_epoch_and_a_follower_copies_verbatim() {
+        let disk = DiskScope::unmetered();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = open(a.path());
+        leader.change_role(Role::Leader, 3).unwrap();
+        let (info, advanced) = leader.append(&disk, &batch(&["a", "b"]), 10).unwrap();
+        assert_eq!((info.base_offset, info.last_offset, advanced), (0, 1, true));
+        assert_eq!(leader.end_offset_for_epoch(3).unwrap(), (3, 2));
+        let read = leader.read(&disk, 0, 1 << 20).unwrap();
+        // The leader's epoch is in the stored batch, at bytes 12..16.
+        assert_eq!(i32::from_be_bytes(read.records[12..16].try_into().unwrap()), 3);
+
+        let follower = open(b.path());
+        follower.change_role(Role::Follower { leader_id: 1 }, 3).unwrap();
+        assert!(matches!(follower.append(&disk, &batch(&["x"]), 10), Err(PartitionError::NotLeader)));
+        let copied = ValidatedBatches::new(read.records.clone()).unwrap();
+        let info = follower.append_replicated(&disk, &copied, 10).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (0, 1));
+        assert_eq!(follower.offsets().unwrap().high_watermark, 0, "a follower's high watermark is the leader's");
+        assert!(follower.follow_high_watermark(5).unwrap());
+        assert_eq!(follower.offsets().unwrap().high_watermark, 2, "bounded by what the follower holds");
+        // A replayed batch does not continue the log: refused.
+        assert!(follower.append_replicated(&disk, &copied, 10).is_err());
+        // Epochs never go back.
+        assert_eq!(follower.change_role(Role::Leader, 2), Err(ResponseError::FencedLeaderEpoch));
+    }
+
+    #[test]
+    fn truncation_stops_at_the_high_watermark() {
+        let disk = DiskScope::unmetered();
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path());
+        p.append(&disk, &batch(&["a"]), 1).unwrap();
+        p.append(&disk, &batch(&["b"]), 1).unwrap();
+        p.truncate_to(&disk, 2).unwrap();
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.truncate_to(&disk, 1)));
+        assert!(cut.is_err(), "truncating acknowledged data must trip the invariant");
     }
 }
