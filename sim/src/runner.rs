@@ -365,6 +365,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             );
             next = agenda.len();
         }
+        if healed && now.as_millis() % 100 == 0 {
+            // A broker whose start-up began under a fault can fail after the
+            // heal; like a process supervisor, bring it back (checked every
+            // 100 ms, so one that can never start does not spin).
+            restart_stopped_brokers(&mut sim, &roles, now, &trace, &mut timeline);
+        }
         sim.step().map_err(|e| anyhow::anyhow!("simulation failed at {:?}: {e}", sim.elapsed()))?;
         let after = sim.elapsed();
         for (name, node) in &nodes {
@@ -428,6 +434,24 @@ fn apply(
     }
 }
 
+/// Restart every broker whose software has stopped.
+fn restart_stopped_brokers(
+    sim: &mut turmoil::Sim<'_>,
+    roles: &Roles,
+    now: Duration,
+    trace: &Trace,
+    timeline: &mut Vec<TimelineEntry>,
+) {
+    for b in &roles.brokers {
+        if !sim.is_host_running(b.as_str()) {
+            sim.bounce(b.as_str());
+            let what = format!("restart {b} (its software had stopped)");
+            trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+            timeline.push(TimelineEntry { at: now, what });
+        }
+    }
+}
+
 /// End every strike still in force, restart whatever is down and return
 /// every disk and clock to health.
 #[allow(clippy::too_many_arguments)]
@@ -455,14 +479,7 @@ fn heal(
         node.disk.set_faults(DiskFaults::default());
         node.set_skew(Default::default());
     }
-    for b in &roles.brokers {
-        if !sim.is_host_running(b.as_str()) {
-            sim.bounce(b.as_str());
-            let what = format!("restart {b} (its software had stopped)");
-            trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
-            timeline.push(TimelineEntry { at: now, what });
-        }
-    }
+    restart_stopped_brokers(sim, roles, now, trace, timeline);
     timeline.push(TimelineEntry { at: now, what: "heal: all faults cleared".into() });
     trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("heal"));
 }
