@@ -52,11 +52,18 @@ pub struct PlantedBugs {
     /// After a crash, restart offset assignment from the last index entry
     /// instead of the recovered log end, reusing offsets.
     pub duplicate_offset_after_crash: bool,
+    /// Client side: an idempotent producer gives a retried batch fresh
+    /// sequence numbers, so the broker cannot know it for a retry and may
+    /// store it twice.
+    pub renumber_retries: bool,
 }
 
 impl PlantedBugs {
     pub fn any(&self) -> bool {
-        self.ack_before_durable || self.skip_crc_on_recovery || self.duplicate_offset_after_crash
+        self.ack_before_durable
+            || self.skip_crc_on_recovery
+            || self.duplicate_offset_after_crash
+            || self.renumber_retries
     }
 }
 
