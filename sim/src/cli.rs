@@ -51,7 +51,7 @@ enum Command {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Scenario file, or the name of a built-in scenario (steady, partitions,
-    /// crash-restart, disk-faults, slow-links). Without it, every built-in runs.
+    /// crash-restart, disk-faults, slow-links, medium-rot). Without it, every built-in runs.
     #[arg(long)]
     scenario: Option<String>,
     /// Run seed.

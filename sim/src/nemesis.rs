@@ -282,8 +282,15 @@ pub fn overlay(base: &DiskFaults, strike: &DiskFaults) -> DiskFaults {
     }
 }
 
-/// Flip one random bit of one random non-empty segment file (`*.log`) on
-/// `disk`. The disk records the flip as a fault event.
+/// Flip one random bit of the newest non-empty segment file (`*.log`) of
+/// a random partition directory on `disk`. The disk records the flip as a
+/// fault event.
+///
+/// Only the newest segment: recovery rescans it at every start, so a
+/// correct broker must notice the flip. Older segments lie below the
+/// recovery point, which recovery trusts as Kafka's does; rot there is
+/// bit rot's business (`disk-faults` with `bit_rot`), which the checkers
+/// judge as damage one replica cannot repair.
 fn flip_one_bit(disk: &crate::disk::SimDisk, rng: &mut ChaCha8Rng) {
     use faultline_broker::io::Fs;
     let mut logs = Vec::new();
@@ -300,6 +307,13 @@ fn flip_one_bit(disk: &crate::disk::SimDisk, rng: &mut ChaCha8Rng) {
         }
     }
     logs.sort();
+    // Segment names are zero-padded base offsets: the last per directory
+    // is the newest.
+    let mut newest: BTreeMap<std::path::PathBuf, (std::path::PathBuf, u64)> = BTreeMap::new();
+    for (p, len) in logs {
+        newest.insert(p.parent().map(|d| d.to_path_buf()).unwrap_or_default(), (p, len));
+    }
+    let logs: Vec<(std::path::PathBuf, u64)> = newest.into_values().collect();
     if logs.is_empty() {
         return;
     }

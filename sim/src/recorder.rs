@@ -16,6 +16,10 @@ use serde::Serialize;
 use crate::history::{History, Op, OpKind, Outcome, TopicPartition};
 use crate::trace::{EventKind, Trace};
 
+/// How a poll's error begins when the fetched data failed the client's CRC
+/// check.
+pub const CORRUPT_POLL: &str = "corrupt data: ";
+
 /// An operation invoked and not yet completed.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -159,16 +163,21 @@ impl Recorder {
         if let Some(healed) = s.healed_at {
             let started_after = Duration::from_nanos(p.invoke_ns) >= healed;
             let kind_now = kind.as_ref().unwrap_or(&p.kind);
-            if started_after && outcome == Outcome::Ok {
-                match kind_now {
-                    OpKind::Send { offset: Some(_), .. } => {
-                        s.first_write_after_heal.get_or_insert(now);
-                    }
-                    OpKind::Poll { .. } => {
-                        s.first_read_after_heal.get_or_insert(now);
-                    }
-                    _ => {}
+            // A poll refused only by the client's CRC check still got an
+            // answer from the broker: rotted data is not a dead broker.
+            let answered_poll = match &outcome {
+                Outcome::Ok => true,
+                Outcome::Fail { error } => error.starts_with(CORRUPT_POLL),
+                Outcome::Info { .. } => false,
+            };
+            match kind_now {
+                OpKind::Send { offset: Some(_), .. } if started_after && outcome == Outcome::Ok => {
+                    s.first_write_after_heal.get_or_insert(now);
                 }
+                OpKind::Poll { .. } if started_after && answered_poll => {
+                    s.first_read_after_heal.get_or_insert(now);
+                }
+                _ => {}
             }
         }
         let op = p.into_op(node, now, kind, outcome, final_read);

@@ -396,6 +396,26 @@ impl Scenario {
         }
     }
 
+    /// Whether the medium may corrupt data while the broker runs (not only
+    /// while it is down, as crash-corrupt does, which recovery can check):
+    /// then even a correct broker may serve a batch that fails its CRC check,
+    /// or find no readable batch below its log end.
+    pub fn medium_may_rot_live(&self) -> bool {
+        let bad = |d: &DiskFaults, base: &DiskFaults| {
+            d.bit_rot > 0.0
+                || d.lost_write > 0.0
+                || d.misdirected_write > 0.0
+                || (d.sync_error > 0.0 && (d.sync_error_drops_pages || base.sync_error_drops_pages))
+        };
+        let base = &self.faults.disk;
+        bad(base, base)
+            || self
+                .faults
+                .nemeses
+                .iter()
+                .any(|n| matches!(&n.kind, NemesisKind::DiskFaults { faults } if bad(faults, base)))
+    }
+
     /// Whether a correct broker may still lose or be unable to read
     /// acknowledged data: the medium itself corrupts fsynced bytes (bit rot,
     /// crash-corrupt, lost or misdirected writes, fsync failures that drop
@@ -586,6 +606,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("crash-restart.toml", include_str!("../../scenarios/crash-restart.toml")),
     ("disk-faults.toml", include_str!("../../scenarios/disk-faults.toml")),
     ("slow-links.toml", include_str!("../../scenarios/slow-links.toml")),
+    ("medium-rot.toml", include_str!("../../scenarios/medium-rot.toml")),
 ];
 
 /// Parse every built-in scenario.

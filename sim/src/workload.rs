@@ -304,7 +304,7 @@ async fn recorded_poll(
         Some(Err(e)) => match &e {
             ClientError::CorruptRecord { partition, offset, .. } => {
                 ctx.recorder.note_corrupt_poll(history_tp(partition), *offset, sim_now());
-                let error = format!("corrupt data: {e}");
+                let error = format!("{}{e}", crate::recorder::CORRUPT_POLL);
                 let result =
                     PollResult::Corrupt { partition: partition.clone(), offset: *offset, error: e.to_string() };
                 (result, None, Outcome::Fail { error })
