@@ -159,7 +159,7 @@ fn padding(value: &str, len: usize) -> String {
             x ^= x >> 7;
             x ^= x << 17;
             // Mostly one letter, so codecs find something to do.
-            if x % 4 == 0 {
+            if x.is_multiple_of(4) {
                 (b'a' + (x >> 8) as u8 % 26) as char
             } else {
                 'x'
