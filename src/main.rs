@@ -27,6 +27,19 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Run scenarios in the deterministic simulator.
     Sim(faultline_sim::cli::Args),
+    /// Judge a recorded history (JSON lines, as `sim --history` writes) with
+    /// the checkers; exits 1 if it shows an anomaly that makes it invalid.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The history file.
+    history: std::path::PathBuf,
+    /// Anomaly kinds that make the history invalid (repeatable); by default
+    /// every kind but `unseen`.
+    #[arg(long = "checker", value_name = "KIND")]
+    checkers: Vec<String>,
 }
 
 fn main() {
@@ -34,6 +47,7 @@ fn main() {
     let code = match cli.command {
         // The simulator installs its own subscriber that stamps sim-time.
         Command::Sim(args) => faultline_sim::cli::run(args),
+        Command::Check(a) => faultline_sim::cli::check(&a.history, &a.checkers),
         other => {
             init_logging();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -44,7 +58,7 @@ fn main() {
                     Command::Produce(a) => cmd::produce::run(a).await,
                     Command::Consume(a) => cmd::consume::run(a).await,
                     Command::Bench(a) => cmd::bench::run(a).await,
-                    Command::Sim(_) => unreachable!(),
+                    Command::Sim(_) | Command::Check(_) => unreachable!(),
                 }
             })
         }

@@ -52,7 +52,7 @@ fn default_table_lists_every_scenario() {
         Some(1) => assert!(stdout.contains("cargo run --release -- sim --scenario"), "no replay command:\n{stdout}"),
         other => panic!("faultline sim exited with {other:?}:\n{stdout}"),
     }
-    for name in ["steady", "partitions", "crash-restart", "disk-faults", "slow-links"] {
+    for name in ["steady", "partitions", "crash-restart", "disk-faults", "slow-links", "medium-rot"] {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }
 }

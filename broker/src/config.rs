@@ -59,6 +59,10 @@ pub struct PlantedBugs {
     /// Panic in the broker's background policy task on its first tick: a
     /// crash in a spawned task, which must fail a simulated run, not vanish.
     pub panic_in_background_task: bool,
+    /// Client side: an idempotent producer gives a retried batch fresh
+    /// sequence numbers, so the broker cannot know it for a retry and may
+    /// store it twice.
+    pub renumber_retries: bool,
 }
 
 impl PlantedBugs {
@@ -67,6 +71,7 @@ impl PlantedBugs {
             || self.skip_crc_on_recovery
             || self.duplicate_offset_after_crash
             || self.panic_in_background_task
+            || self.renumber_retries
     }
 }
 

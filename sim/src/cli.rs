@@ -3,8 +3,13 @@
 //! - no arguments: every built-in scenario on a fixed seed, as a table;
 //! - `--scenario FILE|NAME --seed N`: one run, with anomalies, the fault
 //!   timeline around them and the command that replays it;
-//! - `sweep --scenario FILE|NAME --seeds 1..1000 [--jobs N]`;
-//! - `bench`: simulation speed on the default scenario.
+//! - `sweep --scenario FILE|NAME --seeds 1..1000 [--jobs N] [--shard i/n]`;
+//! - `bench`: simulation speed on the default scenario;
+//! - [`check`]: the checkers on a recorded history file (`faultline check`).
+//!
+//! `--duration S` and `--ops N` scale a scenario for longer runs: the first
+//! sets the fault window, the second the producers' rate so that about N
+//! sends are attempted in it.
 //!
 //! The exit code is 0 when every run passed, 1 otherwise.
 
@@ -46,7 +51,7 @@ enum Command {
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
     /// Scenario file, or the name of a built-in scenario (steady, partitions,
-    /// crash-restart, disk-faults, slow-links). Without it, every built-in runs.
+    /// crash-restart, disk-faults, slow-links, medium-rot). Without it, every built-in runs.
     #[arg(long)]
     scenario: Option<String>,
     /// Run seed.
@@ -61,6 +66,33 @@ struct RunArgs {
     /// Write trace, history, timeline and report for each run into DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    scale: Scale,
+}
+
+/// Scaling a scenario for longer, larger runs.
+#[derive(ClapArgs, Debug, Clone, Default)]
+struct Scale {
+    /// Simulated seconds of workload and faults, instead of the scenario's.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Sends to attempt in all (sets the producers' rate to fit the window).
+    #[arg(long, value_name = "N")]
+    ops: Option<u64>,
+}
+
+impl Scale {
+    fn apply(&self, mut s: Scenario) -> anyhow::Result<Scenario> {
+        if let Some(d) = self.duration {
+            s.duration_s = d;
+        }
+        if let Some(n) = self.ops {
+            let senders = f64::from(s.workload.producers * s.workload.concurrency.max(1)).max(1.0);
+            s.workload.rate = n as f64 / (senders * s.duration_s);
+        }
+        s.validate()?;
+        Ok(s)
+    }
 }
 
 #[derive(ClapArgs, Debug)]
@@ -74,6 +106,12 @@ struct SweepArgs {
     /// Threads; defaults to the number of cores.
     #[arg(long)]
     jobs: Option<usize>,
+    /// Run only shard i of n (1-based): the seeds whose position in the
+    /// range is i - 1 modulo n, so n machines split one sweep.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    #[command(flatten)]
+    scale: Scale,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -120,7 +158,8 @@ fn hash_hex(h: u64) -> String {
 }
 
 fn run_table(args: &RunArgs) -> anyhow::Result<i32> {
-    let scenarios = scenario::builtin()?;
+    let scenarios =
+        scenario::builtin()?.into_iter().map(|s| args.scale.apply(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let opts = RunOptions { keep_trace: args.out.is_some() };
     println!("{:<16} {:>6} {:>6} {:>6}  {:<40} trace hash", "scenario", "seed", "ops", "faults", "verdict");
     let mut failed = Vec::new();
@@ -153,12 +192,16 @@ fn run_table(args: &RunArgs) -> anyhow::Result<i32> {
 }
 
 fn run_single(spec: &str, args: &RunArgs) -> anyhow::Result<i32> {
-    let s = resolve(spec)?;
+    let s = args.scale.apply(resolve(spec)?)?;
     let opts = RunOptions { keep_trace: args.trace.is_some() || args.out.is_some() };
     let watch = Stopwatch::start();
     let r = run_scenario(&s, args.seed, &opts)?;
     let wall = watch.elapsed();
     println!("scenario {} seed {}: {}", s.name, r.seed, r.verdict());
+    if let Some(d) = &r.draw {
+        println!("configuration drawn by the seed: {d}");
+    }
+    println!("{}", r.liveness.summary());
     println!(
         "{} operations, {} faults, {:.1} s simulated in {:.2} s, trace hash {}",
         r.ops,
@@ -234,10 +277,14 @@ fn write_outputs(dir: &Path, r: &RunResult) -> anyhow::Result<()> {
 }
 
 fn run_sweep(a: SweepArgs) -> anyhow::Result<i32> {
-    let s = resolve(&a.scenario)?;
-    let seeds = sweep::parse_seeds(&a.seeds)?;
+    let s = a.scale.apply(resolve(&a.scenario)?)?;
+    let mut seeds: Vec<u64> = sweep::parse_seeds(&a.seeds)?.collect();
+    if let Some(shard) = &a.shard {
+        let (i, n) = sweep::parse_shard(shard)?;
+        seeds = sweep::shard(&seeds, i, n);
+    }
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-    let total = seeds.end() - seeds.start() + 1;
+    let total = seeds.len() as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {msg} [{elapsed} < {eta}]")
@@ -246,7 +293,7 @@ fn run_sweep(a: SweepArgs) -> anyhow::Result<i32> {
     );
     let watch = Stopwatch::start();
     let mut failures = 0usize;
-    let outcomes = sweep::sweep(&s, seeds, jobs, |o| {
+    let outcomes = sweep::sweep(&s, &seeds, jobs, |o| {
         if !o.passed {
             failures += 1;
             bar.println(format!("seed {}: {}", o.seed, o.error.as_deref().unwrap_or(&o.verdict)));
@@ -292,6 +339,24 @@ fn print_sweep_summary(spec: &str, s: &Scenario, outcomes: &[SeedOutcome], jobs:
             println!("  {:<48} # {}", replay_command(spec, o.seed), o.error.as_deref().unwrap_or(&o.verdict));
         }
     }
+}
+
+/// `faultline check HISTORY.jsonl`: judge a recorded history (the format
+/// `--history` writes) with the checkers. `checkers` names the kinds that
+/// make it invalid; empty means every kind but `unseen`. Prints the report;
+/// returns 0 if valid, 1 otherwise.
+pub fn check(path: &Path, checkers: &[String]) -> anyhow::Result<i32> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let history = crate::history::History::read_jsonl(std::io::BufReader::new(f))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let opts = if checkers.is_empty() {
+        crate::checker::CheckOptions::default()
+    } else {
+        crate::checker::CheckOptions::from_names(checkers)?
+    };
+    let report = crate::checker::check(&history, &opts);
+    print!("{report}");
+    Ok(if report.valid { 0 } else { 1 })
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<i32> {

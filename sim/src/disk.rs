@@ -6,16 +6,27 @@
 //! durable. File directory entries live in two namespaces the same way: creating,
 //! renaming or removing a file changes the volatile namespace, and
 //! [`Fs::sync_dir`] on the parent makes it durable. [`SimDisk::crash`] throws the
-//! volatile state away, optionally tearing each file's last unsynced write in one
-//! of two ways real disks do: a block-aligned prefix survives (the file is short),
-//! or the file length survives but some of the write's later blocks never reached
-//! the medium and read back as what was there before — zeros past the old end
-//! (holes). Only a checksum catches the second kind.
+//! volatile state away (a power loss), optionally tearing each file's last
+//! unsynced write in one of two ways real disks do: a block-aligned prefix
+//! survives (the file is short), or the file length survives but some of the
+//! write's blocks — the first one included — never reached the medium and read
+//! back as what was there before, zeros past the old end (holes). Only a
+//! checksum catches the second kind. [`SimDisk::process_crash`] is the other kind
+//! of crash: the process dies but the operating system does not, so the page
+//! cache (the volatile view) survives and only open handles die; a later power
+//! loss still loses whatever was never fsynced.
+//!
+//! The medium can also betray fsynced data: a lost write never reaches it, a
+//! misdirected write lands blocks away from where it belongs, and with
+//! `sync_error_drops_pages` a failed fsync drops the dirty pages it could not
+//! write, so the next fsync succeeds without them (Linux's behaviour).
 //!
 //! Files are inodes named by entries, so a rename moves the entry, not the data,
 //! and an open handle outlives the removal of its name, as on POSIX.
-//! Directories themselves are modelled as durable the moment they are created or
-//! removed: only file entries follow the `sync_dir` rule.
+//! Directories are durable the moment they are created, unless
+//! `dir_entries_need_sync` asks for the truer rule that a new directory survives
+//! a power loss only once its parent is fsynced; removing or renaming a
+//! directory is always durable at once.
 //!
 //! Faults ([`DiskFaults`]) are drawn from a ChaCha8 stream seeded at creation,
 //! so the same seed and the same calls give the same faults. Everything the disk
@@ -62,6 +73,20 @@ pub struct DiskFaults {
     /// lost: they read back as the durable bytes they replaced, zeros past the
     /// old end of the file. The length alone then looks right.
     pub torn_write_holes: f64,
+    /// A write reports success and reaches the page cache, but never the
+    /// medium: fsyncs skip it, and a power loss reverts it.
+    pub lost_write: f64,
+    /// A write reaches the medium at the wrong place: when it is fsynced,
+    /// its bytes land one or more blocks away from where they belong (the
+    /// page cache shows them where they belong until a power loss).
+    pub misdirected_write: f64,
+    /// A failed fsync drops the dirty pages it failed to write, as Linux
+    /// does ("fsyncgate"): they read back fine from the page cache and the
+    /// next fsync succeeds, but they never reach the medium.
+    pub sync_error_drops_pages: bool,
+    /// Directories follow the `sync_dir` rule too: a new directory survives
+    /// a power loss only once its parent directory is fsynced.
+    pub dir_entries_need_sync: bool,
     /// Total bytes the disk holds (volatile view); writes beyond fail with
     /// ENOSPC. 0 means unlimited.
     pub capacity_bytes: u64,
@@ -83,6 +108,9 @@ pub enum FaultKind {
     SyncError,
     NoSpace,
     TornWrite,
+    LostWrite,
+    MisdirectedWrite,
+    LostDirectory,
 }
 
 /// One thing the disk did, for the simulator's trace.
@@ -103,6 +131,11 @@ pub enum DiskEvent {
     Create {
         path: String,
     },
+    CreateDir {
+        path: String,
+    },
+    /// The process died; the page cache survived.
+    ProcessCrash,
     Rename {
         from: String,
         to: String,
@@ -140,6 +173,8 @@ impl fmt::Display for DiskEvent {
             DiskEvent::Sync { path } => write!(f, "fsync {path}"),
             DiskEvent::SyncDir { path } => write!(f, "fsync-dir {path}"),
             DiskEvent::Create { path } => write!(f, "create {path}"),
+            DiskEvent::CreateDir { path } => write!(f, "mkdir {path}"),
+            DiskEvent::ProcessCrash => write!(f, "PROCESS CRASH: page cache kept, handles closed"),
             DiskEvent::Rename { from, to } => write!(f, "rename {from} -> {to}"),
             DiskEvent::Remove { path } => write!(f, "remove {path}"),
             DiskEvent::Truncate { path, len } => write!(f, "truncate {path} to {len}"),
@@ -172,13 +207,26 @@ struct Inode {
     dirty: Option<(u64, u64)>,
     /// The last write since the last sync: the candidate for tearing.
     last_write: Option<(u64, u64)>,
+    /// Writes since the last sync that will never reach the medium.
+    lost: Vec<(u64, u64)>,
+    /// Writes since the last sync that will reach the medium shifted by the
+    /// given number of bytes: (offset, length, shift).
+    misdirected: Vec<(u64, u64, i64)>,
     /// Open handles; an unnamed inode is freed when the last one closes.
     handles: usize,
 }
 
 impl Inode {
     fn new() -> Self {
-        Inode { data: Vec::new(), durable: Vec::new(), dirty: None, last_write: None, handles: 0 }
+        Inode {
+            data: Vec::new(),
+            durable: Vec::new(),
+            dirty: None,
+            last_write: None,
+            lost: Vec::new(),
+            misdirected: Vec::new(),
+            handles: 0,
+        }
     }
 
     fn is_synced(&self) -> bool {
@@ -194,13 +242,42 @@ impl Inode {
 
     fn sync(&mut self) {
         let len = self.data.len();
+        let before = self.durable.clone();
         self.durable.resize(len, 0);
         if let Some((lo, hi)) = self.dirty.take() {
             let (lo, hi) = ((lo as usize).min(len), (hi as usize).min(len));
             self.durable[lo..hi].copy_from_slice(&self.data[lo..hi]);
         }
+        let old = |i: usize| before.get(i).copied().unwrap_or(0);
+        // A lost or misdirected write leaves what the medium had before.
+        for (off, n, _) in self.lost.iter().map(|&(o, n)| (o, n, 0)).chain(self.misdirected.iter().copied()) {
+            for i in (off as usize)..((off + n) as usize).min(len) {
+                self.durable[i] = old(i);
+            }
+        }
+        for (off, n, shift) in std::mem::take(&mut self.misdirected) {
+            for i in (off as usize)..((off + n) as usize).min(len) {
+                let to = i as i64 + shift;
+                if to >= 0 && (to as usize) < len {
+                    self.durable[to as usize] = self.data[i];
+                }
+            }
+        }
+        self.lost.clear();
         self.last_write = None;
         assert_eq!(self.data.len(), self.durable.len());
+    }
+
+    /// A failed fsync that drops the dirty pages: they are clean now as far
+    /// as the page cache knows, but the medium never got them.
+    fn drop_dirty_pages(&mut self) {
+        self.dirty = None;
+        self.last_write = None;
+        self.lost.clear();
+        self.misdirected.clear();
+        if self.data.len() < self.durable.len() {
+            self.durable.truncate(self.data.len());
+        }
     }
 }
 
@@ -208,6 +285,9 @@ struct Disk {
     rng: ChaCha8Rng,
     faults: DiskFaults,
     dirs: BTreeSet<PathBuf>,
+    /// Directories created but not yet made durable by an fsync of their
+    /// parent (only with `dir_entries_need_sync`).
+    volatile_dirs: BTreeSet<PathBuf>,
     /// File entries as reads see them.
     names: BTreeMap<PathBuf, u64>,
     /// File entries as a crash leaves them.
@@ -319,8 +399,29 @@ impl Disk {
         Ok(())
     }
 
+    /// The process died, not the machine: handles die, the page cache stays.
+    fn process_crash(&mut self) {
+        self.generation += 1;
+        for node in self.inodes.values_mut() {
+            node.handles = 0;
+        }
+        let inos: Vec<u64> = self.inodes.keys().copied().collect();
+        for ino in inos {
+            self.collect(ino);
+        }
+        self.events.push(DiskEvent::ProcessCrash);
+    }
+
     fn crash(&mut self) {
         self.generation += 1;
+        // Directories never made durable vanish with everything under them.
+        let gone: Vec<PathBuf> = std::mem::take(&mut self.volatile_dirs).into_iter().collect();
+        for dir in &gone {
+            self.dirs.retain(|p| !p.starts_with(dir));
+            self.durable_names.retain(|p, _| !p.starts_with(dir));
+            let detail = "its parent was never fsynced after it was created".to_string();
+            self.fault(FaultKind::LostDirectory, dir, detail);
+        }
         self.names = self.durable_names.clone();
         let live: BTreeSet<u64> = self.names.values().copied().collect();
         let dead: Vec<u64> = self.inodes.keys().copied().filter(|i| !live.contains(i)).collect();
@@ -332,7 +433,12 @@ impl Disk {
         let mut holed = 0;
         let names: Vec<(PathBuf, u64)> = self.names.iter().map(|(p, &i)| (p.clone(), i)).collect();
         for (path, ino) in names {
-            let synced = self.inodes[&ino].is_synced();
+            // Compared byte for byte: a lost write or dropped pages leave a
+            // file that fsync calls clean but whose medium differs.
+            let synced = {
+                let node = &self.inodes[&ino];
+                node.is_synced() && node.data == node.durable
+            };
             if synced {
                 self.inodes.get_mut(&ino).expect("live inode").handles = 0;
                 continue;
@@ -364,7 +470,7 @@ impl Disk {
                     }
                     data[off as usize..end as usize].copy_from_slice(&node.data[off as usize..end as usize]);
                     for &at in &lost {
-                        let hole_end = (at + BLOCK_SIZE).min(end) as usize;
+                        let hole_end = ((at / BLOCK_SIZE + 1) * BLOCK_SIZE).min(end) as usize;
                         for (i, b) in data[at as usize..hole_end].iter_mut().enumerate() {
                             *b = old.get(at as usize + i).copied().unwrap_or(0);
                         }
@@ -386,6 +492,8 @@ impl Disk {
             node.data = data;
             node.dirty = None;
             node.last_write = None;
+            node.lost.clear();
+            node.misdirected.clear();
             node.handles = 0;
         }
         self.used = self.inodes.values().map(|n| n.data.len() as u64).sum();
@@ -405,14 +513,17 @@ impl Disk {
         }
         let blocks = (end - 1 - first) / BLOCK_SIZE + 1;
         if self.chance(self.faults.torn_write_holes) {
-            // The first block is always kept, so the head of the write (a
-            // record batch header, say) is intact and only a checksum over
-            // the rest can tell. Each later block is lost at even odds, at
-            // least one.
-            let mut lost: Vec<u64> =
-                (0..blocks).filter(|_| self.rng.random_bool(0.5)).map(|k| first + k * BLOCK_SIZE).collect();
+            // Any block may be lost, the write's first (partial) block too:
+            // then the head of the write (a record batch header, say) reads
+            // back as the old bytes while the rest arrived. Each block is
+            // lost at even odds, at least one, never all.
+            let starts: Vec<u64> = std::iter::once(off).chain((0..blocks).map(|k| first + k * BLOCK_SIZE)).collect();
+            let mut lost: Vec<u64> = starts.iter().copied().filter(|_| self.rng.random_bool(0.5)).collect();
+            if lost.len() == starts.len() {
+                lost.remove(self.rng.random_range(0..lost.len()));
+            }
             if lost.is_empty() {
-                lost.push(first + self.rng.random_range(0..blocks) * BLOCK_SIZE);
+                lost.push(starts[self.rng.random_range(0..starts.len())]);
             }
             return Some(Tear::Holes { off, end, lost });
         }
@@ -440,6 +551,7 @@ impl SimDisk {
             rng: ChaCha8Rng::seed_from_u64(seed),
             faults,
             dirs: BTreeSet::new(),
+            volatile_dirs: BTreeSet::new(),
             names: BTreeMap::new(),
             durable_names: BTreeMap::new(),
             inodes: BTreeMap::new(),
@@ -476,6 +588,12 @@ impl SimDisk {
     /// namespace to its durable entries; handles opened before are dead.
     pub fn crash(&self) {
         self.lock().crash();
+    }
+
+    /// The host's process died but its operating system did not: open
+    /// handles are dead, and everything written, synced or not, stays.
+    pub fn process_crash(&self) {
+        self.lock().process_crash();
     }
 
     /// Latency charged since the last call; the simulator sleeps it.
@@ -547,8 +665,11 @@ impl Fs for SimDisk {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} is a file", show(path))));
         }
         for anc in path.ancestors() {
-            if !anc.as_os_str().is_empty() {
-                d.dirs.insert(anc.to_path_buf());
+            if !anc.as_os_str().is_empty() && d.dirs.insert(anc.to_path_buf()) {
+                if d.faults.dir_entries_need_sync && anc != Path::new("/") {
+                    d.volatile_dirs.insert(anc.to_path_buf());
+                }
+                d.events.push(DiskEvent::CreateDir { path: show(anc) });
             }
         }
         Ok(())
@@ -698,6 +819,7 @@ impl Fs for SimDisk {
             return Err(os_err(EIO));
         }
         let child = |p: &PathBuf| p.parent() == Some(path);
+        d.volatile_dirs.retain(|p| !child(p));
         let mut dropped: Vec<u64> = d.durable_names.iter().filter(|(p, _)| child(p)).map(|(_, &i)| i).collect();
         d.durable_names.retain(|p, _| !child(p));
         let now: Vec<(PathBuf, u64)> = d.names.iter().filter(|(p, _)| child(p)).map(|(p, &i)| (p.clone(), i)).collect();
@@ -794,10 +916,30 @@ impl File for SimFile {
         if end > d.inodes[&self.ino].data.len() as u64 {
             d.resize(self.ino, &self.path, end)?;
         }
+        let lost = d.chance(d.faults.lost_write);
+        let shift = if !lost && d.chance(d.faults.misdirected_write) {
+            let blocks = d.rng.random_range(1..=4i64) * BLOCK_SIZE as i64;
+            let shift = if d.rng.random_bool(0.5) || (offset as i64) < blocks { blocks } else { -blocks };
+            let detail = format!("write of {} bytes at {offset} will land {shift:+} bytes off", buf.len());
+            d.fault(FaultKind::MisdirectedWrite, &self.path, detail);
+            Some(shift)
+        } else {
+            None
+        };
+        if lost {
+            let detail = format!("write of {} bytes at {offset} will never reach the medium", buf.len());
+            d.fault(FaultKind::LostWrite, &self.path, detail);
+        }
         let node = d.inodes.get_mut(&self.ino).expect("checked inode");
         node.data[offset as usize..end as usize].copy_from_slice(buf);
         node.mark_dirty(offset, end);
         node.last_write = Some((offset, buf.len() as u64));
+        if lost {
+            node.lost.push((offset, buf.len() as u64));
+        }
+        if let Some(shift) = shift {
+            node.misdirected.push((offset, buf.len() as u64, shift));
+        }
         d.events.push(DiskEvent::Write { path: show(&self.path), offset, len: buf.len() as u64 });
         Ok(())
     }
@@ -824,7 +966,12 @@ impl File for SimFile {
         d.inode(self.ino, self.generation)?;
         d.charge(true);
         if d.chance(d.faults.sync_error) {
-            d.fault(FaultKind::SyncError, &self.path, "fsync failed with EIO".into());
+            if d.faults.sync_error_drops_pages {
+                d.inodes.get_mut(&self.ino).expect("checked inode").drop_dirty_pages();
+                d.fault(FaultKind::SyncError, &self.path, "fsync failed with EIO; its dirty pages are dropped".into());
+            } else {
+                d.fault(FaultKind::SyncError, &self.path, "fsync failed with EIO".into());
+            }
             return Err(os_err(EIO));
         }
         d.inodes.get_mut(&self.ino).expect("checked inode").sync();

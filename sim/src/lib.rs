@@ -13,6 +13,7 @@ pub mod scenario;
 pub mod seam;
 pub mod seed;
 pub mod simlog;
+pub mod swarm;
 pub mod sweep;
 pub mod trace;
 pub mod workload;

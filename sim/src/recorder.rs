@@ -1,6 +1,7 @@
 //! The recorder: the state every workload host and the runner share while a
 //! simulation runs — the history being written, the session (process)
-//! numbers, each host's operation in flight, and the phase flags.
+//! numbers, each host's operations in flight (one per slot: a producer
+//! with several sends in flight uses a slot for each), and the phase flags.
 //!
 //! Operations are numbered in completion order. An operation still in flight
 //! when its client host crashes is completed by the runner as `info`: it may
@@ -14,6 +15,10 @@ use serde::Serialize;
 
 use crate::history::{History, Op, OpKind, Outcome, TopicPartition};
 use crate::trace::{EventKind, Trace};
+
+/// How a poll's error begins when the fetched data failed the client's CRC
+/// check.
+pub const CORRUPT_POLL: &str = "corrupt data: ";
 
 /// An operation invoked and not yet completed.
 #[derive(Debug, Clone)]
@@ -83,7 +88,12 @@ struct State {
     next_process: u64,
     /// The current session of each client host.
     sessions: BTreeMap<String, u64>,
-    pending: BTreeMap<String, Pending>,
+    pending: BTreeMap<(String, u32), Pending>,
+    /// When the heal ended the faults, and when a write and a read (both
+    /// started after it) first succeeded.
+    healed_at: Option<Duration>,
+    first_write_after_heal: Option<Duration>,
+    first_read_after_heal: Option<Duration>,
     topics_ready: bool,
     final_read: Option<FinalRead>,
     /// Polls that failed because fetched data failed its CRC check.
@@ -119,21 +129,71 @@ impl Recorder {
 
     /// Note that `node` invoked `kind` at `now`.
     pub fn invoke(&self, node: &str, process: u64, now: Duration, kind: OpKind) {
-        let prev =
-            self.lock().pending.insert(node.to_string(), Pending { process, invoke_ns: now.as_nanos() as u64, kind });
-        assert!(prev.is_none(), "{node} invoked an operation while another was in flight");
+        self.invoke_in(node, 0, process, now, kind)
+    }
+
+    /// Note that `node` invoked `kind` at `now` in its slot `slot`.
+    pub fn invoke_in(&self, node: &str, slot: u32, process: u64, now: Duration, kind: OpKind) {
+        let key = (node.to_string(), slot);
+        let prev = self.lock().pending.insert(key, Pending { process, invoke_ns: now.as_nanos() as u64, kind });
+        assert!(prev.is_none(), "{node} invoked an operation in slot {slot} while another was in flight");
     }
 
     /// Complete `node`'s operation in flight with `outcome`; `kind` replaces
     /// the invoked kind when the result adds to it (an offset, records).
     pub fn complete(&self, node: &str, now: Duration, kind: Option<OpKind>, outcome: Outcome, final_read: bool) {
+        self.complete_in(node, 0, now, kind, outcome, final_read)
+    }
+
+    /// Complete the operation in `node`'s slot `slot`.
+    pub fn complete_in(
+        &self,
+        node: &str,
+        slot: u32,
+        now: Duration,
+        kind: Option<OpKind>,
+        outcome: Outcome,
+        final_read: bool,
+    ) {
         let mut s = self.lock();
-        let Some(p) = s.pending.remove(node) else {
-            assert!(false, "{node} completed an operation it never invoked");
+        let Some(p) = s.pending.remove(&(node.to_string(), slot)) else {
+            assert!(false, "{node} completed an operation it never invoked in slot {slot}");
             return;
         };
+        if let Some(healed) = s.healed_at {
+            let started_after = Duration::from_nanos(p.invoke_ns) >= healed;
+            let kind_now = kind.as_ref().unwrap_or(&p.kind);
+            // A poll refused only by the client's CRC check still got an
+            // answer from the broker: rotted data is not a dead broker.
+            let answered_poll = match &outcome {
+                Outcome::Ok => true,
+                Outcome::Fail { error } => error.starts_with(CORRUPT_POLL),
+                Outcome::Info { .. } => false,
+            };
+            match kind_now {
+                OpKind::Send { offset: Some(_), .. } if started_after && outcome == Outcome::Ok => {
+                    s.first_write_after_heal.get_or_insert(now);
+                }
+                OpKind::Poll { .. } if started_after && answered_poll => {
+                    s.first_read_after_heal.get_or_insert(now);
+                }
+                _ => {}
+            }
+        }
         let op = p.into_op(node, now, kind, outcome, final_read);
         self.push(&mut s, op);
+    }
+
+    /// The faults were healed at `now`: liveness is measured from here.
+    pub fn set_healed(&self, now: Duration) {
+        self.lock().healed_at = Some(now);
+    }
+
+    /// (heal time, first acknowledged write after it, first successful
+    /// poll after it), each as far as known.
+    pub fn liveness(&self) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+        let s = self.lock();
+        (s.healed_at, s.first_write_after_heal, s.first_read_after_heal)
     }
 
     /// Record an operation that ran from `invoke` to `now` while the node
@@ -192,7 +252,9 @@ impl Recorder {
     pub fn client_crashed(&self, node: &str, now: Duration) {
         let mut s = self.lock();
         let Some(&process) = s.sessions.get(node) else { return };
-        if let Some(p) = s.pending.remove(node) {
+        let slots: Vec<(String, u32)> = s.pending.keys().filter(|(n, _)| n == node).cloned().collect();
+        for key in slots {
+            let p = s.pending.remove(&key).expect("listed slot");
             let op = p.into_op(node, now, None, Outcome::Info { error: "client crashed".into() }, false);
             self.push(&mut s, op);
         }
@@ -254,9 +316,9 @@ impl Recorder {
     /// Take the history, closing every operation still in flight as
     /// indeterminate at `now` (the simulation ends under them).
     pub fn finish(&self, now: Duration) -> History {
-        let nodes: Vec<String> = self.lock().pending.keys().cloned().collect();
-        for n in nodes {
-            self.complete(&n, now, None, Outcome::Info { error: "simulation ended".into() }, false);
+        let slots: Vec<(String, u32)> = self.lock().pending.keys().cloned().collect();
+        for (n, slot) in slots {
+            self.complete_in(&n, slot, now, None, Outcome::Info { error: "simulation ended".into() }, false);
         }
         std::mem::take(&mut self.lock().history)
     }

@@ -4,6 +4,14 @@
 //! A scenario is TOML with unknown keys refused, so a typo is an error and
 //! not a silently ignored setting. [`Scenario::validate`] turns down what is
 //! well formed but not buildable yet, saying which feature is missing.
+//!
+//! A scenario may carry a `[swarm]` table of ranges (see [`crate::swarm`]):
+//! each seed then draws its own concrete configuration from them, and
+//! [`Scenario::resolve`] gives the scenario that seed actually runs.
+//!
+//! `checkers` may be left out: the run then judges by what its configuration
+//! promises ([`crate::checker::promised`]), which is what the built-in
+//! scenarios do. Listing checkers overrides that.
 
 use std::path::Path;
 
@@ -26,7 +34,9 @@ pub struct Scenario {
     /// Simulated seconds between healing everything and the final read.
     #[serde(default = "default_settle_s")]
     pub settle_s: f64,
-    /// Anomaly kinds (checker names) that make the run invalid.
+    /// Anomaly kinds (checker names) that make the run invalid; empty means
+    /// the kinds the drawn configuration promises.
+    #[serde(default)]
     pub checkers: Vec<String>,
     pub cluster: Cluster,
     pub workload: Workload,
@@ -34,10 +44,22 @@ pub struct Scenario {
     pub network: Network,
     #[serde(default)]
     pub faults: Faults,
+    /// Ranges each seed draws its configuration from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<crate::swarm::Swarm>,
+    /// After the heal, a write and a read must succeed within this many
+    /// simulated seconds (the liveness bound); must fit in `settle_s` plus
+    /// the final read's budget.
+    #[serde(default = "default_liveness_s")]
+    pub liveness_s: f64,
 }
 
 fn default_settle_s() -> f64 {
     2.0
+}
+
+fn default_liveness_s() -> f64 {
+    5.0
 }
 
 /// The brokers and the topics created before the workload starts.
@@ -94,6 +116,28 @@ pub struct Workload {
     pub retries: u32,
     /// `request.timeout.ms` for every client.
     pub request_timeout_ms: u64,
+    /// Producer `linger.ms`.
+    pub linger_ms: u64,
+    /// Producer `batch.size`.
+    pub batch_size: usize,
+    /// Producer `max.in.flight.requests.per.connection`.
+    pub max_in_flight: usize,
+    /// Producer `enable.idempotence` (needs acks -1).
+    pub idempotence: bool,
+    /// Producer `compression.type`: none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Sends each producer keeps in flight at once (each its own op).
+    pub concurrency: u32,
+    /// Fraction of sends that carry a key; the rest are keyless (sticky).
+    pub keyed: f64,
+    /// Consumer `fetch.max.bytes` and `max.partition.fetch.bytes`.
+    pub fetch_max_bytes: i32,
+    /// The final read's fetch size: it pages through each partition in
+    /// fetches of at most this many bytes.
+    pub final_fetch_max_bytes: i32,
+    /// Chance, per poll, that a consumer seeks one partition to a random
+    /// offset at or below its position (often inside a batch).
+    pub seek_probability: f64,
 }
 
 impl Default for Workload {
@@ -107,6 +151,16 @@ impl Default for Workload {
             value_size: 0,
             retries: 0,
             request_timeout_ms: 1000,
+            linger_ms: 0,
+            batch_size: 16384,
+            max_in_flight: 1,
+            idempotence: false,
+            compression: "none".into(),
+            concurrency: 1,
+            keyed: 1.0,
+            fetch_max_bytes: 1 << 20,
+            final_fetch_max_bytes: 1 << 20,
+            seek_probability: 0.0,
         }
     }
 }
@@ -163,6 +217,10 @@ pub enum NemesisKind {
     LinkDelay { latency_ms: u64 },
     /// Crash a broker (its disk loses unsynced data) and restart it later.
     CrashRestart,
+    /// Kill a broker's process and restart it later: the operating system
+    /// lives on, so its page cache keeps unsynced data, until a later power
+    /// loss (any crash-restart) takes it.
+    ProcessCrash,
     /// Crash a broker, flip one bit of one of its segment files while it is
     /// down (the medium went bad), and restart it later: recovery must
     /// notice.
@@ -210,7 +268,7 @@ fn is_certain(p: &f64) -> bool {
 }
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
-crash-restart, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift";
+crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -225,6 +283,7 @@ impl TryFrom<RawNemesis> for Nemesis {
             "link-drop" => NemesisKind::LinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
             "link-delay" => NemesisKind::LinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? },
             "crash-restart" => NemesisKind::CrashRestart,
+            "process-crash" => NemesisKind::ProcessCrash,
             "crash-corrupt" => NemesisKind::CrashCorrupt,
             "crash-client" => NemesisKind::CrashClient,
             "pause" => NemesisKind::Pause,
@@ -291,6 +350,7 @@ impl NemesisKind {
             NemesisKind::LinkDrop { .. } => "link-drop",
             NemesisKind::LinkDelay { .. } => "link-delay",
             NemesisKind::CrashRestart => "crash-restart",
+            NemesisKind::ProcessCrash => "process-crash",
             NemesisKind::CrashCorrupt => "crash-corrupt",
             NemesisKind::CrashClient => "crash-client",
             NemesisKind::Pause => "pause",
@@ -315,9 +375,66 @@ impl Scenario {
         Scenario::parse(&text, &path.display().to_string())
     }
 
-    /// The checker options the scenario's `checkers` name.
+    /// The checker options: the kinds `checkers` names, or, if it names
+    /// none, the kinds this (resolved) configuration promises.
     pub fn check_options(&self) -> anyhow::Result<CheckOptions> {
+        if self.checkers.is_empty() {
+            return Ok(crate::checker::promised(self));
+        }
         CheckOptions::from_names(&self.checkers)
+    }
+
+    /// The concrete scenario `seed` runs: the swarm's draws applied, if the
+    /// scenario has a `[swarm]` table, and the draws themselves.
+    pub fn resolve(&self, seed: u64) -> (Scenario, Option<crate::swarm::Draw>) {
+        match &self.swarm {
+            None => (self.clone(), None),
+            Some(sw) => {
+                let (s, draw) = sw.apply(self, seed);
+                (s, Some(draw))
+            }
+        }
+    }
+
+    /// Whether the medium may corrupt data while the broker runs (not only
+    /// while it is down, as crash-corrupt does, which recovery can check):
+    /// then even a correct broker may serve a batch that fails its CRC check,
+    /// or find no readable batch below its log end.
+    pub fn medium_may_rot_live(&self) -> bool {
+        let bad = |d: &DiskFaults, base: &DiskFaults| {
+            d.bit_rot > 0.0
+                || d.lost_write > 0.0
+                || d.misdirected_write > 0.0
+                || (d.sync_error > 0.0 && (d.sync_error_drops_pages || base.sync_error_drops_pages))
+        };
+        let base = &self.faults.disk;
+        bad(base, base)
+            || self
+                .faults
+                .nemeses
+                .iter()
+                .any(|n| matches!(&n.kind, NemesisKind::DiskFaults { faults } if bad(faults, base)))
+    }
+
+    /// Whether a correct broker may still lose or be unable to read
+    /// acknowledged data: the medium itself corrupts fsynced bytes (bit rot,
+    /// crash-corrupt, lost or misdirected writes, fsync failures that drop
+    /// pages), which one replica cannot repair.
+    pub fn medium_may_corrupt(&self) -> bool {
+        let bad = |d: &DiskFaults| {
+            d.bit_rot > 0.0
+                || d.lost_write > 0.0
+                || d.misdirected_write > 0.0
+                || (d.sync_error > 0.0 && d.sync_error_drops_pages)
+        };
+        bad(&self.faults.disk)
+            || self.faults.nemeses.iter().any(|n| match &n.kind {
+                NemesisKind::CrashCorrupt => true,
+                NemesisKind::DiskFaults { faults } => {
+                    bad(faults) || (faults.sync_error > 0.0 && self.faults.disk.sync_error_drops_pages)
+                }
+                _ => false,
+            })
     }
 
     /// Refuse what is malformed, and what is well formed but not built yet.
@@ -396,6 +513,28 @@ impl Scenario {
         if w.request_timeout_ms == 0 {
             bail!("workload.request_timeout_ms must be positive");
         }
+        if w.idempotence && w.acks != -1 {
+            bail!("workload.idempotence needs workload.acks = -1");
+        }
+        if w.max_in_flight == 0 || (w.idempotence && w.max_in_flight > 5) {
+            bail!("workload.max_in_flight must be in 1..=5 with idempotence, and positive without");
+        }
+        if w.concurrency == 0 || w.concurrency > 64 {
+            bail!("workload.concurrency must be in 1..=64");
+        }
+        if w.batch_size == 0 || w.fetch_max_bytes <= 0 || w.final_fetch_max_bytes <= 0 {
+            bail!("workload batch and fetch sizes must be positive");
+        }
+        if !(0.0..=1.0).contains(&w.keyed) || !(0.0..=1.0).contains(&w.seek_probability) {
+            bail!("workload.keyed and workload.seek_probability must be in [0, 1]");
+        }
+        if w.compression.parse::<faultline_broker::client::Compression>().is_err() {
+            bail!("workload.compression {:?} is not none, gzip, snappy, lz4 or zstd", w.compression);
+        }
+        positive("liveness_s", self.liveness_s)?;
+        if let Some(sw) = &self.swarm {
+            sw.validate()?;
+        }
         if self.network.min_latency_ms > self.network.max_latency_ms {
             bail!("network.min_latency_ms exceeds network.max_latency_ms");
         }
@@ -446,6 +585,8 @@ fn check_disk_faults(f: &DiskFaults) -> anyhow::Result<()> {
         ("sync_error", f.sync_error),
         ("torn_write", f.torn_write),
         ("torn_write_holes", f.torn_write_holes),
+        ("lost_write", f.lost_write),
+        ("misdirected_write", f.misdirected_write),
     ] {
         if !(0.0..=1.0).contains(&p) {
             bail!("disk fault {name} must be a probability in [0, 1], got {p}");
@@ -465,6 +606,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("crash-restart.toml", include_str!("../../scenarios/crash-restart.toml")),
     ("disk-faults.toml", include_str!("../../scenarios/disk-faults.toml")),
     ("slow-links.toml", include_str!("../../scenarios/slow-links.toml")),
+    ("medium-rot.toml", include_str!("../../scenarios/medium-rot.toml")),
 ];
 
 /// Parse every built-in scenario.
@@ -535,7 +677,7 @@ mod tests {
 
     #[test]
     fn unknown_checker_is_refused() {
-        let e = err(steady_with(|t| *t = t.replace("\"G1a\"", "\"G1z\"")));
+        let e = err(steady_with(|t| *t = t.replace("settle_s = 1.0", "settle_s = 1.0\ncheckers = [\"G1z\"]")));
         assert!(e.contains("G1z"), "{e}");
     }
 }

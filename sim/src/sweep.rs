@@ -50,15 +50,31 @@ pub fn parse_seeds(s: &str) -> anyhow::Result<RangeInclusive<u64>> {
     Ok(r)
 }
 
+/// Parse a shard "i/n" (1-based).
+pub fn parse_shard(s: &str) -> anyhow::Result<(u64, u64)> {
+    let bad = || anyhow::anyhow!("bad shard {s:?}: want i/n with 1 <= i <= n");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u64, u64) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if n == 0 || i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// The seeds of shard `i` of `n`: every n-th, starting with the i-th.
+pub fn shard(seeds: &[u64], i: u64, n: u64) -> Vec<u64> {
+    seeds.iter().enumerate().filter(|(k, _)| *k as u64 % n == i - 1).map(|(_, s)| *s).collect()
+}
+
 /// Run `scenario` for every seed on `jobs` threads, calling `progress` as
 /// each run ends (from the calling thread). Returns outcomes in seed order.
 pub fn sweep(
     scenario: &Scenario,
-    seeds: RangeInclusive<u64>,
+    seeds: &[u64],
     jobs: usize,
     mut progress: impl FnMut(&SeedOutcome),
 ) -> Vec<SeedOutcome> {
-    let seeds: Vec<u64> = seeds.collect();
+    let seeds: Vec<u64> = seeds.to_vec();
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
     let mut out = Vec::with_capacity(seeds.len());
@@ -93,6 +109,9 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
             // The runner's own finding, counted beside the checkers' kinds.
             if !r.unreadable.is_empty() {
                 anomalies.insert(CORRUPT_READ.to_string(), r.unreadable.len());
+            }
+            if !r.liveness.passed() {
+                anomalies.insert("not-live".to_string(), 1);
             }
             SeedOutcome {
                 seed,
@@ -129,5 +148,17 @@ mod tests {
         assert_eq!(parse_seeds("7").unwrap(), 7..=7);
         assert!(parse_seeds("4..1").is_err());
         assert!(parse_seeds("x..3").is_err());
+    }
+
+    #[test]
+    fn shards_split_a_range_without_overlap() {
+        let seeds: Vec<u64> = (1..=10).collect();
+        let parts: Vec<Vec<u64>> = (1..=3).map(|i| shard(&seeds, i, 3)).collect();
+        assert_eq!(parts[0], vec![1, 4, 7, 10]);
+        let mut all: Vec<u64> = parts.concat();
+        all.sort();
+        assert_eq!(all, seeds);
+        assert_eq!(parse_shard("2/3").unwrap(), (2, 3));
+        assert!(parse_shard("0/3").is_err() && parse_shard("4/3").is_err() && parse_shard("x").is_err());
     }
 }

@@ -1,12 +1,21 @@
 //! The workload: Faultline's own Rust clients, run on turmoil hosts,
 //! recording every operation into the history.
 //!
-//! - producers send unique values (`p{process}-{n}`) with keys, one at a
-//!   time, at the scenario's rate;
-//! - consumers assign every partition and poll;
-//! - the reader creates the topics before anything else, and after the
-//!   faults are healed reads every partition from its log start to its end
-//!   (the final read the checkers rely on).
+//! - producers send unique values (`p{process}-{slot}.{n}`), keyed or
+//!   keyless, from `concurrency` slots at once, each slot one send in flight
+//!   at the scenario's rate; the producer client batches them (linger,
+//!   batch size), sends several partitions per Produce request, keeps up to
+//!   `max_in_flight` requests out, retries, and may be idempotent. A send
+//!   with acks 0 is recorded `info` with its partition but no offset: the
+//!   broker never says whether it took it;
+//! - consumers assign every partition and poll with the scenario's fetch
+//!   size, now and then seeking one partition back to a random offset (often
+//!   inside a batch), recorded as an `assign` so order checks start afresh;
+//! - the reader creates the topics before anything else; at the heal it
+//!   probes the cluster with a send until one is acknowledged (liveness),
+//!   and after the settle period reads every partition from its log start to
+//!   its end, paging in fetches of `final_fetch_max_bytes` (the final read
+//!   the checkers rely on).
 //!
 //! Fetched data that fails the client's CRC check is a failed poll, and the
 //! client polls the same offset again: a bit flipped on one read of the disk
@@ -54,6 +63,11 @@ pub struct ClientCtx {
     /// When the final read starts, and when it must give up.
     pub final_start: Duration,
     pub final_deadline: Duration,
+    /// After the heal, a send must be acknowledged by then (the liveness
+    /// bound); the reader keeps probing until it is.
+    pub liveness_deadline: Duration,
+    /// Planted bugs, for the switches that live in the clients.
+    pub bugs: faultline_broker::config::PlantedBugs,
 }
 
 impl ClientCtx {
@@ -102,6 +116,10 @@ impl ClientCtx {
     fn rng(&self, process: u64) -> ChaCha8Rng {
         seed::rng(self.seed, &format!("workload/{}/{process}", self.name()))
     }
+
+    fn slot_rng(&self, process: u64, slot: u32) -> ChaCha8Rng {
+        seed::rng(self.seed, &format!("workload/{}/{process}/{slot}", self.name()))
+    }
 }
 
 fn outcome_of(e: &ClientError) -> Outcome {
@@ -112,19 +130,91 @@ fn outcome_of(e: &ClientError) -> Outcome {
     }
 }
 
-/// A producer host: one session, sending until the workload window closes.
-pub async fn producer(ctx: ClientCtx) {
-    let Some((env, process)) = ctx.begin_session().await else { return };
-    let mut rng = ctx.rng(process);
-    let w = &ctx.workload;
+/// The producer settings a scenario's workload asks for.
+fn producer_config(ctx: &ClientCtx, w: &Workload) -> ProducerConfig {
     let mut config = ProducerConfig::new(ctx.bootstrap.clone());
     config.client_id = ctx.name().to_string();
     config.acks = w.acks;
     config.retries = w.retries as i32;
-    config.linger_ms = 0;
+    config.linger_ms = w.linger_ms;
+    config.batch_size = w.batch_size;
+    config.max_in_flight_requests_per_connection = w.max_in_flight;
+    config.enable_idempotence = w.idempotence;
+    config.compression_type = w.compression.parse().unwrap_or_default();
     config.request_timeout_ms = w.request_timeout_ms;
     config.retry_backoff_ms = 50;
-    config.delivery_timeout_ms = w.request_timeout_ms * (u64::from(w.retries) + 1) + 1000;
+    config.delivery_timeout_ms = w.request_timeout_ms * (u64::from(w.retries) + 1) + 1000 + w.linger_ms;
+    config.planted_bug_renumber_retries = ctx.bugs.renumber_retries;
+    config
+}
+
+/// Printable filler for a value, different for every value, so that
+/// compression cannot squeeze it to nothing and a torn write that keeps the
+/// length still changes what the CRC covers.
+fn padding(value: &str, len: usize) -> String {
+    let mut x = crate::trace::fnv1a(value.as_bytes()) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly one letter, so codecs find something to do.
+            if x.is_multiple_of(4) {
+                (b'a' + (x >> 8) as u8 % 26) as char
+            } else {
+                'x'
+            }
+        })
+        .collect()
+}
+
+/// One send, recorded from invoke to outcome in slot `slot` of the host.
+#[allow(clippy::too_many_arguments)]
+async fn recorded_send(
+    ctx: &ClientCtx,
+    env: &Env,
+    producer: &Producer,
+    process: u64,
+    slot: u32,
+    topic: &str,
+    key: Option<String>,
+    value: String,
+    patience: Duration,
+) -> bool {
+    let kind = |partition, offset| OpKind::Send {
+        topic: topic.to_string(),
+        key: key.clone(),
+        value: value.clone(),
+        partition,
+        offset,
+    };
+    ctx.recorder.invoke_in(ctx.name(), slot, process, sim_now(), kind(None, None));
+    let mut record = ProducerRecord::new(topic.to_string(), value.clone().into_bytes());
+    if let Some(k) = &key {
+        record = record.with_key(k.clone().into_bytes());
+    }
+    let result = io::timeout(env, patience, producer.send(record)).await;
+    let (done, outcome) = match result {
+        Some(Ok(meta)) if meta.offset.is_none() => (
+            Some(kind(Some(meta.partition), None)),
+            Outcome::Info { error: "acks=0: the broker never says whether it took the record".into() },
+        ),
+        Some(Ok(meta)) => (Some(kind(Some(meta.partition), meta.offset)), Outcome::Ok),
+        Some(Err(ProduceError::Definite(e))) => (None, Outcome::Fail { error: e.to_string() }),
+        Some(Err(ProduceError::Indeterminate(e))) => (None, Outcome::Info { error: e.to_string() }),
+        None => (None, Outcome::Info { error: "no outcome before the delivery deadline".into() }),
+    };
+    let ok = outcome == Outcome::Ok;
+    ctx.recorder.complete_in(ctx.name(), slot, sim_now(), done, outcome, false);
+    ok
+}
+
+/// A producer host: one session whose `concurrency` slots each send until
+/// the workload window closes, sharing one producer client.
+pub async fn producer(ctx: ClientCtx) {
+    let Some((env, process)) = ctx.begin_session().await else { return };
+    let w = &ctx.workload;
+    let config = producer_config(&ctx, w);
     // A hung delivery must still end the operation: give the producer its
     // own deadline plus a margin before calling the outcome unknown.
     let patience = Duration::from_millis(config.delivery_timeout_ms + 1000);
@@ -135,33 +225,25 @@ pub async fn producer(ctx: ClientCtx) {
             return;
         }
     };
-    let padding: String = "x".repeat(w.value_size);
-    let mut n = 0u64;
-    while sim_now() < ctx.end {
-        let topic = &ctx.topics[rng.random_range(0..ctx.topics.len())].name;
-        let key = format!("k{}", rng.random_range(0..w.keys));
-        let value = format!("p{process}-{n}{padding}");
-        n += 1;
-        let kind = |partition, offset| OpKind::Send {
-            topic: topic.clone(),
-            key: Some(key.clone()),
-            value: value.clone(),
-            partition,
-            offset,
-        };
-        ctx.recorder.invoke(ctx.name(), process, sim_now(), kind(None, None));
-        let record = ProducerRecord::new(topic.clone(), value.clone().into_bytes()).with_key(key.clone().into_bytes());
-        let result = io::timeout(&env, patience, producer.send(record)).await;
-        let (done, outcome) = match result {
-            Some(Ok(meta)) => (Some(kind(Some(meta.partition), meta.offset)), Outcome::Ok),
-            Some(Err(ProduceError::Definite(e))) => (None, Outcome::Fail { error: e.to_string() }),
-            Some(Err(ProduceError::Indeterminate(e))) => (None, Outcome::Info { error: e.to_string() }),
-            None => (None, Outcome::Info { error: "no outcome before the delivery deadline".into() }),
-        };
-        ctx.recorder.complete(ctx.name(), sim_now(), done, outcome, false);
-        let gap = rng.random_range(0.5..1.5) / w.rate;
-        env.sleep(Duration::from_secs_f64(gap)).await;
-    }
+    let slots = (0..w.concurrency).map(|slot| {
+        let (ctx, env, producer) = (&ctx, &env, &producer);
+        async move {
+            let mut rng = if slot == 0 { ctx.rng(process) } else { ctx.slot_rng(process, slot) };
+            let mut n = 0u64;
+            while sim_now() < ctx.end {
+                let topic = &ctx.topics[rng.random_range(0..ctx.topics.len())].name;
+                let key = format!("k{}", rng.random_range(0..w.keys));
+                let key = (w.keyed >= 1.0 || rng.random_bool(w.keyed)).then_some(key);
+                let id = format!("p{process}-{slot}.{n}");
+                let value = if w.value_size > 0 { format!("{id}:{}", padding(&id, w.value_size)) } else { id };
+                n += 1;
+                recorded_send(ctx, env, producer, process, slot, topic, key, value, patience).await;
+                let gap = rng.random_range(0.5..1.5) / w.rate;
+                env.sleep(Duration::from_secs_f64(gap)).await;
+            }
+        }
+    });
+    futures::future::join_all(slots).await;
 }
 
 fn polled(records: &[ConsumerRecord]) -> Vec<Polled> {
@@ -175,11 +257,13 @@ fn polled(records: &[ConsumerRecord]) -> Vec<Polled> {
         .collect()
 }
 
-fn consumer_config(ctx: &ClientCtx) -> ConsumerConfig {
+fn consumer_config(ctx: &ClientCtx, fetch_max_bytes: i32) -> ConsumerConfig {
     let mut c = ConsumerConfig::new(ctx.bootstrap.clone());
     c.client_id = ctx.name().to_string();
     c.auto_offset_reset = AutoOffsetReset::Earliest;
     c.fetch_max_wait_ms = 100;
+    c.fetch_max_bytes = fetch_max_bytes;
+    c.max_partition_fetch_bytes = fetch_max_bytes;
     c.request_timeout_ms = ctx.workload.request_timeout_ms;
     c.retry_backoff_ms = 50;
     c
@@ -220,7 +304,7 @@ async fn recorded_poll(
         Some(Err(e)) => match &e {
             ClientError::CorruptRecord { partition, offset, .. } => {
                 ctx.recorder.note_corrupt_poll(history_tp(partition), *offset, sim_now());
-                let error = format!("corrupt data: {e}");
+                let error = format!("{}{e}", crate::recorder::CORRUPT_POLL);
                 let result =
                     PollResult::Corrupt { partition: partition.clone(), offset: *offset, error: e.to_string() };
                 (result, None, Outcome::Fail { error })
@@ -237,15 +321,32 @@ async fn recorded_poll(
 /// window closes.
 pub async fn consumer(ctx: ClientCtx) {
     let Some((env, process)) = ctx.begin_session().await else { return };
-    let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(&ctx)) else {
+    let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(&ctx, ctx.workload.fetch_max_bytes)) else {
         tracing::error!("cannot create consumer");
         return;
     };
     let tps = ctx.partitions();
     consumer.assign(tps.clone());
-    let assigned = tps.iter().map(history_tp).collect();
-    ctx.recorder.instant(ctx.name(), process, sim_now(), OpKind::Assign { partitions: assigned }, Outcome::Ok, false);
+    let assigned: Vec<TopicPartition> = tps.iter().map(history_tp).collect();
+    let assign = OpKind::Assign { partitions: assigned.clone() };
+    ctx.recorder.instant(ctx.name(), process, sim_now(), assign, Outcome::Ok, false);
+    let mut rng = ctx.rng(process);
+    let seek_p = ctx.workload.seek_probability;
     while sim_now() < ctx.end {
+        if seek_p > 0.0 && rng.random_bool(seek_p) {
+            // Back to a random offset at or below the position, so the
+            // fetch often starts inside a stored batch. The seek is an
+            // assign in the history: order checks start afresh after it.
+            let tp = &tps[rng.random_range(0..tps.len())];
+            let pick = rng.random::<u64>();
+            if let Some(Ok(pos)) = io::timeout(&env, ctx.request_timeout() * 2, consumer.position(tp)).await {
+                let to = (pick % (pos as u64 + 1)) as i64;
+                if consumer.seek(tp, to).is_ok() {
+                    let assign = OpKind::Assign { partitions: assigned.clone() };
+                    ctx.recorder.instant(ctx.name(), process, sim_now(), assign, Outcome::Ok, false);
+                }
+            }
+        }
         match recorded_poll(&ctx, &env, &mut consumer, process, false).await {
             PollResult::Read => {}
             // A corrupt fetch is retried like any failed one: the position
@@ -255,17 +356,49 @@ pub async fn consumer(ctx: ClientCtx) {
     }
 }
 
-/// The reader host: creates the topics, then waits for the final phase and
+/// The reader host: creates the topics, probes the healed cluster with
+/// sends until one is acknowledged, then waits for the final phase and
 /// reads everything.
 pub async fn reader(ctx: ClientCtx) {
     let env = ctx.env();
     create_topics(&ctx, &env).await;
+    let now = sim_now();
+    if now < ctx.end {
+        env.sleep(ctx.end - now).await;
+    }
+    probe(&ctx, &env).await;
     let now = sim_now();
     if now < ctx.final_start {
         env.sleep(ctx.final_start - now).await;
     }
     let outcome = final_read(&ctx, &env).await;
     ctx.recorder.set_final_read_done(outcome);
+}
+
+/// After the heal: send one value at a time with acks -1 until one is
+/// acknowledged or the liveness bound passes. Each attempt is a recorded
+/// send like any other, so the final read must find the one that landed.
+async fn probe(ctx: &ClientCtx, env: &Env) {
+    let process = ctx.recorder.new_session(ctx.name());
+    let mut w = ctx.workload.clone();
+    w.acks = -1;
+    w.retries = 0;
+    w.idempotence = false;
+    w.linger_ms = 0;
+    w.max_in_flight = 1;
+    let config = producer_config(ctx, &w);
+    let patience = Duration::from_millis(config.delivery_timeout_ms + 1000);
+    let Ok(producer) = Producer::new(env.clone(), config) else { return };
+    let mut n = 0;
+    while sim_now() < ctx.liveness_deadline {
+        let topic = &ctx.topics[n % ctx.topics.len()].name;
+        let value = format!("probe{process}-{n}");
+        n += 1;
+        if recorded_send(ctx, env, &producer, process, 0, topic, None, value, patience).await {
+            return;
+        }
+        env.sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn create_topics(ctx: &ClientCtx, env: &Env) {
@@ -352,7 +485,8 @@ fn partition_name(tp: &TopicPartition) -> String {
 /// Returns the offsets given up on as persistently corrupt (the other
 /// partitions were read to their ends), or why the read did not finish.
 async fn read_to_end(ctx: &ClientCtx, env: &Env, process: u64, tps: &[ClientTp]) -> Result<Vec<Unreadable>, String> {
-    let mut consumer = Consumer::new(env.clone(), consumer_config(ctx)).map_err(|e| format!("no consumer: {e}"))?;
+    let config = consumer_config(ctx, ctx.workload.final_fetch_max_bytes);
+    let mut consumer = Consumer::new(env.clone(), config).map_err(|e| format!("no consumer: {e}"))?;
     consumer.assign(tps.to_vec());
     // Asked only now, after the heal and the settle period, so that the
     // ends cover what the producers' last sends (stopped at the end of the

@@ -3,10 +3,14 @@
 //! Records append to the partition's last batch until it reaches
 //! `batch.size`; a batch becomes ready to send when it is full, when
 //! `linger.ms` has passed since it was opened, when a flush asks for it, or
-//! when it is waiting to be retried. A partition with a batch in flight is
-//! muted — nothing else of it is sent until that batch is answered — so a
-//! retried batch can never land behind a later one and per-partition order
-//! holds. This module only keeps time and queues; the sender does the I/O.
+//! when it is waiting to be retried. Each partition may have up to
+//! `max_in_flight` batches in flight. With one, the partition is muted while
+//! its batch is out, so a retried batch can never land behind a later one.
+//! With more (Kafka's `max.in.flight.requests.per.connection` > 1), a retry
+//! may land behind a later batch unless the producer is idempotent, whose
+//! sequence numbers make the broker refuse batches out of order; a retried
+//! batch goes back into the queue in creation order either way. This module
+//! only keeps time and queues; the sender does the I/O.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -27,6 +31,8 @@ pub struct PendingRecord<C> {
 #[derive(Debug)]
 pub struct ProducerBatch<C> {
     pub tp: TopicPartition,
+    /// Creation order within the accumulator: retries go back in this order.
+    pub id: u64,
     pub records: Vec<PendingRecord<C>>,
     /// Estimated encoded size in bytes (header plus record upper bounds).
     pub size: usize,
@@ -45,9 +51,10 @@ pub struct ProducerBatch<C> {
 }
 
 impl<C> ProducerBatch<C> {
-    fn new(tp: TopicPartition, now: Duration) -> Self {
+    fn new(tp: TopicPartition, id: u64, now: Duration) -> Self {
         ProducerBatch {
             tp,
+            id,
             records: Vec::new(),
             size: BATCH_HEADER_BYTES,
             created: now,
@@ -62,7 +69,7 @@ impl<C> ProducerBatch<C> {
 #[derive(Debug)]
 struct Queue<C> {
     batches: VecDeque<ProducerBatch<C>>,
-    in_flight: bool,
+    in_flight: usize,
 }
 
 /// Per-partition batch queues.
@@ -70,27 +77,42 @@ struct Queue<C> {
 pub struct Accumulator<C> {
     batch_size: usize,
     linger: Duration,
+    /// Batches of one partition that may be in flight at once.
+    max_in_flight: usize,
+    next_id: u64,
     queues: BTreeMap<TopicPartition, Queue<C>>,
 }
 
 impl<C> Accumulator<C> {
+    /// One batch in flight per partition.
     pub fn new(batch_size: usize, linger: Duration) -> Self {
-        Accumulator { batch_size: batch_size.max(1), linger, queues: BTreeMap::new() }
+        Self::with_max_in_flight(batch_size, linger, 1)
+    }
+
+    /// Up to `max_in_flight` batches in flight per partition.
+    pub fn with_max_in_flight(batch_size: usize, linger: Duration, max_in_flight: usize) -> Self {
+        Accumulator {
+            batch_size: batch_size.max(1),
+            linger,
+            max_in_flight: max_in_flight.max(1),
+            next_id: 0,
+            queues: BTreeMap::new(),
+        }
     }
 
     /// Add a record to `tp`'s open batch, opening a new one if it would
     /// overflow `batch.size` (a record bigger than that gets a batch of its
     /// own). Returns true if this opened a new batch.
     pub fn append(&mut self, tp: &TopicPartition, record: OutRecord, completion: C, now: Duration) -> bool {
-        let queue =
-            self.queues.entry(tp.clone()).or_insert_with(|| Queue { batches: VecDeque::new(), in_flight: false });
+        let queue = self.queues.entry(tp.clone()).or_insert_with(|| Queue { batches: VecDeque::new(), in_flight: 0 });
         let size = record.size_estimate();
         // A batch that was sent once is closed: retries resend it unchanged.
         let open = queue.batches.back_mut().filter(|b| b.attempts == 0 && b.size + size <= self.batch_size);
         let (batch, opened) = match open {
             Some(b) => (b, false),
             None => {
-                queue.batches.push_back(ProducerBatch::new(tp.clone(), now));
+                queue.batches.push_back(ProducerBatch::new(tp.clone(), self.next_id, now));
+                self.next_id += 1;
                 (queue.batches.back_mut().expect("just pushed"), true)
             }
         };
@@ -104,7 +126,7 @@ impl<C> Accumulator<C> {
     pub fn ready(&self, now: Duration, flush: bool) -> Vec<TopicPartition> {
         self.queues
             .iter()
-            .filter(|(_, q)| !q.in_flight)
+            .filter(|(_, q)| q.in_flight < self.max_in_flight)
             .filter_map(|(tp, q)| {
                 let head = q.batches.front()?;
                 if head.retry_at.is_some_and(|t| t > now) {
@@ -121,39 +143,41 @@ impl<C> Accumulator<C> {
     pub fn next_ready_time(&self, now: Duration) -> Option<Duration> {
         self.queues
             .values()
-            .filter(|q| !q.in_flight)
+            .filter(|q| q.in_flight < self.max_in_flight)
             .filter_map(|q| q.batches.front())
             .map(|b| b.retry_at.unwrap_or(b.created + self.linger))
             .filter(|t| *t > now)
             .min()
     }
 
-    /// Take `tp`'s head batch to send it; the partition is muted until
-    /// [`Accumulator::requeue`] or [`Accumulator::done`].
+    /// Take `tp`'s head batch to send it; it counts against the partition's
+    /// in-flight limit until [`Accumulator::requeue`] or [`Accumulator::done`].
     pub fn drain(&mut self, tp: &TopicPartition) -> Option<ProducerBatch<C>> {
         let q = self.queues.get_mut(tp)?;
-        assert!(!q.in_flight, "partition {tp} already has a batch in flight");
+        assert!(q.in_flight < self.max_in_flight, "partition {tp} already has its batches in flight");
         let mut batch = q.batches.pop_front()?;
-        q.in_flight = true;
+        q.in_flight += 1;
         batch.attempts += 1;
         Some(batch)
     }
 
-    /// Put a batch that must be retried back at the head of its queue.
+    /// Put a batch that must be retried back into its queue, ahead of every
+    /// batch opened after it.
     pub fn requeue(&mut self, mut batch: ProducerBatch<C>, retry_at: Duration) {
         let q = self.queues.get_mut(&batch.tp).expect("a requeued batch's partition has a queue");
-        assert!(q.in_flight, "requeued batch for {} was not in flight", batch.tp);
+        assert!(q.in_flight > 0, "requeued batch for {} was not in flight", batch.tp);
         batch.retry_at = Some(retry_at);
-        q.in_flight = false;
-        q.batches.push_front(batch);
+        q.in_flight -= 1;
+        let at = q.batches.partition_point(|b| b.id < batch.id);
+        q.batches.insert(at, batch);
     }
 
     /// The in-flight batch of `tp` is finished (delivered or failed).
     pub fn done(&mut self, tp: &TopicPartition) {
         let q = self.queues.get_mut(tp).expect("a finished batch's partition has a queue");
-        assert!(q.in_flight, "finished batch for {tp} was not in flight");
-        q.in_flight = false;
-        if q.batches.is_empty() {
+        assert!(q.in_flight > 0, "finished batch for {tp} was not in flight");
+        q.in_flight -= 1;
+        if q.batches.is_empty() && q.in_flight == 0 {
             self.queues.remove(tp);
         }
     }
@@ -168,7 +192,25 @@ impl<C> Accumulator<C> {
                 out.extend(q.batches.pop_front());
             }
         }
-        self.queues.retain(|_, q| q.in_flight || !q.batches.is_empty());
+        self.queues.retain(|_, q| q.in_flight > 0 || !q.batches.is_empty());
+        out
+    }
+
+    /// Every queued batch, in partition then creation order, for the
+    /// idempotent producer to renumber or fail when its id is replaced.
+    pub fn queued_mut(&mut self) -> impl Iterator<Item = &mut ProducerBatch<C>> {
+        self.queues.values_mut().flat_map(|q| q.batches.iter_mut())
+    }
+
+    /// Remove and return the queued batches `pick` selects.
+    pub fn take_queued(&mut self, pick: impl Fn(&ProducerBatch<C>) -> bool) -> Vec<ProducerBatch<C>> {
+        let mut out = Vec::new();
+        for q in self.queues.values_mut() {
+            let (taken, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut q.batches).into_iter().partition(&pick);
+            q.batches = kept;
+            out.extend(taken);
+        }
+        self.queues.retain(|_, q| q.in_flight > 0 || !q.batches.is_empty());
         out
     }
 
@@ -244,6 +286,29 @@ mod tests {
         assert_eq!(again.attempts, 2);
         acc.done(&tp(0));
         assert_eq!(acc.drain(&tp(0)).unwrap().records[0].completion, "b");
+    }
+
+    #[test]
+    fn several_in_flight_and_retries_keep_creation_order() {
+        let mut acc = Accumulator::with_max_in_flight(10, ms(0), 2);
+        for i in 0..3 {
+            acc.append(&tp(0), rec(50), i, ms(0));
+        }
+        let a = acc.drain(&tp(0)).unwrap();
+        let b = acc.drain(&tp(0)).unwrap();
+        assert!(acc.ready(ms(0), true).is_empty(), "two in flight is the limit");
+        acc.requeue(b, ms(0));
+        acc.requeue(a, ms(0));
+        let order: Vec<usize> = (0..3)
+            .map(|_| {
+                let b = acc.drain(&tp(0)).unwrap();
+                let c = b.records[0].completion;
+                acc.done(&tp(0));
+                c
+            })
+            .collect();
+        assert_eq!(order, vec![0, 1, 2]);
+        assert!(acc.is_empty());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn codec(self) -> kafka_protocol::records::Compression {
+    pub(crate) fn codec(self) -> kafka_protocol::records::Compression {
         use kafka_protocol::records::Compression as C;
         match self {
             Compression::None => C::None,

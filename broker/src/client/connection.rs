@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -41,6 +41,7 @@ pub fn client_versions(key: i16) -> Option<(i16, i16)> {
         .or_else(|| r(CreateTopicsRequest::KEY, 2, 7))
         .or_else(|| r(DeleteTopicsRequest::KEY, 1, 6))
         .or_else(|| r(DescribeConfigsRequest::KEY, 1, 4))
+        .or_else(|| r(InitProducerIdRequest::KEY, 0, 4))
 }
 
 fn api_name(key: i16) -> String {

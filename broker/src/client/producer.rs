@@ -5,6 +5,20 @@
 //! Every failure says whether the record is DEFINITELY not in the log (the
 //! broker refused it, or it was never sent) or INDETERMINATE (it was sent and
 //! the answer was lost: it may be there). Histories depend on the difference.
+//!
+//! Up to `max.in.flight.requests.per.connection` Produce requests may be out
+//! to one broker, and as many batches of one partition. Without idempotence
+//! a retry may then land behind a later batch, or twice, as in Kafka. With
+//! `enable.idempotence` the producer takes an id from InitProducerId and
+//! numbers each partition's records; the broker appends a batch only if it
+//! is the next in sequence and answers a retry of a stored batch with its
+//! original offsets, so retries neither duplicate nor reorder. A batch
+//! refused as out of order while an earlier batch of its partition is still
+//! unresolved is retried behind it. A batch that finally fails leaves a gap
+//! in its partition's sequence; the producer then waits for every request
+//! to return, fails the queued batches that may already be in the log, and
+//! starts over with a new producer id (Kafka bumps the epoch; our broker
+//! answers a non-transactional producer with a new id either way).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -16,17 +30,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::accumulator::{Accumulator, ProducerBatch};
 pub use super::batch::Compression;
-use super::batch::{self, OutRecord};
+use super::batch::{self, OutRecord, ProducerFields};
 use super::cluster::{Cluster, ClusterConfig};
 use super::partitioner::{partition_for_key, StickyPartitioner};
 use super::{ClientError, Header, TopicPartition};
 use crate::io::{self, Env};
+
+/// The broker remembers this many batches per producer and partition, so a
+/// retry is recognised only if no more than this many were in flight.
+pub const MAX_IDEMPOTENT_IN_FLIGHT: usize = 5;
 
 /// Producer settings, with Kafka's names and defaults.
 #[derive(Debug, Clone)]
@@ -47,6 +65,17 @@ pub struct ProducerConfig {
     pub compression_type: Compression,
     /// `max.request.size`: largest record, and largest Produce request.
     pub max_request_size: usize,
+    /// `max.in.flight.requests.per.connection`: Produce requests out to one
+    /// broker at once, and batches of one partition in flight at once.
+    pub max_in_flight_requests_per_connection: usize,
+    /// `enable.idempotence`: producer id and sequence numbers, so retries
+    /// neither duplicate nor reorder. Needs acks=-1 and at most 5 in flight.
+    /// Kafka's default is true; here it is off unless asked for.
+    pub enable_idempotence: bool,
+    /// A planted bug for the simulator (see `PlantedBugs::renumber_retries`);
+    /// always off outside it.
+    #[doc(hidden)]
+    pub planted_bug_renumber_retries: bool,
 }
 
 impl Default for ProducerConfig {
@@ -63,6 +92,9 @@ impl Default for ProducerConfig {
             delivery_timeout_ms: 120_000,
             compression_type: Compression::None,
             max_request_size: 1_048_576,
+            max_in_flight_requests_per_connection: 5,
+            enable_idempotence: false,
+            planted_bug_renumber_retries: false,
         }
     }
 }
@@ -86,6 +118,15 @@ impl ProducerConfig {
         }
         if self.max_request_size == 0 || self.batch_size == 0 {
             return bad("batch.size and max.request.size must be positive");
+        }
+        if self.max_in_flight_requests_per_connection == 0 {
+            return bad("max.in.flight.requests.per.connection must be positive");
+        }
+        if self.enable_idempotence && self.acks != -1 {
+            return bad("enable.idempotence needs acks=-1 (all)");
+        }
+        if self.enable_idempotence && self.max_in_flight_requests_per_connection > MAX_IDEMPOTENT_IN_FLIGHT {
+            return bad("enable.idempotence allows at most 5 in-flight requests per connection");
         }
         Ok(())
     }
@@ -289,6 +330,7 @@ struct Unpartitioned {
 
 /// The outcome of one Produce request, reported back to the sender loop.
 struct RequestOutcome {
+    leader: i32,
     batches: Vec<Batch>,
     result: Result<BTreeMap<TopicPartition, PartitionAnswer>, ClientError>,
 }
@@ -320,6 +362,20 @@ struct Sender {
     closing: Option<oneshot::Sender<()>>,
     outcomes_tx: mpsc::UnboundedSender<RequestOutcome>,
     requests_in_flight: usize,
+    /// Produce requests out to each broker.
+    leader_in_flight: BTreeMap<i32, usize>,
+    /// Idempotence: the producer id and epoch, once InitProducerId gave them.
+    producer: Option<(i64, i16)>,
+    /// When InitProducerId was last tried (for backoff).
+    last_init: Option<Duration>,
+    /// Idempotence: each partition's next sequence number.
+    next_sequence: BTreeMap<TopicPartition, i32>,
+    /// Idempotence: ids of the batches of each partition that were numbered
+    /// and are not finished (in flight or waiting to be retried).
+    unresolved: BTreeMap<TopicPartition, BTreeSet<u64>>,
+    /// Idempotence: a numbered batch finally failed, leaving a gap; the
+    /// producer id must be replaced once no request is in flight.
+    reset_pending: bool,
 }
 
 impl Sender {
@@ -329,7 +385,11 @@ impl Sender {
         config: ProducerConfig,
     ) -> (Sender, mpsc::UnboundedReceiver<RequestOutcome>) {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
-        let acc = Accumulator::new(config.batch_size, Duration::from_millis(config.linger_ms));
+        let acc = Accumulator::with_max_in_flight(
+            config.batch_size,
+            Duration::from_millis(config.linger_ms),
+            config.max_in_flight_requests_per_connection,
+        );
         let s = Sender {
             env,
             cluster,
@@ -345,6 +405,12 @@ impl Sender {
             closing: None,
             outcomes_tx,
             requests_in_flight: 0,
+            leader_in_flight: BTreeMap::new(),
+            producer: None,
+            last_init: None,
+            next_sequence: BTreeMap::new(),
+            unresolved: BTreeMap::new(),
+            reset_pending: false,
         };
         (s, outcomes_rx)
     }
@@ -367,6 +433,9 @@ impl Sender {
         let mut inbox_open = true;
         loop {
             self.partition_waiting().await;
+            if self.config.enable_idempotence {
+                self.ensure_producer_id().await;
+            }
             let now = self.env.elapsed();
             self.expire(now);
             self.send_ready(now);
@@ -433,7 +502,8 @@ impl Sender {
     fn next_wakeup(&self, now: Duration) -> Duration {
         // Records waiting for metadata poll at the retry backoff.
         let mut wake = now + Duration::from_secs(3600);
-        if !self.unpartitioned.is_empty() || !self.stale.is_empty() {
+        let no_id = self.config.enable_idempotence && self.producer.is_none() && !self.acc.is_empty();
+        if !self.unpartitioned.is_empty() || !self.stale.is_empty() || no_id {
             wake = wake.min(now + self.backoff().max(Duration::from_millis(1)));
         }
         if let Some(t) = self.acc.next_ready_time(now) {
@@ -536,16 +606,87 @@ impl Sender {
     }
 
     fn fail_batch(&mut self, batch: Batch, error: ClientError) {
+        if self.config.enable_idempotence && self.resolve(&batch) {
+            self.reset_pending = true;
+        }
         let err = if batch.maybe_written { ProduceError::Indeterminate(error) } else { ProduceError::Definite(error) };
         for r in batch.records {
             self.complete(r.completion, Err(err.clone()));
         }
     }
 
+    /// Forget a numbered batch that is finished; true if it was numbered.
+    fn resolve(&mut self, batch: &Batch) -> bool {
+        let Some(ids) = self.unresolved.get_mut(&batch.tp) else { return false };
+        let was = ids.remove(&batch.id);
+        if ids.is_empty() {
+            self.unresolved.remove(&batch.tp);
+        }
+        was
+    }
+
+    /// Get a producer id from any broker, unless one is held or the last
+    /// try was within the retry backoff. Without one nothing is sent.
+    async fn ensure_producer_id(&mut self) {
+        if self.reset_pending && self.requests_in_flight == 0 {
+            self.reset_producer();
+        }
+        if self.producer.is_some() || self.acc.is_empty() {
+            return;
+        }
+        let now = self.env.elapsed();
+        if self.last_init.is_some_and(|at| now < at + self.backoff()) {
+            return;
+        }
+        self.last_init = Some(now);
+        let resp = self
+            .cluster
+            .send_any(|_| {
+                InitProducerIdRequest::default()
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id((-1).into())
+                    .with_producer_epoch(-1)
+            })
+            .await;
+        match resp {
+            Ok(r) if r.error_code == 0 && r.producer_id.0 >= 0 => {
+                self.producer = Some((r.producer_id.0, r.producer_epoch));
+            }
+            Ok(r) => tracing::debug!(error_code = r.error_code, "InitProducerId refused; retrying"),
+            Err(e) => tracing::debug!(error = %e, "InitProducerId failed; retrying"),
+        }
+    }
+
+    /// Start over after a gap in a partition's sequence: every request has
+    /// returned, so fail the queued batches that may already be in the log
+    /// (resending them under a new id could store them twice) and renumber
+    /// the rest under the new id.
+    fn reset_producer(&mut self) {
+        debug_assert_eq!(self.requests_in_flight, 0);
+        let doubtful = self.acc.take_queued(|b| b.encoded.is_some() && b.maybe_written);
+        for batch in doubtful {
+            let err = ClientError::Protocol("producer id replaced while the batch was unresolved".into());
+            self.fail_batch(batch, err);
+        }
+        for batch in self.acc.queued_mut() {
+            batch.encoded = None;
+        }
+        self.producer = None;
+        self.next_sequence.clear();
+        self.unresolved.clear();
+        self.reset_pending = false;
+    }
+
     /// Drain ready batches, group them by leader and send one request per
-    /// leader (split at `max.request.size`).
+    /// leader (split at `max.request.size`), keeping within the in-flight
+    /// limit of each broker connection.
     fn send_ready(&mut self, now: Duration) {
+        let idempotent = self.config.enable_idempotence;
+        if idempotent && (self.producer.is_none() || self.reset_pending) {
+            return;
+        }
         let flushing = self.flushing();
+        let limit = self.config.max_in_flight_requests_per_connection;
         let mut by_leader: BTreeMap<i32, Vec<Batch>> = BTreeMap::new();
         for tp in self.acc.ready(now, flushing) {
             if self.stale.contains(&tp.topic) {
@@ -555,10 +696,29 @@ impl Sender {
                 self.stale.insert(tp.topic.clone());
                 continue;
             };
+            if self.leader_in_flight.get(&leader).copied().unwrap_or(0) >= limit {
+                continue;
+            }
             let Some(mut batch) = self.acc.drain(&tp) else { continue };
+            if self.config.planted_bug_renumber_retries && idempotent && batch.attempts > 1 {
+                batch.encoded = None;
+            }
             if batch.encoded.is_none() {
                 let records: Vec<OutRecord> = batch.records.iter().map(|r| r.record.clone()).collect();
-                match batch::encode(&records, self.config.compression_type) {
+                let fields = match self.producer.filter(|_| idempotent) {
+                    Some((id, epoch)) => {
+                        let seq = self.next_sequence.entry(tp.clone()).or_insert(0);
+                        let f = ProducerFields { id, epoch, base_sequence: *seq };
+                        *seq = seq.wrapping_add(records.len() as i32) & i32::MAX;
+                        let ids = self.unresolved.entry(tp.clone()).or_default();
+                        // (Only the planted bug numbers a batch twice.)
+                        ids.insert(batch.id);
+                        f
+                    }
+                    None => ProducerFields::NONE,
+                };
+                let codec = self.config.compression_type;
+                match batch::encode_v2(&records, fields, codec.codec()) {
                     Ok(b) => batch.encoded = Some(b),
                     Err(e) => {
                         self.acc.done(&tp);
@@ -599,18 +759,25 @@ impl Sender {
 
     fn spawn_request(&mut self, leader: i32, batches: Vec<Batch>) {
         self.requests_in_flight += 1;
+        *self.leader_in_flight.entry(leader).or_default() += 1;
         let cluster = self.cluster.clone();
         let acks = self.config.acks;
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let tx = self.outcomes_tx.clone();
         io::spawn(&self.env, "producer-request", async move {
             let result = produce(&cluster, leader, acks, timeout, &batches).await;
-            let _ = tx.send(RequestOutcome { batches, result });
+            let _ = tx.send(RequestOutcome { leader, batches, result });
         });
     }
 
     fn handle_outcome(&mut self, outcome: RequestOutcome) {
         let now = self.env.elapsed();
+        if let Some(n) = self.leader_in_flight.get_mut(&outcome.leader) {
+            *n -= 1;
+            if *n == 0 {
+                self.leader_in_flight.remove(&outcome.leader);
+            }
+        }
         for mut batch in outcome.batches {
             let tp = batch.tp.clone();
             // Ok((base offset, log append time)) or the error.
@@ -645,6 +812,7 @@ impl Sender {
                 Ok((base, append_time)) => {
                     let acks0 = self.config.acks == 0;
                     self.acc.done(&tp);
+                    self.resolve(&batch);
                     for (i, r) in batch.records.into_iter().enumerate() {
                         let meta = RecordMetadata {
                             topic: tp.topic.clone(),
@@ -663,7 +831,17 @@ impl Sender {
                     }
                     let within_retries = batch.attempts <= self.config.retries as u32;
                     let within_deadline = now < batch.created + self.delivery_timeout();
-                    if e.is_retriable() && within_retries && within_deadline {
+                    // Refused as out of order behind an earlier batch still
+                    // unresolved: it goes again once that one is through.
+                    let behind = matches!(
+                        e.broker_error(),
+                        Some(ResponseError::OutOfOrderSequenceNumber | ResponseError::UnknownProducerId)
+                    ) && self
+                        .unresolved
+                        .get(&tp)
+                        .and_then(|ids| ids.first())
+                        .is_some_and(|first| *first < batch.id);
+                    if (e.is_retriable() || behind) && within_retries && within_deadline {
                         self.acc.requeue(batch, now + self.backoff());
                     } else {
                         self.acc.done(&tp);

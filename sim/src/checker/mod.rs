@@ -12,6 +12,7 @@ mod index;
 mod kind;
 mod lost;
 mod polls;
+mod promise;
 mod report;
 mod sends;
 mod values;
@@ -24,6 +25,7 @@ mod testkit;
 mod tests;
 
 pub use kind::{AnomalyKind, CheckOptions, UnknownAnomalyKind};
+pub use promise::promised;
 pub use report::{Anomaly, Report, Stats};
 
 use crate::history::{History, OpKind, Outcome};

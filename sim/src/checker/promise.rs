@@ -1,0 +1,49 @@
+//! Which anomalies a configuration promises never to show, and so makes
+//! fatal. A check a correct broker can never trip is worth nothing as
+//! information: under the configuration that promises it, it fails the run.
+//!
+//! | anomaly | fatal when |
+//! |---|---|
+//! | anomaly | fatal when (and in every case only while the medium cannot corrupt fsynced data, see below) |
+//! |---|---|
+//! | `lost-write` | always for acknowledged sends (acks 1 or -1; acks 0 sends are recorded `info` and never count as acknowledged) |
+//! | `unseen` | always: the final read pages every partition to the log end the healed broker reports, so an acknowledged value it never returned was dropped |
+//! | `duplicate` | with idempotence on, or with no retries (one attempt per send cannot store a value twice); informational when a non-idempotent producer retries |
+//! | `inconsistent-offsets` | always |
+//! | `nonmonotonic-send` | always: a send invoked after another completed lands after it, retries or not |
+//! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
+//! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip` | always, even when the medium corrupts |
+//!
+//! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
+//! or misdirected writes, or fsync failures that drop pages: one replica
+//! cannot repair any of them, so a correct broker truncates at the damage,
+//! what was acknowledged after it is gone, and its offsets are handed out
+//! again. Then every anomaly that offset reuse produces is informational —
+//! `lost-write`, `unseen`, `duplicate`, `inconsistent-offsets`,
+//! `nonmonotonic-send`, `nonmonotonic-poll`, `poll-skip` — and what stays
+//! fatal is reading what nobody wrote or what definitely failed (`G1a`,
+//! `unexpected`), disorder inside one fetch (`int-*`), and, outside the
+//! checkers, a client accepting data that fails its CRC check. The runner's
+//! `corrupt-read` finding follows the same rule.
+
+use super::{AnomalyKind, CheckOptions};
+use crate::scenario::Scenario;
+
+/// The anomaly kinds `scenario` (resolved: no swarm ranges left) promises.
+pub fn promised(scenario: &Scenario) -> CheckOptions {
+    let w = &scenario.workload;
+    let rot = scenario.medium_may_corrupt();
+    let invalid_on = AnomalyKind::ALL
+        .into_iter()
+        .filter(|k| match k {
+            AnomalyKind::G1a
+            | AnomalyKind::Unexpected
+            | AnomalyKind::IntNonmonotonicPoll
+            | AnomalyKind::IntPollSkip => true,
+            _ if rot => false,
+            AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
+            _ => true,
+        })
+        .collect();
+    CheckOptions { invalid_on }
+}
