@@ -113,6 +113,8 @@ fn a_panic_in_a_broker_task_fails_the_run() {
     assert!(r.findings().contains("planted panic"), "{}", r.findings());
     let control = run_scenario(&scenario::builtin_named("steady").unwrap(), 1, &RunOptions::default()).unwrap();
     assert!(control.panics.is_empty(), "{:?}", control.panics);
+}
+
 /// The old workload (one send at a time, acks -1, no retries, no
 /// idempotence) on the partitions scenario without its swarm table.
 fn old_workload() -> Scenario {

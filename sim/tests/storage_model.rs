@@ -567,7 +567,7 @@ fn crash_with_holes(bugs: PlantedBugs) -> (Harness, PartitionLog, faultline_brok
     // block. A holed tear may lose that block too; take the first disk seed
     // whose tear keeps it, so the header looks right and only the CRC can
     // tell.
-    let (mut h, path, written, after) = (8..)
+    let (h, _path, written, after) = (8..)
         .map(|seed| {
             let mut h = Harness::with_config(seed, one_segment(1_000));
             let input = h.next_batches(&[BatchSpec { records: 1, pad: 10, gzip: false }]);

@@ -522,7 +522,12 @@ impl PartitionLog {
     /// Flush if `flush.messages` or `flush.ms` says it is time. Returns whether it flushed.
     pub fn maybe_flush(&mut self, now_ms: i64) -> Result<bool, StorageError> {
         let by_count = self.unflushed_records >= self.config.flush_messages.max(1);
-        let by_age = self.first_unflushed_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.config.flush_ms);
+        // Ages come from the wall clock, which can go back (an NTP step): a
+        // clock now earlier than the first unflushed append flushes at once,
+        // instead of holding acknowledgements until the clock catches up.
+        let by_age = self
+            .first_unflushed_ms
+            .is_some_and(|t| now_ms < t || now_ms.saturating_sub(t) >= self.config.flush_ms);
         if self.unflushed_records == 0 || !(by_count || by_age) {
             return Ok(false);
         }

@@ -451,12 +451,33 @@ impl Segment {
     /// Position of the batch holding `offset` (or the first after it), with
     /// its header; `None` if the segment ends before `offset`.
     fn locate(&self, offset: i64, reader: &mut Reader<'_>) -> Result<Option<(u64, BatchHeader)>, StorageError> {
-        let mut pos = self.index.floor(offset - self.base_offset).map_or(0, |e| e.position as u64);
+        let floor = self.index.floor(offset - self.base_offset);
+        let mut pos = floor.map_or(0, |e| e.position as u64);
+        // Offsets are dense: each batch continues the one before, starting
+        // from the index entry (or the segment's base). A header that does
+        // not is damage on the medium, reported instead of skipped, so a
+        // fetch never returns nothing forever at a rotted batch.
+        // An index entry names the last offset of the batch at its position.
+        let mut first_last = floor.map(|e| self.base_offset + e.relative_offset as i64);
+        let mut expected = self.base_offset;
         while pos < self.tail.size {
             let h = self.header_at(reader, pos)?;
+            let continues = match first_last.take() {
+                Some(last) => h.last_offset() == last,
+                None => h.base_offset == expected,
+            };
+            if !continues {
+                return Err(StorageError::CorruptMessage(format!(
+                    "batch at byte {pos} of segment {} holds offsets {}..={}, which do not continue the log",
+                    self.base_offset,
+                    h.base_offset,
+                    h.last_offset()
+                )));
+            }
             if h.last_offset() >= offset {
                 return Ok(Some((pos, h)));
             }
+            expected = h.next_offset();
             pos += h.size() as u64;
         }
         Ok(None)
@@ -498,6 +519,20 @@ impl Segment {
         loop {
             let fits = (end - start) + h.size() as u64 <= max_bytes as u64 || (min_one && end == start);
             if h.last_offset() >= max_offset || !fits {
+                if end == start && end + (h.size() as u64) < self.tail.size {
+                    // Nothing to return, yet a batch follows: it must continue
+                    // this one, or this header's offsets are damaged and the
+                    // fetch would wait for them forever.
+                    let after = self.header_at(&mut reader, end + h.size() as u64)?;
+                    if after.base_offset != h.next_offset() {
+                        return Err(StorageError::CorruptMessage(format!(
+                            "batch at byte {end} of segment {} ends at offset {}, but the next starts at {}",
+                            self.base_offset,
+                            h.last_offset(),
+                            after.base_offset
+                        )));
+                    }
+                }
                 break;
             }
             end += h.size() as u64;

@@ -201,6 +201,12 @@ fn flush_policy_holds_back_the_durable_offset() {
     assert_eq!(log.durable_offset(), 4);
     log.append(&encode_at(3, 1, Compression::None), 2000).unwrap();
     assert_eq!(log.durable_offset(), 14, "ten unflushed records trigger a flush");
+    // The wall clock steps back past the first unflushed append: flush now,
+    // rather than hold acknowledgements until the clock catches up.
+    log.append(&encode_at(1, 1, Compression::None), 5000).unwrap();
+    assert!(!log.maybe_flush(5500).unwrap());
+    assert!(log.maybe_flush(4000).unwrap());
+    assert_eq!(log.durable_offset(), 15);
 }
 
 #[test]
@@ -717,4 +723,21 @@ fn idle_producers_expire_and_start_over_at_any_sequence() {
     // Opening at a later time does not bring it back.
     let (log, _) = PartitionLog::open(f.fs.clone(), f.dir.clone(), config, PlantedBugs::default(), 50_000).unwrap();
     assert!(log.producer_state().is_empty());
+}
+
+/// A batch whose offsets rot on the medium must fail a read that reaches
+/// it, not make every fetch there return nothing forever.
+#[test]
+fn a_read_at_a_batch_whose_offsets_rotted_fails_instead_of_returning_nothing() {
+    let f = fixture();
+    let (mut log, _) = f.open_with(LogConfig { segment_bytes: 1 << 20, ..small_config() }, PlantedBugs::default());
+    let stored = fill(&mut log, 4, 2);
+    log.flush().unwrap();
+    // The second batch's lastOffsetDelta (bytes 23..27 of its header).
+    let second = stored[0].len() as u64;
+    f.flip_byte(&f.segment(0, "log"), second + 26);
+    assert!(matches!(log.read(2, 1 << 20, log.durable_offset()), Err(StorageError::CorruptMessage(_))));
+    assert!(matches!(log.read(4, 1 << 20, log.durable_offset()), Err(StorageError::CorruptMessage(_))));
+    // Reads before the damage still work.
+    assert!(!log.read(0, 1, log.durable_offset()).unwrap().records.is_empty());
 }
