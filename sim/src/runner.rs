@@ -333,6 +333,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
 
     for (i, name) in roles.brokers.iter().enumerate() {
         let node = NodeState::new(seed, name);
+        node.set_buggify(scenario.faults.buggify);
         // The data directory is provisioned, durable before the broker
         // first starts, as an operator would leave it.
         use faultline_broker::io::Fs;
@@ -380,6 +381,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
 
     let ctx_for = |name: &str, nodes: &mut BTreeMap<String, Arc<NodeState>>| {
         let node = NodeState::new(seed, name);
+        node.set_buggify(scenario.faults.buggify);
         nodes.insert(name.to_string(), node.clone());
         ClientCtx {
             node,

@@ -189,6 +189,11 @@ pub struct Faults {
     pub disk: DiskFaults,
     #[serde(default)]
     pub nemeses: Vec<Nemesis>,
+    /// How often each buggify site in broker and client code takes its rare
+    /// path (spurious wake-ups, short reads, slow disk calls, early polls);
+    /// 0 turns buggify off.
+    #[serde(default)]
+    pub buggify: f64,
 }
 
 /// A recurring fault: every `interval_s` (jittered by ±50%) it strikes with
@@ -450,6 +455,9 @@ impl Scenario {
             bail!("duration_s + settle_s must stay within an hour of simulated time");
         }
         self.check_options()?;
+        if !(0.0..=0.5).contains(&self.faults.buggify) {
+            bail!("faults.buggify must be a probability from 0 to 0.5, got {}", self.faults.buggify);
+        }
         let c = &self.cluster;
         if c.brokers == 0 {
             bail!("cluster.brokers must be at least 1");

@@ -56,6 +56,10 @@ pub struct NodeState {
     pub disk: SimDisk,
     rng: Mutex<ChaCha8Rng>,
     clock: Mutex<ClockSkew>,
+    /// How often a buggify site fires on this node (0: never), and the
+    /// stream it draws from (its own, so turning buggify on changes no other
+    /// draw).
+    buggify: Mutex<(f64, ChaCha8Rng)>,
 }
 
 impl NodeState {
@@ -66,7 +70,14 @@ impl NodeState {
             disk: SimDisk::perfect(seed::derive(run_seed, &format!("disk/{name}"))),
             rng: Mutex::new(seed::rng(run_seed, &format!("node/{name}"))),
             clock: Mutex::new(ClockSkew::default()),
+            buggify: Mutex::new((0.0, seed::rng(run_seed, &format!("buggify/{name}")))),
         })
+    }
+
+    /// Make buggify sites on this node fire with `probability` each time
+    /// they are reached.
+    pub fn set_buggify(&self, probability: f64) {
+        self.buggify.lock().expect("buggify lock").0 = probability;
     }
 
     pub fn skew(&self) -> ClockSkew {
@@ -168,6 +179,20 @@ impl Io for SimIo {
 
     fn random_u64(&self) -> u64 {
         self.node.rng.lock().expect("rng lock").next_u64()
+    }
+
+    fn buggify(&self, site: &'static str) -> bool {
+        use rand::Rng;
+        let fired = {
+            let mut b = self.node.buggify.lock().expect("buggify lock");
+            let p = b.0;
+            p > 0.0 && b.1.random_bool(p)
+        };
+        if fired {
+            let at = sim_now().as_nanos() as u64;
+            self.trace.record(at, &self.node.name, EventKind::Node, format_args!("buggify {site}"));
+        }
+        fired
     }
 
     async fn pay_disk_latency(&self) {

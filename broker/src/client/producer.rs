@@ -861,6 +861,11 @@ async fn produce(
     timeout: Duration,
     batches: &[Batch],
 ) -> Result<BTreeMap<TopicPartition, PartitionAnswer>, ClientError> {
+    if cluster.env().buggify("producer.late-send") {
+        // A request that leaves late, so later batches can overtake it in
+        // the sender and retries meet answers out of order.
+        cluster.env().sleep(Duration::from_millis(1 + cluster.env().random_u64() % 30)).await;
+    }
     let conn = cluster.connection_to_node(leader).await?;
     let version = conn.version::<ProduceRequest>()?;
     let mut topics: BTreeMap<&str, Vec<PartitionProduceData>> = BTreeMap::new();

@@ -62,6 +62,13 @@ pub trait Io: Send + Sync + 'static {
     fn spawn(&self, name: &str, task: BoxFuture);
     /// A random u64 from this node's seeded stream.
     fn random_u64(&self) -> u64;
+    /// Buggify (as FoundationDB calls it): should the code at `site` take its
+    /// rare path now — a spurious wake-up, a short read, a slow disk call?
+    /// The simulator answers from the seed when a scenario asks for it, so
+    /// rare paths run often and replay; real mode always answers no.
+    fn buggify(&self, _site: &'static str) -> bool {
+        false
+    }
     /// Pay the latency the simulated disk charged since the last call. Real
     /// mode has nothing to pay. Callers above the seam use [`on_disk`], which
     /// pays for exactly the work it ran.

@@ -67,6 +67,10 @@ impl Shell {
         let clock = self.clock();
         let node = &*self.node;
         let (out, wake) = on_disk(&self.env, |disk| f(node, disk, clock)).await;
+        if self.env.buggify("shell.slow-disk") {
+            // A disk call that completes late: whatever it woke waits too.
+            self.env.sleep(Duration::from_millis(1 + self.env.random_u64() % 20)).await;
+        }
         for p in &wake {
             self.waiters.wake(p);
         }
@@ -199,6 +203,10 @@ async fn serve(shell: Arc<Shell>, mut stream: Box<dyn Stream>, peer: String, id:
     tokio::pin!(stopping);
     let idle = Duration::from_millis(config.connections_max_idle_ms);
     let mut reader = FrameReader::with_budget(config.socket_request_max_bytes, shell.request_budget.clone());
+    if shell.env.buggify("shell.short-reads") {
+        // Frames arrive a few bytes at a time on this connection.
+        reader.set_read_limit(7);
+    }
     loop {
         // Idle time counts from the last answered request, so a peer that
         // trickles a frame in byte by byte is closed like a silent one.
@@ -264,8 +272,10 @@ async fn wait(
     for n in &mut notified {
         n.as_mut().enable();
     }
-    // Registered before this check, so a move after it is not missed.
-    if parked.stale() {
+    // Registered before this check, so a move after it is not missed. A
+    // buggified wake-up resumes the request with nothing changed: it must
+    // park again, not answer early.
+    if parked.stale() || shell.env.buggify("shell.spurious-wakeup") {
         return Ok(());
     }
     let now = shell.env.elapsed();

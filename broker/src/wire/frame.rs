@@ -78,16 +78,24 @@ pub struct FrameReader {
     held: Option<OwnedSemaphorePermit>,
     /// Permits for the frame last returned, still being answered.
     answering: Option<OwnedSemaphorePermit>,
+    /// The most one read takes from the socket (tests and buggify shrink it).
+    read_limit: usize,
 }
 
 impl FrameReader {
     pub fn new(max: usize) -> FrameReader {
-        FrameReader { buf: BytesMut::new(), max, budget: None, held: None, answering: None }
+        FrameReader { buf: BytesMut::new(), max, budget: None, held: None, answering: None, read_limit: READ_CHUNK }
     }
 
     /// A reader whose buffered bytes count against `budget`.
     pub fn with_budget(max: usize, budget: Arc<Semaphore>) -> FrameReader {
         FrameReader { budget: Some(budget), ..FrameReader::new(max) }
+    }
+
+    /// Read at most `limit` bytes at a time (at least 1): frames then arrive
+    /// in many pieces, as a slow network delivers them.
+    pub fn set_read_limit(&mut self, limit: usize) {
+        self.read_limit = limit.clamp(1, READ_CHUNK);
     }
 
     /// Bytes buffered and not yet returned as a frame.
@@ -169,7 +177,8 @@ impl FrameReader {
                 Ok(size) => (4 + size).saturating_sub(n).clamp(1, READ_CHUNK),
                 Err(_) => 1,
             },
-        };
+        }
+        .min(self.read_limit);
         let mut permit = match &self.budget {
             Some(budget) => Some(
                 budget.clone().acquire_many_owned(want as u32).await.map_err(|_| std::io::Error::other("budget closed"))?,
