@@ -145,6 +145,13 @@ pub struct BrokerConfig {
     /// Topics one Metadata request may auto-create; the rest of the request's
     /// unknown topics get UNKNOWN_TOPIC_OR_PARTITION (clients retry).
     pub max_auto_created_topics_per_request: usize,
+    /// Files (segments, indexes, metadata) the logs hold open at once; the
+    /// least recently used are closed and reopened on demand, so many
+    /// partitions or tiny segments cost disk, not descriptors. Files with
+    /// unsynced writes stay open, so this may be passed briefly. Keep it plus
+    /// `max_connections` under the process's descriptor limit. Kafka has no
+    /// such setting (it keeps every segment open).
+    pub max_open_files: usize,
     /// Defaults for every topic's log.
     pub log: LogConfig,
     /// Planted bugs (simulation only).
@@ -169,6 +176,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 55 * 1024 * 1024,
             max_partitions: 10_000,
             max_auto_created_topics_per_request: 10,
+            max_open_files: crate::storage::open_files::DEFAULT_MAX_OPEN_FILES,
             log: LogConfig::default(),
             bugs: PlantedBugs::default(),
         }

@@ -17,6 +17,8 @@ mod invariant;
 pub mod client;
 pub mod compression;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod io;
 pub mod record_batch;
 pub mod server;
