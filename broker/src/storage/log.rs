@@ -176,8 +176,16 @@ impl PartitionLog {
         }
         // Derived state first: the recovery point may only vouch for what
         // the epoch checkpoint covers.
-        log.epochs.write_if_dirty(&*log.fs, &log.dir)?;
-        write_checkpoint(&*log.fs, &log.dir, log_end)?;
+        // Best effort, as at every flush: on a full disk the log still opens
+        // (reads work; appends fail until space returns).
+        if let Some(e) = log.write_checkpoints(true) {
+            tracing::warn!(
+                dir = %log.dir.display(),
+                error = %e,
+                "partition opened but its directory cannot be written (disk full?): reads are served, appends fail \
+                 with KAFKA_STORAGE_ERROR until space returns"
+            );
+        }
         // PLANTED BUG `duplicate_offset_after_crash`: restart offset assignment
         // from the last index entry (or the stale recovery point) instead of
         // the recovered log end, so new batches reuse existing offsets.
@@ -484,31 +492,41 @@ impl PartitionLog {
         self.recovery_point = log_end;
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
-        // The checkpoint only bounds recovery's scan; refreshing it once per
-        // roll keeps that scan to the last segment or two. The data is
-        // durable by now, so failing to write it fails nothing: the old
-        // checkpoint stays (the new one lands by an atomic rename or not at
-        // all) and is behind, never ahead. Retry at the next flush. The
-        // epoch checkpoint goes first: recovery trusts it below the
-        // recovery point.
+        let _ = self.write_checkpoints(rolled);
+        Ok(())
+    }
+
+    /// Write the leader-epoch checkpoint if it changed, then (if `due`, or a
+    /// write is owed) the recovery-point checkpoint.
+    ///
+    /// The recovery-point checkpoint only bounds recovery's scan; refreshing
+    /// it once per roll keeps that scan to the last segment or two. The data
+    /// is durable before it is written, so failing to write it fails
+    /// nothing: the old checkpoint stays (the new one lands by an atomic
+    /// rename or not at all) and is behind, never ahead. Retried at the next
+    /// flush. The epoch checkpoint goes first: recovery trusts it below the
+    /// recovery point. Returns the error of a failed write.
+    fn write_checkpoints(&mut self, due: bool) -> Option<io::Error> {
         let epochs_written = match self.epochs.write_if_dirty(&*self.fs, &self.dir) {
-            Ok(()) => true,
+            Ok(()) => None,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "writing the leader-epoch checkpoint failed; will retry");
                 self.checkpoint_due = true;
-                false
+                Some(e)
             }
         };
-        if epochs_written && (rolled || self.checkpoint_due) {
+        if epochs_written.is_none() && (due || self.checkpoint_due) {
+            let log_end = self.log_end_offset();
             match write_checkpoint(&*self.fs, &self.dir, log_end) {
                 Ok(()) => self.checkpoint_due = false,
                 Err(e) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery-point checkpoint failed; will retry");
                     self.checkpoint_due = true;
+                    return Some(e);
                 }
             }
         }
-        Ok(())
+        epochs_written
     }
 
     /// Flush and snapshot the producer state at the log end, as a clean
