@@ -5,10 +5,13 @@
 //! truncating) on its next use. Segment, index and metadata files all go
 //! through it, so a flood of tiny segments costs disk, not descriptors.
 //!
-//! A file written since its last fsync is never closed: closing and
-//! reopening must not weaken what a later fsync covers. Only the active
-//! segments of partitions with unflushed data are pinned so; everything
-//! else — rolled segments and their indexes — is fair game. Renames through
+//! A file written since its last fsync is not closed: an fsync through a
+//! reopened descriptor does cover the writes made through the old one (the
+//! data lives with the file, not the descriptor), but the old descriptor is
+//! the one a write-back error is reported to first. Only the active segments
+//! of partitions with unflushed appends are pinned so; a resize (creating or
+//! cutting a file) does not pin it, or every new partition's empty files
+//! would stay open until its first roll. Renames through
 //! the wrapper carry open handles to the new name. The budget may be passed
 //! while every open file is pinned; it is a target, not a hard wall.
 
@@ -45,7 +48,7 @@ struct State {
 struct Handle {
     path: PathBuf,
     file: Option<(Shared, u64)>,
-    /// Written or resized since the last successful fsync.
+    /// Written since the last successful fsync.
     dirty: bool,
 }
 
@@ -211,7 +214,6 @@ impl File for BudgetedFile {
         self.with(|f| f.write_at(buf, offset))
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.set_dirty(true);
         self.with(|f| f.set_len(len))
     }
     fn sync(&mut self) -> io::Result<()> {
