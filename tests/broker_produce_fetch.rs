@@ -170,7 +170,7 @@ async fn acks_zero_gets_no_response_and_keeps_order() {
 async fn topics_and_records_survive_a_restart() {
     let mut b = TestBroker::start().await;
     let mut c = b.connect().await;
-    create_topic(&mut c, "durable", 2, &[("segment.bytes", "100000")]).await;
+    create_topic(&mut c, "durable", 2, &[("segment.bytes", "1048576")]).await;
     produce(&mut c, "durable", 1, batch(Compression::Gzip, &["kept"])).await;
     drop(c);
     b.restart().await;

@@ -102,7 +102,7 @@ async fn create_describe_and_delete_topics() {
 
     let mut req = CreateTopicsRequest::default();
     req.validate_only = true;
-    req.topics = vec![new_topic("t1", 2, &[("segment.bytes", "65536")])];
+    req.topics = vec![new_topic("t1", 2, &[("segment.bytes", "2097152")])];
     let resp: CreateTopicsResponse = c.call(7, &req).await;
     assert_eq!(resp.topics[0].error_code, 0);
     assert_eq!(resp.topics[0].num_partitions, 2);
@@ -115,7 +115,7 @@ async fn create_describe_and_delete_topics() {
     let mut defaulted = new_topic("t4", -1, &[]);
     defaulted.replication_factor = -1;
     req.topics = vec![
-        new_topic("t1", 2, &[("segment.bytes", "65536")]),
+        new_topic("t1", 2, &[("segment.bytes", "2097152")]),
         new_topic("bad name", 1, &[]),
         rf3,
         new_topic("t5", 1, &[("retention.bytes", "1")]),
@@ -148,7 +148,7 @@ async fn create_describe_and_delete_topics() {
     let resp: DescribeConfigsResponse = c.call(4, &d).await;
     let configs = &resp.results[0].configs;
     let seg = configs.iter().find(|e| e.name.as_str() == "segment.bytes").unwrap();
-    assert_eq!(seg.value.as_deref(), Some("65536"));
+    assert_eq!(seg.value.as_deref(), Some("2097152"));
     assert_eq!(seg.config_source, 1, "DYNAMIC_TOPIC_CONFIG");
     let flush = configs.iter().find(|e| e.name.as_str() == "flush.messages").unwrap();
     assert_eq!((flush.value.as_deref(), flush.config_source), (Some("1"), 5));

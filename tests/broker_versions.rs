@@ -220,7 +220,7 @@ async fn create_topics_at(conn: &mut Conn, v: i16) -> Result<(), String> {
     let mut req = CreateTopicsRequest::default();
     req.timeout_ms = 5000;
     req.topics = vec![
-        new_topic(&format!("created-v{v}"), 2, &[("segment.bytes", "65536")]),
+        new_topic(&format!("created-v{v}"), 2, &[("segment.bytes", "2097152")]),
         // Already exists: the error path.
         new_topic(TOPIC, 1, &[]),
     ];

@@ -9,8 +9,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// `segment.bytes`: roll a new segment when the active one would exceed this.
+    /// `segment.bytes`: roll a new segment when the active one would exceed
+    /// this. At least [`MIN_SEGMENT_BYTES`] (1 MiB, as Kafka 4 enforces) in a
+    /// topic config or a `faultline serve` config.
     pub segment_bytes: u64,
+    /// `internal.segment.bytes` (Kafka 4's internal override): when set, the
+    /// segment size in effect, with no minimum beyond one batch header. For
+    /// tests and the simulator, which want many small segments; a broker-side
+    /// setting only, never accepted from a client's topic config.
+    pub internal_segment_bytes: Option<u64>,
     /// `segment.ms`: roll when the active segment's first batch is older than this.
     pub segment_ms: i64,
     /// `index.interval.bytes`: bytes of log between sparse index entries.
@@ -26,12 +33,36 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms` (a broker setting in Kafka): forget an
     /// idempotent producer whose last batch is this much older than now.
     pub producer_id_expiration_ms: i64,
+    /// The most bytes one compressed batch may decompress to, whatever its
+    /// codec; at least `max.message.bytes` (what the batch could hold
+    /// uncompressed). Checked while decompressing — on produce (beyond it:
+    /// MESSAGE_TOO_LARGE, so Kafka producers split the batch) and on every
+    /// read of stored batches — so a small compression bomb costs at most
+    /// this much memory. Broker-wide; Kafka has no such setting.
+    pub max_decompressed_batch_bytes: usize,
+}
+
+/// Smallest `segment.bytes` a topic config or `faultline serve` accepts
+/// (Kafka 4: 1 MiB). Tiny segments cost descriptors and metadata per byte.
+pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+
+impl LogConfig {
+    /// The segment size in effect: `internal.segment.bytes` if set, else `segment.bytes`.
+    pub fn effective_segment_bytes(&self) -> u64 {
+        self.internal_segment_bytes.unwrap_or(self.segment_bytes)
+    }
+
+    /// The decompressed size a stored or produced batch may reach.
+    pub fn decompressed_batch_limit(&self) -> usize {
+        self.max_decompressed_batch_bytes.max(self.max_message_bytes)
+    }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
+            internal_segment_bytes: None,
             segment_ms: 7 * 24 * 3600 * 1000,
             index_interval_bytes: 4096,
             flush_messages: 1,
@@ -39,6 +70,7 @@ impl Default for LogConfig {
             max_message_bytes: 1_048_588,
             message_timestamp_type: "CreateTime".into(),
             producer_id_expiration_ms: 86_400_000,
+            max_decompressed_batch_bytes: crate::compression::DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
         }
     }
 }
@@ -118,6 +150,13 @@ pub struct BrokerConfig {
     /// Topics one Metadata request may auto-create; the rest of the request's
     /// unknown topics get UNKNOWN_TOPIC_OR_PARTITION (clients retry).
     pub max_auto_created_topics_per_request: usize,
+    /// Files (segments, indexes, metadata) the logs hold open at once; the
+    /// least recently used are closed and reopened on demand, so many
+    /// partitions or tiny segments cost disk, not descriptors. Files with
+    /// unsynced writes stay open, so this may be passed briefly. Keep it plus
+    /// `max_connections` under the process's descriptor limit. Kafka has no
+    /// such setting (it keeps every segment open).
+    pub max_open_files: usize,
     /// Defaults for every topic's log.
     pub log: LogConfig,
     /// Planted bugs (simulation only).
@@ -142,6 +181,7 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 55 * 1024 * 1024,
             max_partitions: 10_000,
             max_auto_created_topics_per_request: 10,
+            max_open_files: crate::storage::open_files::DEFAULT_MAX_OPEN_FILES,
             log: LogConfig::default(),
             bugs: PlantedBugs::default(),
         }

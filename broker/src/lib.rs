@@ -7,6 +7,7 @@
 //! - [`server`]: the broker node: topics, request handlers, long-poll fetch.
 //! - [`client`]: producer, consumer and admin clients over the same seam.
 //! - [`config`]: broker and topic configuration, and the planted-bug switches.
+//! - [`compression`]: bounded decompression of record batches, every codec.
 //! - [`record_batch`]: the one definition of the Kafka v2 record batch
 //!   layout, used by storage, wire and client alike.
 
@@ -14,7 +15,10 @@
 mod invariant;
 
 pub mod client;
+pub mod compression;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod io;
 pub mod record_batch;
 pub mod server;

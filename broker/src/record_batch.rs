@@ -1,6 +1,6 @@
 //! The Kafka record batch v2 (magic 2) layout, defined once: field offsets,
-//! header parsing, the CRC-32C, attribute bits, and the in-place setters the
-//! broker uses. Storage, the wire validation and the clients all read batches
+//! header parsing, the CRC-32C, attribute bits, the in-place setters the
+//! broker uses, and a bounded walk over the records inside a batch. Storage, the wire validation and the clients all read batches
 //! through this module. Batches are stored as received.
 //!
 //! Layout of the 61-byte header (big-endian), as in Kafka's
@@ -18,6 +18,8 @@
 //! the base offset and the partition leader epoch without recomputing it.
 
 use bytes::Bytes;
+
+use crate::compression::{self, DecompressError};
 
 /// Bytes before `batchLength` counts: baseOffset and batchLength itself.
 pub const LOG_OVERHEAD: usize = 12;
@@ -310,6 +312,151 @@ impl ValidatedBatches {
     pub fn record_count(&self) -> u64 {
         self.batches.iter().map(|(_, h)| h.record_count as u64).sum()
     }
+}
+
+/// What a walk over a batch's records reports of each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub offset_delta: i32,
+    pub timestamp_delta: i64,
+}
+
+/// Walk the records of one whole batch whose header is `h`, decompressing
+/// its body (bounded by `limit` decompressed bytes) and checking that every
+/// record parses, that offset deltas run 0, 1, 2, ... and that there are
+/// exactly as many records as the header says. `visit` sees each record in
+/// order and returns false to stop the walk early (nothing after is checked).
+///
+/// Records are walked in place rather than decoded with `RecordBatchDecoder`:
+/// that decoder reserves memory for the record and header counts a batch
+/// claims before reading them. Here every count is bounded by the bytes
+/// actually present, and a compressed body is streamed, so the memory a walk
+/// takes is one record, not the whole decompressed batch.
+pub fn walk_records(
+    batch: &[u8],
+    h: &BatchHeader,
+    limit: usize,
+    visit: &mut dyn FnMut(RecordMeta) -> bool,
+) -> Result<(), DecompressError> {
+    use std::io::Read;
+    let codec = h.compression();
+    let body = batch.get(HEADER_SIZE..).unwrap_or_default();
+    let mut r = std::io::BufReader::with_capacity(64 << 10, compression::reader(codec, body, limit)?);
+    let io_err = |e| compression::classify(codec, e);
+    let corrupt = |m: String| DecompressError::Corrupt(m);
+    let count = h.record_count.max(0) as usize;
+    let mut rec = Vec::new();
+    for i in 0..count {
+        let len = stream_varint(&mut r).map_err(io_err)?.ok_or_else(|| corrupt(format!("record {i}: bad length")))?;
+        let Ok(len) = usize::try_from(len) else {
+            return Err(corrupt(format!("record {i}: negative length {len}")));
+        };
+        rec.clear();
+        // Grows with the bytes that arrive, never to the length claimed.
+        (&mut r).take(len as u64).read_to_end(&mut rec).map_err(io_err)?;
+        if rec.len() < len {
+            return Err(corrupt(format!("record {i}: length {len} overruns the batch")));
+        }
+        let mut slice = &rec[..];
+        let meta = walk_record(&mut slice, i).ok_or_else(|| corrupt(format!("record {i} is malformed")))?;
+        if !slice.is_empty() {
+            return Err(corrupt(format!("record {i} has {} unparsed bytes", slice.len())));
+        }
+        if !visit(meta) {
+            return Ok(());
+        }
+    }
+    if compression::read_byte(&mut r).map_err(io_err)?.is_some() {
+        return Err(corrupt(format!("bytes after the last of {count} records")));
+    }
+    Ok(())
+}
+
+/// attributes, timestamp delta, offset delta, key, value, headers.
+fn walk_record(rec: &mut &[u8], index: usize) -> Option<RecordMeta> {
+    take(rec, 1)?;
+    let timestamp_delta = varlong(rec)?;
+    let offset_delta = varint(rec)?;
+    // Kafka requires offset deltas 0, 1, 2, ... within a batch.
+    if offset_delta as i64 != index as i64 {
+        return None;
+    }
+    skip_field(rec, true)?;
+    skip_field(rec, true)?;
+    let headers = varint(rec)?;
+    if headers < 0 {
+        return None;
+    }
+    for _ in 0..headers {
+        skip_field(rec, false)?;
+        skip_field(rec, true)?;
+    }
+    Some(RecordMeta { offset_delta, timestamp_delta })
+}
+
+fn skip_field(buf: &mut &[u8], nullable: bool) -> Option<()> {
+    match varint(buf)? {
+        -1 if nullable => Some(()),
+        n if n >= 0 => take(buf, n as usize).map(|_| ()),
+        _ => None,
+    }
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if buf.len() < n {
+        return None;
+    }
+    let (head, tail) = buf.split_at(n);
+    *buf = tail;
+    Some(head)
+}
+
+fn zigzag32(v: u64) -> Option<i32> {
+    let v = u32::try_from(v).ok()?;
+    Some(((v >> 1) as i32) ^ -((v & 1) as i32))
+}
+
+/// Zigzag varint (i32), as record fields are encoded.
+fn varint(buf: &mut &[u8]) -> Option<i32> {
+    zigzag32(unsigned_varint(&mut || take(buf, 1).map(|b| b[0]), 5)?)
+}
+
+/// Zigzag varlong (i64).
+fn varlong(buf: &mut &[u8]) -> Option<i64> {
+    let v = unsigned_varint(&mut || take(buf, 1).map(|b| b[0]), 10)?;
+    Some(((v >> 1) as i64) ^ -((v & 1) as i64))
+}
+
+/// A zigzag varint read from a stream: `Ok(None)` if it is malformed or the
+/// stream ends inside it.
+fn stream_varint(r: &mut dyn std::io::BufRead) -> std::io::Result<Option<i32>> {
+    let mut failed = None;
+    let v = unsigned_varint(
+        &mut || match compression::read_byte(r) {
+            Ok(b) => b,
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        },
+        5,
+    );
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(v.and_then(zigzag32)),
+    }
+}
+
+fn unsigned_varint(next: &mut dyn FnMut() -> Option<u8>, max_bytes: usize) -> Option<u64> {
+    let mut value = 0u64;
+    for i in 0..max_bytes {
+        let b = next()?;
+        value |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

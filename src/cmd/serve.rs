@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use faultline_broker::config::BrokerConfig;
+use faultline_broker::config::{BrokerConfig, MIN_SEGMENT_BYTES};
 use faultline_broker::io::real::RealIo;
 use faultline_broker::server;
 
@@ -58,6 +58,12 @@ pub fn build_config(args: &Args, file_text: Option<&str>) -> anyhow::Result<Brok
         anyhow::ensure!(n >= 1, "--num-partitions must be at least 1, not {n}");
         config.num_partitions = n;
     }
+    anyhow::ensure!(
+        config.log.segment_bytes >= MIN_SEGMENT_BYTES,
+        "log segment_bytes {} is below the minimum {MIN_SEGMENT_BYTES} (1 MiB); internal_segment_bytes sets smaller \
+         segments for tests",
+        config.log.segment_bytes
+    );
     if config.bugs.any() {
         anyhow::bail!(
             "the config enables planted bugs ({:?}); they exist only for the simulator and `serve` refuses them",
@@ -125,5 +131,13 @@ mod tests {
         a.data_dir = None;
         assert!(build_config(&a, None).is_err());
         assert!(build_config(&args(), Some("no_such_field = 1")).is_err());
+    }
+
+    #[test]
+    fn segment_bytes_has_kafkas_minimum_and_the_internal_setting_bypasses_it() {
+        let err = build_config(&args(), Some("[log]\nsegment_bytes = 100\n")).unwrap_err();
+        assert!(err.to_string().contains("minimum"), "{err}");
+        let c = build_config(&args(), Some("[log]\ninternal_segment_bytes = 100\n")).unwrap();
+        assert_eq!(c.log.effective_segment_bytes(), 100);
     }
 }

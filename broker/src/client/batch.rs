@@ -16,6 +16,7 @@ use kafka_protocol::records::{
 
 use super::consumer::ConsumerRecord;
 use super::{ClientError, Header};
+use crate::compression::{self, DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES};
 use crate::record_batch::{peek_offset_and_length, BatchHeader, LOG_OVERHEAD};
 
 /// Size of a v2 batch header (`RECORD_BATCH_OVERHEAD`), what every batch
@@ -198,7 +199,7 @@ fn decode_into(
         }
         let mut batch = data.split_to(total);
         let header = BatchHeader::parse(&batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
-        let set = RecordBatchDecoder::decode(&mut batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
+        let set = decode_bounded(&mut batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
         for r in set.records {
             if r.control || r.offset < fetch_offset {
                 continue;
@@ -218,6 +219,17 @@ fn decode_into(
         out.next_offset = Some(header.next_offset());
     }
     Ok(())
+}
+
+/// Decode one batch, decompressing its records through the bounded
+/// decompressor: a broker (or a corrupted read) serving a compression bomb
+/// costs the consumer at most [`DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES`].
+fn decode_bounded(batch: &mut Bytes) -> anyhow::Result<kafka_protocol::records::RecordSet> {
+    let decompress = |body: &mut Bytes, c: kafka_protocol::records::Compression| -> anyhow::Result<Bytes> {
+        let out = compression::decompress(c as u8, body, DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES)?;
+        Ok(Bytes::from(out))
+    };
+    RecordBatchDecoder::decode_with_custom_compression(batch, Some(decompress))
 }
 
 #[cfg(test)]
@@ -243,6 +255,20 @@ mod tests {
         let mut b = BytesMut::from(&batch[..]);
         crate::record_batch::set_base_offset(&mut b, base);
         b.freeze()
+    }
+
+    #[test]
+    fn a_fetched_bomb_is_a_corrupt_record_not_an_allocation() {
+        // One record of 80 MiB of zeros: about 80 KiB gzipped, past the
+        // consumer's 64 MiB bound expanded.
+        let huge =
+            OutRecord { key: None, value: Some(Bytes::from(vec![0u8; 80 << 20])), headers: vec![], timestamp: 1 };
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let batch = encode(std::slice::from_ref(&huge), c).unwrap();
+            assert!(batch.len() < 1 << 20, "{c:?}: {}", batch.len());
+            let err = decode(at_offset(&batch, 0), "t", 0, 0).unwrap_err();
+            assert!(err.to_string().contains("more than"), "{c:?}: {err}");
+        }
     }
 
     #[test]

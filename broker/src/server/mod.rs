@@ -19,6 +19,8 @@ pub mod topic_config;
 pub mod topics;
 
 #[cfg(test)]
+mod full_disk_tests;
+#[cfg(test)]
 mod node_tests;
 
 use std::net::SocketAddr;

@@ -140,6 +140,8 @@ impl Node {
         );
         anyhow::ensure!(config.max_connections >= 1 && config.max_connections_per_ip >= 1, "connection limits must be at least 1");
         anyhow::ensure!(config.fetch_max_bytes >= 1, "fetch_max_bytes must be at least 1");
+        anyhow::ensure!(config.max_open_files >= 1, "max_open_files must be at least 1");
+        let fs: Arc<dyn Fs> = Arc::new(crate::storage::OpenFiles::new(fs, config.max_open_files));
         let topics = Topics::open(fs.clone(), config.clone(), now_ms, seed)
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let producer_ids = ProducerIds::open(fs, &config.data_dir)

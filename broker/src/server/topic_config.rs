@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, MIN_SEGMENT_BYTES};
 
 /// Kafka's `ConfigType` codes as DescribeConfigs reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,12 @@ pub fn apply_overrides(base: &LogConfig, overrides: &BTreeMap<String, String>) -
                 "CreateTime" | "LogAppendTime" => c.message_timestamp_type = value.clone(),
                 _ => return Err(format!("{name} must be CreateTime or LogAppendTime, not {value:?}")),
             },
-            "segment.bytes" => c.segment_bytes = positive(name, value)?,
+            "segment.bytes" => {
+                c.segment_bytes = positive(name, value)?;
+                if c.segment_bytes < MIN_SEGMENT_BYTES {
+                    return Err(format!("{name} must be at least {MIN_SEGMENT_BYTES} (1 MiB), not {value:?}"));
+                }
+            }
             "segment.ms" => c.segment_ms = positive(name, value)?,
             _ => {
                 return Err(format!("unknown topic config {name:?}; supported: {}", TOPIC_CONFIG_NAMES.join(", ")));
@@ -96,13 +101,13 @@ mod tests {
 
     #[test]
     fn overrides_apply_and_show_as_overrides() {
-        let o = map(&[("segment.bytes", "1024"), ("message.timestamp.type", "LogAppendTime")]);
+        let o = map(&[("segment.bytes", "1048576"), ("message.timestamp.type", "LogAppendTime")]);
         let c = apply_overrides(&LogConfig::default(), &o).unwrap();
-        assert_eq!(c.segment_bytes, 1024);
+        assert_eq!(c.segment_bytes, 1 << 20);
         assert_eq!(c.message_timestamp_type, "LogAppendTime");
         let d = describe(&c, &o);
         let seg = d.iter().find(|e| e.name == "segment.bytes").unwrap();
-        assert!(seg.is_override && seg.value == "1024");
+        assert!(seg.is_override && seg.value == "1048576");
         assert!(!d.iter().find(|e| e.name == "flush.ms").unwrap().is_override);
     }
 
@@ -111,6 +116,9 @@ mod tests {
         for (k, v) in [
             ("segment.bytes", "-1"),
             ("segment.bytes", "x"),
+            ("segment.bytes", "1048575"),
+            ("segment.bytes", "100"),
+            ("internal.segment.bytes", "100"),
             ("flush.ms", "0"),
             ("message.timestamp.type", "Now"),
             ("retention.ms", "1"),

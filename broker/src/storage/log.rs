@@ -32,13 +32,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 
 use super::leader_epoch::{EpochEntry, LeaderEpochCache};
 use super::producer_state::{self, ProducerEntry, ProducerStateManager, Verdict};
 use super::recovery::{self, write_checkpoint};
 use super::segment::Segment;
 use super::{AppendInfo, ReadResult, RecoveryReport, StorageError};
+use crate::compression::DecompressError;
 use crate::config::{LogConfig, PlantedBugs};
 use crate::io::Fs;
 use crate::record_batch::{self as batch, BatchHeader, ValidatedBatches};
@@ -83,8 +83,11 @@ fn invalid_config(msg: String) -> StorageError {
 }
 
 fn check_config(config: &LogConfig) -> Result<bool, StorageError> {
-    if config.segment_bytes < batch::HEADER_SIZE as u64 {
-        return Err(invalid_config(format!("segment.bytes {} is below one batch header", config.segment_bytes)));
+    if config.effective_segment_bytes() < batch::HEADER_SIZE as u64 {
+        return Err(invalid_config(format!(
+            "segment.bytes {} is below one batch header",
+            config.effective_segment_bytes()
+        )));
     }
     if config.segment_ms <= 0 || config.flush_ms < 0 {
         return Err(invalid_config("segment.ms must be positive and flush.ms non-negative".into()));
@@ -173,8 +176,16 @@ impl PartitionLog {
         }
         // Derived state first: the recovery point may only vouch for what
         // the epoch checkpoint covers.
-        log.epochs.write_if_dirty(&*log.fs, &log.dir)?;
-        write_checkpoint(&*log.fs, &log.dir, log_end)?;
+        // Best effort, as at every flush: on a full disk the log still opens
+        // (reads work; appends fail until space returns).
+        if let Some(e) = log.write_checkpoints(true) {
+            tracing::warn!(
+                dir = %log.dir.display(),
+                error = %e,
+                "partition opened but its directory cannot be written (disk full?): reads are served, appends fail \
+                 with KAFKA_STORAGE_ERROR until space returns"
+            );
+        }
         // PLANTED BUG `duplicate_offset_after_crash`: restart offset assignment
         // from the last index entry (or the stale recovery point) instead of
         // the recovered log end, so new batches reuse existing offsets.
@@ -369,7 +380,7 @@ impl PartitionLog {
     /// Roll before an append of `len` bytes ending at `next` if the active
     /// segment is full by size, offset range or age. A batch never spans segments.
     fn maybe_roll_for(&mut self, len: u64, next: i64, now_ms: i64) -> Result<(), StorageError> {
-        let segment_bytes = self.config.segment_bytes.min(u32::MAX as u64);
+        let segment_bytes = self.config.effective_segment_bytes().min(u32::MAX as u64);
         let segment_ms = self.config.segment_ms;
         let active = self.active();
         if active.is_empty() {
@@ -481,31 +492,41 @@ impl PartitionLog {
         self.recovery_point = log_end;
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
-        // The checkpoint only bounds recovery's scan; refreshing it once per
-        // roll keeps that scan to the last segment or two. The data is
-        // durable by now, so failing to write it fails nothing: the old
-        // checkpoint stays (the new one lands by an atomic rename or not at
-        // all) and is behind, never ahead. Retry at the next flush. The
-        // epoch checkpoint goes first: recovery trusts it below the
-        // recovery point.
+        let _ = self.write_checkpoints(rolled);
+        Ok(())
+    }
+
+    /// Write the leader-epoch checkpoint if it changed, then (if `due`, or a
+    /// write is owed) the recovery-point checkpoint.
+    ///
+    /// The recovery-point checkpoint only bounds recovery's scan; refreshing
+    /// it once per roll keeps that scan to the last segment or two. The data
+    /// is durable before it is written, so failing to write it fails
+    /// nothing: the old checkpoint stays (the new one lands by an atomic
+    /// rename or not at all) and is behind, never ahead. Retried at the next
+    /// flush. The epoch checkpoint goes first: recovery trusts it below the
+    /// recovery point. Returns the error of a failed write.
+    fn write_checkpoints(&mut self, due: bool) -> Option<io::Error> {
         let epochs_written = match self.epochs.write_if_dirty(&*self.fs, &self.dir) {
-            Ok(()) => true,
+            Ok(()) => None,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "writing the leader-epoch checkpoint failed; will retry");
                 self.checkpoint_due = true;
-                false
+                Some(e)
             }
         };
-        if epochs_written && (rolled || self.checkpoint_due) {
+        if epochs_written.is_none() && (due || self.checkpoint_due) {
+            let log_end = self.log_end_offset();
             match write_checkpoint(&*self.fs, &self.dir, log_end) {
                 Ok(()) => self.checkpoint_due = false,
                 Err(e) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "writing the recovery-point checkpoint failed; will retry");
                     self.checkpoint_due = true;
+                    return Some(e);
                 }
             }
         }
-        Ok(())
+        epochs_written
     }
 
     /// Flush and snapshot the producer state at the log end, as a clean
@@ -730,17 +751,47 @@ impl PartitionLog {
 
     /// First offset whose record timestamp is >= `ts`, with that timestamp.
     /// Looks at the whole log; the caller bounds the answer.
+    ///
+    /// Batch headers choose the batch (the first whose max timestamp reaches
+    /// `ts`); its records are looked at only when the header cannot answer,
+    /// and then streamed within `max_decompressed_batch_bytes`. A stored
+    /// batch that decompresses past the limit is answered from its header,
+    /// with its base offset: an offset no later than the true one, so a
+    /// consumer seeking there misses nothing.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         for seg in self.segments.values() {
             let Some(bytes) = seg.batch_at_timestamp(ts)? else { continue };
             let h = BatchHeader::parse(&bytes)?;
-            if h.is_log_append_time() {
-                // Every record carries the batch's append time.
-                return Ok(Some((h.base_offset, h.max_timestamp)));
+            // Every record of a LogAppendTime batch carries its max timestamp;
+            // a one-record batch's only record carries it; and Kafka
+            // producers give a batch's first record the base timestamp.
+            if h.is_log_append_time() || h.record_count <= 1 || h.base_timestamp >= ts {
+                let at = if h.is_log_append_time() || h.record_count <= 1 { h.max_timestamp } else { h.base_timestamp };
+                return Ok(Some((h.base_offset, at)));
             }
-            let set = RecordBatchDecoder::decode(&mut bytes.clone())
-                .map_err(|e| StorageError::CorruptMessage(format!("batch at offset {}: {e}", h.base_offset)))?;
-            let hit = set.records.iter().find(|r| r.timestamp >= ts).map(|r| (r.offset, r.timestamp));
+            let mut hit = None;
+            let walked = batch::walk_records(&bytes, &h, self.config.decompressed_batch_limit(), &mut |r| {
+                let at = h.base_timestamp.saturating_add(r.timestamp_delta);
+                if at >= ts {
+                    hit = Some((h.base_offset + r.offset_delta as i64, at));
+                }
+                hit.is_none()
+            });
+            match walked {
+                Ok(()) => {}
+                Err(e @ DecompressError::TooLarge { .. }) => {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        offset = h.base_offset,
+                        error = %e,
+                        "timestamp lookup answered from the batch header"
+                    );
+                    return Ok(Some((h.base_offset, h.max_timestamp)));
+                }
+                Err(e) => {
+                    return Err(StorageError::CorruptMessage(format!("batch at offset {}: {e}", h.base_offset)));
+                }
+            }
             return Ok(Some(hit.unwrap_or((h.last_offset(), h.max_timestamp))));
         }
         Ok(None)

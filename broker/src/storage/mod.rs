@@ -8,6 +8,7 @@
 mod index;
 pub mod leader_epoch;
 mod log;
+pub mod open_files;
 pub mod producer_state;
 mod recovery;
 mod segment;
@@ -16,6 +17,7 @@ mod tests;
 
 pub use leader_epoch::{EpochEntry, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use log::PartitionLog;
+pub use open_files::OpenFiles;
 
 use bytes::Bytes;
 

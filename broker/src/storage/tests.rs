@@ -238,6 +238,42 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
 }
 
 #[test]
+fn offset_for_timestamp_never_decompresses_past_the_limit() {
+    use crate::client::batch::{encode_v2, OutRecord, ProducerFields};
+    let f = fixture();
+    // The limit is max.message.bytes here (1 MiB): the setting itself is lower.
+    let config = LogConfig { max_decompressed_batch_bytes: 1, segment_bytes: 1 << 20, ..small_config() };
+    let limit = config.decompressed_batch_limit();
+    assert_eq!(limit, config.max_message_bytes);
+    let (mut log, _) = f.open_with(config.clone(), PlantedBugs::default());
+    // A small gzip batch, then a bomb: its second record's value is 4 MiB of
+    // zeros, a few KiB compressed.
+    log.append(&encode_at(5, 1_000, Compression::Gzip), 0).unwrap();
+    let rec = |ts: i64, len: usize| OutRecord {
+        key: None,
+        value: Some(Bytes::from(vec![0u8; len])),
+        headers: vec![],
+        timestamp: ts,
+    };
+    let first = ProducerFields { id: -1, epoch: -1, base_sequence: 0 };
+    let bomb = encode_v2(&[rec(2_000, 10), rec(2_001, 4 << 20), rec(2_002, 10)], first, Compression::Gzip).unwrap();
+    assert!(bomb.len() < 64 << 10);
+    log.append(&bomb, 0).unwrap();
+    for reopened in [false, true] {
+        // Inside a normal compressed batch: the records are looked at.
+        assert_eq!(log.offset_for_timestamp(1_003).unwrap(), Some((3, 1_003)), "reopened {reopened}");
+        // The header answers: the bomb's first record carries its base timestamp.
+        assert_eq!(log.offset_for_timestamp(2_000).unwrap(), Some((5, 2_000)));
+        // Inside the bomb: answered from the header at its base offset, without
+        // expanding past the limit.
+        assert_eq!(log.offset_for_timestamp(2_002).unwrap(), Some((5, 2_002)));
+        assert_eq!(log.offset_for_timestamp(2_003).unwrap(), None);
+        drop(log);
+        log = f.open_with(config.clone(), PlantedBugs::default()).0;
+    }
+}
+
+#[test]
 fn truncate_to_removes_batches_and_later_segments() {
     let f = fixture();
     let (mut log, _) = f.open();

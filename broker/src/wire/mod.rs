@@ -8,8 +8,9 @@ mod records;
 mod versions;
 
 pub use codec::{
-    decode_body, decode_request_body, decode_request_header, decode_response, encode_request, encode_response, RequestPrefix, WireError,
+    decode_body, decode_request_body, decode_request_header, decode_response, encode_request, encode_response,
+    RequestPrefix, WireError,
 };
 pub use frame::{read_frame, write_frame, FrameError, FrameReader, READ_CHUNK};
-pub use records::validate_record_set;
+pub use records::{validate_record_set, InvalidRecords};
 pub use versions::{accepted_versions, advertised_api_versions, advertised_versions, ADVERTISED};

@@ -19,7 +19,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::{str_bytes, Request};
 use crate::server::node::{Cx, Parked, Step, Waiting as Parkable};
 use crate::server::partition::Partition;
-use crate::wire::validate_record_set;
+use crate::wire::{validate_record_set, InvalidRecords};
 
 /// A produce request whose appended batches are not all acknowledged yet.
 pub(crate) struct Waiting {
@@ -56,8 +56,8 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
             let partition = topic.as_ref().and_then(|t| t.partition(pd.index));
             let result = if !acks_valid {
                 Err((ResponseError::InvalidRequiredAcks, format!("acks must be 0, 1 or -1, not {acks}")))
-            } else if let Some(p) = partition {
-                append(cx, p, pd.records.unwrap_or_default())
+            } else if let (Some(p), Some(t)) = (partition, &topic) {
+                append(cx, p, pd.records.unwrap_or_default(), t.config.decompressed_batch_limit())
             } else {
                 Err((ResponseError::UnknownTopicOrPartition, "no such topic or partition".to_string()))
             };
@@ -136,12 +136,21 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
 
 /// Validate and append one partition's record set. Returns (base offset,
 /// last offset, log append time, log start offset).
-fn append(cx: &mut Cx, p: &Arc<Partition>, records: bytes::Bytes) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
-    let batches = match validate_record_set(records) {
+fn append(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    records: bytes::Bytes,
+    max_decompressed_bytes: usize,
+) -> Result<(i64, i64, i64, i64), (ResponseError, String)> {
+    let batches = match validate_record_set(records, max_decompressed_bytes) {
         Ok(batches) => batches,
-        Err(why) => {
+        Err(InvalidRecords::Corrupt(why)) => {
             tracing::warn!(topic = %p.topic, partition = p.index, %why, "corrupt record batch refused");
             return Err((ResponseError::CorruptMessage, why));
+        }
+        Err(InvalidRecords::TooLarge(why)) => {
+            tracing::warn!(topic = %p.topic, partition = p.index, %why, "record batch decompressing too large refused");
+            return Err((ResponseError::MessageTooLarge, why));
         }
     };
     let appended = p.append(cx.disk, &batches, cx.clock.now_ms).and_then(|info| Ok((info, p.offsets()?)));
