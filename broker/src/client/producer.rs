@@ -662,7 +662,7 @@ impl Sender {
     /// (resending them under a new id could store them twice) and renumber
     /// the rest under the new id.
     fn reset_producer(&mut self) {
-        debug_assert_eq!(self.requests_in_flight, 0);
+        assert_eq!(self.requests_in_flight, 0);
         let doubtful = self.acc.take_queued(|b| b.encoded.is_some() && b.maybe_written);
         for batch in doubtful {
             let err = ClientError::Protocol("producer id replaced while the batch was unresolved".into());
