@@ -7,6 +7,11 @@
 //! the reserved range, written atomically and synced *before* any id of the
 //! block is given out. A crash may skip the rest of a block, never repeat it,
 //! and only one request in [`BLOCK_SIZE`] waits for an fsync.
+//!
+//! The reservation is written to two files, each with a CRC-32C of its block
+//! end, and loaded as the larger valid one: a medium that rots one copy (the
+//! simulator's bit rot found this) neither stops the broker from starting nor
+//! makes it hand out an id twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,12 +25,27 @@ use crate::io::{DiskScope, Fs, OpenOptions};
 /// Ids reserved per write; Kafka's controller hands out blocks of 1000.
 pub const BLOCK_SIZE: i64 = 1000;
 const FILE_NAME: &str = "producer_ids.json";
+const COPY_NAME: &str = "producer_ids.copy.json";
 
 /// The file's contents: every id below `block_end` may have been given out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Reserved {
     block_end: i64,
+    /// CRC-32C of `block_end`'s decimal text; absent in files written
+    /// before copies carried one.
+    #[serde(default)]
+    crc: Option<u32>,
+}
+
+impl Reserved {
+    fn new(block_end: i64) -> Reserved {
+        Reserved { block_end, crc: Some(crc32c::crc32c(block_end.to_string().as_bytes())) }
+    }
+
+    fn valid(&self) -> bool {
+        self.block_end >= 0 && self.crc.is_none_or(|c| c == crc32c::crc32c(self.block_end.to_string().as_bytes()))
+    }
 }
 
 struct State {
@@ -38,7 +58,8 @@ struct State {
 /// Hands out fresh producer ids.
 pub struct ProducerIds {
     fs: Arc<dyn Fs>,
-    path: PathBuf,
+    /// The reservation and its copy.
+    paths: [PathBuf; 2],
     state: Mutex<State>,
 }
 
@@ -46,20 +67,31 @@ impl ProducerIds {
     /// Load the reservation from `data_dir`. Ids resume after the last
     /// reserved block, whether or not all of it was used.
     pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> anyhow::Result<ProducerIds> {
-        let path = data_dir.join(FILE_NAME);
-        let block_end = if fs.exists(&path) {
-            let file = fs.open(&path, OpenOptions::EXISTING)?;
-            let mut buf = vec![0u8; file.len()? as usize];
-            file.read_exact_at(&mut buf, 0)?;
-            let r: Reserved = serde_json::from_slice(&buf)
-                .with_context(|| format!("{} is not a producer id reservation", path.display()))?;
-            anyhow::ensure!(r.block_end >= 0, "{} holds a negative block end {}", path.display(), r.block_end);
-            r.block_end
-        } else {
-            0
-        };
+        let paths = [data_dir.join(FILE_NAME), data_dir.join(COPY_NAME)];
+        let mut found = Vec::new();
+        let mut damaged = Vec::new();
+        for path in &paths {
+            if !fs.exists(path) {
+                continue;
+            }
+            match read_reservation(&*fs, path) {
+                Ok(r) => found.push(r.block_end),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "a producer id reservation copy is damaged");
+                    damaged.push(format!("{}: {e:#}", path.display()));
+                }
+            }
+        }
+        // Both copies damaged: nothing says which ids were handed out, so
+        // refuse rather than risk giving one out twice.
+        anyhow::ensure!(
+            !found.is_empty() || damaged.is_empty(),
+            "every copy of the producer id reservation is damaged: {}",
+            damaged.join("; ")
+        );
+        let block_end = found.into_iter().max().unwrap_or(0);
         tracing::info!(next_producer_id = block_end, "producer ids loaded");
-        Ok(ProducerIds { fs, path, state: Mutex::new(State { next: block_end, block_end }) })
+        Ok(ProducerIds { fs, paths, state: Mutex::new(State { next: block_end, block_end }) })
     }
 
     /// A producer id never handed out before, reserving a new block on disk
@@ -72,9 +104,12 @@ impl ProducerIds {
                 .block_end
                 .checked_add(BLOCK_SIZE)
                 .ok_or_else(|| std::io::Error::other("producer ids are exhausted"))?;
-            let json = serde_json::to_vec(&Reserved { block_end }).map_err(std::io::Error::other)?;
-            // Durable before use: the reservation is what a restart resumes from.
-            write_atomically(&*self.fs, &self.path, &json)?;
+            let json = serde_json::to_vec(&Reserved::new(block_end)).map_err(std::io::Error::other)?;
+            // Durable before use, in both copies: the reservation is what a
+            // restart resumes from.
+            for path in &self.paths {
+                write_atomically(&*self.fs, path, &json)?;
+            }
             s.block_end = block_end;
             tracing::debug!(block_end, "reserved a block of producer ids");
         }
@@ -83,6 +118,15 @@ impl ProducerIds {
         assert!(s.next <= s.block_end, "a producer id outside its reserved block");
         Ok(id)
     }
+}
+
+fn read_reservation(fs: &dyn Fs, path: &Path) -> anyhow::Result<Reserved> {
+    let file = fs.open(path, OpenOptions::EXISTING)?;
+    let mut buf = vec![0u8; file.len()? as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    let r: Reserved = serde_json::from_slice(&buf).context("not a producer id reservation")?;
+    anyhow::ensure!(r.valid(), "block end {} fails its check", r.block_end);
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -115,5 +159,28 @@ mod tests {
         assert!(ProducerIds::open(fs.clone(), dir.path()).is_err());
         write_atomically(&*fs, &dir.path().join(FILE_NAME), b"garbage").unwrap();
         assert!(ProducerIds::open(fs, dir.path()).is_err());
+    }
+
+    #[test]
+    fn one_rotted_copy_is_survived_without_reusing_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealIo::new().fs();
+        let disk = DiskScope::unmetered();
+        let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+        for _ in 0..=BLOCK_SIZE {
+            ids.allocate(&disk).unwrap();
+        }
+        // A flipped digit keeps the JSON valid but fails the CRC; garbage fails the parse.
+        for (name, damage) in [(FILE_NAME, &b"{\"block_end\":2001,\"crc\":1}"[..]), (COPY_NAME, &b"garbage"[..])] {
+            let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+            ids.allocate(&disk).unwrap();
+            write_atomically(&*fs, &dir.path().join(name), damage).unwrap();
+            let reopened = ProducerIds::open(fs.clone(), dir.path()).unwrap();
+            assert!(reopened.allocate(&disk).unwrap() >= 3 * BLOCK_SIZE, "an id was handed out twice");
+        }
+        // An older file with no CRC (a single copy) still loads.
+        let old = tempfile::tempdir().unwrap();
+        write_atomically(&*fs, &old.path().join(FILE_NAME), b"{\"block_end\": 7000}").unwrap();
+        assert_eq!(ProducerIds::open(fs, old.path()).unwrap().allocate(&disk).unwrap(), 7000);
     }
 }
