@@ -84,7 +84,8 @@ impl Broker {
         let mut child = cmd.spawn().expect("start faultline serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+        let addr =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
         Broker { child, addr, dir: dir.to_path_buf() }
     }
 
@@ -417,7 +418,9 @@ async fn attack_duplicate_partition_fetch(broker: &Broker) {
     // The first is read once; every repeat is refused and carries no records.
     let parts = &resp.responses[0].partitions;
     assert_eq!(parts.len(), 5_000);
-    assert!(parts[1..].iter().all(|p| p.error_code == ResponseError::InvalidRequest.code() && p.records.as_ref().is_none_or(|r| r.is_empty())));
+    assert!(parts[1..].iter().all(
+        |p| p.error_code == ResponseError::InvalidRequest.code() && p.records.as_ref().is_none_or(|r| r.is_empty())
+    ));
 }
 
 async fn attack_disconnecting_long_polls(broker: &Broker) {
@@ -442,14 +445,19 @@ async fn attack_disconnecting_long_polls(broker: &Broker) {
 async fn attack_topic_floods(broker: &Broker) {
     let mut c = Conn::open(&broker.addr).await;
     // segment.bytes below Kafka's minimum is refused.
-    let r = c.call(7, &CreateTopicsRequest::default().with_topics(vec![create_topic("tiny", 1, &[("segment.bytes", "100")])]))
+    let r = c
+        .call(
+            7,
+            &CreateTopicsRequest::default().with_topics(vec![create_topic("tiny", 1, &[("segment.bytes", "100")])]),
+        )
         .await
         .unwrap();
     assert_eq!(r.topics[0].error_code, ResponseError::InvalidConfig.code());
     // Auto-creation through Metadata: bounded per request.
     let topics: Vec<MetadataRequestTopic> =
         (0..2_000).map(|i| MetadataRequestTopic::default().with_name(Some(name(&format!("auto-{i}"))))).collect();
-    let m = c.call(11, &MetadataRequest::default().with_topics(Some(topics)).with_allow_auto_topic_creation(true))
+    let m = c
+        .call(11, &MetadataRequest::default().with_topics(Some(topics)).with_allow_auto_topic_creation(true))
         .await
         .unwrap();
     let created = m.topics.iter().filter(|t| t.error_code == 0).count();
@@ -470,7 +478,8 @@ async fn attack_segment_flood(broker: &Broker) -> Vec<String> {
     // files, seven times the descriptor cap.
     for i in 0..1_200 {
         let v = format!("{i:06}-{}", "s".repeat(1_500));
-        let r = c.call(9, &produce_request("segments", batch(std::slice::from_ref(&v), Compression::None))).await.unwrap();
+        let r =
+            c.call(9, &produce_request("segments", batch(std::slice::from_ref(&v), Compression::None))).await.unwrap();
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0, "produce {i}");
         values.push(v);
     }

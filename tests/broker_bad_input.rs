@@ -61,7 +61,9 @@ async fn trailing_bytes_after_a_request_body_are_tolerated() {
     use kafka_protocol::messages::MetadataRequest;
     let b = broker().await;
     let mut c = b.connect().await;
-    for (version, body) in [(1i16, &[0xffu8, 0xff, 0xff, 0xff, 7][..]), (11, &[0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00][..])] {
+    for (version, body) in
+        [(1i16, &[0xffu8, 0xff, 0xff, 0xff, 7][..]), (11, &[0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00][..])]
+    {
         let header = c.header(ApiKey::Metadata, version);
         let mut buf = BytesMut::new();
         header.encode(&mut buf, ApiKey::Metadata.request_header_version(version)).unwrap();

@@ -9,7 +9,9 @@ use broker_support::*;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{ApiVersionsRequest, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, MetadataRequest};
+use kafka_protocol::messages::{
+    ApiVersionsRequest, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, MetadataRequest,
+};
 use kafka_protocol::records::Compression;
 use tokio::io::AsyncWriteExt;
 

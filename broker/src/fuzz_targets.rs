@@ -348,9 +348,9 @@ fn request_body(key: ApiKey, version: i16) -> Vec<u8> {
             .with_max_wait_ms(100)
             .with_min_bytes(1)
             .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default().with_topic(name()).with_partitions(vec![
-                FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20),
-            ])])
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(name())
+                .with_partitions(vec![FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20)])])
             .encode(&mut buf, version),
         ApiKey::ListOffsets => ListOffsetsRequest::default()
             .with_topics(vec![ListOffsetsTopic::default()

@@ -108,20 +108,22 @@ fn call<T: Encodable>(node: &Node, key: ApiKey, version: i16, body: &T) -> Bytes
 }
 
 fn produce(node: &Node) -> i16 {
-    let req = ProduceRequest::default().with_acks(1).with_timeout_ms(1000).with_topic_data(vec![
-        TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str("t"))).with_partition_data(vec![
-            PartitionProduceData::default().with_index(0).with_records(Some(sample_batches())),
-        ]),
-    ]);
+    let req =
+        ProduceRequest::default().with_acks(1).with_timeout_ms(1000).with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(sample_batches()))])]);
     let reply = call(node, ApiKey::Produce, 9, &req);
     let (_, resp): (_, ProduceResponse) = crate::wire::decode_response(reply.slice(4..), ApiKey::Produce, 9).unwrap();
     resp.responses[0].partition_responses[0].error_code
 }
 
 fn fetched_records(node: &Node) -> usize {
-    let req = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![FetchTopic::default()
-        .with_topic(TopicName(StrBytes::from_static_str("t")))
-        .with_partitions(vec![FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20)])]);
+    let req =
+        FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20)])]);
     let reply = call(node, ApiKey::Fetch, 12, &req);
     let (_, resp): (_, FetchResponse) = crate::wire::decode_response(reply.slice(4..), ApiKey::Fetch, 12).unwrap();
     let p = &resp.responses[0].partitions[0];

@@ -138,7 +138,10 @@ impl Node {
             config.socket_request_max_bytes,
             crate::wire::READ_CHUNK
         );
-        anyhow::ensure!(config.max_connections >= 1 && config.max_connections_per_ip >= 1, "connection limits must be at least 1");
+        anyhow::ensure!(
+            config.max_connections >= 1 && config.max_connections_per_ip >= 1,
+            "connection limits must be at least 1"
+        );
         anyhow::ensure!(config.fetch_max_bytes >= 1, "fetch_max_bytes must be at least 1");
         anyhow::ensure!(config.max_open_files >= 1, "max_open_files must be at least 1");
         let fs: Arc<dyn Fs> = Arc::new(crate::storage::OpenFiles::new(fs, config.max_open_files));
@@ -177,7 +180,9 @@ impl Node {
             for p in &topic.partitions {
                 match p.tick(disk, clock.now_ms) {
                     Ok(moved) => cx.advanced(p, moved),
-                    Err(e) => tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush/roll failed"),
+                    Err(e) => {
+                        tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush/roll failed")
+                    }
                 }
             }
         }

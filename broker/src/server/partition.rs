@@ -244,11 +244,7 @@ impl Partition {
     /// watermark: what is there is acknowledged.
     pub fn truncate_to(&self, _disk: &DiskScope, offset: i64) -> Result<(), PartitionError> {
         let mut s = self.live()?;
-        invariant!(
-            offset >= s.high_watermark,
-            "truncating to {offset}, below the high watermark {}",
-            s.high_watermark
-        );
+        invariant!(offset >= s.high_watermark, "truncating to {offset}, below the high watermark {}", s.high_watermark);
         s.log.truncate_to(offset)?;
         s.check_invariants();
         Ok(())

@@ -139,7 +139,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = RealIo::new().fs();
         let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
-        assert_eq!((ids.allocate(&DiskScope::unmetered()).unwrap(), ids.allocate(&DiskScope::unmetered()).unwrap()), (0, 1));
+        assert_eq!(
+            (ids.allocate(&DiskScope::unmetered()).unwrap(), ids.allocate(&DiskScope::unmetered()).unwrap()),
+            (0, 1)
+        );
         // Reopening (a restart or crash) skips the rest of the block.
         let ids = ProducerIds::open(fs.clone(), dir.path()).unwrap();
         let first = ids.allocate(&DiskScope::unmetered()).unwrap();

@@ -309,11 +309,12 @@ pub(crate) fn spawn_ticker(shell: Arc<Shell>) {
                 _ = shell.env.sleep(pause) => {}
             }
             assert!(!shell.node.config.bugs.panic_in_background_task, "planted panic in the broker's policy task");
-            pause = shell.core(|node, disk, clock| {
-                let (wake, next) = node.tick(disk, clock);
-                (next, wake)
-            })
-            .await;
+            pause = shell
+                .core(|node, disk, clock| {
+                    let (wake, next) = node.tick(disk, clock);
+                    (next, wake)
+                })
+                .await;
         }
     });
 }

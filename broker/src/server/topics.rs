@@ -285,8 +285,7 @@ impl Topics {
                 self.fs.remove_dir_all(&dir)?;
             }
             self.fs.create_dir_all(&dir)?;
-            let (log, report) =
-                PartitionLog::open(self.fs.clone(), dir, config.clone(), self.config.bugs, now_ms)?;
+            let (log, report) = PartitionLog::open(self.fs.clone(), dir, config.clone(), self.config.bugs, now_ms)?;
             if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 {
                 tracing::warn!(topic = %meta.name, partition = index, ?report, "partition log recovered");
             }

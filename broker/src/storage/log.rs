@@ -546,9 +546,8 @@ impl PartitionLog {
         // Ages come from the wall clock, which can go back (an NTP step): a
         // clock now earlier than the first unflushed append flushes at once,
         // instead of holding acknowledgements until the clock catches up.
-        let by_age = self
-            .first_unflushed_ms
-            .is_some_and(|t| now_ms < t || now_ms.saturating_sub(t) >= self.config.flush_ms);
+        let by_age =
+            self.first_unflushed_ms.is_some_and(|t| now_ms < t || now_ms.saturating_sub(t) >= self.config.flush_ms);
         if self.unflushed_records == 0 || !(by_count || by_age) {
             return Ok(false);
         }

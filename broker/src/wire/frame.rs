@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a frame could not be read. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,11 @@ impl FrameReader {
         .min(self.read_limit);
         let mut permit = match &self.budget {
             Some(budget) => Some(
-                budget.clone().acquire_many_owned(want as u32).await.map_err(|_| std::io::Error::other("budget closed"))?,
+                budget
+                    .clone()
+                    .acquire_many_owned(want as u32)
+                    .await
+                    .map_err(|_| std::io::Error::other("budget closed"))?,
             ),
             None => None,
         };

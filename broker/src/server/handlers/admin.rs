@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
 use crate::config::LogConfig;
+use crate::server::node::Cx;
 use crate::server::topic_config::{describe, ConfigEntry};
 use crate::server::topics::{TopicError, TopicSpec};
-use crate::server::node::Cx;
 
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -132,15 +132,14 @@ pub fn delete_topics(cx: &mut Cx, req: DeleteTopicsRequest, version: i16) -> Del
         let mut r = DeletableTopicResult::default();
         r.topic_id = id;
         r.name = name.as_deref().map(topic_name);
-        let resolved = match &name {
-            Some(n) => Ok(n.clone()),
-            None => cx
-                .node
-                .topics
-                .get_by_id(id)
-                .map(|t| t.name.clone())
-                .ok_or(TopicError { code: ResponseError::UnknownTopicId, message: format!("no topic has id {id}") }),
-        };
+        let resolved =
+            match &name {
+                Some(n) => Ok(n.clone()),
+                None => cx.node.topics.get_by_id(id).map(|t| t.name.clone()).ok_or(TopicError {
+                    code: ResponseError::UnknownTopicId,
+                    message: format!("no topic has id {id}"),
+                }),
+            };
         match resolved.and_then(|n| cx.node.topics.delete(cx.disk, &n)) {
             Ok(t) => {
                 r.name = Some(topic_name(&t.name));

@@ -5,8 +5,8 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use crate::server::partition::check_leader_epoch;
 use crate::server::node::Cx;
+use crate::server::partition::check_leader_epoch;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -34,9 +34,10 @@ pub fn handle(cx: &mut Cx, req: ListOffsetsRequest, version: i16) -> ListOffsets
                     match lp.timestamp {
                         EARLIEST => p.offsets().map(|o| (o.log_start_offset, -1)).map_err(|e| e.code()),
                         LATEST => p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code()),
-                        ts if ts >= 0 => {
-                            p.offset_for_timestamp(cx.disk, ts).map(|found| found.unwrap_or((-1, -1))).map_err(|e| e.code())
-                        }
+                        ts if ts >= 0 => p
+                            .offset_for_timestamp(cx.disk, ts)
+                            .map(|found| found.unwrap_or((-1, -1)))
+                            .map_err(|e| e.code()),
                         _ => Err(ResponseError::InvalidRequest),
                     }
                 }),

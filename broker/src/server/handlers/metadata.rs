@@ -9,8 +9,8 @@ use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::server::topics::{Topic, TopicSpec};
 use crate::server::node::Cx;
+use crate::server::topics::{Topic, TopicSpec};
 
 /// The cluster id clients see; a single-broker cluster needs no generated one.
 pub const CLUSTER_ID: &str = "faultline";
@@ -47,16 +47,18 @@ pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataRespon
                 }
                 match cx.node.topics.get(&name) {
                     Some(t) => describe(cx, &t),
-                    None if may_create && created < cx.node.config.max_auto_created_topics_per_request => match cx.node.topics.create(cx.disk, &TopicSpec::defaults(&name), cx.clock.now_ms) {
-                        Ok(t) => {
-                            created += 1;
-                            describe(cx, &t)
+                    None if may_create && created < cx.node.config.max_auto_created_topics_per_request => {
+                        match cx.node.topics.create(cx.disk, &TopicSpec::defaults(&name), cx.clock.now_ms) {
+                            Ok(t) => {
+                                created += 1;
+                                describe(cx, &t)
+                            }
+                            Err(e) => {
+                                tracing::debug!(topic = %name.0, error = %e.message, "auto-creation refused");
+                                error_entry(Some(name), Uuid::nil(), e.code)
+                            }
                         }
-                        Err(e) => {
-                            tracing::debug!(topic = %name.0, error = %e.message, "auto-creation refused");
-                            error_entry(Some(name), Uuid::nil(), e.code)
-                        }
-                    },
+                    }
                     None => {
                         let code = match crate::server::topics::validate_topic_name(&name) {
                             Ok(()) => ResponseError::UnknownTopicOrPartition,
