@@ -62,9 +62,11 @@ pub const DATA_DIR: &str = "/var/lib/faultline";
 pub const CORRUPT_READ: &str = "corrupt-read";
 
 /// Liveness: after the heal, a write and a read must succeed within the
-/// scenario's bound; and while no fault is in force (nor was within
-/// [`HEALTHY_GRACE`] of ending), the cluster must acknowledge at least
-/// [`MIN_HEALTHY_ACK_RATIO`] of the sends that ask for acknowledgement.
+/// scenario's bound; while no fault is in force (nor was within
+/// [`HEALTHY_GRACE`] of ending), the cluster must take at least
+/// [`MIN_HEALTHY_ACK_RATIO`] of the sends (acknowledge them, or with acks=0
+/// let the producer hand them over); and the producer must answer every send
+/// by its `delivery.timeout.ms`, faults or not (no [`workload::OVERDUE_SEND`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Liveness {
     /// The bound, from the heal.
@@ -74,10 +76,12 @@ pub struct Liveness {
     pub write_after: Option<Duration>,
     /// From the heal to the first successful poll invoked after it.
     pub read_after: Option<Duration>,
-    /// Sends (acks 1 or -1) invoked while healthy, and how many of them
-    /// were acknowledged.
+    /// Sends invoked while healthy, and how many of them were acknowledged
+    /// (with acks=0: handed to the broker).
     pub healthy_sends: usize,
     pub healthy_acked: usize,
+    /// Sends the producer left unanswered past their delivery timeout.
+    pub overdue_sends: usize,
 }
 
 /// Below this many healthy sends the ratio says nothing.
@@ -91,7 +95,7 @@ pub const HEALTHY_GRACE: Duration = Duration::from_millis(1500);
 impl Liveness {
     pub fn passed(&self) -> bool {
         let within = |d: Option<Duration>| d.is_some_and(|d| d <= self.bound);
-        within(self.write_after) && within(self.read_after) && self.ratio_ok()
+        within(self.write_after) && within(self.read_after) && self.ratio_ok() && self.overdue_sends == 0
     }
 
     fn ratio_ok(&self) -> bool {
@@ -103,14 +107,15 @@ impl Liveness {
     pub fn summary(&self) -> String {
         let ms = |d: Option<Duration>| d.map_or("never".to_string(), |d| format!("{} ms", d.as_millis()));
         format!(
-            "liveness {}: after the heal a write in {}, a read in {} (bound {} ms); {}/{} healthy sends acknowledged (need {:.0}%)",
+            "liveness {}: after the heal a write in {}, a read in {} (bound {} ms); {}/{} healthy sends acknowledged (need {:.0}%); {} sends unanswered past their delivery timeout (need 0)",
             if self.passed() { "ok" } else { "FAILED" },
             ms(self.write_after),
             ms(self.read_after),
             self.bound.as_millis(),
             self.healthy_acked,
             self.healthy_sends,
-            MIN_HEALTHY_ACK_RATIO * 100.0
+            MIN_HEALTHY_ACK_RATIO * 100.0,
+            self.overdue_sends
         )
     }
 }
@@ -491,13 +496,15 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let report = checker::check(&history, &check);
     let panics = trace.panics();
     let since = |t: Option<Duration>| Some(t?.saturating_sub(healed_at?));
-    let (healthy_sends, healthy_acked) = healthy_acks(&history, &strikes, window, scenario.workload.acks);
+    let (healthy_sends, healthy_acked) = healthy_acks(&history, &strikes, window);
+    let overdue_sends = history.ops.iter().filter(|op| is_send_with(op, workload::OVERDUE_SEND)).count();
     let liveness = Liveness {
         bound: Duration::from_secs_f64(scenario.liveness_s),
         write_after: since(wrote),
         read_after: since(read),
         healthy_sends,
         healthy_acked,
+        overdue_sends,
     };
     Ok(RunResult {
         seed,
@@ -520,23 +527,28 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     })
 }
 
-/// Sends asking for acknowledgement that were invoked inside the window
-/// while no strike was in force nor had ended within [`HEALTHY_GRACE`], and
-/// how many of them were acknowledged.
-fn healthy_acks(history: &History, strikes: &[Strike], window: Duration, acks: i16) -> (usize, usize) {
-    if acks == 0 {
-        return (0, 0);
-    }
-    let healthy = |t: Duration| t < window && strikes.iter().all(|s| t < s.start || t > s.end + HEALTHY_GRACE);
+/// Whether `op` is a send that ended `info` with exactly `error`.
+fn is_send_with(op: &Op, error: &str) -> bool {
+    matches!(op.kind, OpKind::Send { .. }) && matches!(&op.outcome, Outcome::Info { error: e } if e == error)
+}
+
+/// Sends that ran wholly while healthy — invoked inside the window, and no
+/// strike in force from their invocation to their completion nor ended
+/// within [`HEALTHY_GRACE`] before it — and how many of them the cluster
+/// took: acknowledged, or with acks=0 handed over by the producer.
+fn healthy_acks(history: &History, strikes: &[Strike], window: Duration) -> (usize, usize) {
+    let healthy = |invoke: Duration, complete: Duration| {
+        invoke < window && strikes.iter().all(|s| complete < s.start || invoke > s.end + HEALTHY_GRACE)
+    };
     let mut sends = 0;
     let mut acked = 0;
     for op in &history.ops {
         if matches!(op.kind, OpKind::Send { .. })
             && !op.node.starts_with("reader")
-            && healthy(Duration::from_nanos(op.invoke_ns))
+            && healthy(Duration::from_nanos(op.invoke_ns), Duration::from_nanos(op.complete_ns))
         {
             sends += 1;
-            acked += usize::from(op.outcome == Outcome::Ok);
+            acked += usize::from(op.outcome == Outcome::Ok || is_send_with(op, workload::ACKS0_HANDED_OVER));
         }
     }
     (sends, acked)

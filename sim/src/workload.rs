@@ -195,19 +195,26 @@ async fn recorded_send(
     }
     let result = io::timeout(env, patience, producer.send(record)).await;
     let (done, outcome) = match result {
-        Some(Ok(meta)) if meta.offset.is_none() => (
-            Some(kind(Some(meta.partition), None)),
-            Outcome::Info { error: "acks=0: the broker never says whether it took the record".into() },
-        ),
+        Some(Ok(meta)) if meta.offset.is_none() => {
+            (Some(kind(Some(meta.partition), None)), Outcome::Info { error: ACKS0_HANDED_OVER.into() })
+        }
         Some(Ok(meta)) => (Some(kind(Some(meta.partition), meta.offset)), Outcome::Ok),
         Some(Err(ProduceError::Definite(e))) => (None, Outcome::Fail { error: e.to_string() }),
         Some(Err(ProduceError::Indeterminate(e))) => (None, Outcome::Info { error: e.to_string() }),
-        None => (None, Outcome::Info { error: "no outcome before the delivery deadline".into() }),
+        None => (None, Outcome::Info { error: OVERDUE_SEND.into() }),
     };
     let ok = outcome == Outcome::Ok;
     ctx.recorder.complete_in(ctx.name(), slot, sim_now(), done, outcome, false);
     ok
 }
+
+/// The outcome of a send whose producer said nothing by `delivery.timeout.ms`
+/// plus a second: the producer broke its contract to answer every send by
+/// then (with an error if need be). Liveness counts these.
+pub const OVERDUE_SEND: &str = "no outcome before the delivery deadline";
+/// The outcome of an acks=0 send the producer handed to the broker: nothing
+/// more is known, but the client did its part.
+pub const ACKS0_HANDED_OVER: &str = "acks=0: the broker never says whether it took the record";
 
 /// A producer host: one session whose `concurrency` slots each send until
 /// the workload window closes, sharing one producer client.

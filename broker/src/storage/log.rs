@@ -338,6 +338,7 @@ impl PartitionLog {
         for (_, h) in &headers {
             self.epochs.assign(h.partition_leader_epoch, h.base_offset);
         }
+        self.check_appended(buf.len() as u64, headers.last().map(|(_, h)| h.partition_leader_epoch));
         let first_unflushed_ms = self.first_unflushed_ms;
         self.unflushed_records += record_count;
         self.first_unflushed_ms.get_or_insert(now_ms);
@@ -375,6 +376,27 @@ impl PartitionLog {
             self.recovery_point
         );
         Ok(())
+    }
+
+    /// What must hold right after an append of `len` bytes whose last batch
+    /// carries `last_epoch`: the active segment holds at most `segment.bytes`
+    /// unless this append alone is bigger (a batch never spans segments), and
+    /// the epoch cache ends with the epoch the log now ends with, so that
+    /// OffsetForLeaderEpoch answers from what the batches say.
+    fn check_appended(&mut self, len: u64, last_epoch: Option<i32>) {
+        let segment_bytes = self.config.effective_segment_bytes().min(u32::MAX as u64);
+        let size = self.active().size();
+        invariant!(
+            size <= segment_bytes.max(len),
+            "active segment holds {size} bytes after a {len}-byte append; segment.bytes is {segment_bytes}"
+        );
+        if let Some(epoch) = last_epoch.filter(|&e| e >= 0) {
+            invariant!(
+                self.epochs.latest_epoch() == Some(epoch),
+                "the log ends with a batch of leader epoch {epoch} but the epoch cache ends with {:?}",
+                self.epochs.latest()
+            );
+        }
     }
 
     /// Roll before an append of `len` bytes ending at `next` if the active

@@ -33,10 +33,12 @@ pub enum AnomalyKind {
     PollSkip,
     /// One poll's consecutive records jumping over known records.
     IntPollSkip,
+    /// A keyed send on a partition other than Kafka's partitioner gives it.
+    MisplacedKey,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 12] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -48,6 +50,7 @@ impl AnomalyKind {
         AnomalyKind::IntNonmonotonicPoll,
         AnomalyKind::PollSkip,
         AnomalyKind::IntPollSkip,
+        AnomalyKind::MisplacedKey,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -66,6 +69,7 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
             AnomalyKind::PollSkip => "poll-skip",
             AnomalyKind::IntPollSkip => "int-poll-skip",
+            AnomalyKind::MisplacedKey => "misplaced-key",
         }
     }
 
@@ -85,6 +89,7 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
             AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
+            AnomalyKind::MisplacedKey => "a keyed record landed on a partition other than Kafka's default partitioner picks",
         }
     }
 }

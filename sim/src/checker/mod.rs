@@ -11,6 +11,7 @@
 mod index;
 mod kind;
 mod lost;
+mod placement;
 mod polls;
 mod promise;
 mod report;
@@ -42,6 +43,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     values::provenance(&ix, &mut found);
     sends::send_order(history, &mut found);
     polls::poll_order(history, &ix, &mut found);
+    placement::key_placement(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 

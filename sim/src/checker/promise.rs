@@ -2,8 +2,6 @@
 //! fatal. A check a correct broker can never trip is worth nothing as
 //! information: under the configuration that promises it, it fails the run.
 //!
-//! | anomaly | fatal when |
-//! |---|---|
 //! | anomaly | fatal when (and in every case only while the medium cannot corrupt fsynced data, see below) |
 //! |---|---|
 //! | `lost-write` | always for acknowledged sends (acks 1 or -1; acks 0 sends are recorded `info` and never count as acknowledged) |
@@ -13,6 +11,7 @@
 //! | `nonmonotonic-send` | always: a send invoked after another completed lands after it, retries or not |
 //! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
 //! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip` | always, even when the medium corrupts |
+//! | `misplaced-key` | always, even when the medium corrupts: the producer picks the partition before any byte is stored |
 //!
 //! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
 //! or misdirected writes, or fsync failures that drop pages: one replica
@@ -39,7 +38,8 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             AnomalyKind::G1a
             | AnomalyKind::Unexpected
             | AnomalyKind::IntNonmonotonicPoll
-            | AnomalyKind::IntPollSkip => true,
+            | AnomalyKind::IntPollSkip
+            | AnomalyKind::MisplacedKey => true,
             _ if rot => false,
             AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
             _ => true,
