@@ -148,6 +148,12 @@ fn producer_config(ctx: &ClientCtx, w: &Workload) -> ProducerConfig {
     config
 }
 
+/// The key numbered `i`: 2 to 12 bytes long, so that murmur2's word loop
+/// and each of its three tail cases all run.
+fn key_name(i: u32) -> String {
+    format!("k{i}{}", "-".repeat((i % 11) as usize))
+}
+
 /// Printable filler for a value, different for every value, so that
 /// compression cannot squeeze it to nothing and a torn write that keeps the
 /// length still changes what the CRC covers.
@@ -239,7 +245,7 @@ pub async fn producer(ctx: ClientCtx) {
             let mut n = 0u64;
             while sim_now() < ctx.end {
                 let topic = &ctx.topics[rng.random_range(0..ctx.topics.len())].name;
-                let key = format!("k{}", rng.random_range(0..w.keys));
+                let key = key_name(rng.random_range(0..w.keys));
                 let key = (w.keyed >= 1.0 || rng.random_bool(w.keyed)).then_some(key);
                 let id = format!("p{process}-{slot}.{n}");
                 let value = if w.value_size > 0 { format!("{id}:{}", padding(&id, w.value_size)) } else { id };
