@@ -214,9 +214,11 @@ pub fn parse_process_roles(text: &str) -> Result<ProcessRoles, String> {
         let seen = match role {
             "broker" => std::mem::replace(&mut roles.broker, true),
             "controller" => std::mem::replace(&mut roles.controller, true),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "process_roles: unknown role {other:?}; expected \"broker\", \"controller\" or \"broker,controller\""
-            )),
+            ))
+            }
         };
         if seen {
             return Err(format!("process_roles: role {role:?} is listed twice"));
