@@ -453,6 +453,8 @@ impl QuorumController {
         let caught_up = req.current_metadata_offset >= reg.epoch;
         let mut resp = BrokerHeartbeatResponse::default();
         resp.is_caught_up = caught_up;
+        // Kafka's schema defaults is_fenced to true; say what holds.
+        resp.is_fenced = reg.fenced;
         let mut records = Vec::new();
         if reg.fenced {
             resp.is_fenced = true;
