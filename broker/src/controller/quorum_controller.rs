@@ -253,6 +253,15 @@ impl QuorumController {
         self.active.is_some()
     }
 
+    /// While active, the offset the next proposed record will get. The
+    /// driver can check it against the quorum's log end before appending a
+    /// result's records: a mismatch means the numbering has drifted (the
+    /// quorum wrote something the controller did not expect), and the safe
+    /// answer is to resign.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.active.as_ref().map(|a| a.next_offset)
+    }
+
     pub fn config(&self) -> &ControllerConfig {
         &self.config
     }
@@ -573,7 +582,11 @@ impl QuorumController {
         let spec = TopicSpec {
             name: t.name.to_string(),
             num_partitions: if manual { t.assignments.len() as i32 } else { t.num_partitions },
-            replication_factor: if manual { t.assignments[0].broker_ids.len() as i16 } else { t.replication_factor },
+            replication_factor: if manual {
+                i16::try_from(t.assignments[0].broker_ids.len()).unwrap_or(i16::MAX)
+            } else {
+                t.replication_factor
+            },
             configs,
         };
         let (partitions, rf) = check_new_topic(a.image.topic_names(), &spec, &self.config.defaults)?;

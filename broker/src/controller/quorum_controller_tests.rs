@@ -52,6 +52,13 @@ impl Harness {
 
     /// Append a result's records to the log as the quorum would.
     fn propose<R>(&mut self, r: ControllerResult<R>) -> (Option<i64>, R) {
+        if let Some(next) = self.ctl.next_offset() {
+            assert_eq!(
+                next,
+                self.next_offset + r.records.len() as i64,
+                "the controller numbered its records from our log end"
+            );
+        }
         for rec in r.records {
             // Every record goes through the byte format, as the quorum carries it.
             let decoded = MetadataRecord::decode(&rec.encode()).unwrap();
@@ -691,5 +698,135 @@ proptest! {
         // Replicas in all: within one partition's worth of even, plus the shift's drift.
         let loads: Vec<i32> = brokers.iter().map(|b| load.get(b).copied().unwrap_or(0)).collect();
         prop_assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= rf as i32, "load {:?}", loads);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Register {
+        node: i32,
+        incarnation: u128,
+    },
+    Heartbeat {
+        node: i32,
+        caught_up: bool,
+        want_fence: bool,
+        want_shut_down: bool,
+    },
+    Advance {
+        ms: i64,
+    },
+    Create {
+        name: u8,
+        partitions: i32,
+        rf: i16,
+    },
+    Delete {
+        name: u8,
+    },
+    /// Propose a CreateTopics, then lose leadership before it commits; another
+    /// controller takes over from the committed log.
+    FailOver {
+        name: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0i32..4, 0u128..3).prop_map(|(node, incarnation)| Op::Register { node, incarnation }),
+        6 => (0i32..4, proptest::bool::weighted(0.85), proptest::bool::weighted(0.1), proptest::bool::weighted(0.1)).prop_map(
+            |(node, caught_up, want_fence, want_shut_down)| Op::Heartbeat { node, caught_up, want_fence, want_shut_down }
+        ),
+        2 => (0i64..6000).prop_map(|ms| Op::Advance { ms }),
+        2 => (0u8..5, 1i32..6, 1i16..4).prop_map(|(name, partitions, rf)| Op::Create { name, partitions, rf }),
+        1 => (0u8..5).prop_map(|name| Op::Delete { name }),
+        1 => (5u8..7).prop_map(|name| Op::FailOver { name }),
+    ]
+}
+
+/// What must hold of the committed image after every step.
+fn check_invariants(image: &MetadataImage) -> Result<(), TestCaseError> {
+    for t in image.topics() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.leader != NO_LEADER {
+                prop_assert!(image.is_usable(p.leader), "{}-{i}: leader {} is not usable: {p:?}", t.name, p.leader);
+            } else {
+                prop_assert!(
+                    !p.isr.iter().any(|r| image.is_usable(*r)),
+                    "{}-{i}: offline with a usable ISR member: {p:?}",
+                    t.name
+                );
+            }
+        }
+    }
+    let snap = MetadataImage::from_snapshot(&image.to_snapshot()).unwrap();
+    prop_assert_eq!(&snap, image);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_timelines_keep_leaders_usable_and_replicas_agree(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut h = Harness::new(true);
+        h.brokers(&[0, 1, 2]);
+        let mut previous = h.image().clone();
+        for op in ops {
+            match op {
+                Op::Register { node, incarnation } => {
+                    h.register(node, incarnation);
+                }
+                Op::Heartbeat { node, caught_up, want_fence, want_shut_down } => {
+                    let epoch = h.image().broker(node).map_or(0, |b| b.epoch);
+                    let offset = if caught_up { h.image().last_offset() } else { epoch - 1 };
+                    let resp = h.heartbeat_with(node, epoch, offset, want_fence, want_shut_down);
+                    if resp.error_code == 0 {
+                        prop_assert_eq!(resp.is_fenced, h.image().broker(node).unwrap().fenced);
+                    }
+                }
+                Op::Advance { ms } => {
+                    h.now += ms;
+                    h.tick();
+                }
+                Op::Create { name, partitions, rf } => {
+                    h.create(&format!("t{name}"), partitions, rf);
+                }
+                Op::Delete { name } => {
+                    let req = DeleteTopicsRequest::default()
+                        .with_topic_names(vec![TopicName(StrBytes::from_string(format!("t{name}")))]);
+                    let r = h.ctl.delete_topics(&req, 5);
+                    h.run(r);
+                }
+                Op::FailOver { name } => {
+                    let req = CreateTopicsRequest::default().with_topics(vec![topic(&format!("t{name}"), 2, 1)]);
+                    let r = h.ctl.create_topics(&req);
+                    h.propose(r);
+                    // Lost before commit: the new leader's log ends at the commit point.
+                    h.log.truncate(h.committed);
+                    h.next_offset = h.log.last().map_or(1, |(o, _)| o + 1) + 1;
+                    let mut next = QuorumController::new(config(true), name as u64);
+                    for (o, r) in &h.log {
+                        next.replay(*o, r).unwrap();
+                    }
+                    prop_assert_eq!(next.image(), h.image());
+                    let r = next.activate(h.next_offset, h.now);
+                    h.ctl = next;
+                    h.run(r);
+                    let lost = format!("t{name}");
+                    prop_assert!(h.image().topic_by_name(&lost).is_none());
+                }
+            }
+            check_invariants(h.image())?;
+            // Epochs only move forward, partition by partition.
+            for t in previous.topics() {
+                for (i, old) in t.partitions.iter().enumerate() {
+                    if let Some(new) = h.image().partition(t.id, i as i32) {
+                        prop_assert!(new.partition_epoch >= old.partition_epoch && new.leader_epoch >= old.leader_epoch);
+                    }
+                }
+            }
+            previous = h.image().clone();
+        }
     }
 }
