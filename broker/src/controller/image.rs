@@ -59,7 +59,7 @@ impl BrokerRegistration {
         self.listeners.iter().find(|l| l.name == name)
     }
 
-    fn as_ref(&self) -> BrokerRef {
+    fn broker_ref(&self) -> BrokerRef {
         BrokerRef { node_id: self.node_id, broker_epoch: self.epoch }
     }
 }
@@ -348,7 +348,7 @@ impl MetadataImage {
                 fenced: b.fenced,
             }));
             if b.in_controlled_shutdown {
-                out.push(MetadataRecord::ControlledShutdown(b.as_ref()));
+                out.push(MetadataRecord::ControlledShutdown(b.broker_ref()));
             }
         }
         for t in self.topics() {
