@@ -36,7 +36,8 @@ impl Driver {
 #[test]
 #[ignore]
 fn metadata_operations_per_second() {
-    let config = ControllerConfig::from_broker_config(&BrokerConfig { max_partitions: 1_000_000, ..BrokerConfig::default() });
+    let config =
+        ControllerConfig::from_broker_config(&BrokerConfig { max_partitions: 1_000_000, ..BrokerConfig::default() });
     let mut d = Driver { ctl: QuorumController::new(config, 1), next_offset: 1 };
     let r = d.ctl.activate(1, 0);
     d.run(r);

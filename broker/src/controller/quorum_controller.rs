@@ -468,7 +468,8 @@ impl QuorumController {
         if reg.fenced {
             resp.is_fenced = true;
             resp.should_shut_down = req.want_shut_down;
-            if !req.want_shut_down && !req.want_fence && caught_up {
+            // A broker that finished a controlled shutdown stays fenced until it registers again.
+            if !req.want_shut_down && !req.want_fence && caught_up && !reg.in_controlled_shutdown {
                 a.append(&mut records, MetadataRecord::UnfenceBroker(me));
                 a.elect_offline_leaders(&mut records);
                 resp.is_fenced = false;

@@ -496,6 +496,12 @@ fn controlled_shutdown_moves_leadership_then_lets_the_broker_go() {
     assert!(h.image().broker(1).unwrap().fenced);
     // A fenced broker asking to shut down may go at once.
     assert!(h.heartbeat_with(1, epochs[&1], last, false, true).should_shut_down);
+    // It is not unfenced again by heartbeating; a new registration brings it back.
+    assert!(h.heartbeat(1, epochs[&1], last).is_fenced);
+    let again = h.register(1, 1);
+    let last = h.image().last_offset();
+    assert!(!h.heartbeat(1, again.broker_epoch, last).is_fenced);
+    assert!(h.image().is_usable(1));
 }
 
 #[test]
