@@ -102,6 +102,9 @@ pub struct MetadataImage {
     brokers: BTreeMap<i32, BrokerRegistration>,
     topics: BTreeMap<Uuid, TopicImage>,
     names: BTreeMap<String, Uuid>,
+    /// Derived from `topics`, kept as records apply so placement costs no scan.
+    partition_count: usize,
+    replica_load: BTreeMap<i32, usize>,
 }
 
 impl Default for MetadataImage {
@@ -120,6 +123,8 @@ impl MetadataImage {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             names: BTreeMap::new(),
+            partition_count: 0,
+            replica_load: BTreeMap::new(),
         }
     }
 
@@ -178,18 +183,12 @@ impl MetadataImage {
 
     /// Partitions in the cluster, all topics together.
     pub fn partition_count(&self) -> usize {
-        self.topics.values().map(|t| t.partitions.len()).sum()
+        self.partition_count
     }
 
     /// Replicas each broker holds, for every broker that holds one.
-    pub fn replicas_per_broker(&self) -> BTreeMap<i32, usize> {
-        let mut out = BTreeMap::new();
-        for p in self.topics.values().flat_map(|t| &t.partitions) {
-            for r in &p.replicas {
-                *out.entry(*r).or_insert(0) += 1;
-            }
-        }
-        out
+    pub fn replicas_per_broker(&self) -> &BTreeMap<i32, usize> {
+        &self.replica_load
     }
 
     /// Apply the committed record at `offset`. Offsets must increase; a
@@ -272,6 +271,10 @@ impl MetadataImage {
                     return Err("negative epoch".into());
                 }
                 check_placement(&p.replicas, &p.isr, p.leader)?;
+                self.partition_count += 1;
+                for r in &p.replicas {
+                    *self.replica_load.entry(*r).or_insert(0) += 1;
+                }
                 topic.partitions.push(PartitionRegistration {
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
@@ -307,6 +310,14 @@ impl MetadataImage {
             MetadataRecord::RemoveTopic { topic_id } => {
                 let topic = self.topics.remove(topic_id).ok_or_else(|| format!("no topic has id {topic_id}"))?;
                 self.names.remove(&topic.name);
+                self.partition_count -= topic.partitions.len();
+                for r in topic.partitions.iter().flat_map(|p| &p.replicas) {
+                    let load = self.replica_load.get_mut(r).expect("counted when the partition was added");
+                    *load -= 1;
+                    if *load == 0 {
+                        self.replica_load.remove(r);
+                    }
+                }
             }
             MetadataRecord::FeatureLevel { name, level } => {
                 self.features.insert(name.clone(), *level);
@@ -623,7 +634,7 @@ mod tests {
         let t = image.topic_by_name("t0").unwrap();
         assert_eq!((t.id, t.partitions.len()), (tid(0), 2));
         assert_eq!(image.partition(tid(0), 1).unwrap().leader, 2);
-        assert_eq!(image.replicas_per_broker(), BTreeMap::from([(1, 2), (2, 2)]));
+        assert_eq!(image.replicas_per_broker(), &BTreeMap::from([(1, 2), (2, 2)]));
     }
 
     #[test]
@@ -831,6 +842,15 @@ mod tests {
             }
             replayed.last_offset = image.last_offset;
             prop_assert_eq!(&replayed, &image);
+            // The derived counts match a scan.
+            let mut load = BTreeMap::new();
+            for p in image.topics().flat_map(|t| &t.partitions) {
+                for r in &p.replicas {
+                    *load.entry(*r).or_insert(0usize) += 1;
+                }
+            }
+            prop_assert_eq!(image.replicas_per_broker(), &load);
+            prop_assert_eq!(image.partition_count(), image.topics().map(|t| t.partitions.len()).sum::<usize>());
             // Every node's local view from empty lists exactly its replicas.
             for node in 0..4 {
                 let c = image.local_changes(&MetadataImage::empty(), node);

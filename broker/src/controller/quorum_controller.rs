@@ -628,7 +628,7 @@ impl QuorumController {
             }
             place_replicas(&usable, partitions, rf as usize, a.image.partition_count())
         };
-        let mut load = a.image.replicas_per_broker();
+        let mut load = a.image.replicas_per_broker().clone();
         for b in placement.iter().flatten() {
             *load.entry(*b).or_insert(0) += 1;
         }

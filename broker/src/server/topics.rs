@@ -130,8 +130,13 @@ pub fn check_new_topic<'a>(
     // Kafka refuses names that differ only in '.' versus '_': they collide in
     // metric names. Existing names never collide with each other, so the
     // first match is the only one.
-    let canonical = |n: &str| n.replace('.', "_");
-    if let Some(other) = existing.into_iter().find(|k| canonical(k) == canonical(&spec.name)) {
+    let collides = |n: &str| {
+        n.len() == spec.name.len()
+            && n.bytes()
+                .zip(spec.name.bytes())
+                .all(|(a, b)| a == b || (matches!(a, b'.' | b'_') && matches!(b, b'.' | b'_')))
+    };
+    if let Some(other) = existing.into_iter().find(|k| collides(k)) {
         if other == spec.name {
             return Err(TopicError::new(
                 ResponseError::TopicAlreadyExists,
