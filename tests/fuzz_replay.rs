@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use faultline_broker::fuzz_targets;
 
-const TARGETS: [&str; 3] = ["request", "record_batch", "recovery"];
-/// Mutations per seed per target: about 8,500 inputs in all, a few seconds.
+const TARGETS: [&str; 4] = ["request", "record_batch", "recovery", "metadata"];
+/// Mutations per seed per target: about 15,000 inputs in all, a few seconds.
 const MUTATIONS: usize = 500;
 
 fn run(target: &str, input: &[u8]) {
@@ -19,6 +19,7 @@ fn run(target: &str, input: &[u8]) {
         "request" => fuzz_targets::request(input),
         "record_batch" => fuzz_targets::record_batch(input),
         "recovery" => fuzz_targets::recovery(input),
+        "metadata" => fuzz_targets::metadata(input),
         other => panic!("unknown target {other}"),
     }
 }

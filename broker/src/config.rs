@@ -161,6 +161,151 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// Planted bugs (simulation only).
     pub bugs: PlantedBugs,
+    /// `process.roles`: "broker", "controller" or "broker,controller". Unset
+    /// (the default) is single-node mode: one broker that is its own
+    /// controller, with no metadata quorum. See [`BrokerConfig::cluster_mode`].
+    pub process_roles: Option<String>,
+    /// `controller.quorum.voters`: the controllers of the metadata quorum,
+    /// "id@host:port,id@host:port,...". Required with `process_roles`.
+    pub controller_quorum_voters: Option<String>,
+    /// `broker.session.timeout.ms`: the active controller fences a broker
+    /// that has sent no heartbeat for this long (Kafka: 9000).
+    pub broker_session_timeout_ms: u64,
+    /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the
+    /// active controller (Kafka: 2000). Must be below the session timeout.
+    pub broker_heartbeat_interval_ms: u64,
+    /// Lets CreateTopics ask for a replication factor above 1. Off until
+    /// partition replication (followers, ISR, high watermark) is served;
+    /// until then such a request is refused with INVALID_REPLICATION_FACTOR.
+    pub replication_enabled: bool,
+}
+
+/// What a node does in cluster mode (`process.roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRoles {
+    pub broker: bool,
+    pub controller: bool,
+}
+
+/// One member of the metadata quorum, from `controller.quorum.voters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumVoter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A node's place in a cluster: its roles and the quorum's voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMode {
+    pub roles: ProcessRoles,
+    /// Ordered by id; ids are distinct.
+    pub voters: Vec<QuorumVoter>,
+}
+
+/// Most voters `controller.quorum.voters` may name: each is a Raft peer the
+/// leader replicates to and counts for every commit.
+pub const MAX_QUORUM_VOTERS: usize = 9;
+
+/// Parse `process.roles` ("broker", "controller", or both, comma-separated).
+pub fn parse_process_roles(text: &str) -> Result<ProcessRoles, String> {
+    let mut roles = ProcessRoles { broker: false, controller: false };
+    for role in text.split(',').map(str::trim) {
+        let seen = match role {
+            "broker" => std::mem::replace(&mut roles.broker, true),
+            "controller" => std::mem::replace(&mut roles.controller, true),
+            other => {
+                return Err(format!(
+                "process_roles: unknown role {other:?}; expected \"broker\", \"controller\" or \"broker,controller\""
+            ))
+            }
+        };
+        if seen {
+            return Err(format!("process_roles: role {role:?} is listed twice"));
+        }
+    }
+    Ok(roles)
+}
+
+/// Parse `controller.quorum.voters`: "1@host:port,2@host:port,...".
+pub fn parse_quorum_voters(text: &str) -> Result<Vec<QuorumVoter>, String> {
+    let mut voters: Vec<QuorumVoter> = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        let bad = |why: &str| {
+            format!(
+                "controller_quorum_voters: bad entry {entry:?}: {why}; expected id@host:port, e.g. 1@127.0.0.1:9093"
+            )
+        };
+        let (id, addr) = entry.split_once('@').ok_or_else(|| bad("no '@'"))?;
+        let id: i32 = id.trim().parse().map_err(|_| bad("the id is not a number"))?;
+        if id < 0 {
+            return Err(bad("the id is negative"));
+        }
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no ':port'"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(bad("port 0 cannot be dialled"));
+        }
+        if voters.iter().any(|v| v.id == id) {
+            return Err(format!("controller_quorum_voters: voter id {id} is listed twice"));
+        }
+        voters.push(QuorumVoter { id, host: host.to_string(), port });
+    }
+    if voters.len() > MAX_QUORUM_VOTERS {
+        return Err(format!("controller_quorum_voters: {} voters; at most {MAX_QUORUM_VOTERS}", voters.len()));
+    }
+    voters.sort_by_key(|v| v.id);
+    Ok(voters)
+}
+
+impl BrokerConfig {
+    /// The node's cluster role, checked as Kafka checks it: `None` in
+    /// single-node mode (no `process_roles`), else the roles and voters, or
+    /// a message naming the setting that is wrong.
+    pub fn cluster_mode(&self) -> Result<Option<ClusterMode>, String> {
+        let Some(roles_text) = &self.process_roles else {
+            if self.controller_quorum_voters.is_some() {
+                return Err("controller_quorum_voters is set but process_roles is not; set process_roles to \
+                            \"broker\", \"controller\" or \"broker,controller\" for cluster mode"
+                    .into());
+            }
+            return Ok(None);
+        };
+        let roles = parse_process_roles(roles_text)?;
+        let voters_text = self
+            .controller_quorum_voters
+            .as_deref()
+            .ok_or("process_roles is set, so controller_quorum_voters is required (\"1@host:port,...\")")?;
+        let voters = parse_quorum_voters(voters_text)?;
+        if self.node_id < 0 {
+            return Err(format!("node_id must be 0 or more in cluster mode, not {}", self.node_id));
+        }
+        let is_voter = voters.iter().any(|v| v.id == self.node_id);
+        if roles.controller && !is_voter {
+            return Err(format!(
+                "process_roles includes controller, so node_id {} must be one of controller_quorum_voters",
+                self.node_id
+            ));
+        }
+        if !roles.controller && is_voter {
+            return Err(format!(
+                "process_roles is broker only, so node_id {} must not be one of controller_quorum_voters",
+                self.node_id
+            ));
+        }
+        if self.broker_heartbeat_interval_ms == 0 || self.broker_heartbeat_interval_ms >= self.broker_session_timeout_ms
+        {
+            return Err(format!(
+                "broker_heartbeat_interval_ms ({}) must be above 0 and below broker_session_timeout_ms ({})",
+                self.broker_heartbeat_interval_ms, self.broker_session_timeout_ms
+            ));
+        }
+        Ok(Some(ClusterMode { roles, voters }))
+    }
 }
 
 impl Default for BrokerConfig {
@@ -184,6 +329,74 @@ impl Default for BrokerConfig {
             max_open_files: crate::storage::open_files::DEFAULT_MAX_OPEN_FILES,
             log: LogConfig::default(),
             bugs: PlantedBugs::default(),
+            process_roles: None,
+            controller_quorum_voters: None,
+            broker_session_timeout_ms: 9000,
+            broker_heartbeat_interval_ms: 2000,
+            replication_enabled: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(roles: &str, voters: &str, node_id: i32) -> Result<Option<ClusterMode>, String> {
+        BrokerConfig {
+            node_id,
+            process_roles: Some(roles.into()),
+            controller_quorum_voters: Some(voters.into()),
+            ..BrokerConfig::default()
+        }
+        .cluster_mode()
+    }
+
+    #[test]
+    fn single_node_mode_is_the_default() {
+        assert_eq!(BrokerConfig::default().cluster_mode(), Ok(None));
+        let c = BrokerConfig { controller_quorum_voters: Some("1@h:1".into()), ..BrokerConfig::default() };
+        assert!(c.cluster_mode().unwrap_err().contains("process_roles"));
+    }
+
+    #[test]
+    fn voters_and_roles_parse() {
+        let m = cluster("broker,controller", "3@c:9095, 1@a:9093,2@[::1]:9094", 1).unwrap().unwrap();
+        assert_eq!(m.roles, ProcessRoles { broker: true, controller: true });
+        let ids: Vec<i32> = m.voters.iter().map(|v| v.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!((m.voters[1].host.as_str(), m.voters[1].port), ("::1", 9094));
+        let m = cluster("broker", "1@a:9093", 4).unwrap().unwrap();
+        assert_eq!(m.roles, ProcessRoles { broker: true, controller: false });
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (roles, voters, id, needle) in [
+            ("broker,leader", "1@a:1", 1, "unknown role"),
+            ("broker,broker", "1@a:1", 1, "twice"),
+            ("controller", "1@a:1", 2, "must be one of"),
+            ("broker", "1@a:1", 1, "must not be one of"),
+            ("controller", "1a:1", 1, "no '@'"),
+            ("controller", "x@a:1", 1, "not a number"),
+            ("controller", "1@a", 1, "no ':port'"),
+            ("controller", "1@a:99999", 1, "port"),
+            ("controller", "1@a:0", 1, "port 0"),
+            ("controller", "1@:5", 1, "host is empty"),
+            ("controller", "1@a:1,1@b:2", 1, "listed twice"),
+            ("controller", "", 1, "bad entry"),
+        ] {
+            let err = cluster(roles, voters, id).unwrap_err();
+            assert!(err.contains(needle), "{roles} / {voters}: {err}");
+        }
+        let many: Vec<String> = (0..10).map(|i| format!("{i}@h:{}", 9000 + i)).collect();
+        assert!(cluster("controller", &many.join(","), 0).unwrap_err().contains("at most"));
+        let c = BrokerConfig {
+            process_roles: Some("broker".into()),
+            controller_quorum_voters: Some("1@a:1".into()),
+            broker_heartbeat_interval_ms: 9000,
+            ..BrokerConfig::default()
+        };
+        assert!(c.cluster_mode().unwrap_err().contains("below broker_session_timeout_ms"));
     }
 }

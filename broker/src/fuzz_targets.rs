@@ -2,7 +2,8 @@
 //! in `fuzz/` and the in-tree replay test (`tests/fuzz_replay.rs`), so both
 //! drive exactly the same entry points: a request frame through the node
 //! core's dispatch, a record set through produce validation and the
-//! consumer's decoder, and arbitrary segment bytes through log recovery.
+//! consumer's decoder, arbitrary segment bytes through log recovery, and
+//! metadata-log records and snapshots through their decoders and the image.
 //! Each must return (any error is fine); a panic, an abort or an allocation
 //! the input merely claimed is a finding.
 //!
@@ -108,6 +109,117 @@ pub fn recovery(data: &[u8]) {
         }
         let _ = log.flush();
     }
+}
+
+/// Metadata target. `data[0]` picks what the rest is: one metadata record
+/// (decoded, re-encoded, decoded again to the same value), a metadata
+/// snapshot (as is, or with its trailing CRC fixed up so mutations reach the
+/// records), or a run of records each prefixed by a one-byte length, applied
+/// in order to an image whose snapshot must load back to the same image.
+pub fn metadata(data: &[u8]) {
+    use crate::controller::image::MetadataImage;
+    use crate::controller::records::MetadataRecord;
+    let Some((&selector, rest)) = data.split_first() else { return };
+    match selector % 4 {
+        0 => {
+            if let Ok(r) = MetadataRecord::decode(rest) {
+                assert_eq!(MetadataRecord::decode(&r.encode()).as_ref(), Ok(&r));
+            }
+        }
+        1 => {
+            let _ = MetadataImage::from_snapshot(rest);
+        }
+        2 => {
+            let mut fixed = rest.to_vec();
+            if fixed.len() >= 4 {
+                let body = fixed.len() - 4;
+                let crc = crc32c::crc32c(&fixed[..body]);
+                fixed[body..].copy_from_slice(&crc.to_be_bytes());
+            }
+            if let Ok(image) = MetadataImage::from_snapshot(&fixed) {
+                assert_eq!(MetadataImage::from_snapshot(&image.to_snapshot()).as_ref(), Ok(&image));
+            }
+        }
+        _ => {
+            let mut image = MetadataImage::empty();
+            let mut at = rest;
+            let mut offset = 0;
+            while let Some((&len, tail)) = at.split_first() {
+                let n = (len as usize).min(tail.len());
+                if let Ok(r) = MetadataRecord::decode(&tail[..n]) {
+                    let before = image.clone();
+                    if image.apply(offset, &r).is_err() {
+                        assert_eq!(image, before, "a refused record changed the image");
+                    }
+                }
+                offset += 1;
+                at = &tail[n..];
+            }
+            assert_eq!(MetadataImage::from_snapshot(&image.to_snapshot()).as_ref(), Ok(&image));
+        }
+    }
+}
+
+/// Seeds for the metadata target: each record kind, a run of records that
+/// builds a small cluster, and its snapshot.
+fn metadata_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::controller::image::MetadataImage;
+    use crate::controller::records::*;
+    let topic_id = uuid::Uuid::from_u128(0xfeed);
+    let records = vec![
+        MetadataRecord::ClusterId { cluster_id: "faultline".into() },
+        MetadataRecord::FeatureLevel { name: "metadata.version".into(), level: 1 },
+        MetadataRecord::RegisterBroker(RegisterBroker {
+            node_id: 1,
+            broker_epoch: 2,
+            incarnation_id: uuid::Uuid::from_u128(1),
+            listeners: vec![Endpoint { name: "PLAINTEXT".into(), host: "h1".into(), port: 9092, security_protocol: 0 }],
+            rack: Some("r".into()),
+            fenced: true,
+        }),
+        MetadataRecord::UnfenceBroker(BrokerRef { node_id: 1, broker_epoch: 2 }),
+        MetadataRecord::Topic(TopicRecord {
+            name: "t".into(),
+            topic_id,
+            configs: BTreeMap::from([("flush.ms".to_string(), "10".to_string())]),
+        }),
+        MetadataRecord::Partition(PartitionRecord {
+            topic_id,
+            partition: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        }),
+        MetadataRecord::PartitionChange(PartitionChange {
+            topic_id,
+            partition: 0,
+            leader: -1,
+            isr: vec![1],
+            leader_epoch: 1,
+            partition_epoch: 1,
+        }),
+        MetadataRecord::ControlledShutdown(BrokerRef { node_id: 1, broker_epoch: 2 }),
+        MetadataRecord::FenceBroker(BrokerRef { node_id: 1, broker_epoch: 2 }),
+        MetadataRecord::RemoveTopic { topic_id },
+        MetadataRecord::UnregisterBroker(BrokerRef { node_id: 1, broker_epoch: 2 }),
+    ];
+    let mut out = Vec::new();
+    let mut run = vec![3u8];
+    let mut image = MetadataImage::empty();
+    for (i, r) in records.iter().enumerate() {
+        let bytes = r.encode();
+        out.push((format!("record-{i}"), [&[0u8][..], &bytes].concat()));
+        run.push(bytes.len() as u8);
+        run.extend_from_slice(&bytes);
+        if i < 8 {
+            image.apply(i as i64, r).expect("the seed records fit");
+        }
+    }
+    out.push(("records".into(), run));
+    out.push(("snapshot".into(), [&[2u8][..], &image.to_snapshot()].concat()));
+    out
 }
 
 /// A fresh node on an in-memory disk, hosting topic `t` with two partitions.
@@ -292,6 +404,9 @@ pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
     let log = sample_batches().to_vec();
     out.push(("recovery", "log".into(), [&[1u8][..], &log].concat()));
     out.push(("recovery", "torn-log".into(), [&[0u8][..], &log[..log.len() - 7]].concat()));
+    for (name, bytes) in metadata_seeds() {
+        out.push(("metadata", name, bytes));
+    }
     out
 }
 
@@ -379,6 +494,7 @@ mod tests {
             match target {
                 "request" => request(&input),
                 "record_batch" => record_batch(&input),
+                "metadata" => metadata(&input),
                 _ => recovery(&input),
             }
             assert!(!input.is_empty(), "{name}");

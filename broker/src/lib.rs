@@ -6,6 +6,8 @@
 //! - [`wire`]: Kafka wire framing and the API version table.
 //! - [`server`]: the broker node: topics, request handlers, long-poll fetch.
 //! - [`client`]: producer, consumer and admin clients over the same seam.
+//! - [`controller`]: cluster metadata: records, the metadata image, the
+//!   active controller's logic, a broker's registration life cycle.
 //! - [`config`]: broker and topic configuration, and the planted-bug switches.
 //! - [`compression`]: bounded decompression of record batches, every codec.
 //! - [`record_batch`]: the one definition of the Kafka v2 record batch
@@ -17,6 +19,7 @@ mod invariant;
 pub mod client;
 pub mod compression;
 pub mod config;
+pub mod controller;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod io;

@@ -64,6 +64,14 @@ pub fn build_config(args: &Args, file_text: Option<&str>) -> anyhow::Result<Brok
          segments for tests",
         config.log.segment_bytes
     );
+    let cluster = config.cluster_mode().map_err(|m| anyhow::anyhow!("bad cluster settings: {m}"))?;
+    if let Some(mode) = cluster {
+        anyhow::bail!(
+            "process_roles = {:?} asks for cluster mode, which `faultline serve` does not run yet (the metadata \
+             quorum is not wired into the node); remove process_roles and controller_quorum_voters to run one broker",
+            mode.roles
+        );
+    }
     if config.bugs.any() {
         anyhow::bail!(
             "the config enables planted bugs ({:?}); they exist only for the simulator and `serve` refuses them",
@@ -131,6 +139,18 @@ mod tests {
         a.data_dir = None;
         assert!(build_config(&a, None).is_err());
         assert!(build_config(&args(), Some("no_such_field = 1")).is_err());
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_and_single_node_is_unchanged() {
+        let c = build_config(&args(), Some("broker_session_timeout_ms = 9000\n")).unwrap();
+        assert_eq!(c.cluster_mode(), Ok(None));
+        let err = build_config(&args(), Some("process_roles = \"broker\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("controller_quorum_voters is required"), "{err:#}");
+        let text =
+            "process_roles = \"broker,controller\"\nnode_id = 1\ncontroller_quorum_voters = \"1@127.0.0.1:9093\"\n";
+        let err = build_config(&args(), Some(text)).unwrap_err();
+        assert!(format!("{err:#}").contains("does not run yet"), "{err:#}");
     }
 
     #[test]

@@ -84,6 +84,42 @@ pub fn describe(effective: &LogConfig, overrides: &BTreeMap<String, String>) -> 
     out
 }
 
+/// Kafka's `ConfigSource` codes.
+pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+/// Where a value comes from: the topic, the broker's configuration, or Kafka's default.
+pub fn config_source(e: &ConfigEntry) -> i8 {
+    if e.is_override {
+        return SOURCE_DYNAMIC_TOPIC;
+    }
+    let kafka_default = describe(&LogConfig::default(), &BTreeMap::new());
+    let same = kafka_default.iter().any(|d| d.name == e.name && d.value == e.value);
+    if same {
+        SOURCE_DEFAULT
+    } else {
+        SOURCE_STATIC_BROKER
+    }
+}
+
+/// A created topic's configs as CreateTopics reports them.
+pub fn creatable_configs(
+    effective: &LogConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<kafka_protocol::messages::create_topics_response::CreatableTopicConfigs> {
+    describe(effective, overrides)
+        .into_iter()
+        .map(|e| {
+            let mut c = kafka_protocol::messages::create_topics_response::CreatableTopicConfigs::default();
+            c.config_source = config_source(&e);
+            c.name = kafka_protocol::protocol::StrBytes::from_static_str(e.name);
+            c.value = Some(kafka_protocol::protocol::StrBytes::from_string(e.value));
+            c
+        })
+        .collect()
+}
+
 fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, value: &str) -> Result<T, String> {
     match value.trim().parse::<T>() {
         Ok(v) if v > T::default() => Ok(v),

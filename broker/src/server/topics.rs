@@ -87,7 +87,7 @@ pub struct TopicError {
 }
 
 impl TopicError {
-    fn new(code: ResponseError, message: impl Into<String>) -> TopicError {
+    pub(crate) fn new(code: ResponseError, message: impl Into<String>) -> TopicError {
         TopicError { code, message: message.into() }
     }
 }
@@ -113,6 +113,50 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name {name:?} contains {c:?}; legal characters are [a-zA-Z0-9._-]"));
     }
     Ok(())
+}
+
+/// The checks every topic creation makes, on a single node or at the
+/// controller: Kafka's name rules, no topic of that name or of a colliding
+/// one among `existing`, and 1 to [`MAX_PARTITIONS`] partitions. Returns the
+/// partition count and replication factor with -1 resolved to the defaults
+/// (`num.partitions`, `default.replication.factor`); the replication factor
+/// and the configs are the caller's to check.
+pub fn check_new_topic<'a>(
+    existing: impl IntoIterator<Item = &'a str>,
+    spec: &TopicSpec,
+    defaults: &BrokerConfig,
+) -> Result<(i32, i16), TopicError> {
+    validate_topic_name(&spec.name).map_err(|m| TopicError::new(ResponseError::InvalidTopicException, m))?;
+    // Kafka refuses names that differ only in '.' versus '_': they collide in
+    // metric names. Existing names never collide with each other, so the
+    // first match is the only one.
+    let collides = |n: &str| {
+        n.len() == spec.name.len()
+            && n.bytes()
+                .zip(spec.name.bytes())
+                .all(|(a, b)| a == b || (matches!(a, b'.' | b'_') && matches!(b, b'.' | b'_')))
+    };
+    if let Some(other) = existing.into_iter().find(|k| collides(k)) {
+        if other == spec.name {
+            return Err(TopicError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {:?} already exists", spec.name),
+            ));
+        }
+        return Err(TopicError::new(
+            ResponseError::InvalidTopicException,
+            format!("topic {:?} collides with existing topic {other:?} ('.' and '_' are equivalent)", spec.name),
+        ));
+    }
+    let partitions = if spec.num_partitions == -1 { defaults.num_partitions } else { spec.num_partitions };
+    if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        return Err(TopicError::new(
+            ResponseError::InvalidPartitions,
+            format!("number of partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"),
+        ));
+    }
+    let rf = if spec.replication_factor == -1 { defaults.default_replication_factor } else { spec.replication_factor };
+    Ok((partitions, rf))
 }
 
 /// The registry of hosted topics.
@@ -226,28 +270,7 @@ impl Topics {
     }
 
     fn check(&self, map: &BTreeMap<String, Arc<Topic>>, spec: &TopicSpec) -> Result<Validated, TopicError> {
-        validate_topic_name(&spec.name).map_err(|m| TopicError::new(ResponseError::InvalidTopicException, m))?;
-        if map.contains_key(&spec.name) {
-            return Err(TopicError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("topic {:?} already exists", spec.name),
-            ));
-        }
-        // Kafka refuses names that differ only in '.' versus '_': they collide in metric names.
-        let canonical = |n: &str| n.replace('.', "_");
-        if let Some(other) = map.keys().find(|k| canonical(k) == canonical(&spec.name)) {
-            return Err(TopicError::new(
-                ResponseError::InvalidTopicException,
-                format!("topic {:?} collides with existing topic {other:?} ('.' and '_' are equivalent)", spec.name),
-            ));
-        }
-        let partitions = if spec.num_partitions == -1 { self.config.num_partitions } else { spec.num_partitions };
-        if !(1..=MAX_PARTITIONS).contains(&partitions) {
-            return Err(TopicError::new(
-                ResponseError::InvalidPartitions,
-                format!("number of partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"),
-            ));
-        }
+        let (partitions, rf) = check_new_topic(map.keys().map(String::as_str), spec, &self.config)?;
         let hosted: usize = map.values().map(|t| t.partitions.len()).sum();
         if hosted + partitions as usize > self.config.max_partitions {
             return Err(TopicError::new(
@@ -258,11 +281,6 @@ impl Topics {
                 ),
             ));
         }
-        let rf = if spec.replication_factor == -1 {
-            self.config.default_replication_factor
-        } else {
-            spec.replication_factor
-        };
         if rf != 1 {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicationFactor,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{
@@ -15,18 +15,12 @@ use kafka_protocol::messages::{
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::config::LogConfig;
 use crate::server::node::Cx;
-use crate::server::topic_config::{describe, ConfigEntry};
+use crate::server::topic_config::{config_source, creatable_configs, describe};
 use crate::server::topics::{TopicError, TopicSpec};
 
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
-
-/// Kafka's `ConfigSource` codes.
-const SOURCE_DYNAMIC_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub fn create_topics(cx: &mut Cx, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let mut counts = BTreeMap::new();
@@ -58,18 +52,7 @@ pub fn create_topics(cx: &mut Cx, req: CreateTopicsRequest, version: i16) -> Cre
                 r.topic_id = id;
                 r.num_partitions = partitions;
                 r.replication_factor = rf;
-                r.configs = Some(
-                    describe(&config, &overrides)
-                        .into_iter()
-                        .map(|e| {
-                            let mut c = CreatableTopicConfigs::default();
-                            c.config_source = source(&e);
-                            c.name = str_bytes(e.name);
-                            c.value = Some(str_bytes(e.value));
-                            c
-                        })
-                        .collect(),
-                );
+                r.configs = Some(creatable_configs(&config, &overrides));
             }
             Err(e) => {
                 tracing::debug!(topic = %r.name.0, version, error = %e.message, "topic not created");
@@ -177,7 +160,7 @@ pub fn describe_configs(cx: &mut Cx, req: DescribeConfigsRequest, version: i16) 
                 .filter(|e| keys.as_ref().is_none_or(|k| k.contains(e.name)))
                 .map(|e| {
                     let mut c = DescribeConfigsResourceResult::default();
-                    c.config_source = source(&e);
+                    c.config_source = config_source(&e);
                     c.config_type = if version >= 3 { e.config_type as i8 } else { 0 };
                     c.name = str_bytes(e.name);
                     c.value = Some(str_bytes(e.value));
@@ -191,18 +174,4 @@ pub fn describe_configs(cx: &mut Cx, req: DescribeConfigsRequest, version: i16) 
         resp.results.push(r);
     }
     resp
-}
-
-/// Where a value comes from: the topic, the broker's configuration, or Kafka's default.
-fn source(e: &ConfigEntry) -> i8 {
-    if e.is_override {
-        return SOURCE_DYNAMIC_TOPIC;
-    }
-    let kafka_default = describe(&LogConfig::default(), &BTreeMap::new());
-    let same = kafka_default.iter().any(|d| d.name == e.name && d.value == e.value);
-    if same {
-        SOURCE_DEFAULT
-    } else {
-        SOURCE_STATIC_BROKER
-    }
 }

@@ -5,15 +5,16 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
+use crate::controller::metadata_view::error_topic;
 use crate::server::node::Cx;
 use crate::server::topics::{Topic, TopicSpec};
 
 /// The cluster id clients see; a single-broker cluster needs no generated one.
-pub const CLUSTER_ID: &str = "faultline";
+pub const CLUSTER_ID: &str = crate::controller::quorum_controller::DEFAULT_CLUSTER_ID;
 
 pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut resp = MetadataResponse::default();
@@ -55,7 +56,7 @@ pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataRespon
                             }
                             Err(e) => {
                                 tracing::debug!(topic = %name.0, error = %e.message, "auto-creation refused");
-                                error_entry(Some(name), Uuid::nil(), e.code)
+                                error_topic(Some(name), Uuid::nil(), e.code)
                             }
                         }
                     }
@@ -64,13 +65,13 @@ pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataRespon
                             Ok(()) => ResponseError::UnknownTopicOrPartition,
                             Err(_) => ResponseError::InvalidTopicException,
                         };
-                        error_entry(Some(name), Uuid::nil(), code)
+                        error_topic(Some(name), Uuid::nil(), code)
                     }
                 }
             }
             None => match cx.node.topics.get_by_id(wanted.topic_id) {
                 Some(t) => describe(cx, &t),
-                None => error_entry(None, wanted.topic_id, ResponseError::UnknownTopicId),
+                None => error_topic(None, wanted.topic_id, ResponseError::UnknownTopicId),
             },
         };
         resp.topics.push(entry);
@@ -96,13 +97,5 @@ fn describe(cx: &Cx, t: &Topic) -> MetadataResponseTopic {
             mp
         })
         .collect();
-    entry
-}
-
-fn error_entry(name: Option<TopicName>, id: Uuid, code: ResponseError) -> MetadataResponseTopic {
-    let mut entry = MetadataResponseTopic::default();
-    entry.name = name;
-    entry.topic_id = id;
-    entry.error_code = code.code();
     entry
 }
