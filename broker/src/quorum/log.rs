@@ -188,7 +188,10 @@ impl RaftLog for MemoryLog {
     fn append_as_leader(&mut self, batches: &ValidatedBatches, epoch: i32) -> Result<(i64, i64), LogError> {
         let base = self.end_offset();
         if self.epochs.latest_epoch().is_some_and(|l| l > epoch) {
-            return Err(LogError::OutOfOrder(format!("epoch {epoch} is older than the log's {:?}", self.epochs.latest_epoch())));
+            return Err(LogError::OutOfOrder(format!(
+                "epoch {epoch} is older than the log's {:?}",
+                self.epochs.latest_epoch()
+            )));
         }
         let mut next = base;
         for (bytes, h) in batches.iter() {
@@ -244,7 +247,8 @@ impl RaftLog for MemoryLog {
     }
 
     fn store_snapshot(&mut self, id: SnapshotId, bytes: Bytes) -> Result<(), LogError> {
-        let holds_last = self.index_of(id.end_offset - 1).is_some() && self.epoch_at(id.end_offset - 1) == Some(id.epoch);
+        let holds_last =
+            self.index_of(id.end_offset - 1).is_some() && self.epoch_at(id.end_offset - 1) == Some(id.epoch);
         if holds_last {
             let drop = self.batches.partition_point(|b| b.next_offset <= id.end_offset);
             invariant!(
@@ -289,7 +293,8 @@ pub fn data_batch(records: &[Bytes], now_ms: i64) -> Result<ValidatedBatches, Lo
         .iter()
         .map(|v| OutRecord { key: None, value: Some(v.clone()), headers: Vec::new(), timestamp: now_ms })
         .collect();
-    let bytes = encode_v2(&out, ProducerFields::NONE, Compression::None).map_err(|e| LogError::Corrupt(e.to_string()))?;
+    let bytes =
+        encode_v2(&out, ProducerFields::NONE, Compression::None).map_err(|e| LogError::Corrupt(e.to_string()))?;
     ValidatedBatches::new(bytes).map_err(|e| LogError::Corrupt(e.0))
 }
 
@@ -321,8 +326,12 @@ pub fn leader_change_batch(leader_id: i32, voters: &[i32], granting: &[i32], now
         headers: Default::default(),
     };
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, [&record], &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .expect("a control batch encodes");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&record],
+        &RecordEncodeOptions { version: 2, compression: Compression::None },
+    )
+    .expect("a control batch encodes");
     ValidatedBatches::new(buf.freeze()).expect("a freshly encoded batch is valid")
 }
 
@@ -333,7 +342,12 @@ pub fn decode_batches(bytes: &Bytes, from: i64) -> Result<Vec<LogBatch>, LogErro
         let (pos, h, raw) = item.map_err(|e| LogError::Corrupt(e.0))?;
         let mut one = bytes.slice(pos..pos + raw.len());
         let set = RecordBatchDecoder::decode(&mut one).map_err(|e| LogError::Corrupt(e.to_string()))?;
-        let mut b = LogBatch { base_offset: h.base_offset, epoch: h.partition_leader_epoch, control: h.is_control(), records: Vec::new() };
+        let mut b = LogBatch {
+            base_offset: h.base_offset,
+            epoch: h.partition_leader_epoch,
+            control: h.is_control(),
+            records: Vec::new(),
+        };
         for r in set.records {
             b.records.push(r.value.unwrap_or_default());
         }

@@ -249,20 +249,32 @@ struct FollowerState {
     /// or look for the leader again (observers).
     fetch_deadline: i64,
     snapshot: Option<SnapshotDownload>,
+    /// The leader itself answered (a fetch, or its BeginQuorumEpoch) in this
+    /// role. Until then the leader is hearsay: not repeated to peers, and
+    /// no reason to refuse a pre-vote. Otherwise voters that lost a dead
+    /// leader would keep telling each other about it and never elect.
+    heard: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Role {
     /// No leader known; a voter stands at `election_deadline`, an observer
     /// asks voters in turn.
-    Unattached { election_deadline: i64, next_voter: usize },
+    Unattached {
+        election_deadline: i64,
+        next_voter: usize,
+    },
     Prospective(Election),
     Candidate(Election),
     Leader(LeaderState),
     Follower(FollowerState),
     /// Gave up leadership of the epoch; tells the voters (EndQuorumEpoch)
     /// until `deadline`, then stands again.
-    Resigned { deadline: i64, acked: BTreeSet<i32>, successors: Vec<i32> },
+    Resigned {
+        deadline: i64,
+        acked: BTreeSet<i32>,
+        successors: Vec<i32>,
+    },
 }
 
 /// One node's quorum core. See the module docs.
@@ -334,6 +346,7 @@ impl<L: RaftLog> Raft<L> {
                 leader: l,
                 fetch_deadline: now_ms + raft.config.fetch_timeout_ms,
                 snapshot: None,
+                heard: false,
             }),
             None => Role::Unattached { election_deadline: now_ms + raft.random_election_timeout(), next_voter: 0 },
         };
@@ -362,8 +375,15 @@ impl<L: RaftLog> Raft<L> {
         self.quorum
     }
 
+    /// The leader this node knows to be alive: itself as leader, or the
+    /// one it follows. Told to peers and clients; a node that stopped
+    /// hearing from its leader tells no one.
     pub fn leader_id(&self) -> Option<i32> {
-        self.quorum.leader_id.filter(|_| !matches!(self.role, Role::Resigned { .. }))
+        match &self.role {
+            Role::Leader(_) => Some(self.config.node_id),
+            Role::Follower(f) if f.heard => Some(f.leader),
+            _ => None,
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -444,7 +464,12 @@ impl<L: RaftLog> Raft<L> {
                     d = d.min(*election_deadline)
                 }
             }
-            Role::Prospective(e) | Role::Candidate(e) => d = d.min(e.start_at.max(self.now)).min(e.deadline),
+            Role::Prospective(e) | Role::Candidate(e) => {
+                if e.start_at > self.now {
+                    d = d.min(e.start_at);
+                }
+                d = d.min(e.deadline);
+            }
             Role::Leader(l) => {
                 d = d.min(self.check_quorum_deadline(l));
                 for p in l.parked.values() {
@@ -533,7 +558,7 @@ impl<L: RaftLog> Raft<L> {
         self.set_quorum(QuorumState { epoch, voted_for, leader_id: Some(leader) });
         self.election_retries = 0;
         let fetch_deadline = self.now + self.config.fetch_timeout_ms;
-        self.set_role(Role::Follower(FollowerState { leader, fetch_deadline, snapshot: None }));
+        self.set_role(Role::Follower(FollowerState { leader, fetch_deadline, snapshot: None, heard: false }));
     }
 
     fn new_round(&mut self, backoff: i64) -> Election {
@@ -764,7 +789,11 @@ impl<L: RaftLog> Raft<L> {
         let now = self.now;
         let Role::Leader(l) = &self.role else { return true };
         if now >= self.check_quorum_deadline(l) {
-            tracing::debug!(node = self.config.node_id, epoch = self.quorum.epoch, "no majority fetched within the fetch timeout; resigning");
+            tracing::debug!(
+                node = self.config.node_id,
+                epoch = self.quorum.epoch,
+                "no majority fetched within the fetch timeout; resigning"
+            );
             self.resign();
             return false;
         }
@@ -810,7 +839,8 @@ impl<L: RaftLog> Raft<L> {
             Kind::Fetch => self.config.fetch_max_wait_ms,
             _ => 0,
         };
-        self.inflight.insert(request_id, Pending { to, kind, expires: self.now + wait + self.config.request_timeout_ms });
+        self.inflight
+            .insert(request_id, Pending { to, kind, expires: self.now + wait + self.config.request_timeout_ms });
         self.out.push(Output::Send { to, request_id, request });
     }
 
@@ -820,7 +850,10 @@ impl<L: RaftLog> Raft<L> {
         if self.delivered >= self.high_watermark {
             return;
         }
-        invariant!(self.delivered >= self.log.log_start_offset(), "committed entries below the log start were not delivered");
+        invariant!(
+            self.delivered >= self.log.log_start_offset(),
+            "committed entries below the log start were not delivered"
+        );
         let read = self.log.read(self.delivered, self.config.fetch_max_bytes);
         let batches = match read.and_then(|b| decode_batches(&b, self.delivered)) {
             Ok(b) => b,
@@ -926,9 +959,12 @@ impl<L: RaftLog> Raft<L> {
             ));
         }
         let on_boundary = end_offset == self.log.end_offset()
-            || self.log.read(end_offset, 1).ok().and_then(|b| decode_batches(&b, 0).ok()).is_some_and(|b| {
-                b.first().is_some_and(|b| b.base_offset == end_offset)
-            });
+            || self
+                .log
+                .read(end_offset, 1)
+                .ok()
+                .and_then(|b| decode_batches(&b, 0).ok())
+                .is_some_and(|b| b.first().is_some_and(|b| b.base_offset == end_offset));
         if !on_boundary {
             return Err(format!("offset {end_offset} is inside a batch"));
         }
@@ -1031,7 +1067,7 @@ impl<L: RaftLog> Raft<L> {
     fn grants_pre_vote(&self, part: &v_req::PartitionData) -> bool {
         let leader_alive = match &self.role {
             Role::Leader(_) => true,
-            Role::Follower(f) => self.now < f.fetch_deadline,
+            Role::Follower(f) => f.heard && self.now < f.fetch_deadline,
             _ => false,
         };
         let epoch_ok = part.replica_epoch > self.quorum.epoch
@@ -1076,6 +1112,12 @@ impl<L: RaftLog> Raft<L> {
         } else {
             self.observe_leader(part.leader_epoch, leader);
             let follows = matches!(&self.role, Role::Follower(f) if f.leader == leader);
+            if let Role::Follower(f) = &mut self.role {
+                if follows && self.quorum.epoch == part.leader_epoch {
+                    f.heard = true;
+                    f.fetch_deadline = self.now + self.config.fetch_timeout_ms;
+                }
+            }
             if !follows || self.quorum.epoch != part.leader_epoch {
                 // Another leader of the same epoch: only a broken quorum
                 // gets here; refuse rather than follow two.
@@ -1150,14 +1192,15 @@ impl<L: RaftLog> Raft<L> {
                 let resp = self.fetch_answer(&old.request, false).expect("not parked when told not to");
                 self.out.push(Output::Respond { token: old.token, response: Response::Fetch(resp) });
             }
+            // This fetch may be the one that makes a majority; if so, every
+            // held fetch (this one too) is answered with the new mark.
+            self.update_leader_hw();
             return;
         };
         self.out.push(Output::Respond { token, response: Response::Fetch(resp) });
         // A voter's fetch may have moved the high watermark; the held
         // fetches of the others carry it to them.
-        if self.update_leader_hw() {
-            self.answer_all_parked();
-        }
+        self.update_leader_hw();
     }
 
     /// The answer to a Fetch, or `None` if it should be held (only when
@@ -1374,7 +1417,11 @@ impl<L: RaftLog> Raft<L> {
                 s.last_caught_up_timestamp = pr.last_caught_up_ms;
                 s
             };
-            let own = Progress { fetched_offset: self.log.end_offset(), last_fetch_ms: self.now, last_caught_up_ms: self.now };
+            let own = Progress {
+                fetched_offset: self.log.end_offset(),
+                last_fetch_ms: self.now,
+                last_caught_up_ms: self.now,
+            };
             let mut voters = vec![state(self.config.node_id, &own)];
             voters.extend(l.voters.iter().map(|(&id, pr)| state(id, pr)));
             voters.sort_by_key(|s| s.replica_id.0);
@@ -1460,6 +1507,7 @@ impl<L: RaftLog> Raft<L> {
         }
         if let Role::Follower(f) = &mut self.role {
             f.fetch_deadline = self.now + self.config.fetch_timeout_ms;
+            f.heard = true;
         }
         if p.diverging_epoch.end_offset >= 0 && !self.config.bugs.keep_divergent_suffix {
             self.truncate_diverging(p.diverging_epoch.epoch, p.diverging_epoch.end_offset);
@@ -1538,6 +1586,7 @@ impl<L: RaftLog> Raft<L> {
             return;
         }
         f.fetch_deadline = self.now + self.config.fetch_timeout_ms;
+        f.heard = true;
         let room = (p.size as usize).saturating_sub(s.buf.len());
         s.buf.extend_from_slice(&p.unaligned_records[..p.unaligned_records.len().min(room)]);
         if (s.buf.len() as i64) < p.size {

@@ -99,7 +99,9 @@ impl QuorumState {
             }
         }
         match best {
-            None if !damaged.is_empty() => Err(format!("every copy of the quorum state is damaged: {}", damaged.join("; "))),
+            None if !damaged.is_empty() => {
+                Err(format!("every copy of the quorum state is damaged: {}", damaged.join("; ")))
+            }
             b => Ok(b),
         }
     }
