@@ -91,6 +91,8 @@ struct Node {
     incarnation: u64,
     skew: i64,
     tokens: BTreeMap<u64, (i32, u64, u64)>,
+    /// Tokens of Vote requests (not pre-votes): candidate and epoch.
+    vote_tokens: BTreeMap<u64, (i32, i32)>,
     next_token: u64,
     app: App,
     /// Global time of the next tick.
@@ -127,6 +129,13 @@ struct Sim {
     trace: bool,
     /// Set once the faults healed: the record every node must then apply.
     marker: Option<Bytes>,
+    /// (voter, epoch) -> the candidate it granted its vote.
+    votes: BTreeMap<(i32, i32), i32>,
+    /// Chance of a crash part-way through a call's outputs that write the
+    /// quorum state.
+    mid_output_crash: f64,
+    /// The leader-churn profile: faults often, mostly at the leader.
+    churn: bool,
 }
 
 fn brief(i: &Input) -> String {
@@ -221,11 +230,14 @@ impl Sim {
     /// dropped on cut links; a sender sometimes learns at once that the
     /// peer is unreachable, as from a refused connection.
     fn transmit(&mut self, msg: Msg) {
-        let blocked = self.cut.contains(&(msg.from, msg.to)) || !self.is_up(msg.to);
+        let cut = self.cut.contains(&(msg.from, msg.to));
+        let down = !self.is_up(msg.to);
         let lost = self.rng.random_bool(self.loss);
-        if blocked || lost {
+        if cut || down || lost {
             if let Body::Request { request_id, .. } = msg.body {
-                if blocked && self.rng.random_bool(0.5) {
+                // A crashed process refuses connections; a cut link
+                // sometimes fails fast and sometimes swallows the request.
+                if down || (cut && self.rng.random_bool(0.5)) {
                     let from = self.nodes[self.idx(msg.from)].incarnation;
                     let back =
                         Msg { from: msg.to, to: msg.from, incarnation: from, body: Body::SendFailed { request_id } };
@@ -265,16 +277,44 @@ impl Sim {
             let epoch = raft.epoch();
             match self.leaders.get(&epoch) {
                 Some(&l) if l != id => self.fail(format!("two leaders in epoch {epoch}: {l} and {id}")),
-                _ => {
+                Some(_) => {}
+                None => {
                     self.leaders.insert(epoch, id);
+                    // Leader completeness: a new leader holds every entry
+                    // committed so far. Checking the last one suffices: logs
+                    // that agree on an offset and epoch agree before it.
+                    if let Some((&off, &(e, _))) = self.committed.last_key_value() {
+                        let log = raft.log();
+                        let held = if off < log.log_start_offset() { true } else { log.epoch_at(off) == Some(e) };
+                        if !held {
+                            let why = format!(
+                                "node {id} became leader of epoch {epoch} without committed offset {off} of epoch {e} (it has {:?})",
+                                log.epoch_at(off)
+                            );
+                            self.fail(why);
+                            return;
+                        }
+                    }
                 }
             }
         }
         // A crash while performing this call's outputs, most often around
         // a quorum-state write, where ordering matters.
         let writes_state = outputs.iter().any(|o| matches!(o, Output::PersistQuorumState(_)));
-        let crash_at = if self.faults_on && writes_state && self.rng.random_bool(0.03) {
-            Some(self.rng.random_range(0..outputs.len()))
+        // The crash comes right after something left the node (a message
+        // out is what makes the ordering of the outputs observable).
+        let after_message: Vec<usize> = outputs
+            .iter()
+            .enumerate()
+            .filter(|(k, o)| *k + 1 < outputs.len() && matches!(o, Output::Send { .. } | Output::Respond { .. }))
+            .map(|(k, _)| k + 1)
+            .collect();
+        let crash_at = if self.faults_on && writes_state && self.rng.random_bool(self.mid_output_crash) {
+            if after_message.is_empty() {
+                Some(self.rng.random_range(0..outputs.len()))
+            } else {
+                Some(after_message[self.rng.random_range(0..after_message.len())])
+            }
         } else {
             None
         };
@@ -283,7 +323,7 @@ impl Sim {
                 println!("{} node {id} -> {}", self.now, brief_out(&out));
             }
             if crash_at == Some(k) {
-                let down = 50 + self.rng.random_range(0..1000);
+                let down = 20 + self.rng.random_range(0..500);
                 self.crash(id, down);
                 return;
             }
@@ -321,6 +361,21 @@ impl Sim {
                     self.fail(format!("node {id} answered unknown token {token}"));
                     return;
                 };
+                // Election safety rests on this: one vote per voter per epoch.
+                if let (Some((candidate, epoch)), Response::Vote(v)) =
+                    (self.nodes[i].vote_tokens.remove(&token), &response)
+                {
+                    let granted = v.topics.first().and_then(|t| t.partitions.first()).is_some_and(|p| p.vote_granted);
+                    if granted {
+                        match self.votes.insert((id, epoch), candidate) {
+                            Some(c) if c != candidate => {
+                                self.fail(format!("node {id} voted for {c} and then {candidate} in epoch {epoch}"));
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 self.transmit(Msg { from: id, to, incarnation: inc, body: Body::Response { request_id, response } });
             }
             Output::Committed { batches, .. } => {
@@ -399,6 +454,7 @@ impl Sim {
         log.crash();
         n.disk = Some(log);
         n.tokens.clear();
+        n.vote_tokens.clear();
         n.wake = i64::MAX;
         n.restart_at = Some(now + down_ms);
     }
@@ -427,6 +483,11 @@ impl Sim {
                 let n = &mut self.nodes[i];
                 let token = n.next_token;
                 n.next_token += 1;
+                if let Request::Vote(v) = &request {
+                    if let Some(p) = v.topics.first().and_then(|t| t.partitions.first()).filter(|p| !p.pre_vote) {
+                        n.vote_tokens.insert(token, (p.replica_id.0, p.replica_epoch));
+                    }
+                }
                 n.tokens.insert(token, (msg.from, request_id, msg.incarnation));
                 self.step(msg.to, Input::Request { token, request });
             }
@@ -477,9 +538,14 @@ impl Sim {
             }
             return;
         }
-        let target = match self.leader() {
-            Some(l) if self.rng.random_bool(0.9) => l,
-            _ => self.rng.random_range(0..self.nodes.len() as i32),
+        // Mostly to a node that believes it leads, stale leaders included:
+        // what they append without a majority must never be committed.
+        let leaders: Vec<i32> =
+            self.nodes.iter().filter(|n| n.raft.as_ref().is_some_and(|r| r.is_leader())).map(|n| n.id).collect();
+        let target = if !leaders.is_empty() && self.rng.random_bool(0.9) {
+            leaders[self.rng.random_range(0..leaders.len())]
+        } else {
+            self.rng.random_range(0..self.nodes.len() as i32)
         };
         let count = 1 + self.rng.random_range(0..3);
         let records = (0..count)
@@ -514,7 +580,12 @@ impl Sim {
     fn inject_fault(&mut self) {
         let all: Vec<i32> = (0..self.nodes.len() as i32).collect();
         let voters = self.voters();
-        match self.rng.random_range(0..10) {
+        let pick = if self.churn {
+            [0, 2, 2, 2, 3, 3, 6, 6, 9, 5][self.rng.random_range(0..10)]
+        } else {
+            self.rng.random_range(0..10)
+        };
+        match pick {
             0 | 1 => {
                 let id = all[self.rng.random_range(0..all.len())];
                 let down = 50 + self.rng.random_range(0..3000);
@@ -605,7 +676,12 @@ impl Sim {
                 self.step(waker, Input::Tick);
             } else if t == fault_at {
                 self.inject_fault();
-                *next_fault = self.now + 100 + self.rng.random_range(0..1500);
+                *next_fault = self.now
+                    + if self.churn {
+                        100 + self.rng.random_range(0..600)
+                    } else {
+                        100 + self.rng.random_range(0..1500)
+                    };
             } else {
                 self.propose();
                 *next_propose = self.now + if self.marker.is_some() { 500 } else { 10 + self.rng.random_range(0..200) };
@@ -617,9 +693,13 @@ impl Sim {
 /// Simulate one seed.
 pub fn run(seed: u64, sim: &SimConfig) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let voters = [1usize, 3, 3, 5][rng.random_range(0..4)];
+    let voters = [1usize, 3, 5, 5][rng.random_range(0..4)];
     let observers = rng.random_range(0..3usize);
-    let fetch_max_bytes = [200usize, 1000, 1 << 20][rng.random_range(0..3)];
+    // Half the seeds run the leader-churn profile: faults every few hundred
+    // ms, mostly crashing or isolating the leader, one batch per fetch.
+    let churn = rng.random_bool(0.5);
+    let fetch_max_bytes = if churn { 200 } else { [200usize, 1000, 1 << 20][rng.random_range(0..3)] };
+    let mid_output_crash = [0.02, 0.1, 0.3][rng.random_range(0..3)];
     let max_delay = [2i64, 20, 100][rng.random_range(0..3)];
     let snapshot_every = [20i64, 100, i64::MAX][rng.random_range(0..3)];
     let voter_ids: Vec<i32> = (0..voters as i32).collect();
@@ -638,6 +718,7 @@ pub fn run(seed: u64, sim: &SimConfig) -> Outcome {
             incarnation: 0,
             skew: 0,
             tokens: BTreeMap::new(),
+            vote_tokens: BTreeMap::new(),
             next_token: 0,
             app: App { next: 0, entries: Vec::new() },
             wake: 0,
@@ -662,6 +743,9 @@ pub fn run(seed: u64, sim: &SimConfig) -> Outcome {
         snapshot_every,
         spins: 0,
         marker: None,
+        votes: BTreeMap::new(),
+        mid_output_crash,
+        churn,
         trace: std::env::var("QUORUM_TRACE").is_ok_and(|v| v == seed.to_string()),
     };
     let mut next_fault = 200 + s.rng.random_range(0..1000);

@@ -26,3 +26,49 @@ fn harness_clean_sweep() {
         pct(100)
     );
 }
+
+/// Sweep with one planted bug until the harness catches it; the bound is
+/// part of the claim that the harness can.
+fn catches(bugs: QuorumBugs, bound: u64) -> u64 {
+    let sim = SimConfig { bugs, ..SimConfig::default() };
+    let (failed, _) = harness::sweep(0..bound, &sim);
+    let (seed, o) = failed.unwrap_or_else(|| panic!("{bugs:?} not caught in {bound} seeds"));
+    println!("{bugs:?} caught at seed {seed}: {}", o.failure.unwrap_or_default());
+    seed
+}
+
+#[test]
+fn harness_catches_vote_before_persist() {
+    catches(QuorumBugs { vote_before_persist: true, ..QuorumBugs::default() }, 3000);
+}
+
+#[test]
+fn harness_catches_commit_of_previous_epoch() {
+    catches(QuorumBugs { commit_previous_epoch: true, ..QuorumBugs::default() }, 3000);
+}
+
+#[test]
+fn harness_catches_kept_divergent_suffix() {
+    catches(QuorumBugs { keep_divergent_suffix: true, ..QuorumBugs::default() }, 3000);
+}
+
+/// How often each planted bug is caught, for the record:
+/// `QUORUM_SEEDS=3000 cargo test --release -p faultline-broker --lib quorum::tests::planted_bug_catch_rates -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn planted_bug_catch_rates() {
+    let n = seeds(1000);
+    for bugs in [
+        QuorumBugs { vote_before_persist: true, ..QuorumBugs::default() },
+        QuorumBugs { commit_previous_epoch: true, ..QuorumBugs::default() },
+        QuorumBugs { keep_divergent_suffix: true, ..QuorumBugs::default() },
+    ] {
+        let sim = SimConfig { bugs, ..SimConfig::default() };
+        let failing: Vec<u64> = (0..n).filter(|&s| harness::run(s, &sim).failure.is_some()).collect();
+        println!(
+            "{bugs:?}: caught in {} of {n} seeds; first {:?}",
+            failing.len(),
+            failing.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+}
