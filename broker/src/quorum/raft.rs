@@ -294,6 +294,8 @@ pub struct Raft<L: RaftLog> {
     backoff: BTreeMap<(i32, Kind), i64>,
     now: i64,
     out: Vec<Output>,
+    /// Role changes so far; a poll that changed the role polls again.
+    transitions: u64,
 }
 
 fn topic_name() -> TopicName {
@@ -331,6 +333,7 @@ impl<L: RaftLog> Raft<L> {
             backoff: BTreeMap::new(),
             now: now_ms,
             out: Vec::new(),
+            transitions: 0,
         };
         if let Some((id, bytes)) = raft.log.snapshot() {
             raft.out.push(Output::LoadSnapshot { id, bytes });
@@ -534,6 +537,7 @@ impl<L: RaftLog> Raft<L> {
     /// point of view, and forget requests in flight.
     fn set_role(&mut self, role: Role) {
         let old = std::mem::replace(&mut self.role, role);
+        self.transitions += 1;
         self.inflight.clear();
         self.backoff.clear();
         if let Role::Leader(l) = old {
@@ -682,6 +686,15 @@ impl<L: RaftLog> Raft<L> {
     // ----- the periodic part -----
 
     fn poll(&mut self) {
+        let transitions = self.transitions;
+        self.poll_role();
+        // A role entered just now starts its work (its requests) at once.
+        if self.transitions != transitions {
+            self.poll();
+        }
+    }
+
+    fn poll_role(&mut self) {
         let now = self.now;
         let expired: Vec<u64> = self.inflight.iter().filter(|(_, p)| p.expires <= now).map(|(&id, _)| id).collect();
         for id in expired {
@@ -731,7 +744,7 @@ impl<L: RaftLog> Raft<L> {
             }
             Role::Leader(_) => {
                 if !self.poll_leader() {
-                    return self.poll();
+                    return;
                 }
             }
             Role::Follower(f) => {
@@ -741,7 +754,7 @@ impl<L: RaftLog> Raft<L> {
                     } else {
                         self.to_unattached(self.quorum.epoch);
                     }
-                    return self.poll();
+                    return;
                 }
                 let leader = f.leader;
                 let download = f.snapshot.as_ref().map(|s| (s.id, s.buf.len() as i64));
@@ -763,7 +776,7 @@ impl<L: RaftLog> Raft<L> {
                     } else {
                         self.to_unattached(self.quorum.epoch);
                     }
-                    return self.poll();
+                    return;
                 }
                 let pending: Vec<i32> = self
                     .config
