@@ -136,6 +136,8 @@ struct Sim {
     mid_output_crash: f64,
     /// The leader-churn profile: faults often, mostly at the leader.
     churn: bool,
+    /// Crashes to come: (time, node, incarnation).
+    doomed: Vec<(i64, i32, u64)>,
 }
 
 fn brief(i: &Input) -> String {
@@ -280,6 +282,12 @@ impl Sim {
                 Some(_) => {}
                 None => {
                     self.leaders.insert(epoch, id);
+                    // Churn kills new leaders soon after they are elected,
+                    // before their epoch is established.
+                    if self.churn && self.faults_on && self.rng.random_bool(0.3) {
+                        let at = self.now + self.rng.random_range(0..300);
+                        self.doomed.push((at, id, self.nodes[i].incarnation));
+                    }
                     // Leader completeness: a new leader holds every entry
                     // committed so far. Checking the last one suffices: logs
                     // that agree on an offset and epoch agree before it.
@@ -593,7 +601,7 @@ impl Sim {
             }
             2 => {
                 if let Some(l) = self.leader() {
-                    let down = 50 + self.rng.random_range(0..3000);
+                    let down = 50 + self.rng.random_range(0..if self.churn { 800 } else { 3000 });
                     self.crash(l, down);
                 }
             }
@@ -652,7 +660,9 @@ impl Sim {
             let (restart_at, restarter) =
                 self.nodes.iter().map(|n| (n.restart_at.unwrap_or(i64::MAX), n.id)).min().expect("nodes");
             let fault_at = if self.faults_on { *next_fault } else { i64::MAX };
-            let t = msg_at.min(wake_at).min(restart_at).min(fault_at).min(*next_propose);
+            let (doom_at, doom_k) =
+                self.doomed.iter().enumerate().map(|(k, d)| (d.0, k)).min().unwrap_or((i64::MAX, 0));
+            let t = msg_at.min(wake_at).min(restart_at).min(fault_at).min(*next_propose).min(doom_at);
             if t > until {
                 self.now = until;
                 return;
@@ -667,7 +677,13 @@ impl Sim {
                 self.spins = 0;
             }
             self.now = self.now.max(t);
-            if t == msg_at {
+            if t == doom_at {
+                let (_, id, inc) = self.doomed.swap_remove(doom_k);
+                if self.faults_on && self.nodes[self.idx(id)].incarnation == inc {
+                    let down = 50 + self.rng.random_range(0..800);
+                    self.crash(id, down);
+                }
+            } else if t == msg_at {
                 let (_, msg) = self.queue.pop_first().expect("a message");
                 self.deliver(msg);
             } else if t == restart_at {
@@ -693,15 +709,18 @@ impl Sim {
 /// Simulate one seed.
 pub fn run(seed: u64, sim: &SimConfig) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let voters = [1usize, 3, 5, 5][rng.random_range(0..4)];
+    let voters_drawn = [1usize, 3, 5, 5][rng.random_range(0..4)];
     let observers = rng.random_range(0..3usize);
     // Half the seeds run the leader-churn profile: faults every few hundred
     // ms, mostly crashing or isolating the leader, one batch per fetch.
     let churn = rng.random_bool(0.5);
-    let fetch_max_bytes = if churn { 200 } else { [200usize, 1000, 1 << 20][rng.random_range(0..3)] };
+    let voters = if churn { [3, 5][rng.random_range(0..2)] } else { voters_drawn };
+    // (One byte: at least one batch is returned, so exactly one. Snapshots
+    // would then download a byte per request; churn takes none.)
+    let fetch_max_bytes = if churn { 1 } else { [200usize, 1000, 1 << 20][rng.random_range(0..3)] };
     let mid_output_crash = [0.02, 0.1, 0.3][rng.random_range(0..3)];
     let max_delay = [2i64, 20, 100][rng.random_range(0..3)];
-    let snapshot_every = [20i64, 100, i64::MAX][rng.random_range(0..3)];
+    let snapshot_every = if churn { i64::MAX } else { [20i64, 100, i64::MAX][rng.random_range(0..3)] };
     let voter_ids: Vec<i32> = (0..voters as i32).collect();
     let mut nodes = Vec::new();
     for id in 0..(voters + observers) as i32 {
@@ -746,6 +765,7 @@ pub fn run(seed: u64, sim: &SimConfig) -> Outcome {
         votes: BTreeMap::new(),
         mid_output_crash,
         churn,
+        doomed: Vec::new(),
         trace: std::env::var("QUORUM_TRACE").is_ok_and(|v| v == seed.to_string()),
     };
     let mut next_fault = 200 + s.rng.random_range(0..1000);
