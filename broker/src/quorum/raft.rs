@@ -1623,8 +1623,8 @@ impl<L: RaftLog> Raft<L> {
         let mut p = v_req::PartitionData::default();
         p.partition_index = METADATA_PARTITION;
         p.replica_id = self.config.node_id.into();
-        // A pre-vote asks about the epoch it would stand in, without
-        // entering it.
+        // A pre-vote asks about the epoch it would stand in (KIP-996: the
+        // current epoch + 1), without entering it.
         p.replica_epoch = if pre_vote { self.quorum.epoch + 1 } else { self.quorum.epoch };
         p.last_offset_epoch = self.log.last_epoch();
         p.last_offset = self.log.end_offset();
