@@ -232,6 +232,8 @@ struct LeaderState {
     observers: BTreeMap<i32, Progress>,
     /// Voters that acknowledged BeginQuorumEpoch or fetched.
     begun: BTreeSet<i32>,
+    /// When BeginQuorumEpoch was last sent to each voter.
+    begin_sent: BTreeMap<i32, i64>,
     /// Fetches with nothing new, held until there is or their deadline.
     parked: BTreeMap<i32, Parked>,
 }
@@ -475,6 +477,14 @@ impl<L: RaftLog> Raft<L> {
             }
             Role::Leader(l) => {
                 d = d.min(self.check_quorum_deadline(l));
+                // (One already due waits on its request in flight or its
+                // backoff, both counted above.)
+                for &v in l.begun.iter() {
+                    let due = self.begin_quorum_epoch_due(l, v);
+                    if due > self.now {
+                        d = d.min(due);
+                    }
+                }
                 for p in l.parked.values() {
                     d = d.min(p.deadline);
                 }
@@ -606,6 +616,7 @@ impl<L: RaftLog> Raft<L> {
             voters: others.map(|&v| (v, Progress::new())).collect(),
             observers: BTreeMap::new(),
             begun: BTreeSet::new(),
+            begin_sent: BTreeMap::new(),
             parked: BTreeMap::new(),
         };
         self.set_role(Role::Leader(state));
@@ -817,15 +828,34 @@ impl<L: RaftLog> Raft<L> {
         for r in due {
             self.answer_parked(r);
         }
+        // BeginQuorumEpoch until each voter answers it or fetches, and again
+        // to a voter silent for half the fetch timeout (as Kafka's leader
+        // does): one that moved to a higher epoch answers with it, and this
+        // leader, unable to commit anyway, steps down instead of lingering.
         let Role::Leader(l) = &self.role else { unreachable!() };
-        let unbegun: Vec<i32> = l.voters.keys().copied().filter(|v| !l.begun.contains(v)).collect();
-        for to in unbegun {
+        let due: Vec<i32> = l
+            .voters
+            .keys()
+            .copied()
+            .filter(|v| !l.begun.contains(v) || self.begin_quorum_epoch_due(l, *v) <= now)
+            .collect();
+        for to in due {
             if self.can_send(to, Kind::BeginQuorumEpoch) {
                 let req = self.begin_quorum_epoch_request();
                 self.send(to, Kind::BeginQuorumEpoch, Request::BeginQuorumEpoch(req));
+                if let Role::Leader(l) = &mut self.role {
+                    l.begin_sent.insert(to, now);
+                }
             }
         }
         true
+    }
+
+    /// When a voter that has begun the epoch is next reminded of it.
+    fn begin_quorum_epoch_due(&self, l: &LeaderState, voter: i32) -> i64 {
+        let heard = l.voters.get(&voter).map_or(-1, |p| p.last_fetch_ms);
+        let sent = l.begin_sent.get(&voter).copied().unwrap_or(-1);
+        heard.max(sent).max(l.since_ms) + self.config.fetch_timeout_ms / 2
     }
 
     /// When check-quorum fails unless more voters fetch: the time at which
