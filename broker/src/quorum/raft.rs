@@ -1254,7 +1254,7 @@ impl<L: RaftLog> Raft<L> {
             resp.error_code = code(ResponseError::InconsistentClusterId);
             return Some(resp);
         }
-        let ([t], true) = (req.topics.as_slice(), true) else {
+        let [t] = req.topics.as_slice() else {
             resp.error_code = code(ResponseError::InvalidRequest);
             return Some(resp);
         };
