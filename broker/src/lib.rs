@@ -10,6 +10,7 @@
 //!   active controller's logic, a broker's registration life cycle.
 //! - [`config`]: broker and topic configuration, and the planted-bug switches.
 //! - [`compression`]: bounded decompression of record batches, every codec.
+//! - [`quorum`]: the metadata quorum, a KRaft-style Raft core (sans IO).
 //! - [`record_batch`]: the one definition of the Kafka v2 record batch
 //!   layout, used by storage, wire and client alike.
 
@@ -23,6 +24,7 @@ pub mod controller;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod io;
+pub mod quorum;
 pub mod record_batch;
 pub mod server;
 pub mod storage;
