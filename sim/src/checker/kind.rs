@@ -33,10 +33,14 @@ pub enum AnomalyKind {
     PollSkip,
     /// One poll's consecutive records jumping over known records.
     IntPollSkip,
+    /// A partition's log operations (acknowledged appends, reads, end
+    /// offsets) that no single order within their real-time bounds
+    /// explains: see [`crate::linearizability`].
+    NonLinearizable,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 12] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -48,6 +52,7 @@ impl AnomalyKind {
         AnomalyKind::IntNonmonotonicPoll,
         AnomalyKind::PollSkip,
         AnomalyKind::IntPollSkip,
+        AnomalyKind::NonLinearizable,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -66,6 +71,7 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
             AnomalyKind::PollSkip => "poll-skip",
             AnomalyKind::IntPollSkip => "int-poll-skip",
+            AnomalyKind::NonLinearizable => "nonlinearizable",
         }
     }
 
@@ -85,6 +91,9 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
             AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
+            AnomalyKind::NonLinearizable => {
+                "a partition's appends, reads and end offsets fit no sequential log within their real-time bounds"
+            }
         }
     }
 }
@@ -144,6 +153,12 @@ impl FromStr for AnomalyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckOptions {
     pub invalid_on: BTreeSet<AnomalyKind>,
+    /// Search steps the linearizability checker may spend on one history
+    /// before answering `unknown`.
+    pub lin_budget: u64,
+    /// Why the configuration does not promise linearizability, when it
+    /// does not (then `nonlinearizable` is informational).
+    pub lin_caveat: Option<String>,
 }
 
 impl Default for CheckOptions {
@@ -151,14 +166,19 @@ impl Default for CheckOptions {
     /// proof of loss unless a read reached past them, and then they are
     /// `lost-write` already.
     fn default() -> Self {
-        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().filter(|k| *k != AnomalyKind::Unseen).collect() }
+        CheckOptions::with(AnomalyKind::ALL.into_iter().filter(|k| *k != AnomalyKind::Unseen).collect())
     }
 }
 
 impl CheckOptions {
     /// Every kind, `unseen` included: Jepsen's own verdict.
     pub fn all() -> Self {
-        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().collect() }
+        CheckOptions::with(AnomalyKind::ALL.into_iter().collect())
+    }
+
+    /// These kinds fatal, the default linearizability budget.
+    pub fn with(invalid_on: BTreeSet<AnomalyKind>) -> Self {
+        CheckOptions { invalid_on, lin_budget: crate::linearizability::DEFAULT_BUDGET, lin_caveat: None }
     }
 
     /// The kinds a scenario names, e.g. `["lost-write", "duplicate"]`.
@@ -170,6 +190,6 @@ impl CheckOptions {
             );
         }
         let invalid_on = names.iter().map(|n| n.parse::<AnomalyKind>()).collect::<Result<_, _>>()?;
-        Ok(CheckOptions { invalid_on })
+        Ok(CheckOptions::with(invalid_on))
     }
 }
