@@ -381,6 +381,3 @@ pub fn render_sweep(
 fn wall(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
-
-#[cfg(test)]
-mod tests;
