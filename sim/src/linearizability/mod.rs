@@ -20,6 +20,9 @@
 //!   carry no output. They may be linearized anywhere after their call, or
 //!   never: the search succeeds once every operation with a known outcome is
 //!   placed.
+//! - **Reads first**: an operation that cannot change the state is placed
+//!   as soon as it fits and never backtracked over as a choice (placing it
+//!   then loses nothing), so concurrent reads do not multiply the search.
 //! - **Budget**: the search counts steps (one candidate operation tried, or
 //!   one backtrack) against a budget per history and answers
 //!   [`Verdict::Unknown`] when it is spent. Steps, not wall time, so the same
@@ -69,6 +72,12 @@ pub trait Model {
     fn step(&self, state: &mut Self::State, input: &Self::Input, output: Option<&Self::Output>) -> Option<Self::Undo>;
 
     fn undo(&self, state: &mut Self::State, undo: Self::Undo);
+
+    /// Whether `input` never changes the state (a read). The search places
+    /// such an operation as soon as it fits and never tries it elsewhere.
+    fn is_pure(&self, _input: &Self::Input) -> bool {
+        false
+    }
 
     /// A 128-bit fingerprint of the state, equal for equal states.
     fn fingerprint(&self, state: &Self::State) -> u128;
@@ -183,7 +192,8 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
     let mut state = model.init();
     let mut set_hash: u128 = 0;
     let mut memo: BTreeSet<u128> = BTreeSet::new();
-    let mut stack: Vec<(usize, M::Undo)> = Vec::new();
+    // (op, how to undo it, whether it was a forced read-only placement)
+    let mut stack: Vec<(usize, M::Undo, bool)> = Vec::new();
     let mut remaining = ops.iter().filter(|o| !o.is_info()).count();
     let mut steps = 0u64;
     // The longest linearization seen: `best`, of which the current stack
@@ -193,79 +203,139 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
     let mut unplaceable: Option<usize> = None;
 
     let mut entry = next[0];
-    let verdict = loop {
+    // At the start of each level the search first looks for a read-only
+    // operation it can place: placing one now loses nothing (the state is
+    // unchanged and its call has happened, so any order placing it later
+    // can place it here), so it is never backtracked over as a choice. This
+    // keeps many concurrent reads from multiplying the search.
+    let mut fresh = true;
+    let verdict = 'search: loop {
         if remaining == 0 {
             break Verdict::Linearizable;
         }
         if steps >= *budget {
             break Verdict::Unknown;
         }
-        steps += 1;
-        if entry != NIL && is_call(entry) {
+        let mut place: Option<(usize, M::Undo, bool)> = None;
+        let mut failed_at = None;
+        if fresh {
+            fresh = false;
+            let mut e = next[0];
+            let mut seen = false;
+            while e != NIL && (is_call(e) || ops[op_of(e)].is_info()) {
+                let i = op_of(e);
+                if is_call(e) && model.is_pure(&ops[i].input) {
+                    if steps >= *budget {
+                        break 'search Verdict::Unknown;
+                    }
+                    steps += 1;
+                    if let Some(undo) = model.step(&mut state, &ops[i].input, ops[i].output.as_ref()) {
+                        if memo.insert(mix(set_hash ^ keys[i], model.fingerprint(&state))) {
+                            place = Some((i, undo, true));
+                        } else {
+                            // Explored before and failed: so does this level.
+                            model.undo(&mut state, undo);
+                            seen = true;
+                        }
+                        break;
+                    }
+                }
+                e = next[e];
+            }
+            if place.is_none() && !seen {
+                entry = next[0];
+                continue;
+            }
+        } else if entry != NIL && is_call(entry) {
+            steps += 1;
             let i = op_of(entry);
             let op = &ops[i];
-            if let Some(undo) = model.step(&mut state, &op.input, op.output.as_ref()) {
-                let key = mix(set_hash ^ keys[i], model.fingerprint(&state));
-                if memo.insert(key) {
-                    set_hash ^= keys[i];
-                    stack.push((i, undo));
-                    if !op.is_info() {
-                        remaining -= 1;
-                    }
-                    // Lift the call and its return out of the list.
-                    let (c, r) = (call_of(i), ret_of(i));
-                    next[prev[c]] = next[c];
-                    if next[c] != NIL {
-                        prev[next[c]] = prev[c];
-                    }
-                    next[prev[r]] = next[r];
-                    if next[r] != NIL {
-                        prev[next[r]] = prev[r];
-                    }
-                    if stack.len() > best.len() {
-                        best.truncate(shared);
-                        best.extend(stack[shared..].iter().map(|(i, _)| *i));
-                        shared = stack.len();
-                        unplaceable = None;
-                    } else if shared + 1 == stack.len() && best.get(shared) == Some(&i) {
-                        shared += 1;
-                    }
-                    entry = next[0];
+            if model.is_pure(&op.input) {
+                // Tried at the start of this level, in this very state.
+                entry = next[entry];
+                continue;
+            }
+            match model.step(&mut state, &op.input, op.output.as_ref()) {
+                Some(undo) if memo.insert(mix(set_hash ^ keys[i], model.fingerprint(&state))) => {
+                    place = Some((i, undo, false));
+                }
+                Some(undo) => {
+                    model.undo(&mut state, undo);
+                    entry = next[entry];
                     continue;
                 }
-                model.undo(&mut state, undo);
+                None => {
+                    entry = next[entry];
+                    continue;
+                }
             }
-            entry = next[entry];
-            continue;
-        }
-        if entry != NIL && ops[op_of(entry)].is_info() {
+        } else if entry != NIL && ops[op_of(entry)].is_info() {
             // An info op need not have happened: its return forces nothing.
             entry = next[entry];
             continue;
+        } else {
+            // A return reached (or the list's end): the op it ends cannot
+            // be placed after the current prefix.
+            steps += 1;
+            failed_at = (entry != NIL).then(|| op_of(entry));
         }
-        // A return reached (or the list's end): the op it ends cannot be
-        // placed after the current prefix. Backtrack.
-        if stack.len() == best.len() && shared == best.len() && unplaceable.is_none() && entry != NIL {
-            unplaceable = Some(op_of(entry));
+
+        if let Some((i, undo, forced)) = place {
+            set_hash ^= keys[i];
+            stack.push((i, undo, forced));
+            if !ops[i].is_info() {
+                remaining -= 1;
+            }
+            // Lift the call and its return out of the list.
+            let (c, r) = (call_of(i), ret_of(i));
+            next[prev[c]] = next[c];
+            if next[c] != NIL {
+                prev[next[c]] = prev[c];
+            }
+            next[prev[r]] = next[r];
+            if next[r] != NIL {
+                prev[next[r]] = prev[r];
+            }
+            if stack.len() > best.len() {
+                best.truncate(shared);
+                best.extend(stack[shared..].iter().map(|(i, _, _)| *i));
+                shared = stack.len();
+                unplaceable = None;
+            } else if shared + 1 == stack.len() && best.get(shared) == Some(&i) {
+                shared += 1;
+            }
+            fresh = true;
+            entry = next[0];
+            continue;
         }
-        let Some((i, undo)) = stack.pop() else { break Verdict::NotLinearizable };
-        shared = shared.min(stack.len());
-        model.undo(&mut state, undo);
-        set_hash ^= keys[i];
-        if !ops[i].is_info() {
-            remaining += 1;
+
+        // This level failed: backtrack to the last choice.
+        if stack.len() == best.len() && shared == best.len() && unplaceable.is_none() {
+            unplaceable = failed_at;
         }
-        // Put the call and its return back, in the reverse order of lifting.
-        let (c, r) = (call_of(i), ret_of(i));
-        next[prev[r]] = r;
-        if next[r] != NIL {
-            prev[next[r]] = r;
+        loop {
+            let Some((i, undo, forced)) = stack.pop() else { break 'search Verdict::NotLinearizable };
+            shared = shared.min(stack.len());
+            model.undo(&mut state, undo);
+            set_hash ^= keys[i];
+            if !ops[i].is_info() {
+                remaining += 1;
+            }
+            // Put the call and its return back, in the reverse order of lifting.
+            let (c, r) = (call_of(i), ret_of(i));
+            next[prev[r]] = r;
+            if next[r] != NIL {
+                prev[next[r]] = r;
+            }
+            next[prev[c]] = c;
+            if next[c] != NIL {
+                prev[next[c]] = c;
+            }
+            if !forced {
+                entry = next[c];
+                break;
+            }
         }
-        next[prev[c]] = c;
-        if next[c] != NIL {
-            prev[next[c]] = c;
-        }
-        entry = next[c];
     };
     *budget -= steps.min(*budget);
 

@@ -98,6 +98,10 @@ impl Model for LogModel {
         }
     }
 
+    fn is_pure(&self, input: &LogInput) -> bool {
+        !matches!(input, LogInput::Append { .. })
+    }
+
     fn undo(&self, s: &mut LogState, appended: bool) {
         if appended {
             if let Some(v) = s.values.pop() {
@@ -184,6 +188,10 @@ impl Model for RegisterModel {
             _ => return None,
         }
         Some(before)
+    }
+
+    fn is_pure(&self, input: &RegisterInput) -> bool {
+        matches!(input, RegisterInput::Read)
     }
 
     fn undo(&self, s: &mut Option<i64>, before: Option<i64>) {
@@ -303,6 +311,10 @@ impl Model for TopicSetModel {
             }
             _ => None,
         }
+    }
+
+    fn is_pure(&self, input: &TopicInput) -> bool {
+        matches!(input, TopicInput::List)
     }
 
     fn undo(&self, s: &mut TopicSet, undo: TopicUndo) {
