@@ -141,6 +141,10 @@ struct LinbenchArgs {
     /// Search steps allowed per history.
     #[arg(long, default_value_t = 200_000_000)]
     budget: u64,
+    /// Make one end-offset answer in each history stale, to time the
+    /// search for a history that is not linearizable.
+    #[arg(long)]
+    stale: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -199,7 +203,7 @@ fn run_linbench(a: LinbenchArgs) -> anyhow::Result<i32> {
     println!("{:>8} {:>8}  {:<18} {:>12} {:>10} {:>12}", "ops", "clients", "verdict", "steps", "ms", "ops/s");
     for &n in &a.ops {
         for &c in &a.clients {
-            for row in crate::linearizability::bench::run(&[n], &[c], a.budget) {
+            for row in crate::linearizability::bench::run(&[n], &[c], a.budget, a.stale) {
                 let secs = row.wall.as_secs_f64().max(1e-9);
                 println!(
                     "{:>8} {:>8}  {:<18} {:>12} {:>10.1} {:>12.0}",

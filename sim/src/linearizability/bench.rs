@@ -142,12 +142,35 @@ pub struct Row {
     pub wall: Duration,
 }
 
-/// Check a generated history of each size for each client count.
-pub fn run(sizes: &[usize], clients: &[usize], budget: u64) -> Vec<Row> {
+/// Make the end-offset query nearest the middle of `ops` report an end 10
+/// records short (or 0): a stale read no order can explain once enough
+/// appends completed before it.
+pub fn plant_stale_end(ops: &mut [LogOp]) -> bool {
+    let mid = ops.len() / 2;
+    let pick = (mid..ops.len())
+        .chain(0..mid)
+        .find(|&i| matches!(ops[i].output, Some(LogOutput::End { offset }) if offset >= 10));
+    match pick {
+        Some(i) => {
+            if let Some(LogOutput::End { offset }) = &mut ops[i].output {
+                *offset -= 10;
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// Check a generated history of each size for each client count; with
+/// `stale`, one end-offset answer in it is made stale first.
+pub fn run(sizes: &[usize], clients: &[usize], budget: u64, stale: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for &n in sizes {
         for &c in clients {
-            let ops = generate(n, c, (n as u64) << 8 | c as u64);
+            let mut ops = generate(n, c, (n as u64) << 8 | c as u64);
+            if stale {
+                plant_stale_end(&mut ops);
+            }
             let watch = crate::seam::Stopwatch::start();
             let mut left = budget;
             let o = check(&super::models::LogModel, &ops, &mut left);

@@ -185,6 +185,17 @@ fn a_long_generated_history_checks_quickly() {
     assert_eq!(o.verdict, Verdict::Linearizable);
 }
 
+#[test]
+fn a_stale_end_offset_in_a_long_history_is_found_with_its_prefix() {
+    let mut ops = bench::generate(3_000, 20, 11);
+    assert!(bench::plant_stale_end(&mut ops));
+    let o = verdict(&LogModel, &ops);
+    assert_eq!(o.verdict, Verdict::NotLinearizable);
+    let u = o.unplaceable.expect("an unplaceable operation");
+    assert!(matches!(ops[u].input, LogInput::End), "{:?}", ops[u]);
+    assert!(o.prefix.len() > 1_000, "the prefix reaches the middle: {}", o.prefix.len());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
