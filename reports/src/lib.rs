@@ -153,7 +153,7 @@ fn anomaly_time(r: &RunResult, a: &Anomaly) -> Option<f64> {
 
 /// The last fault that began at or before `t`, with how long before.
 fn preceding_fault(r: &RunResult, t: f64) -> String {
-    let before = r.timeline.iter().filter(|e| e.at.as_secs_f64() <= t && !e.what.starts_with("end ")).next_back();
+    let before = r.timeline.iter().rfind(|e| e.at.as_secs_f64() <= t && !e.what.starts_with("end "));
     match before {
         Some(e) => format!("{} at {:.3} s, {:.3} s before", e.what, e.at.as_secs_f64(), t - e.at.as_secs_f64()),
         None => "no fault had been injected before it".into(),

@@ -101,6 +101,9 @@ pub struct Operation<I, O> {
     pub ret: u64,
 }
 
+/// An operation on `M`.
+pub type OperationOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// The return time of an operation that never returned.
 pub const NEVER: u64 = u64::MAX;
 
@@ -358,7 +361,7 @@ pub fn check<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget
 /// [`Verdict::Unknown`].
 pub fn check_objects<K: Ord + Clone, M: Model>(
     model: &M,
-    objects: &BTreeMap<K, Vec<Operation<M::Input, M::Output>>>,
+    objects: &BTreeMap<K, Vec<OperationOf<M>>>,
     budget: u64,
 ) -> BTreeMap<K, Outcome> {
     let mut left = budget;

@@ -174,15 +174,16 @@ impl Model for RegisterModel {
             (RegisterInput::Read, Some(RegisterOutput::Value { value })) if value == s => {}
             (RegisterInput::Cas { from, to }, out) => {
                 let swaps = from == s;
-                match out {
-                    None if swaps => *s = Some(*to),
-                    None => {}
-                    Some(RegisterOutput::Cas { swapped }) if *swapped == swaps => {
-                        if swaps {
-                            *s = Some(*to)
-                        }
-                    }
-                    Some(_) => return None,
+                let agrees = match out {
+                    None => true,
+                    Some(RegisterOutput::Cas { swapped }) => *swapped == swaps,
+                    Some(_) => false,
+                };
+                if !agrees {
+                    return None;
+                }
+                if swaps {
+                    *s = Some(*to);
                 }
             }
             _ => return None,
