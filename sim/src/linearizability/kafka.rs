@@ -57,7 +57,9 @@
 //! - a poll: one `read` per partition it returned records of, claiming
 //!   those (offset, value) pairs; a multi-partition poll is split into its
 //!   per-partition parts, which is what P-compositionality checks;
-//! - an `end_offsets` query: one `end -> offset` per partition.
+//! - an `end_offsets` query: one `end -> offset` per partition;
+//! - values longer than [`MAX_VALUE_CHARS`] bytes are held as a prefix and
+//!   a 128-bit digest ([`canonical`]).
 
 use std::collections::BTreeMap;
 
@@ -74,6 +76,23 @@ pub type LogOp = Operation<LogInput, LogOutput>;
 /// How many operations of the longest linearizable prefix a report keeps
 /// (the last ones, nearest the failure).
 pub const PREFIX_TAIL: usize = 8;
+
+/// Values longer than this are replaced by [`canonical`]'s digest form.
+pub const MAX_VALUE_CHARS: usize = 64;
+
+/// A value as the log model holds it: itself if short, else its first 32
+/// bytes' worth of characters and a 128-bit digest of the whole. Values
+/// are unique per run and the model only compares them, so this changes no
+/// verdict short of a digest collision, and it keeps the model's log (and
+/// every exported operation) small when the workload pads values to
+/// kilobytes.
+pub fn canonical(value: &str) -> String {
+    if value.len() <= MAX_VALUE_CHARS {
+        return value.to_string();
+    }
+    let head: String = value.chars().take(32).collect();
+    format!("{head}…#{:032x}", super::hash_bytes(value.as_bytes()))
+}
 
 /// The history's operations on each partition's log.
 pub fn log_objects(history: &History) -> BTreeMap<TopicPartition, Vec<LogOp>> {
@@ -92,7 +111,7 @@ pub fn log_objects(history: &History) -> BTreeMap<TopicPartition, Vec<LogOp>> {
         match (&op.kind, &op.outcome) {
             (OpKind::Send { topic, value, partition: Some(p), offset: Some(o), .. }, Outcome::Ok) => {
                 let tp = TopicPartition { topic: topic.clone(), partition: *p };
-                let append = LogInput::Append { value: value.clone() };
+                let append = LogInput::Append { value: canonical(value) };
                 objects.entry(tp).or_default().push(Operation::ok(
                     id,
                     client,
@@ -104,7 +123,7 @@ pub fn log_objects(history: &History) -> BTreeMap<TopicPartition, Vec<LogOp>> {
             }
             (OpKind::Send { value, .. }, Outcome::Info { .. }) => {
                 if let Some((tp, o)) = seen.get(value.as_str()) {
-                    let append = LogInput::Append { value: value.clone() };
+                    let append = LogInput::Append { value: canonical(value) };
                     objects.entry(tp.clone()).or_default().push(Operation {
                         id,
                         client,
@@ -120,7 +139,7 @@ pub fn log_objects(history: &History) -> BTreeMap<TopicPartition, Vec<LogOp>> {
                 for r in records {
                     let e = parts.entry(&r.partition).or_default();
                     e.0.push(r.offset);
-                    e.1.push(r.value.clone());
+                    e.1.push(canonical(&r.value));
                 }
                 for (tp, (offsets, values)) in parts {
                     objects.entry(tp.clone()).or_default().push(Operation::ok(

@@ -395,9 +395,24 @@ fn mix(set: u128, state: u128) -> u128 {
     set ^ state.rotate_left(64).wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15)
 }
 
-/// A 128-bit hash of bytes (two FNV-1a streams), for model fingerprints.
+/// A 128-bit hash of bytes, for model fingerprints and value digests: two
+/// multiply-rotate lanes over 8-byte words (values can be kilobytes, and
+/// every read of one is hashed), finished with SplitMix. Not meant to
+/// resist an adversary, only to tell a run's values apart.
 pub fn hash_bytes(bytes: &[u8]) -> u128 {
-    let a = crate::trace::fnv1a(bytes);
-    let b = crate::trace::fnv1a_extend(0x6c62_272e_07bb_0142, bytes);
-    (u128::from(splitmix(a)) << 64) | u128::from(splitmix(b ^ a))
+    let mut a = 0x243f_6a88_85a3_08d3u64 ^ bytes.len() as u64;
+    let mut b = 0x1319_8a2e_0370_7344u64;
+    let mut lane = |x: u64| {
+        a = (a ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        b = (b ^ x.rotate_left(32)).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
+    };
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        lane(u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+    }
+    let rest = words.remainder();
+    let mut tail = [0u8; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    lane(u64::from_le_bytes(tail));
+    (u128::from(splitmix(a ^ b.rotate_left(17))) << 64) | u128::from(splitmix(b ^ a))
 }
