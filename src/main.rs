@@ -46,7 +46,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         // The simulator installs its own subscriber that stamps sim-time.
-        Command::Sim(args) => faultline_sim::cli::run(args),
+        Command::Sim(args) => faultline_sim::cli::run_with(args, Some(&faultline_reports::HtmlReporter)),
         Command::Check(a) => faultline_sim::cli::check(&a.history, &a.checkers),
         other => {
             init_logging();

@@ -95,7 +95,17 @@ pub struct PlantedBugs {
     /// sequence numbers, so the broker cannot know it for a retry and may
     /// store it twice.
     pub renumber_retries: bool,
+    /// ListOffsets for the latest offset answers from a snapshot of the
+    /// high watermark taken at most [`STALE_END_OFFSETS_MS`] ago instead of
+    /// the high watermark itself: a stale read. Every record it hides is
+    /// committed and every fetch still sees it, so only a linearizability
+    /// check of end offsets against acknowledged appends can tell.
+    pub stale_end_offsets: bool,
 }
+
+/// How old the planted stale end-offset snapshot may grow before the next
+/// ListOffsets refreshes it.
+pub const STALE_END_OFFSETS_MS: u64 = 300;
 
 impl PlantedBugs {
     pub fn any(&self) -> bool {
@@ -104,6 +114,7 @@ impl PlantedBugs {
             || self.duplicate_offset_after_crash
             || self.panic_in_background_task
             || self.renumber_retries
+            || self.stale_end_offsets
     }
 }
 

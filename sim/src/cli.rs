@@ -46,6 +46,9 @@ enum Command {
     Sweep(SweepArgs),
     /// Measure simulation speed: simulated seconds, operations and seeds per wall second.
     Bench(BenchArgs),
+    /// Measure the linearizability checker: time against history length
+    /// and concurrency, on generated linearizable partition-log histories.
+    Linbench(LinbenchArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -66,6 +69,15 @@ struct RunArgs {
     /// Write trace, history, timeline and report for each run into DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write the partition-log operations as Porcupine-style JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    export_porcupine: Option<PathBuf>,
+    /// Write the history as Jepsen EDN (for Elle and Knossos) to FILE.
+    #[arg(long, value_name = "FILE")]
+    export_edn: Option<PathBuf>,
+    /// Write an HTML report of the run into DIR (index.html).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
     #[command(flatten)]
     scale: Scale,
 }
@@ -110,8 +122,29 @@ struct SweepArgs {
     /// range is i - 1 modulo n, so n machines split one sweep.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    /// Write an HTML summary of the sweep into DIR, with a report for each
+    /// failing seed (re-run with its trace kept).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
     #[command(flatten)]
     scale: Scale,
+}
+
+#[derive(ClapArgs, Debug)]
+struct LinbenchArgs {
+    /// History lengths, in operations.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    ops: Vec<usize>,
+    /// Concurrent clients.
+    #[arg(long, value_delimiter = ',', default_value = "2,10,50")]
+    clients: Vec<usize>,
+    /// Search steps allowed per history.
+    #[arg(long, default_value_t = 200_000_000)]
+    budget: u64,
+    /// Make one end-offset answer in each history stale, to time the
+    /// search for a history that is not linearizable.
+    #[arg(long)]
+    stale: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -124,16 +157,67 @@ struct BenchArgs {
     seeds: u64,
 }
 
+/// Renders HTML reports. The simulator only calls it; the `faultline`
+/// binary passes the `faultline-reports` crate's renderer, which depends on
+/// this crate, not the reverse.
+pub trait Reporter {
+    /// Write the report of one run into `dir`.
+    fn run_report(&self, dir: &Path, run: &RunResult, replay: &str) -> anyhow::Result<()>;
+    /// Write a sweep's summary into `dir`; `reports` maps each failing seed
+    /// to the sub-directory of `dir` its own report was written to.
+    fn sweep_report(
+        &self,
+        dir: &Path,
+        scenario: &Scenario,
+        spec: &str,
+        outcomes: &[SeedOutcome],
+        reports: &BTreeMap<u64, String>,
+    ) -> anyhow::Result<()>;
+}
+
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    run_with(args, None)
+}
+
+/// [`run`], with a renderer for `--report`.
+pub fn run_with(args: Args, reporter: Option<&dyn Reporter>) -> anyhow::Result<i32> {
     simlog::init();
+    let wants_report = match &args.command {
+        Some(Command::Sweep(a)) => a.report.is_some(),
+        None => args.run.report.is_some(),
+        _ => false,
+    };
+    anyhow::ensure!(!wants_report || reporter.is_some(), "--report needs the faultline binary's report renderer");
     match args.command {
-        Some(Command::Sweep(a)) => run_sweep(a),
+        Some(Command::Sweep(a)) => run_sweep(a, reporter),
         Some(Command::Bench(a)) => run_bench(a),
+        Some(Command::Linbench(a)) => run_linbench(a),
         None => match &args.run.scenario {
-            Some(s) => run_single(s, &args.run),
+            Some(s) => run_single(s, &args.run, reporter),
             None => run_table(&args.run),
         },
     }
+}
+
+fn run_linbench(a: LinbenchArgs) -> anyhow::Result<i32> {
+    println!("{:>8} {:>8}  {:<18} {:>12} {:>10} {:>12}", "ops", "clients", "verdict", "steps", "ms", "ops/s");
+    for &n in &a.ops {
+        for &c in &a.clients {
+            for row in crate::linearizability::bench::run(&[n], &[c], a.budget, a.stale) {
+                let secs = row.wall.as_secs_f64().max(1e-9);
+                println!(
+                    "{:>8} {:>8}  {:<18} {:>12} {:>10.1} {:>12.0}",
+                    row.ops,
+                    row.clients,
+                    row.verdict.as_str(),
+                    row.steps,
+                    secs * 1e3,
+                    row.ops as f64 / secs
+                );
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// A scenario by file path, else by built-in name.
@@ -191,9 +275,9 @@ fn run_table(args: &RunArgs) -> anyhow::Result<i32> {
     Ok(1)
 }
 
-fn run_single(spec: &str, args: &RunArgs) -> anyhow::Result<i32> {
+fn run_single(spec: &str, args: &RunArgs, reporter: Option<&dyn Reporter>) -> anyhow::Result<i32> {
     let s = args.scale.apply(resolve(spec)?)?;
-    let opts = RunOptions { keep_trace: args.trace.is_some() || args.out.is_some() };
+    let opts = RunOptions { keep_trace: args.trace.is_some() || args.out.is_some() || args.report.is_some() };
     let watch = Stopwatch::start();
     let r = run_scenario(&s, args.seed, &opts)?;
     let wall = watch.elapsed();
@@ -222,6 +306,18 @@ fn run_single(spec: &str, args: &RunArgs) -> anyhow::Result<i32> {
     }
     if let Some(dir) = &args.out {
         write_outputs(dir, &r)?;
+    }
+    if let Some(path) = &args.export_porcupine {
+        std::fs::write(path, crate::linearizability::export::porcupine_json(&r.history))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.export_edn {
+        std::fs::write(path, crate::linearizability::export::jepsen_edn(&r.history))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(dir), Some(rep)) = (&args.report, reporter) {
+        rep.run_report(dir, &r, &replay_command(spec, r.seed))?;
+        println!("report: {}", dir.join("index.html").display());
     }
     if r.passed() {
         return Ok(0);
@@ -276,7 +372,7 @@ fn write_outputs(dir: &Path, r: &RunResult) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_sweep(a: SweepArgs) -> anyhow::Result<i32> {
+fn run_sweep(a: SweepArgs, reporter: Option<&dyn Reporter>) -> anyhow::Result<i32> {
     let s = a.scale.apply(resolve(&a.scenario)?)?;
     let mut seeds: Vec<u64> = sweep::parse_seeds(&a.seeds)?.collect();
     if let Some(shard) = &a.shard {
@@ -303,6 +399,17 @@ fn run_sweep(a: SweepArgs) -> anyhow::Result<i32> {
     });
     bar.finish_and_clear();
     print_sweep_summary(&a.scenario, &s, &outcomes, jobs, watch.elapsed());
+    if let (Some(dir), Some(rep)) = (&a.report, reporter) {
+        let mut reports = BTreeMap::new();
+        for o in outcomes.iter().filter(|o| !o.passed && o.error.is_none()) {
+            let sub = format!("seed-{}", o.seed);
+            let r = run_scenario(&s, o.seed, &RunOptions { keep_trace: true })?;
+            rep.run_report(&dir.join(&sub), &r, &replay_command(&a.scenario, o.seed))?;
+            reports.insert(o.seed, sub);
+        }
+        rep.sweep_report(dir, &s, &a.scenario, &outcomes, &reports)?;
+        println!("report: {}", dir.join("index.html").display());
+    }
     Ok(if outcomes.iter().all(|o| o.passed) { 0 } else { 1 })
 }
 

@@ -5,7 +5,10 @@
 //! nanoseconds, its inputs, its outcome and what it returned. The model follows
 //! Jepsen's Kafka workload: producers `send` unique values, consumers `poll`
 //! and see (partition, offset, value) triples. A value is unique across the
-//! whole run, so a value identifies the send that wrote it.
+//! whole run, so a value identifies the send that wrote it. Consumers also
+//! ask for end offsets (`end_offsets`), which the linearizability checker
+//! judges. Histories written before an operation kind existed still read:
+//! kinds are only ever added.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -39,6 +42,13 @@ pub struct Polled {
     pub value: String,
 }
 
+/// One partition's end offset, as ListOffsets reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndOffset {
+    pub partition: TopicPartition,
+    pub offset: i64,
+}
+
 /// What an operation was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "snake_case")]
@@ -66,6 +76,14 @@ pub enum OpKind {
     Assign { partitions: Vec<TopicPartition> },
     /// Commit offsets (consumer groups; not used until they exist).
     Commit { offsets: BTreeMap<String, i64> },
+    /// Ask for end offsets (ListOffsets with timestamp -1: each partition's
+    /// high watermark). `ends` holds what came back; empty unless `ok`.
+    /// Only the linearizability checker reads it: the ordering checkers
+    /// have nothing to say about an end offset.
+    EndOffsets {
+        #[serde(default)]
+        ends: Vec<EndOffset>,
+    },
     /// The client process crashed; its session ends here.
     Crash,
 }

@@ -6,6 +6,7 @@ pub mod checker;
 pub mod cli;
 pub mod disk;
 pub mod history;
+pub mod linearizability;
 pub mod nemesis;
 pub mod recorder;
 pub mod runner;

@@ -236,6 +236,13 @@ impl Recorder {
             OpKind::Poll { records } => format!("poll {} records", records.len()),
             OpKind::Assign { partitions } => format!("assign {} partitions", partitions.len()),
             OpKind::Commit { offsets } => format!("commit {} offsets", offsets.len()),
+            OpKind::EndOffsets { ends } => {
+                let ends: Vec<String> = ends
+                    .iter()
+                    .map(|e| format!("{}-{}={}", e.partition.topic, e.partition.partition, e.offset))
+                    .collect();
+                format!("end offsets [{}]", ends.join(" "))
+            }
             OpKind::Crash => "crash".to_string(),
         };
         let outcome = match &op.outcome {

@@ -168,6 +168,11 @@ pub struct RunResult {
     pub trace: Trace,
     pub history: History,
     pub timeline: Vec<TimelineEntry>,
+    /// Every simulated host in the order it was registered (brokers,
+    /// producers, consumers, the reader): turmoil numbers their addresses
+    /// 192.168.0.1 onwards in this order, which is how a trace's "from
+    /// 192.168.0.5:49152" names its sender.
+    pub hosts: Vec<String>,
     /// Simulated time the run took.
     pub sim_time: Duration,
     /// Panics in any simulated task (a failed invariant assertion is one),
@@ -522,6 +527,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         trace,
         history,
         timeline,
+        hosts: roles.brokers.iter().chain(&roles.clients).cloned().chain(["reader".to_string()]).collect(),
         sim_time,
         panics,
     })

@@ -138,6 +138,10 @@ pub struct Workload {
     /// Chance, per poll, that a consumer seeks one partition to a random
     /// offset at or below its position (often inside a batch).
     pub seek_probability: f64,
+    /// Chance, per poll, that a consumer first asks for every partition's
+    /// end offset (ListOffsets latest), recorded as an `end_offsets`
+    /// operation for the linearizability checker.
+    pub end_offsets_probability: f64,
 }
 
 impl Default for Workload {
@@ -161,6 +165,7 @@ impl Default for Workload {
             fetch_max_bytes: 1 << 20,
             final_fetch_max_bytes: 1 << 20,
             seek_probability: 0.0,
+            end_offsets_probability: 0.2,
         }
     }
 }
@@ -533,8 +538,8 @@ impl Scenario {
         if w.batch_size == 0 || w.fetch_max_bytes <= 0 || w.final_fetch_max_bytes <= 0 {
             bail!("workload batch and fetch sizes must be positive");
         }
-        if !(0.0..=1.0).contains(&w.keyed) || !(0.0..=1.0).contains(&w.seek_probability) {
-            bail!("workload.keyed and workload.seek_probability must be in [0, 1]");
+        if ![w.keyed, w.seek_probability, w.end_offsets_probability].iter().all(|p| (0.0..=1.0).contains(p)) {
+            bail!("workload.keyed, workload.seek_probability and workload.end_offsets_probability must be in [0, 1]");
         }
         if w.compression.parse::<faultline_broker::client::Compression>().is_err() {
             bail!("workload.compression {:?} is not none, gzip, snappy, lz4 or zstd", w.compression);

@@ -27,6 +27,11 @@ pub struct SeedOutcome {
     pub anomalies: BTreeMap<String, usize>,
     /// Set if the simulation itself failed.
     pub error: Option<String>,
+    /// Simulated time the run took.
+    pub sim_time: std::time::Duration,
+    /// Wall-clock time the run took (the only field that differs between
+    /// two sweeps of the same seeds).
+    pub wall: std::time::Duration,
 }
 
 /// Parse "N", "A..B" (B excluded) or "A..=B".
@@ -102,6 +107,7 @@ pub fn sweep(
 
 /// Run one seed, keeping only what a sweep reports.
 pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
+    let watch = crate::seam::Stopwatch::start();
     match run_scenario(scenario, seed, &RunOptions::default()) {
         Ok(r) => {
             let mut anomalies: BTreeMap<String, usize> =
@@ -122,6 +128,8 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
                 trace_hash: r.trace_hash,
                 anomalies,
                 error: None,
+                sim_time: r.sim_time,
+                wall: watch.elapsed(),
             }
         }
         Err(e) => SeedOutcome {
@@ -133,6 +141,8 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
             trace_hash: 0,
             anomalies: BTreeMap::new(),
             error: Some(format!("{e:#}")),
+            sim_time: std::time::Duration::ZERO,
+            wall: watch.elapsed(),
         },
     }
 }

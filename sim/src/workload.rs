@@ -10,7 +10,9 @@
 //!   broker never says whether it took it;
 //! - consumers assign every partition and poll with the scenario's fetch
 //!   size, now and then seeking one partition back to a random offset (often
-//!   inside a batch), recorded as an `assign` so order checks start afresh;
+//!   inside a batch), recorded as an `assign` so order checks start afresh,
+//!   and now and then asking for every partition's end offset, recorded as
+//!   `end_offsets` for the linearizability checker;
 //! - the reader creates the topics before anything else; at the heal it
 //!   probes the cluster with a send until one is acknowledged (liveness),
 //!   and after the settle period reads every partition from its log start to
@@ -40,7 +42,7 @@ use kafka_protocol::error::ResponseError;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::history::{OpKind, Outcome, Polled, TopicPartition};
+use crate::history::{EndOffset, OpKind, Outcome, Polled, TopicPartition};
 use crate::recorder::{FinalRead, Recorder, Unreadable};
 use crate::scenario::{Topic, Workload};
 use crate::seam::{sim_now, NodeState, SimIo};
@@ -330,8 +332,25 @@ async fn recorded_poll(
     result
 }
 
-/// A consumer host: assigns every partition and polls until the workload
-/// window closes.
+/// One recorded ListOffsets (latest) of every partition.
+async fn recorded_end_offsets(ctx: &ClientCtx, env: &Env, consumer: &Consumer, process: u64, tps: &[ClientTp]) {
+    ctx.recorder.invoke(ctx.name(), process, sim_now(), OpKind::EndOffsets { ends: Vec::new() });
+    let res = io::timeout(env, ctx.request_timeout() * 2, consumer.end_offsets(tps)).await;
+    let (kind, outcome) = match res {
+        Some(Ok(ends)) => {
+            let ends =
+                ends.iter().map(|(tp, offset)| EndOffset { partition: history_tp(tp), offset: *offset }).collect();
+            (Some(OpKind::EndOffsets { ends }), Outcome::Ok)
+        }
+        // Nothing changes state: a lost answer is as good as a failure.
+        Some(Err(e)) => (None, Outcome::Fail { error: e.to_string() }),
+        None => (None, Outcome::Fail { error: "ListOffsets did not return".into() }),
+    };
+    ctx.recorder.complete(ctx.name(), sim_now(), kind, outcome, false);
+}
+
+/// A consumer host: assigns every partition, polls until the workload
+/// window closes, and now and then asks for the end offsets.
 pub async fn consumer(ctx: ClientCtx) {
     let Some((env, process)) = ctx.begin_session().await else { return };
     let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(&ctx, ctx.workload.fetch_max_bytes)) else {
@@ -344,8 +363,14 @@ pub async fn consumer(ctx: ClientCtx) {
     let assign = OpKind::Assign { partitions: assigned.clone() };
     ctx.recorder.instant(ctx.name(), process, sim_now(), assign, Outcome::Ok, false);
     let mut rng = ctx.rng(process);
+    // Its own stream, so that asking for end offsets moves no other draw.
+    let mut end_rng = seed::rng(ctx.seed, &format!("workload/{}/{process}/end-offsets", ctx.name()));
     let seek_p = ctx.workload.seek_probability;
+    let end_p = ctx.workload.end_offsets_probability;
     while sim_now() < ctx.end {
+        if end_p > 0.0 && end_rng.random_bool(end_p) {
+            recorded_end_offsets(&ctx, &env, &consumer, process, &tps).await;
+        }
         if seek_p > 0.0 && rng.random_bool(seek_p) {
             // Back to a random offset at or below the position, so the
             // fetch often starts inside a stored batch. The seek is an

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 
@@ -112,6 +113,9 @@ pub struct Partition {
     /// it missed a change between reading the partition and starting to wait.
     hw_version: AtomicU64,
     state: Mutex<State>,
+    /// The planted stale-end-offsets bug's snapshot: (taken at, high
+    /// watermark then). Unused unless that bug is switched on.
+    stale_high_watermark: Mutex<Option<(Duration, i64)>>,
 }
 
 impl Partition {
@@ -124,7 +128,13 @@ impl Partition {
         let leader_epoch = log.latest_epoch().unwrap_or(0);
         let state = State { log, role: Role::Leader, leader_epoch, high_watermark, deleted: false };
         state.check_invariants();
-        Partition { topic, index, hw_version: AtomicU64::new(0), state: Mutex::new(state) }
+        Partition {
+            topic,
+            index,
+            hw_version: AtomicU64::new(0),
+            state: Mutex::new(state),
+            stale_high_watermark: Mutex::new(None),
+        }
     }
 
     fn live(&self) -> Result<MutexGuard<'_, State>, PartitionError> {
@@ -269,6 +279,20 @@ impl Partition {
             high_watermark: s.high_watermark,
             log_end_offset: s.log.log_end_offset(),
         })
+    }
+
+    /// The planted stale-end-offsets bug: the high watermark as of a
+    /// snapshot refreshed only once it is older than `max_age`.
+    pub fn stale_high_watermark(&self, now: Duration, max_age: Duration) -> Result<i64, PartitionError> {
+        let hw = self.offsets()?.high_watermark;
+        let mut snap = self.stale_high_watermark.lock().unwrap_or_else(|p| p.into_inner());
+        match *snap {
+            Some((taken, stale)) if now.saturating_sub(taken) < max_age => Ok(stale),
+            _ => {
+                *snap = Some((now, hw));
+                Ok(hw)
+            }
+        }
     }
 
     /// First offset below the high watermark with a timestamp at or after `ts`.

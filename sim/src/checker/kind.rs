@@ -35,6 +35,10 @@ pub enum AnomalyKind {
     IntPollSkip,
     /// A keyed send on a partition other than Kafka's partitioner gives it.
     MisplacedKey,
+    /// A partition's log operations (acknowledged appends, reads, end
+    /// offsets) that no single order within their real-time bounds
+    /// explains: see [`crate::linearizability`].
+    NonLinearizable,
 }
 
 impl AnomalyKind {
@@ -51,6 +55,7 @@ impl AnomalyKind {
         AnomalyKind::PollSkip,
         AnomalyKind::IntPollSkip,
         AnomalyKind::MisplacedKey,
+        AnomalyKind::NonLinearizable,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -70,6 +75,7 @@ impl AnomalyKind {
             AnomalyKind::PollSkip => "poll-skip",
             AnomalyKind::IntPollSkip => "int-poll-skip",
             AnomalyKind::MisplacedKey => "misplaced-key",
+            AnomalyKind::NonLinearizable => "nonlinearizable",
         }
     }
 
@@ -90,6 +96,9 @@ impl AnomalyKind {
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
             AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
             AnomalyKind::MisplacedKey => "a keyed record landed on a partition other than Kafka's default partitioner picks",
+            AnomalyKind::NonLinearizable => {
+                "a partition's appends, reads and end offsets fit no sequential log within their real-time bounds"
+            }
         }
     }
 }
@@ -149,6 +158,12 @@ impl FromStr for AnomalyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckOptions {
     pub invalid_on: BTreeSet<AnomalyKind>,
+    /// Search steps the linearizability checker may spend on one history
+    /// before answering `unknown`.
+    pub lin_budget: u64,
+    /// Why the configuration does not promise linearizability, when it
+    /// does not (then `nonlinearizable` is informational).
+    pub lin_caveat: Option<String>,
 }
 
 impl Default for CheckOptions {
@@ -156,14 +171,19 @@ impl Default for CheckOptions {
     /// proof of loss unless a read reached past them, and then they are
     /// `lost-write` already.
     fn default() -> Self {
-        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().filter(|k| *k != AnomalyKind::Unseen).collect() }
+        CheckOptions::with(AnomalyKind::ALL.into_iter().filter(|k| *k != AnomalyKind::Unseen).collect())
     }
 }
 
 impl CheckOptions {
     /// Every kind, `unseen` included: Jepsen's own verdict.
     pub fn all() -> Self {
-        CheckOptions { invalid_on: AnomalyKind::ALL.into_iter().collect() }
+        CheckOptions::with(AnomalyKind::ALL.into_iter().collect())
+    }
+
+    /// These kinds fatal, the default linearizability budget.
+    pub fn with(invalid_on: BTreeSet<AnomalyKind>) -> Self {
+        CheckOptions { invalid_on, lin_budget: crate::linearizability::DEFAULT_BUDGET, lin_caveat: None }
     }
 
     /// The kinds a scenario names, e.g. `["lost-write", "duplicate"]`.
@@ -175,6 +195,6 @@ impl CheckOptions {
             );
         }
         let invalid_on = names.iter().map(|n| n.parse::<AnomalyKind>()).collect::<Result<_, _>>()?;
-        Ok(CheckOptions { invalid_on })
+        Ok(CheckOptions::with(invalid_on))
     }
 }

@@ -6,7 +6,8 @@
 //! unique value and, when acknowledged, the (partition, offset) it landed
 //! at; a poll returns (partition, offset, value) records; a session is a
 //! `process`. Every check is a pure, deterministic function of the history,
-//! near-linear in its size.
+//! near-linear in its size, except the linearizability check
+//! ([`crate::linearizability`]), a search bounded by a step budget.
 
 mod index;
 mod kind;
@@ -44,11 +45,28 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     sends::send_order(history, &mut found);
     polls::poll_order(history, &ix, &mut found);
     placement::key_placement(history, &mut found);
+    let lin = crate::linearizability::kafka::check_history(history, opts.lin_budget);
+    found.extend(lin.failures().map(|p| Anomaly {
+        kind: AnomalyKind::NonLinearizable,
+        partition: Some(p.partition.clone()),
+        offsets: Vec::new(),
+        values: Vec::new(),
+        ops: {
+            let mut ops: Vec<u64> = p.prefix_tail.iter().copied().chain(p.unplaceable).collect();
+            ops.sort_unstable();
+            ops.dedup();
+            ops
+        },
+        explanation: p.explanation(),
+    }));
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 
     let stats = stats(history, &ix, unseen);
-    Report::new(found, stats, &opts.invalid_on, &history.ops)
+    let mut report = Report::new(found, stats, &opts.invalid_on, &history.ops);
+    report.linearizability = lin;
+    report.lin_caveat = opts.lin_caveat.clone();
+    report
 }
 
 fn stats(history: &History, ix: &Index, unseen: usize) -> Stats {

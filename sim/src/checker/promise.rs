@@ -12,6 +12,7 @@
 //! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
 //! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip` | always, even when the medium corrupts |
 //! | `misplaced-key` | always, even when the medium corrupts: the producer picks the partition before any byte is stored |
+//! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
 //!
 //! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
 //! or misdirected writes, or fsync failures that drop pages: one replica
@@ -32,6 +33,7 @@ use crate::scenario::Scenario;
 pub fn promised(scenario: &Scenario) -> CheckOptions {
     let w = &scenario.workload;
     let rot = scenario.medium_may_corrupt();
+    let lin = crate::linearizability::kafka::promised(scenario);
     let invalid_on = AnomalyKind::ALL
         .into_iter()
         .filter(|k| match k {
@@ -42,8 +44,9 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::MisplacedKey => true,
             _ if rot => false,
             AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
+            AnomalyKind::NonLinearizable => lin.is_ok(),
             _ => true,
         })
         .collect();
-    CheckOptions { invalid_on }
+    CheckOptions { lin_caveat: lin.err(), ..CheckOptions::with(invalid_on) }
 }

@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use super::kind::AnomalyKind;
 use crate::history::{Op, OpKind, Outcome, TopicPartition};
+use crate::linearizability::kafka::LinReport;
+use crate::linearizability::Verdict;
 
 /// How many anomalies of each kind the summary prints.
 const EXAMPLES_PER_KIND: usize = 5;
@@ -65,6 +67,11 @@ pub struct Report {
     /// The operations the printed examples cite, so the summary can show
     /// them without the history.
     pub example_ops: BTreeMap<u64, Op>,
+    /// The linearizability checker's verdict per partition log.
+    pub linearizability: LinReport,
+    /// Why the configuration does not promise linearizability, if it does
+    /// not: then a `nonlinearizable` finding is informational.
+    pub lin_caveat: Option<String>,
 }
 
 impl Report {
@@ -86,7 +93,17 @@ impl Report {
             }
         }
 
-        Report { valid: invalid_kinds.is_empty(), invalid_kinds, counts, anomalies, stats, example_ops }
+        let linearizability = LinReport { verdict: Verdict::Linearizable, steps: 0, budget: 0, partitions: Vec::new() };
+        Report {
+            valid: invalid_kinds.is_empty(),
+            invalid_kinds,
+            counts,
+            anomalies,
+            stats,
+            example_ops,
+            linearizability,
+            lin_caveat: None,
+        }
     }
 
     /// The anomalies of one kind.
@@ -120,6 +137,10 @@ impl fmt::Display for Report {
             "{} ops: sends ok {} / fail {} / info {}; polls {} returned {} records ({} distinct values); {} acknowledged values unread; {} final-read ops",
             s.ops, s.sends_ok, s.sends_fail, s.sends_info, s.polls, s.records_read, s.values_read, s.unseen, s.final_read_ops
         )?;
+        writeln!(f, "{}", self.linearizability.summary())?;
+        if let Some(why) = &self.lin_caveat {
+            writeln!(f, "  (not promised by this configuration, so informational: {why})")?;
+        }
 
         for kind in AnomalyKind::ALL {
             let n = self.counts.get(&kind).copied().unwrap_or(0);
@@ -130,6 +151,21 @@ impl fmt::Display for Report {
             writeln!(f, "\n{kind}{role}: {n} — {}", kind.description())?;
             for a in self.of_kind(kind).take(EXAMPLES_PER_KIND) {
                 self.fmt_anomaly(f, a)?;
+            }
+            if kind == AnomalyKind::NonLinearizable {
+                for p in self.linearizability.failures().take(EXAMPLES_PER_KIND) {
+                    writeln!(
+                        f,
+                        "  longest linearizable prefix of {}-{}, last operations:",
+                        p.partition.topic, p.partition.partition
+                    )?;
+                    for t in &p.prefix_tail_text {
+                        writeln!(f, "    {t}")?;
+                    }
+                    if let Some(u) = &p.unplaceable_text {
+                        writeln!(f, "  cannot be placed: {u}")?;
+                    }
+                }
             }
             if n > EXAMPLES_PER_KIND {
                 writeln!(f, "  … and {} more", n - EXAMPLES_PER_KIND)?;
@@ -216,6 +252,11 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
             format!("assign [{}]", ps.join(" "))
         }
         OpKind::Commit { offsets } => format!("commit {offsets:?}"),
+        OpKind::EndOffsets { ends } => {
+            let ends: Vec<String> =
+                ends.iter().map(|e| format!("{}={}", partition_name(&e.partition), e.offset)).collect();
+            format!("end offsets [{}]", ends.join(" "))
+        }
         OpKind::Crash => "crash".to_string(),
     };
     format!("{head}: {body} => {outcome}")

@@ -33,6 +33,13 @@ pub fn handle(cx: &mut Cx, req: ListOffsetsRequest, version: i16) -> ListOffsets
                     }
                     match lp.timestamp {
                         EARLIEST => p.offsets().map(|o| (o.log_start_offset, -1)).map_err(|e| e.code()),
+                        LATEST if cx.node.config.bugs.stale_end_offsets => p
+                            .stale_high_watermark(
+                                cx.clock.elapsed,
+                                std::time::Duration::from_millis(crate::config::STALE_END_OFFSETS_MS),
+                            )
+                            .map(|hw| (hw, -1))
+                            .map_err(|e| e.code()),
                         LATEST => p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code()),
                         ts if ts >= 0 => p
                             .offset_for_timestamp(cx.disk, ts)
