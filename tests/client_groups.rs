@@ -216,5 +216,21 @@ async fn round_robin_and_pattern_subscriptions() {
     assert_eq!(got.len(), 12);
     assert!(got.iter().all(|(t, _, _)| t.starts_with("pat-")));
     c.commit_sync().await.unwrap();
+    let admin = Admin::new(b.env.clone(), AdminConfig::new(b.bootstrap.clone())).unwrap();
+    let d = admin.describe_group("g-pattern").await.unwrap();
+    assert_eq!((d.state.as_str(), d.protocol.as_str(), d.members.len()), ("Stable", "roundrobin", 1));
+    assert_eq!(d.members[0].assignment.len(), 4);
     c.unsubscribe().await;
+    // What `faultline groups` does: list, read offsets, reset, delete.
+    let listed = admin.list_groups().await.unwrap();
+    assert!(listed.iter().any(|g| g.group_id == "g-pattern" && g.state == "Empty"), "{listed:?}");
+    let offsets = admin.group_offsets("g-pattern").await.unwrap();
+    assert_eq!(offsets.len(), 4);
+    assert!(offsets.values().all(|&o| o == 3));
+    let reset: std::collections::BTreeMap<TopicPartition, i64> = offsets.keys().map(|tp| (tp.clone(), 1)).collect();
+    admin.alter_group_offsets("g-pattern", &reset).await.unwrap();
+    assert_eq!(admin.group_offsets("g-pattern").await.unwrap(), reset);
+    admin.delete_group("g-pattern").await.unwrap();
+    assert!(admin.group_offsets("g-pattern").await.unwrap().is_empty());
+    assert!(admin.delete_group("g-pattern").await.is_err());
 }

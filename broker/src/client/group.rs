@@ -83,6 +83,34 @@ fn code_error(context: &str, code: i16) -> Option<ResponseError> {
         .inspect(|e| tracing::debug!(context, error = ?e, "group request refused"))
 }
 
+/// The connection to `group`'s coordinator (FindCoordinator, key type
+/// group), retrying retriable errors for `request.timeout.ms`.
+pub async fn find_coordinator(
+    env: &Env,
+    cluster: &Cluster,
+    group: &str,
+    backoff: Duration,
+) -> Result<Arc<Connection>, ClientError> {
+    let deadline = env.elapsed() + cluster.config().request_timeout;
+    loop {
+        let result = cluster.send_any(|_| FindCoordinatorRequest::default().with_key(s(group)).with_key_type(0)).await;
+        let err = match result {
+            Ok(r) if r.error_code == 0 => match cluster.connection(&format!("{}:{}", r.host.as_str(), r.port)).await {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            },
+            Ok(r) => {
+                ClientError::broker(format!("find coordinator of {group}"), r.error_code, r.error_message.as_deref())
+            }
+            Err(e) => e,
+        };
+        if !err.is_retriable() || env.elapsed() >= deadline {
+            return Err(err);
+        }
+        env.sleep(backoff).await;
+    }
+}
+
 /// One consumer's place in its group.
 pub struct Membership {
     env: Env,
@@ -155,34 +183,9 @@ impl Membership {
         if let Some(c) = self.coordinator.as_ref().filter(|c| c.is_usable()) {
             return Ok(c.clone());
         }
-        let deadline = self.env.elapsed() + self.request_timeout();
-        let group = self.settings.group_id.clone();
-        loop {
-            let result =
-                self.cluster.send_any(|_| FindCoordinatorRequest::default().with_key(s(&group)).with_key_type(0)).await;
-            let err = match result {
-                Ok(r) if r.error_code == 0 => {
-                    let addr = format!("{}:{}", r.host.as_str(), r.port);
-                    match self.cluster.connection(&addr).await {
-                        Ok(c) => {
-                            self.coordinator = Some(c.clone());
-                            return Ok(c);
-                        }
-                        Err(e) => e,
-                    }
-                }
-                Ok(r) => ClientError::broker(
-                    format!("find coordinator of {group}"),
-                    r.error_code,
-                    r.error_message.as_deref(),
-                ),
-                Err(e) => e,
-            };
-            if !err.is_retriable() || self.env.elapsed() >= deadline {
-                return Err(err);
-            }
-            self.env.sleep(self.retry_backoff).await;
-        }
+        let c = find_coordinator(&self.env, &self.cluster, &self.settings.group_id, self.retry_backoff).await?;
+        self.coordinator = Some(c.clone());
+        Ok(c)
     }
 
     /// Send to the coordinator; a lost connection forgets it.

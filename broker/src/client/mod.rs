@@ -28,7 +28,9 @@ use std::fmt;
 
 pub use kafka_protocol::error::ResponseError;
 
-pub use admin::{Admin, AdminConfig, NewTopic, PartitionDescription, TopicDescription};
+pub use admin::{
+    Admin, AdminConfig, GroupDescription, GroupListing, GroupMember, NewTopic, PartitionDescription, TopicDescription,
+};
 pub use assignor::Assignor;
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
 pub use group::GroupSettings;
