@@ -235,7 +235,13 @@ impl Recorder {
             OpKind::Send { value, partition, offset, .. } => format!("send {value} -> {partition:?}@{offset:?}"),
             OpKind::Poll { records } => format!("poll {} records", records.len()),
             OpKind::Assign { partitions } => format!("assign {} partitions", partitions.len()),
-            OpKind::Commit { offsets } => format!("commit {} offsets", offsets.len()),
+            OpKind::Commit { offsets, generation } => {
+                format!("commit {} offsets in generation {generation:?}", offsets.len())
+            }
+            OpKind::Generation { member, generation, partitions } => {
+                format!("generation {generation}: {member} owns {} partitions", partitions.len())
+            }
+            OpKind::Committed { offsets } => format!("committed offsets read back: {offsets:?}"),
             OpKind::Crash => "crash".to_string(),
         };
         let outcome = match &op.outcome {

@@ -33,10 +33,19 @@ pub enum AnomalyKind {
     PollSkip,
     /// One poll's consecutive records jumping over known records.
     IntPollSkip,
+    /// Two members of a consumer group owning one partition in one generation.
+    GroupDoubleOwner,
+    /// A group's committed offset going backwards: an acknowledged commit
+    /// below one acknowledged before it was made, or offsets read back at
+    /// the end below the last acknowledged commit.
+    CommitRegression,
+    /// An acknowledged record below the group's final committed offset that
+    /// no member of the group ever consumed.
+    GroupUnconsumed,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 11] = [
+    pub const ALL: [AnomalyKind; 14] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -48,6 +57,9 @@ impl AnomalyKind {
         AnomalyKind::IntNonmonotonicPoll,
         AnomalyKind::PollSkip,
         AnomalyKind::IntPollSkip,
+        AnomalyKind::GroupDoubleOwner,
+        AnomalyKind::CommitRegression,
+        AnomalyKind::GroupUnconsumed,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -66,6 +78,9 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
             AnomalyKind::PollSkip => "poll-skip",
             AnomalyKind::IntPollSkip => "int-poll-skip",
+            AnomalyKind::GroupDoubleOwner => "group-double-owner",
+            AnomalyKind::CommitRegression => "commit-regression",
+            AnomalyKind::GroupUnconsumed => "group-unconsumed",
         }
     }
 
@@ -85,6 +100,11 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
             AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
+            AnomalyKind::GroupDoubleOwner => "two members of a group owned one partition in the same generation",
+            AnomalyKind::CommitRegression => "a group's committed offset went backwards",
+            AnomalyKind::GroupUnconsumed => {
+                "an acknowledged record below the group's committed offset was never consumed by the group"
+            }
         }
     }
 }

@@ -7,7 +7,12 @@
 //! at; a poll returns (partition, offset, value) records; a session is a
 //! `process`. Every check is a pure, deterministic function of the history,
 //! near-linear in its size.
+//!
+//! Consumer groups add their own checks (`groups`): exclusive ownership
+//! within a generation, committed offsets that never go backwards, and every
+//! record below the committed offsets consumed by the group.
 
+mod groups;
 mod index;
 mod kind;
 mod lost;
@@ -42,6 +47,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     values::provenance(&ix, &mut found);
     sends::send_order(history, &mut found);
     polls::poll_order(history, &ix, &mut found);
+    groups::group_checks(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 

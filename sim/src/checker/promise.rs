@@ -12,7 +12,8 @@
 //! | `inconsistent-offsets` | always |
 //! | `nonmonotonic-send` | always: a send invoked after another completed lands after it, retries or not |
 //! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
-//! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip` | always, even when the medium corrupts |
+//! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip`, `group-double-owner` | always, even when the medium corrupts |
+//! | `commit-regression`, `group-unconsumed` | always (offsets are reset only by hand, which no scenario does) |
 //!
 //! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
 //! or misdirected writes, or fsync failures that drop pages: one replica
@@ -39,7 +40,8 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             AnomalyKind::G1a
             | AnomalyKind::Unexpected
             | AnomalyKind::IntNonmonotonicPoll
-            | AnomalyKind::IntPollSkip => true,
+            | AnomalyKind::IntPollSkip
+            | AnomalyKind::GroupDoubleOwner => true,
             _ if rot => false,
             AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
             _ => true,

@@ -215,7 +215,12 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
             let ps: Vec<String> = partitions.iter().map(partition_name).collect();
             format!("assign [{}]", ps.join(" "))
         }
-        OpKind::Commit { offsets } => format!("commit {offsets:?}"),
+        OpKind::Commit { offsets, generation } => format!("commit {offsets:?} in generation {generation:?}"),
+        OpKind::Generation { member, generation, partitions } => {
+            let parts: Vec<String> = partitions.iter().map(TopicPartition::key).collect();
+            format!("generation {generation}: {member} owns [{}]", parts.join(", "))
+        }
+        OpKind::Committed { offsets } => format!("committed offsets read back {offsets:?}"),
         OpKind::Crash => "crash".to_string(),
     };
     format!("{head}: {body} => {outcome}")
