@@ -99,7 +99,8 @@ pub struct PlantedBugs {
     /// generation, so members of two rebalances share one generation.
     pub group_generation_not_bumped: bool,
     /// The group coordinator accepts an OffsetCommit from a member of an
-    /// earlier generation instead of answering ILLEGAL_GENERATION.
+    /// earlier generation (or one already removed from the group) instead of
+    /// answering ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID.
     pub group_stale_commit_accepted: bool,
 }
 

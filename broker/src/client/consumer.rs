@@ -129,6 +129,9 @@ impl ConsumerConfig {
 pub trait RebalanceListener: Send + Sync {
     fn on_partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
     fn on_partitions_assigned(&mut self, _partitions: &[TopicPartition]) {}
+    /// After every completed rebalance: this member's id, the generation it
+    /// joined and everything it owns in it (whether or not anything changed).
+    fn on_generation(&mut self, _member_id: &str, _generation: i32, _owned: &[TopicPartition]) {}
 }
 
 /// What a group consumer subscribed to.
@@ -245,6 +248,11 @@ impl Consumer {
         self.group_mut()?.membership.committed(partitions).await
     }
 
+    /// The known positions of the assigned partitions: what `commit_sync` commits.
+    pub fn consumed_offsets(&self) -> BTreeMap<TopicPartition, i64> {
+        self.current_offsets(None)
+    }
+
     /// Positions of `only` (all assigned if `None`) that are known.
     fn current_offsets(&self, only: Option<&[TopicPartition]>) -> BTreeMap<TopicPartition, i64> {
         self.positions
@@ -337,7 +345,12 @@ impl Consumer {
                 l.on_partitions_assigned(&added);
             }
         }
-        let g = self.group.as_ref().expect("subscribed");
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let g = self.group.as_mut().expect("subscribed");
+        let (member, generation) = (g.membership.member_id().to_string(), g.membership.generation());
+        if let Some(l) = g.listener.as_mut() {
+            l.on_generation(&member, generation, &owned);
+        }
         tracing::debug!(
             member = g.membership.member_id(),
             generation = g.membership.generation(),

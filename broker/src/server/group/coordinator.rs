@@ -1013,16 +1013,19 @@ impl GroupCoordinator {
             }
             self.groups.insert(group_id.to_string(), Group::new(group_id, clock.now_ms));
         }
-        let stale_ok = self.bugs.group_stale_commit_accepted;
         let g = self.groups.get_mut(group_id).expect("group exists");
+        if self.bugs.group_stale_commit_accepted {
+            // Planted: no membership or generation check at all.
+            return Ok(());
+        }
         if generation < 0 && g.state == GroupState::Empty {
             return Ok(());
         }
-        if g.state == GroupState::CompletingRebalance && !stale_ok {
+        if g.state == GroupState::CompletingRebalance {
             return Err(ResponseError::RebalanceInProgress);
         }
         g.check_member(member_id, instance)?;
-        if generation != g.generation && !stale_ok {
+        if generation != g.generation {
             return Err(ResponseError::IllegalGeneration);
         }
         let m = g.members.get_mut(member_id).expect("checked");
