@@ -210,6 +210,11 @@ impl Node {
             config.groups.offsets_topic_num_partitions >= 1,
             "offsets_topic_num_partitions must be at least 1"
         );
+        anyhow::ensure!(
+            config.groups.offset_metadata_max_bytes <= i16::MAX as usize,
+            "offset_metadata_max_bytes must be at most {} (a string of the __consumer_offsets records)",
+            i16::MAX
+        );
         let groups = Groups::new(config.groups.clone(), config.bugs);
         if let Some(offsets) = topics.get(OFFSETS_TOPIC) {
             let clock = Clock { now_ms, elapsed: Duration::ZERO };

@@ -302,6 +302,24 @@ impl Group {
     }
 }
 
+/// Bytes of a client id a member keeps (its member id starts with it).
+const MAX_CLIENT_ID_BYTES: usize = 1024;
+
+/// `v` cut to at most `max` bytes, at a character boundary.
+fn clip(v: &str, max: usize) -> &str {
+    let mut end = v.len().min(max);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    &v[..end]
+}
+
+/// Longer than a string of the `__consumer_offsets` records can hold (an
+/// i16 length, as in Kafka's own record schemas): refused at the door.
+fn too_long(v: &str) -> bool {
+    v.len() > i16::MAX as usize
+}
+
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
@@ -416,8 +434,12 @@ impl GroupCoordinator {
             r.member_id = s(member_id);
             Answer::Now(r)
         };
-        if group_id.is_empty() {
+        if group_id.is_empty() || too_long(group_id) {
             return err(ResponseError::InvalidGroupId);
+        }
+        let names = [req.protocol_type.as_str(), instance.unwrap_or("")];
+        if names.into_iter().chain(req.protocols.iter().map(|p| p.name.as_str())).any(too_long) {
+            return err(ResponseError::InvalidRequest);
         }
         let session = req.session_timeout_ms;
         if session < self.config.group_min_session_timeout_ms || session > self.config.group_max_session_timeout_ms {
@@ -460,8 +482,9 @@ impl GroupCoordinator {
         let rebalance_ms = if version >= 1 { req.rebalance_timeout_ms } else { session };
         let new = NewMember {
             instance: instance.map(str::to_string),
-            client_id: client.client_id.to_string(),
-            client_host: client.client_host.to_string(),
+            // The member id is built from it: kept short enough for the records.
+            client_id: clip(client.client_id, MAX_CLIENT_ID_BYTES).to_string(),
+            client_host: clip(client.client_host, MAX_CLIENT_ID_BYTES).to_string(),
             session_timeout: Duration::from_millis(session.max(0) as u64),
             rebalance_timeout: Duration::from_millis(rebalance_ms.max(0) as u64),
             protocol_type,
@@ -996,7 +1019,7 @@ impl GroupCoordinator {
         instance: Option<&str>,
         clock: Clock,
     ) -> Result<(), ResponseError> {
-        if group_id.is_empty() {
+        if group_id.is_empty() || too_long(group_id) {
             return Err(ResponseError::InvalidGroupId);
         }
         if !self.groups.contains_key(group_id) {

@@ -181,9 +181,12 @@ fn decode_group_value(v: &[u8]) -> Result<GroupValue, String> {
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
-    // Every string here was bounded by the request it came in (an i16 length).
-    b.put_i16(s.len().min(i16::MAX as usize) as i16);
-    b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
+    // The coordinator refuses longer group ids, instance ids and protocol
+    // names; topic names are at most 249 bytes, metadata strings are bounded
+    // by `offset.metadata.max.bytes` and client ids by their i16 header field.
+    assert!(s.len() <= i16::MAX as usize, "a {}-byte string in a __consumer_offsets record", s.len());
+    b.put_i16(s.len() as i16);
+    b.put_slice(s.as_bytes());
 }
 
 fn put_nullable_str(b: &mut BytesMut, s: Option<&str>) {

@@ -427,3 +427,27 @@ fn planted_bug_stale_commit_accepted() {
     let (a, gen) = h.stable_one();
     assert_eq!(h.commit(gen - 1, &a, 3), Ok(()), "the bug lets an old generation commit");
 }
+
+#[test]
+fn names_too_long_for_the_records_are_refused() {
+    let mut h = H::new();
+    let long = "x".repeat(40_000);
+    let mut req = H::join_req("", None, &["range"]);
+    req.group_id = GroupId(sb(&long));
+    let Answer::Now(r) = h.join_with(&req, 9) else { panic!() };
+    assert_eq!(r.error_code, ResponseError::InvalidGroupId.code());
+    let req = H::join_req("", Some(&long), &["range"]);
+    let Answer::Now(r) = h.join_with(&req, 9) else { panic!() };
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    // A huge client id is clipped: the member id and the records stay writable.
+    let mut fx = Effects::default();
+    let req = H::join_req("", Some("i"), &["range"]);
+    let Answer::Now(r) = h.c.join(&req, 9, Client { client_id: &long, client_host: "/h" }, h.clock, &mut fx) else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 0);
+    assert!(r.member_id.len() < 1100);
+    for rec in fx.records {
+        rec.encode();
+    }
+}
