@@ -295,6 +295,19 @@ fn sync_request(member: &str, generation: i32, assignment: &[(&str, &'static [u8
         )
 }
 
+/// The leader's SyncGroup: it parks until the generation's record is
+/// fsynced (here by `flush.ms`), then answers.
+fn durable_sync(h: &mut Harness, req: &SyncGroupRequest) -> SyncGroupResponse {
+    let Step::Park(parked) = h.send(ApiKey::SyncGroup, 5, req).step else {
+        panic!("the leader's sync must wait for the group's record to be durable")
+    };
+    assert!(!parked.stale());
+    h.advance(600);
+    h.node.tick(&h.disk, h.clock);
+    assert!(parked.stale(), "the flush moved the offsets partition's high watermark");
+    decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::SyncGroup, 5)
+}
+
 fn commit_request(member: &str, generation: i32, offset: i64) -> OffsetCommitRequest {
     use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
     let p = OffsetCommitRequestPartition::default().with_partition_index(1).with_committed_offset(offset);
@@ -341,7 +354,7 @@ fn a_join_parks_until_the_rebalance_completes() {
     let (out, a) = join(&mut h);
     let ra: JoinGroupResponse = decode(out.step, ApiKey::JoinGroup, 9);
     assert_eq!((ra.error_code, ra.generation_id), (0, 1));
-    let sa: SyncGroupResponse = h.answer(ApiKey::SyncGroup, 5, &sync_request(&a, 1, &[(&a, b"all")]));
+    let sa = durable_sync(&mut h, &sync_request(&a, 1, &[(&a, b"all")]));
     assert_eq!(sa.assignment, Bytes::from_static(b"all"));
     // A second member: its join parks until `a` rejoins.
     let (out, b) = join(&mut h);
@@ -366,8 +379,7 @@ fn a_join_parks_until_the_rebalance_completes() {
     let Step::Park(parked) = h.send(ApiKey::SyncGroup, 5, &sync_request(&follower, 2, &[])).step else {
         panic!("follower sync must wait")
     };
-    let _: SyncGroupResponse =
-        h.answer(ApiKey::SyncGroup, 5, &sync_request(&leader, 2, &[(&leader, b"p0"), (&follower, b"p1")]));
+    let _ = durable_sync(&mut h, &sync_request(&leader, 2, &[(&leader, b"p0"), (&follower, b"p1")]));
     assert!(parked.stale());
     let sf: SyncGroupResponse = decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::SyncGroup, 5);
     assert_eq!((sf.error_code, sf.assignment), (0, Bytes::from_static(b"p1")));
@@ -378,7 +390,7 @@ fn a_commit_is_answered_once_durable_and_survives_a_restart() {
     let mut h = Harness::new();
     let (out, a) = join(&mut h);
     let _: JoinGroupResponse = decode(out.step, ApiKey::JoinGroup, 9);
-    let _: SyncGroupResponse = h.answer(ApiKey::SyncGroup, 5, &sync_request(&a, 1, &[(&a, b"all")]));
+    let _ = durable_sync(&mut h, &sync_request(&a, 1, &[(&a, b"all")]));
     // A stale generation is refused at once.
     let r: OffsetCommitResponse = h.answer(ApiKey::OffsetCommit, 8, &commit_request(&a, 0, 7));
     assert_eq!(r.topics[0].partitions[0].error_code, ResponseError::IllegalGeneration.code());

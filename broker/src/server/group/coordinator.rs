@@ -70,6 +70,11 @@ pub struct Effects {
     pub records: Vec<Record>,
     /// Groups with answers ready for parked members.
     pub woken: BTreeSet<String>,
+    /// Groups whose SyncGroup answers wait until this input's records are
+    /// durable: give the last record's offset to
+    /// [`GroupCoordinator::hold_until`] (or [`GroupCoordinator::fail_held`]
+    /// if they could not be written).
+    pub hold: Vec<String>,
 }
 
 /// Who sent a JoinGroup, for DescribeGroups.
@@ -135,6 +140,11 @@ struct Group {
     sync_deadline: Option<Duration>,
     /// Answers for parked members, with the generation they were made in.
     ready: BTreeMap<u64, (i32, Ready)>,
+    /// SyncGroup answers waiting for the generation's record to be durable,
+    /// and the offset it must be below the high watermark past (unknown
+    /// until the record is appended).
+    held: Vec<(u64, SyncGroupResponse)>,
+    release_after: Option<i64>,
     offsets: BTreeMap<(String, i32), OffsetValue>,
     /// A metadata record of this group is in the log (a tombstone is owed on removal).
     persisted: bool,
@@ -158,6 +168,8 @@ impl Group {
             rebalance_started: Duration::ZERO,
             sync_deadline: None,
             ready: BTreeMap::new(),
+            held: Vec::new(),
+            release_after: None,
             offsets: BTreeMap::new(),
             persisted: false,
         }
@@ -819,12 +831,50 @@ impl GroupCoordinator {
         }
     }
 
+    /// The held SyncGroup answers of `group` wait for `offset` to be durable.
+    pub fn hold_until(&mut self, group: &str, offset: i64) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.release_after = Some(offset);
+        }
+    }
+
+    /// The record the held answers of `group` waited on could not be
+    /// written: they fail with REBALANCE_IN_PROGRESS, and the group
+    /// rebalances, which writes a new one.
+    pub fn fail_held(&mut self, group: &str, clock: Clock, fx: &mut Effects) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let generation = g.generation;
+        for (t, _) in std::mem::take(&mut g.held) {
+            let resp = g.sync_response(Some(ResponseError::RebalanceInProgress), Bytes::new());
+            g.ready.insert(t, (generation, Ready::Sync(resp)));
+            fx.woken.insert(group.to_string());
+        }
+        g.release_after = None;
+        self.prepare_rebalance(group, clock, fx, "group metadata could not be written");
+    }
+
+    /// The partition is durable below `high_watermark`: release the answers
+    /// that waited for it.
+    pub fn release_durable(&mut self, high_watermark: i64, fx: &mut Effects) {
+        for g in self.groups.values_mut() {
+            if g.release_after.is_some_and(|o| o < high_watermark) && !g.held.is_empty() {
+                let generation = g.generation;
+                for (t, resp) in std::mem::take(&mut g.held) {
+                    g.ready.insert(t, (generation, Ready::Sync(resp)));
+                }
+                g.release_after = None;
+                fx.woken.insert(g.id.clone());
+            }
+        }
+    }
+
     /// Whether a ticket can still be answered: its group exists and a member
     /// waits on it or its answer is ready. A ticket that cannot is answered
     /// with an error by its caller.
     pub fn ticket_alive(&self, ticket: &Ticket) -> bool {
         self.groups.get(&ticket.group).is_some_and(|g| {
             g.ready.contains_key(&ticket.id)
+                || g.held.iter().any(|(t, _)| *t == ticket.id)
                 || g.members.values().any(|m| m.awaiting_join == Some(ticket.id) || m.awaiting_sync == Some(ticket.id))
         })
     }
@@ -833,6 +883,7 @@ impl GroupCoordinator {
     pub fn abandon(&mut self, ticket: &Ticket) {
         if let Some(g) = self.groups.get_mut(&ticket.group) {
             g.ready.remove(&ticket.id);
+            g.held.retain(|(t, _)| *t != ticket.id);
             for m in g.members.values_mut() {
                 if m.awaiting_join == Some(ticket.id) {
                     m.awaiting_join = None;
@@ -896,17 +947,25 @@ impl GroupCoordinator {
                     g.sync_deadline = None;
                     fx.records.push(g.snapshot(clock.now_ms));
                     g.persisted = true;
-                    let generation = g.generation;
+                    // Nobody learns the assignment before the generation's
+                    // record is durable: a coordinator restarted from an
+                    // older record would hand the same generation out again.
                     let ids: Vec<String> = g.members.keys().cloned().collect();
                     for id in ids {
                         let assignment = g.members[&id].assignment.clone();
                         let resp = g.sync_response(None, assignment);
                         if let Some(t) = g.members.get_mut(&id).expect("member").awaiting_sync.take() {
-                            g.ready.insert(t, (generation, Ready::Sync(resp)));
+                            g.held.push((t, resp));
                         }
                     }
-                    tracing::info!(group = group_id, generation, members = g.members.len(), "group stable");
-                    fx.woken.insert(group_id.to_string());
+                    g.release_after = None;
+                    fx.hold.push(group_id.to_string());
+                    tracing::info!(
+                        group = group_id,
+                        generation = g.generation,
+                        members = g.members.len(),
+                        "group stable"
+                    );
                 }
                 let t = Ticket { group: group_id.to_string(), id: ticket };
                 match self.take_sync(&t) {

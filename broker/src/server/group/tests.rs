@@ -113,7 +113,18 @@ impl H {
         let mut fx = Effects::default();
         let a = self.c.sync(&r, self.clock, &mut fx);
         self.log.extend(fx.records);
-        a
+        // The records are durable at once here.
+        for g in fx.hold {
+            self.c.hold_until(&g, 0);
+        }
+        self.c.release_durable(1, &mut Effects::default());
+        match a {
+            Answer::Wait(t) => match self.c.take_sync(&t) {
+                Some(r) => Answer::Now(r),
+                None => Answer::Wait(t),
+            },
+            now => now,
+        }
     }
 
     fn heartbeat(&mut self, member: &str, generation: i32) -> Result<(), ResponseError> {
@@ -450,4 +461,40 @@ fn names_too_long_for_the_records_are_refused() {
     for rec in fx.records {
         rec.encode();
     }
+}
+
+#[test]
+fn assignments_are_handed_out_only_once_the_generation_is_durable() {
+    let mut h = H::new();
+    let (a, ans) = h.join_new();
+    let Answer::Now(r) = ans else { panic!() };
+    let mut req = SyncGroupRequest::default();
+    req.group_id = GroupId(sb(G));
+    req.member_id = sb(&a);
+    req.generation_id = r.generation_id;
+    let mut x = SyncGroupRequestAssignment::default();
+    x.member_id = sb(&a);
+    x.assignment = Bytes::from_static(b"all");
+    req.assignments = vec![x];
+    let mut fx = Effects::default();
+    let Answer::Wait(t) = h.c.sync(&req, h.clock, &mut fx) else { panic!("the leader waits for the record") };
+    assert_eq!(fx.hold, vec![G.to_string()]);
+    assert!(matches!(fx.records.as_slice(), [Record::Group { .. }]));
+    h.c.hold_until(G, 41);
+    h.c.release_durable(41, &mut Effects::default());
+    assert!(h.c.take_sync(&t).is_none(), "offset 41 is not below the high watermark 41");
+    let mut fx = Effects::default();
+    h.c.release_durable(42, &mut fx);
+    assert!(fx.woken.contains(G));
+    assert_eq!(h.c.take_sync(&t).unwrap().assignment, Bytes::from_static(b"all"));
+    // A record that could not be written fails the sync and rebalances.
+    let mut fx = Effects::default();
+    let (_b, _) = h.join_new();
+    let Answer::Now(ra) = h.join(&a, None) else { panic!() };
+    let mut req2 = req.clone();
+    req2.generation_id = ra.generation_id;
+    let Answer::Wait(t) = h.c.sync(&req2, h.clock, &mut fx) else { panic!() };
+    h.c.fail_held(G, h.clock, &mut fx);
+    assert_eq!(h.c.take_sync(&t).unwrap().error_code, ResponseError::RebalanceInProgress.code());
+    assert_eq!(h.state().0, GroupState::PreparingRebalance);
 }

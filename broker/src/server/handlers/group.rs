@@ -95,18 +95,47 @@ fn locate(cx: &mut Cx, group: &str) -> Result<Arc<Partition>, ResponseError> {
 /// appended (under the coordinator's lock, so the log's order is the
 /// coordinator's), parked members woken.
 fn run<T>(cx: &mut Cx, p: &Arc<Partition>, f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T) -> T {
-    let node = cx.node;
+    let (node, clock) = (cx.node, cx.clock);
     let mut fx = Effects::default();
     let out = {
         let mut locked = node.groups.lock();
-        let out = f(locked.coordinator(p.index), &mut fx);
-        if let Err(e) = append(cx, p, std::mem::take(&mut fx.records)) {
-            tracing::error!(partition = p.index, error = ?e, "cannot write group metadata");
-        }
+        let c = locked.coordinator(p.index);
+        let out = f(c, &mut fx);
+        write(cx, p, c, &mut fx, clock);
         out
     };
     wake(cx, &fx);
     out
+}
+
+/// Append the effects' records; answers held for them wait for their last
+/// offset to be durable, or fail if they could not be written.
+fn write(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    c: &mut GroupCoordinator,
+    fx: &mut Effects,
+    clock: crate::server::node::Clock,
+) {
+    let written = append(cx, p, std::mem::take(&mut fx.records));
+    for group in std::mem::take(&mut fx.hold) {
+        match written {
+            Ok(Some(last)) => c.hold_until(&group, last),
+            _ => c.fail_held(&group, clock, fx),
+        }
+    }
+    if let Err(e) = written {
+        tracing::error!(partition = p.index, error = ?e, "cannot write group metadata");
+        // fail_held may have asked for more records (a rebalance): best effort.
+        let _ = append(cx, p, std::mem::take(&mut fx.records));
+    }
+}
+
+/// Release SyncGroup answers whose generation's record is now durable.
+fn release(p: &Partition, c: &mut GroupCoordinator, fx: &mut Effects) {
+    if let Ok(o) = p.offsets() {
+        c.release_durable(o.high_watermark, fx);
+    }
 }
 
 fn wake(cx: &mut Cx, fx: &Effects) {
@@ -148,11 +177,11 @@ pub(crate) fn tick(cx: &mut Cx) -> Option<Duration> {
         let mut locked = node.groups.lock();
         for c in locked.all_mut() {
             let mut fx = Effects::default();
-            c.tick(cx.clock, &mut fx);
+            let clock = cx.clock;
             if let Some(p) = topic.partition(c.partition()) {
-                if let Err(e) = append(cx, p, std::mem::take(&mut fx.records)) {
-                    tracing::error!(partition = p.index, error = ?e, "cannot write group metadata");
-                }
+                release(p, c, &mut fx);
+                c.tick(clock, &mut fx);
+                write(cx, p, c, &mut fx, clock);
             }
             all.woken.extend(fx.woken);
             if let Some(t) = c.next_deadline() {
@@ -196,25 +225,41 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
 }
 
 fn resume_ticket(cx: &mut Cx, request: Request, ticket: Ticket, deadline: Duration, join: bool) -> Step {
-    let seen = Wake::Group(cx.node.groups.signal(&ticket.group)).seen();
     let Ok(p) = locate(cx, &ticket.group) else {
         return ticket_error(request, join, ResponseError::NotCoordinator);
     };
-    let mut locked = cx.node.groups.lock();
-    let c = locked.coordinator(p.index);
-    if join {
-        if let Some(r) = c.take_join(&ticket) {
-            return request.respond(&r);
+    // Seen before looking: a move after the look is never missed. A sync
+    // also waits for its generation's record to be durable.
+    let mut watch = vec![Wake::Group(cx.node.groups.signal(&ticket.group)).seen()];
+    if !join {
+        watch.push(Wake::HighWatermark(p.clone()).seen());
+    }
+    let node = cx.node;
+    let mut fx = Effects::default();
+    let step = {
+        let mut locked = node.groups.lock();
+        let c = locked.coordinator(p.index);
+        let taken = if join {
+            c.take_join(&ticket).map(|r| request.respond(&r))
+        } else {
+            release(&p, c, &mut fx);
+            c.take_sync(&ticket).map(|r| request.respond(&r))
+        };
+        match taken {
+            Some(step) => step,
+            None if cx.clock.elapsed >= deadline || !c.ticket_alive(&ticket) => {
+                c.abandon(&ticket);
+                ticket_error(request, join, ResponseError::RebalanceInProgress)
+            }
+            None => {
+                let w = if join { Waiting::Join { request, ticket } } else { Waiting::Sync { request, ticket } };
+                Step::Park(Parked { request: Parkable::Group(w), deadline, watch })
+            }
         }
-    } else if let Some(r) = c.take_sync(&ticket) {
-        return request.respond(&r);
-    }
-    if cx.clock.elapsed >= deadline || !c.ticket_alive(&ticket) {
-        c.abandon(&ticket);
-        return ticket_error(request, join, ResponseError::RebalanceInProgress);
-    }
-    let w = if join { Waiting::Join { request, ticket } } else { Waiting::Sync { request, ticket } };
-    Step::Park(Parked { request: Parkable::Group(w), deadline, watch: vec![seen] })
+    };
+    // Released answers of other members: wake them.
+    wake(cx, &fx);
+    step
 }
 
 fn ticket_error(request: Request, join: bool, e: ResponseError) -> Step {
@@ -228,11 +273,9 @@ fn ticket_error(request: Request, join: bool, e: ResponseError) -> Step {
     }
 }
 
-fn park(cx: &Cx, request: Request, ticket: Ticket, join: bool, wait: Duration) -> Step {
-    let seen = Wake::Group(cx.node.groups.signal(&ticket.group)).seen();
+fn park(cx: &mut Cx, request: Request, ticket: Ticket, join: bool, wait: Duration) -> Step {
     let deadline = cx.clock.elapsed + wait + PARK_SLACK;
-    let w = if join { Waiting::Join { request, ticket } } else { Waiting::Sync { request, ticket } };
-    Step::Park(Parked { request: Parkable::Group(w), deadline, watch: vec![seen] })
+    resume_ticket(cx, request, ticket, deadline, join)
 }
 
 // ------------------------------------------------------------ the APIs
