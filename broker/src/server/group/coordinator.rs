@@ -145,6 +145,9 @@ struct Group {
     /// until the record is appended).
     held: Vec<(u64, SyncGroupResponse)>,
     release_after: Option<i64>,
+    /// The current generation's record is not known durable yet: every
+    /// SyncGroup answer of this generation is held.
+    unreleased: bool,
     offsets: BTreeMap<(String, i32), OffsetValue>,
     /// A metadata record of this group is in the log (a tombstone is owed on removal).
     persisted: bool,
@@ -170,6 +173,7 @@ impl Group {
             ready: BTreeMap::new(),
             held: Vec::new(),
             release_after: None,
+            unreleased: false,
             offsets: BTreeMap::new(),
             persisted: false,
         }
@@ -850,6 +854,7 @@ impl GroupCoordinator {
             fx.woken.insert(group.to_string());
         }
         g.release_after = None;
+        g.unreleased = false;
         self.prepare_rebalance(group, clock, fx, "group metadata could not be written");
     }
 
@@ -857,13 +862,14 @@ impl GroupCoordinator {
     /// that waited for it.
     pub fn release_durable(&mut self, high_watermark: i64, fx: &mut Effects) {
         for g in self.groups.values_mut() {
-            if g.release_after.is_some_and(|o| o < high_watermark) && !g.held.is_empty() {
+            if g.release_after.is_some_and(|o| o < high_watermark) {
                 let generation = g.generation;
                 for (t, resp) in std::mem::take(&mut g.held) {
                     g.ready.insert(t, (generation, Ready::Sync(resp)));
+                    fx.woken.insert(g.id.clone());
                 }
                 g.release_after = None;
-                fx.woken.insert(g.id.clone());
+                g.unreleased = false;
             }
         }
     }
@@ -927,7 +933,13 @@ impl GroupCoordinator {
             GroupState::PreparingRebalance => err(ResponseError::RebalanceInProgress),
             GroupState::Stable => {
                 let assignment = g.members[member_id].assignment.clone();
-                Answer::Now(g.sync_response(None, assignment))
+                let resp = g.sync_response(None, assignment);
+                if g.unreleased {
+                    // Its generation's record is not durable yet: wait with the others.
+                    g.held.push((ticket, resp));
+                    return Answer::Wait(Ticket { group: group_id.to_string(), id: ticket });
+                }
+                Answer::Now(resp)
             }
             GroupState::CompletingRebalance => {
                 if req.assignments.iter().any(|a| a.assignment.len() > max_assignment) {
@@ -959,6 +971,7 @@ impl GroupCoordinator {
                         }
                     }
                     g.release_after = None;
+                    g.unreleased = true;
                     fx.hold.push(group_id.to_string());
                     tracing::info!(
                         group = group_id,

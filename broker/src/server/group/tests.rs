@@ -498,3 +498,39 @@ fn assignments_are_handed_out_only_once_the_generation_is_durable() {
     assert_eq!(h.c.take_sync(&t).unwrap().error_code, ResponseError::RebalanceInProgress.code());
     assert_eq!(h.state().0, GroupState::PreparingRebalance);
 }
+
+#[test]
+fn a_follower_syncing_after_the_leader_also_waits_for_durability() {
+    let mut h = H::new();
+    let (a, _) = h.stable_one();
+    let (b, ans) = h.join_new();
+    let Answer::Wait(tb) = ans else { panic!() };
+    let Answer::Now(ra) = h.join(&a, None) else { panic!() };
+    let _ = h.take_join(&tb);
+    let gen = ra.generation_id;
+    let leader = ra.leader.to_string();
+    let follower = if leader == a { b.clone() } else { a.clone() };
+    let sync = |member: &str, assign: Vec<SyncGroupRequestAssignment>| {
+        let mut r = SyncGroupRequest::default();
+        r.group_id = GroupId(sb(G));
+        r.member_id = sb(member);
+        r.generation_id = gen;
+        r.assignments = assign;
+        r
+    };
+    let mut x = SyncGroupRequestAssignment::default();
+    x.member_id = sb(&follower);
+    x.assignment = Bytes::from_static(b"f");
+    let mut fx = Effects::default();
+    let Answer::Wait(tl) = h.c.sync(&sync(&leader, vec![x]), h.clock, &mut fx) else { panic!() };
+    // The group is Stable, but its record is not durable: the follower waits too.
+    let Answer::Wait(tf) = h.c.sync(&sync(&follower, vec![]), h.clock, &mut fx) else {
+        panic!("a follower must not learn a generation that a restart could hand out again")
+    };
+    h.c.hold_until(G, 9);
+    h.c.release_durable(10, &mut fx);
+    assert!(h.c.take_sync(&tl).is_some());
+    assert_eq!(h.c.take_sync(&tf).unwrap().assignment, Bytes::from_static(b"f"));
+    // Once durable, syncs of the generation are answered at once.
+    let Answer::Now(_) = h.c.sync(&sync(&follower, vec![]), h.clock, &mut fx) else { panic!() };
+}
