@@ -1,4 +1,4 @@
-//! The `faultline` binary: one program for both worlds. `serve`, `topics`,
+//! The `faultline` binary: one program for both worlds. `serve`, `topics`, `groups`,
 //! `produce`, `consume` and `bench` run for real over TCP; `sim` runs the same
 //! nodes inside the deterministic simulator.
 
@@ -19,6 +19,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Create, list, describe and delete topics.
     Topics(cmd::topics::Args),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Groups(cmd::groups::Args),
     /// Produce lines from stdin.
     Produce(cmd::produce::Args),
     /// Consume records to stdout.
@@ -55,6 +57,7 @@ fn main() {
                 match other {
                     Command::Serve(a) => cmd::serve::run(a).await,
                     Command::Topics(a) => cmd::topics::run(a).await,
+                    Command::Groups(a) => cmd::groups::run(a).await,
                     Command::Produce(a) => cmd::produce::run(a).await,
                     Command::Consume(a) => cmd::consume::run(a).await,
                     Command::Bench(a) => cmd::bench::run(a).await,

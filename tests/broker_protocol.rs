@@ -166,16 +166,20 @@ async fn create_describe_and_delete_topics() {
 }
 
 #[tokio::test]
-async fn group_and_transaction_apis_fail_clearly() {
+async fn groups_find_this_broker_and_transactions_fail_clearly() {
     let b = TestBroker::start().await;
     let mut c = b.connect().await;
     let resp: FindCoordinatorResponse =
         c.call(3, &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))).await;
-    assert_eq!(resp.error_code, code(ResponseError::CoordinatorNotAvailable));
-    assert!(resp.error_message.unwrap().contains("not supported"));
+    assert_eq!(resp.error_code, 0);
+    assert_eq!(resp.node_id.0, 0);
     let resp: FindCoordinatorResponse =
         c.call(4, &FindCoordinatorRequest::default().with_coordinator_keys(vec![StrBytes::from_static_str("g")])).await;
-    assert_eq!(resp.coordinators[0].error_code, code(ResponseError::CoordinatorNotAvailable));
+    assert_eq!(resp.coordinators[0].error_code, 0);
+    let txn = FindCoordinatorRequest::default().with_key_type(1).with_key(StrBytes::from_static_str("t"));
+    let resp: FindCoordinatorResponse = c.call(3, &txn).await;
+    assert_eq!(resp.error_code, code(ResponseError::InvalidRequest));
+    assert!(resp.error_message.unwrap().contains("not supported"));
     // Idempotent producers get an id (tests/broker_idempotence.rs); transactional ones are refused.
     let txn =
         InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t"))));

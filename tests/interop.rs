@@ -1,13 +1,19 @@
-//! Real Kafka clients against `faultline serve`: kcat (librdkafka) and
-//! kafka-python produce, consume, cross-read each other's topics, and check
-//! that acknowledged records survive SIGKILL and restart. The work is done by
-//! `tests/interop/run.py` (see tests/interop/README.md); this test runs it on
-//! the `faultline` binary cargo built for this test run.
+//! Real Kafka clients against `faultline serve`, on the `faultline` binary
+//! cargo built for this test run (see tests/interop/README.md):
 //!
-//! When kcat or the kafka-python modules are missing, the test prints a
-//! SKIPPED line and passes, unless `FAULTLINE_REQUIRE_INTEROP=1` (set by
-//! `.ci/run`), which turns a missing tool into a failure. `FAULTLINE_PYTHON`
-//! picks the interpreter (default `python3`).
+//! - `tests/interop/run.py`: kcat (librdkafka) and kafka-python produce,
+//!   consume, cross-read each other's topics, and check that acknowledged
+//!   records survive SIGKILL and restart;
+//! - `tests/interop/groups.py`: consumer groups — two confluent-kafka members
+//!   share a 6-partition topic through a rebalance and a leave, a restarted
+//!   consumer resumes at the committed offsets, commits survive SIGKILL, and
+//!   kcat -G, kafka-python, aiokafka and kafkajs each consume through a group
+//!   and commit.
+//!
+//! When a client tool is missing, a test prints a SKIPPED line and passes,
+//! unless `FAULTLINE_REQUIRE_INTEROP=1` (set by `.ci/run`), which turns a
+//! missing tool into a failure. `FAULTLINE_PYTHON` picks the interpreter
+//! (default `python3`). The two scripts run one at a time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,31 +36,44 @@ fn required() -> bool {
     std::env::var("FAULTLINE_REQUIRE_INTEROP").map(|v| v == "1").unwrap_or(false)
 }
 
-fn skip_or_fail(why: &str) {
+fn skip_or_fail(script: &str, why: &str) {
     if required() {
         panic!("interop tools missing and FAULTLINE_REQUIRE_INTEROP=1: {why}");
     }
     loud(&format!(
-        "SKIPPED: interop test (kcat + kafka-python against `faultline serve`) did not run: {why}\n\
-         Install the clients with `apt-get install -y kcat && python3 -m pip install -r tests/interop/requirements.txt`,\n\
-         or run .ci/run. Set FAULTLINE_REQUIRE_INTEROP=1 to make this a failure."
+        "SKIPPED: interop test {script} (real Kafka clients against `faultline serve`) did not run: {why}\n\
+         Install the clients with `apt-get install -y kcat nodejs npm && python3 -m pip install -r tests/interop/requirements.txt\n\
+         && npm ci --prefix tests/interop`, or run .ci/run. Set FAULTLINE_REQUIRE_INTEROP=1 to make this a failure."
     ));
 }
 
+/// One broker and its clients at a time: both scripts are heavy on a small machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn real_kafka_clients_interoperate() {
+    run_script("run.py");
+}
+
+#[test]
+fn real_kafka_clients_use_consumer_groups() {
+    run_script("groups.py");
+}
+
+fn run_script(name: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let python = std::env::var("FAULTLINE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/run.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(name);
     let faultline = env!("CARGO_BIN_EXE_faultline");
 
     let probe = match Command::new(&python).arg(&script).arg("--check-tools").stdin(Stdio::null()).output() {
         Ok(out) => out,
-        Err(e) => return skip_or_fail(&format!("cannot run `{python}`: {e}")),
+        Err(e) => return skip_or_fail(name, &format!("cannot run `{python}`: {e}")),
     };
     let probe_text = String::from_utf8_lossy(&probe.stdout).trim().to_string();
     match probe.status.code() {
         Some(0) => {}
-        Some(EXIT_MISSING_TOOLS) => return skip_or_fail(&probe_text),
+        Some(EXIT_MISSING_TOOLS) => return skip_or_fail(name, &probe_text),
         _ => panic!(
             "`{python} {} --check-tools` failed ({}):\n{probe_text}\n{}",
             script.display(),
@@ -84,13 +103,13 @@ fn real_kafka_clients_interoperate() {
             std::thread::sleep(Duration::from_secs(10));
             let _ = child.kill();
             let _ = child.wait();
-            panic!("interop run did not finish within {OVERALL_LIMIT:?}; killed");
+            panic!("interop run of {name} did not finish within {OVERALL_LIMIT:?}; killed");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     match status.code() {
         Some(0) => {}
-        Some(EXIT_MISSING_TOOLS) => skip_or_fail("run.py found a tool missing (see its output above)"),
-        _ => panic!("interop run failed ({status}); the diagnosis is in the `interop:` lines above"),
+        Some(EXIT_MISSING_TOOLS) => skip_or_fail(name, "the script found a tool missing (see its output above)"),
+        _ => panic!("interop run of {name} failed ({status}); the diagnosis is in the `interop` lines above"),
     }
 }

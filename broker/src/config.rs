@@ -101,6 +101,13 @@ pub struct PlantedBugs {
     /// committed and every fetch still sees it, so only a linearizability
     /// check of end offsets against acknowledged appends can tell.
     pub stale_end_offsets: bool,
+    /// The group coordinator completes a rebalance without bumping the
+    /// generation, so members of two rebalances share one generation.
+    pub group_generation_not_bumped: bool,
+    /// The group coordinator accepts an OffsetCommit from a member of an
+    /// earlier generation (or one already removed from the group) instead of
+    /// answering ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID.
+    pub group_stale_commit_accepted: bool,
 }
 
 /// How old the planted stale end-offset snapshot may grow before the next
@@ -115,6 +122,8 @@ impl PlantedBugs {
             || self.panic_in_background_task
             || self.renumber_retries
             || self.stale_end_offsets
+            || self.group_generation_not_bumped
+            || self.group_stale_commit_accepted
     }
 }
 
@@ -170,6 +179,8 @@ pub struct BrokerConfig {
     pub max_open_files: usize,
     /// Defaults for every topic's log.
     pub log: LogConfig,
+    /// The group coordinator's settings and limits.
+    pub groups: GroupConfig,
     /// Planted bugs (simulation only).
     pub bugs: PlantedBugs,
     /// `process.roles`: "broker", "controller" or "broker,controller". Unset
@@ -339,12 +350,73 @@ impl Default for BrokerConfig {
             max_auto_created_topics_per_request: 10,
             max_open_files: crate::storage::open_files::DEFAULT_MAX_OPEN_FILES,
             log: LogConfig::default(),
+            groups: GroupConfig::default(),
             bugs: PlantedBugs::default(),
             process_roles: None,
             controller_quorum_voters: None,
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
             replication_enabled: false,
+        }
+    }
+}
+
+/// Group coordinator settings (Kafka's broker names, snake_cased, in the
+/// `[groups]` table of a config file) and the limits that bound what clients
+/// can make it hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`,
+    /// fixed when the broker first creates it (a group's coordinator is the
+    /// leader of partition `abs(hashCode(group.id)) % this`).
+    pub offsets_topic_num_partitions: i32,
+    /// `group.min.session.timeout.ms`: smallest `session.timeout.ms` a member may ask for.
+    pub group_min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`: largest `session.timeout.ms` a member may ask for.
+    pub group_max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an
+    /// empty group waits for more members, extended by this per newcomer up
+    /// to the rebalance timeout.
+    pub group_initial_rebalance_delay_ms: i32,
+    /// `group.max.size`: members per group (Kafka: unbounded; ours 1000).
+    /// JoinGroup beyond it gets GROUP_MAX_SIZE_REACHED.
+    pub group_max_size: usize,
+    /// Groups the coordinator holds in all, across its partitions; a new
+    /// group beyond it is refused with COORDINATOR_NOT_AVAILABLE (retriable:
+    /// deleting empty groups frees room). Kafka has no such bound.
+    pub max_groups: usize,
+    /// Committed partitions one group may hold; a commit of a further
+    /// partition gets POLICY_VIOLATION for it. Kafka has no such bound.
+    pub max_offsets_per_group: usize,
+    /// `offset.metadata.max.bytes`: the metadata string of one committed offset.
+    pub offset_metadata_max_bytes: usize,
+    /// Bytes of protocol metadata one member may send in JoinGroup (all its
+    /// protocols together), and of assignment a leader may give one member
+    /// in SyncGroup; beyond it the request gets POLICY_VIOLATION. Kafka
+    /// bounds these only by `socket.request.max.bytes`.
+    pub member_metadata_max_bytes: usize,
+    /// Protocols (assignors) one member may offer in JoinGroup.
+    pub max_protocols_per_member: usize,
+    /// `offsets.commit.timeout.ms`: how long an OffsetCommit waits for its
+    /// records to be durable before answering REQUEST_TIMED_OUT.
+    pub offsets_commit_timeout_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_num_partitions: 50,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_max_size: 1_000,
+            max_groups: 10_000,
+            max_offsets_per_group: 100_000,
+            offset_metadata_max_bytes: 4_096,
+            member_metadata_max_bytes: 1 << 20,
+            max_protocols_per_member: 16,
+            offsets_commit_timeout_ms: 5_000,
         }
     }
 }

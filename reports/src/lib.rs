@@ -127,7 +127,13 @@ pub fn op_line(op: &Op) -> String {
             format!("poll [{}{more}]", shown.join(" "))
         }
         OpKind::Assign { partitions } => format!("assign {} partitions", partitions.len()),
-        OpKind::Commit { offsets } => format!("commit {} offsets", offsets.len()),
+        OpKind::Commit { offsets, generation } => {
+            format!("commit {} offsets in generation {generation:?}", offsets.len())
+        }
+        OpKind::Generation { member, generation, partitions } => {
+            format!("generation {generation}: {member} owns {} partitions", partitions.len())
+        }
+        OpKind::Committed { offsets } => format!("committed offsets read back: {} partitions", offsets.len()),
         OpKind::EndOffsets { ends } => {
             let e: Vec<String> =
                 ends.iter().map(|e| format!("{}-{}={}", e.partition.topic, e.partition.partition, e.offset)).collect();

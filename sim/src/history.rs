@@ -22,6 +22,13 @@ pub struct TopicPartition {
     pub partition: i32,
 }
 
+impl TopicPartition {
+    /// The key of a commit's offsets: `topic-partition`.
+    pub fn key(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+}
+
 /// How an operation ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -74,8 +81,17 @@ pub enum OpKind {
     /// if it read every partition up to the log end offset the healed broker
     /// reported, `info` if it gave up first. Checkers rely on that promise.
     Assign { partitions: Vec<TopicPartition> },
-    /// Commit offsets (consumer groups; not used until they exist).
-    Commit { offsets: BTreeMap<String, i64> },
+    /// A group member commits offsets (`topic-partition` → the next offset
+    /// to read) with its generation.
+    Commit {
+        offsets: BTreeMap<String, i64>,
+        #[serde(default)]
+        generation: Option<i32>,
+    },
+    /// A group member's assignment in one generation, as its rebalance ended.
+    Generation { member: String, generation: i32, partitions: Vec<TopicPartition> },
+    /// The group's committed offsets read back at the end (`topic-partition` → offset).
+    Committed { offsets: BTreeMap<String, i64> },
     /// Ask for end offsets (ListOffsets with timestamp -1: each partition's
     /// high watermark). `ends` holds what came back; empty unless `ok`.
     /// Only the linearizability checker reads it: the ordering checkers

@@ -235,7 +235,9 @@ impl Recorder {
             OpKind::Send { value, partition, offset, .. } => format!("send {value} -> {partition:?}@{offset:?}"),
             OpKind::Poll { records } => format!("poll {} records", records.len()),
             OpKind::Assign { partitions } => format!("assign {} partitions", partitions.len()),
-            OpKind::Commit { offsets } => format!("commit {} offsets", offsets.len()),
+            OpKind::Commit { offsets, generation } => {
+                format!("commit {} offsets in generation {generation:?}", offsets.len())
+            }
             OpKind::EndOffsets { ends } => {
                 let ends: Vec<String> = ends
                     .iter()
@@ -243,6 +245,10 @@ impl Recorder {
                     .collect();
                 format!("end offsets [{}]", ends.join(" "))
             }
+            OpKind::Generation { member, generation, partitions } => {
+                format!("generation {generation}: {member} owns {} partitions", partitions.len())
+            }
+            OpKind::Committed { offsets } => format!("committed offsets read back: {offsets:?}"),
             OpKind::Crash => "crash".to_string(),
         };
         let outcome = match &op.outcome {

@@ -307,6 +307,18 @@ fn broker_name(i: u32) -> String {
 }
 
 /// Run `scenario` under `seed`.
+/// The group coordinator's settings in a simulated run: timeouts short
+/// enough for rebalances to happen many times in a few seconds.
+fn sim_groups() -> faultline_broker::config::GroupConfig {
+    faultline_broker::config::GroupConfig {
+        offsets_topic_num_partitions: 3,
+        group_min_session_timeout_ms: 100,
+        group_initial_rebalance_delay_ms: 100,
+        offsets_commit_timeout_ms: 2_000,
+        ..faultline_broker::config::GroupConfig::default()
+    }
+}
+
 pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow::Result<RunResult> {
     scenario.validate()?;
     let (resolved, draw) = scenario.resolve(seed);
@@ -359,6 +371,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             auto_create_topics_enable: false,
             log: scenario.cluster.log.clone(),
             bugs: scenario.cluster.bugs,
+            groups: sim_groups(),
             ..BrokerConfig::default()
         };
         let trace = trace.clone();
@@ -407,6 +420,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             final_deadline,
             liveness_deadline,
             bugs: scenario.cluster.bugs,
+            consumer_groups: scenario.cluster.consumer_groups,
         }
     };
     for name in &roles.clients {

@@ -74,7 +74,12 @@ pub struct Cluster {
     /// Deliberate bugs to plant in every broker.
     #[serde(default)]
     pub bugs: PlantedBugs,
-    /// Consumer groups (not built yet).
+    /// Consumer groups: every consumer host is a member of one group
+    /// (`subscribe` to every topic, commit after each poll) instead of
+    /// assigning every partition, and the reader reads the group's committed
+    /// offsets back at the end. The broker runs with short group timeouts
+    /// (`group.min.session.timeout.ms` 100, `group.initial.rebalance.delay.ms`
+    /// 100, three `__consumer_offsets` partitions) to fit a short run.
     #[serde(default)]
     pub consumer_groups: bool,
     /// Transactions (not built yet).
@@ -142,6 +147,20 @@ pub struct Workload {
     /// end offset (ListOffsets latest), recorded as an `end_offsets`
     /// operation for the linearizability checker.
     pub end_offsets_probability: f64,
+    /// Group members' `session.timeout.ms` (with `cluster.consumer_groups`).
+    pub group_session_timeout_ms: i32,
+    /// Group members' `heartbeat.interval.ms`.
+    pub group_heartbeat_interval_ms: u64,
+    /// Group members' `partition.assignment.strategy`: range, roundrobin or cooperative-sticky.
+    pub group_assignor: String,
+    /// Chance, after a poll that returned records, that a member stalls for
+    /// `group_stall_ms` before committing them — a consumer paused past its
+    /// session timeout, whose commit then carries a stale generation.
+    pub group_stall_probability: f64,
+    pub group_stall_ms: u64,
+    /// Chance, per poll, that a member leaves the group (LeaveGroup) and
+    /// joins again as a new session: members joining and leaving under load.
+    pub group_leave_probability: f64,
 }
 
 impl Default for Workload {
@@ -166,6 +185,12 @@ impl Default for Workload {
             final_fetch_max_bytes: 1 << 20,
             seek_probability: 0.0,
             end_offsets_probability: 0.2,
+            group_session_timeout_ms: 1_000,
+            group_heartbeat_interval_ms: 100,
+            group_assignor: "range".into(),
+            group_stall_probability: 0.0,
+            group_stall_ms: 1_500,
+            group_leave_probability: 0.0,
         }
     }
 }
@@ -474,7 +499,21 @@ impl Scenario {
             );
         }
         if c.consumer_groups {
-            bail!("cluster.consumer_groups: consumer groups are not built yet");
+            let w = &self.workload;
+            faultline_broker::client::Assignor::from_name(&w.group_assignor).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if w.group_session_timeout_ms < 100 || w.group_heartbeat_interval_ms == 0 {
+                bail!(
+                    "workload.group_session_timeout_ms must be at least 100 and group_heartbeat_interval_ms positive"
+                );
+            }
+            for (name, p) in [
+                ("group_stall_probability", w.group_stall_probability),
+                ("group_leave_probability", w.group_leave_probability),
+            ] {
+                if !(0.0..=1.0).contains(&p) {
+                    bail!("workload.{name} must be a probability, got {p}");
+                }
+            }
         }
         if c.transactions {
             bail!("cluster.transactions: transactions are not built yet");
@@ -620,6 +659,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("disk-faults.toml", include_str!("../../scenarios/disk-faults.toml")),
     ("slow-links.toml", include_str!("../../scenarios/slow-links.toml")),
     ("medium-rot.toml", include_str!("../../scenarios/medium-rot.toml")),
+    ("groups.toml", include_str!("../../scenarios/groups.toml")),
 ];
 
 /// Parse every built-in scenario.
@@ -668,8 +708,8 @@ mod tests {
         assert!(e.contains("replication") && e.contains("not built yet"), "{e}");
         let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 3")));
         assert!(e.contains("multi-broker") && e.contains("not built yet"), "{e}");
-        let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 1\nconsumer_groups = true")));
-        assert!(e.contains("consumer groups are not built yet"), "{e}");
+        let groups = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 1\nconsumer_groups = true");
+        assert!(steady_with(groups).is_ok(), "consumer groups are built");
     }
 
     #[test]

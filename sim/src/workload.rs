@@ -13,6 +13,12 @@
 //!   inside a batch), recorded as an `assign` so order checks start afresh,
 //!   and now and then asking for every partition's end offset, recorded as
 //!   `end_offsets` for the linearizability checker;
+//! - with consumer groups, consumers instead subscribe as members of one
+//!   group and commit after each poll (sometimes stalling past their session
+//!   timeout first, sometimes leaving and rejoining), through the settle
+//!   period; each completed rebalance is recorded as the member's
+//!   `generation` and an `assign`, and the reader reads the group's committed
+//!   offsets back after the final read;
 //! - the reader creates the topics before anything else; at the heal it
 //!   probes the cluster with a send until one is acknowledged (liveness),
 //!   and after the settle period reads every partition from its log start to
@@ -34,8 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faultline_broker::client::{
-    Admin, AdminConfig, AutoOffsetReset, ClientError, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, ProduceError,
-    Producer, ProducerConfig, ProducerRecord, TopicPartition as ClientTp,
+    Admin, AdminConfig, Assignor, AutoOffsetReset, ClientError, Consumer, ConsumerConfig, ConsumerRecord,
+    GroupSettings, NewTopic, ProduceError, Producer, ProducerConfig, ProducerRecord, RebalanceListener,
+    TopicPartition as ClientTp,
 };
 use faultline_broker::io::{self, Env};
 use kafka_protocol::error::ResponseError;
@@ -70,7 +77,12 @@ pub struct ClientCtx {
     pub liveness_deadline: Duration,
     /// Planted bugs, for the switches that live in the clients.
     pub bugs: faultline_broker::config::PlantedBugs,
+    /// Consumers are members of one group (`cluster.consumer_groups`).
+    pub consumer_groups: bool,
 }
+
+/// The group every consumer host joins.
+pub const GROUP_ID: &str = "sim-group";
 
 impl ClientCtx {
     fn env(&self) -> Env {
@@ -310,7 +322,9 @@ async fn recorded_poll(
 ) -> PollResult {
     let wait = Duration::from_millis(200);
     ctx.recorder.invoke(ctx.name(), process, sim_now(), OpKind::Poll { records: Vec::new() });
-    let res = io::timeout(env, wait + ctx.request_timeout() * 2, consumer.poll(wait)).await;
+    // A group member's poll may wait out a rebalance first.
+    let rebalance = if ctx.consumer_groups { group_rebalance_timeout(ctx) } else { Duration::ZERO };
+    let res = io::timeout(env, wait + ctx.request_timeout() * 2 + rebalance, consumer.poll(wait)).await;
     let (result, kind, outcome) = match res {
         Some(Ok(records)) => (PollResult::Read, Some(OpKind::Poll { records: polled(&records) }), Outcome::Ok),
         // The client's CRC check refused what was fetched, so nothing was
@@ -349,9 +363,13 @@ async fn recorded_end_offsets(ctx: &ClientCtx, env: &Env, consumer: &Consumer, p
     ctx.recorder.complete(ctx.name(), sim_now(), kind, outcome, false);
 }
 
-/// A consumer host: assigns every partition, polls until the workload
-/// window closes, and now and then asks for the end offsets.
+/// A consumer host: assigns every partition and polls until the workload
+/// window closes (or, with consumer groups, is a member of the group), and
+/// now and then asks for the end offsets.
 pub async fn consumer(ctx: ClientCtx) {
+    if ctx.consumer_groups {
+        return group_consumer(ctx).await;
+    }
     let Some((env, process)) = ctx.begin_session().await else { return };
     let Ok(mut consumer) = Consumer::new(env.clone(), consumer_config(&ctx, ctx.workload.fetch_max_bytes)) else {
         tracing::error!("cannot create consumer");
@@ -394,6 +412,134 @@ pub async fn consumer(ctx: ClientCtx) {
     }
 }
 
+/// A member's `max.poll.interval.ms` (its rebalance timeout).
+fn group_rebalance_timeout(ctx: &ClientCtx) -> Duration {
+    Duration::from_millis(ctx.workload.group_session_timeout_ms.max(0) as u64 * 3)
+}
+
+fn group_consumer_config(ctx: &ClientCtx) -> ConsumerConfig {
+    let w = &ctx.workload;
+    let mut c = consumer_config(ctx, w.fetch_max_bytes);
+    let mut g = GroupSettings::new(GROUP_ID);
+    g.session_timeout_ms = w.group_session_timeout_ms;
+    g.heartbeat_interval_ms = w.group_heartbeat_interval_ms;
+    g.max_poll_interval_ms = group_rebalance_timeout(ctx).as_millis() as i32;
+    g.assignors = vec![Assignor::from_name(&w.group_assignor).unwrap_or(Assignor::Range)];
+    c.group = Some(g);
+    c.enable_auto_commit = false;
+    c
+}
+
+/// Records each completed rebalance: the member's generation and what it
+/// owns, and an `assign` so that order checks start afresh (the member
+/// resumes each partition at the committed offset).
+struct RebalanceRecorder {
+    recorder: Recorder,
+    node: String,
+    process: u64,
+}
+
+impl RebalanceListener for RebalanceRecorder {
+    fn on_generation(&mut self, member_id: &str, generation: i32, owned: &[ClientTp]) {
+        let now = sim_now();
+        let partitions: Vec<TopicPartition> = owned.iter().map(history_tp).collect();
+        let kind = OpKind::Generation { member: member_id.to_string(), generation, partitions: partitions.clone() };
+        self.recorder.span(&self.node, self.process, now, now, kind, Outcome::Ok, false);
+        self.recorder.span(&self.node, self.process, now, now, OpKind::Assign { partitions }, Outcome::Ok, false);
+    }
+}
+
+/// A group member host: sessions of subscribe, poll, commit until the final
+/// read starts (through the settle period, so the group drains what was
+/// produced). Each session ends by leaving the group, now and then early.
+async fn group_consumer(ctx: ClientCtx) {
+    let env = ctx.env();
+    if !ctx.await_topics(&env).await {
+        return;
+    }
+    let topics: Vec<String> = ctx.topics.iter().map(|t| t.name.clone()).collect();
+    let w = ctx.workload.clone();
+    while sim_now() < ctx.final_start {
+        let process = ctx.recorder.new_session(ctx.name());
+        let mut rng = ctx.rng(process);
+        let Ok(mut consumer) = Consumer::new(env.clone(), group_consumer_config(&ctx)) else {
+            tracing::error!("cannot create group consumer");
+            return;
+        };
+        let listener = RebalanceRecorder { recorder: ctx.recorder.clone(), node: ctx.name().to_string(), process };
+        if consumer.set_rebalance_listener(Box::new(listener)).is_err() || consumer.subscribe(topics.clone()).is_err() {
+            return;
+        }
+        let mut committed = BTreeMap::new();
+        while sim_now() < ctx.final_start {
+            match recorded_poll(&ctx, &env, &mut consumer, process, false).await {
+                PollResult::Read => {}
+                PollResult::Failed | PollResult::Corrupt { .. } => env.sleep(Duration::from_millis(50)).await,
+            }
+            let offsets = consumer.consumed_offsets();
+            if offsets != committed && !offsets.is_empty() {
+                if w.group_stall_probability > 0.0 && rng.random_bool(w.group_stall_probability) {
+                    // Processing outlives the session: the commit that follows is stale.
+                    env.sleep(Duration::from_millis(w.group_stall_ms)).await;
+                }
+                if recorded_commit(&ctx, &env, &mut consumer, process, &offsets).await {
+                    committed = offsets;
+                }
+            }
+            if w.group_leave_probability > 0.0 && rng.random_bool(w.group_leave_probability) {
+                break;
+            }
+        }
+        let _ = io::timeout(&env, ctx.request_timeout() * 2, consumer.unsubscribe()).await;
+        env.sleep(Duration::from_millis(rng.random_range(0..200))).await;
+    }
+}
+
+/// One recorded commit of `offsets` with the member's generation. True if acknowledged.
+async fn recorded_commit(
+    ctx: &ClientCtx,
+    env: &Env,
+    consumer: &mut Consumer,
+    process: u64,
+    offsets: &BTreeMap<ClientTp, i64>,
+) -> bool {
+    let generation = consumer.group_generation().map(|(_, g)| g);
+    let kind =
+        OpKind::Commit { offsets: offsets.iter().map(|(tp, o)| (history_tp(tp).key(), *o)).collect(), generation };
+    ctx.recorder.invoke(ctx.name(), process, sim_now(), kind);
+    let outcome = match io::timeout(env, ctx.request_timeout() * 3, consumer.commit_offsets(offsets)).await {
+        Some(Ok(())) => Outcome::Ok,
+        Some(Err(e)) => outcome_of(&e),
+        None => Outcome::Info { error: "commit did not return".into() },
+    };
+    let ok = outcome == Outcome::Ok;
+    ctx.recorder.complete(ctx.name(), sim_now(), None, outcome, false);
+    ok
+}
+
+/// After the final read: the group's committed offsets of every partition,
+/// as the coordinator (restarted or not) serves them.
+async fn read_committed(ctx: &ClientCtx, env: &Env) {
+    let process = ctx.recorder.new_session(ctx.name());
+    let Ok(mut consumer) = Consumer::new(env.clone(), group_consumer_config(ctx)) else { return };
+    let tps = ctx.partitions();
+    while sim_now() < ctx.final_deadline {
+        ctx.recorder.invoke(ctx.name(), process, sim_now(), OpKind::Committed { offsets: BTreeMap::new() });
+        match io::timeout(env, ctx.request_timeout() * 3, consumer.committed(&tps)).await {
+            Some(Ok(got)) => {
+                let offsets = got.iter().map(|(tp, o)| (history_tp(tp).key(), *o)).collect();
+                ctx.recorder.complete(ctx.name(), sim_now(), Some(OpKind::Committed { offsets }), Outcome::Ok, false);
+                return;
+            }
+            Some(Err(e)) => ctx.recorder.complete(ctx.name(), sim_now(), None, outcome_of(&e), false),
+            None => {
+                ctx.recorder.complete(ctx.name(), sim_now(), None, Outcome::Info { error: "no answer".into() }, false)
+            }
+        }
+        env.sleep(FINAL_RETRY_BACKOFF).await;
+    }
+}
+
 /// The reader host: creates the topics, probes the healed cluster with
 /// sends until one is acknowledged, then waits for the final phase and
 /// reads everything.
@@ -410,6 +556,9 @@ pub async fn reader(ctx: ClientCtx) {
         env.sleep(ctx.final_start - now).await;
     }
     let outcome = final_read(&ctx, &env).await;
+    if ctx.consumer_groups {
+        read_committed(&ctx, &env).await;
+    }
     ctx.recorder.set_final_read_done(outcome);
 }
 

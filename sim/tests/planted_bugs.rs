@@ -226,3 +226,30 @@ fn stale_end_offsets_only_linearizability_catches() {
     println!("stale_end_offsets: first nonlinearizable history at seed {seed}");
     assert_control_clean(&s, seed.max(3), has(AnomalyKind::NonLinearizable));
 }
+
+/// The `groups` scenario with a group coordinator bug planted.
+fn groups_with(bugs: PlantedBugs) -> Scenario {
+    let mut s = scenario::builtin_named("groups").unwrap();
+    s.name = "planted-groups".into();
+    s.cluster.bugs = bugs;
+    s.validate().unwrap();
+    s
+}
+
+#[test]
+fn group_generation_not_bumped_gives_a_partition_two_owners() {
+    let s = groups_with(PlantedBugs { group_generation_not_bumped: true, ..PlantedBugs::default() });
+    let seed =
+        first_failing(&s, has(AnomalyKind::GroupDoubleOwner)).expect("no group-double-owner within the seed budget");
+    println!("group_generation_not_bumped: first group-double-owner at seed {seed}");
+    assert_control_clean(&s, seed, has(AnomalyKind::GroupDoubleOwner));
+}
+
+#[test]
+fn group_stale_commit_accepted_moves_committed_offsets_back() {
+    let s = groups_with(PlantedBugs { group_stale_commit_accepted: true, ..PlantedBugs::default() });
+    let seed =
+        first_failing(&s, has(AnomalyKind::CommitRegression)).expect("no commit-regression within the seed budget");
+    println!("group_stale_commit_accepted: first commit-regression at seed {seed}");
+    assert_control_clean(&s, seed.max(3), has(AnomalyKind::CommitRegression));
+}

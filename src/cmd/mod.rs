@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod consume;
+pub mod groups;
 pub mod produce;
 pub mod serve;
 pub mod topics;

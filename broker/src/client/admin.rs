@@ -1,5 +1,6 @@
-//! The admin client: create, delete, list and describe topics, and read
-//! topic configs.
+//! The admin client: create, delete, list and describe topics, read topic
+//! configs, and list, describe and delete consumer groups and read and
+//! reset their committed offsets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,12 +9,16 @@ use std::time::Duration;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest};
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    GroupId, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::cluster::{Cluster, ClusterConfig};
 use super::consumer::topic_name;
-use super::ClientError;
+use super::{assignor, group, ClientError, TopicPartition};
 use crate::io::Env;
 
 /// DescribeConfigs resource type of a topic.
@@ -86,18 +91,47 @@ pub struct TopicDescription {
 
 /// A Kafka admin client.
 pub struct Admin {
+    env: Env,
     cluster: Arc<Cluster>,
     request_timeout: Duration,
+}
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: String,
+}
+
+/// A member as DescribeGroups reports it (a consumer's assignment decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
 }
 
 impl Admin {
     pub fn new(env: Env, config: AdminConfig) -> Result<Admin, ClientError> {
         let request_timeout = Duration::from_millis(config.request_timeout_ms);
         let cluster = Cluster::new(
-            env,
+            env.clone(),
             ClusterConfig { bootstrap_servers: config.bootstrap_servers, client_id: config.client_id, request_timeout },
         )?;
-        Ok(Admin { cluster, request_timeout })
+        Ok(Admin { env, cluster, request_timeout })
     }
 
     fn timeout_ms(&self) -> i32 {
@@ -231,5 +265,140 @@ impl Admin {
             }
         }
         Ok(out)
+    }
+
+    async fn coordinator(&self, group: &str) -> Result<Arc<super::connection::Connection>, ClientError> {
+        group::find_coordinator(&self.env, &self.cluster, group, Duration::from_millis(100)).await
+    }
+
+    /// Every group the broker coordinates.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        let resp = self.cluster.send_any(|_| ListGroupsRequest::default()).await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::broker("list groups", resp.error_code, None));
+        }
+        let mut out: Vec<GroupListing> = resp
+            .groups
+            .into_iter()
+            .map(|g| GroupListing {
+                group_id: g.group_id.0.to_string(),
+                protocol_type: g.protocol_type.to_string(),
+                state: g.group_state.to_string(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(out)
+    }
+
+    /// A group's state and members; a consumer group's assignments decoded.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let conn = self.coordinator(group).await?;
+        let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+        let resp = self.cluster.send(&conn, |_| req).await?;
+        let g = resp
+            .groups
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("DescribeGroups answered nothing".into()))?;
+        if g.error_code != 0 {
+            return Err(ClientError::broker(format!("describe group {group}"), g.error_code, None));
+        }
+        let consumer = g.protocol_type.as_str() == "consumer";
+        let members = g
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.group_instance_id.map(|i| i.to_string()),
+                client_id: m.client_id.to_string(),
+                client_host: m.client_host.to_string(),
+                assignment: if consumer {
+                    assignor::decode_assignment(m.member_assignment).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        Ok(GroupDescription {
+            group_id: group.to_string(),
+            state: g.group_state.to_string(),
+            protocol_type: g.protocol_type.to_string(),
+            protocol: g.protocol_data.to_string(),
+            members,
+        })
+    }
+
+    /// Delete a group with no members, and its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let conn = self.coordinator(group).await?;
+        let req =
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+        let resp = self.cluster.send(&conn, |_| req).await?;
+        match resp.results.first() {
+            Some(r) if r.error_code != 0 => {
+                Err(ClientError::broker(format!("delete group {group}"), r.error_code, None))
+            }
+            Some(_) => Ok(()),
+            None => Err(ClientError::Protocol("DeleteGroups answered nothing".into())),
+        }
+    }
+
+    /// Every committed offset of a group.
+    pub async fn group_offsets(&self, group: &str) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        let conn = self.coordinator(group).await?;
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_topics(None);
+        let resp = self.cluster.send(&conn, |_| req).await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::broker(format!("fetch offsets of group {group}"), resp.error_code, None));
+        }
+        let mut out = BTreeMap::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 0 && p.committed_offset >= 0 {
+                    out.insert(TopicPartition::new(t.name.0.to_string(), p.partition_index), p.committed_offset);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Set a group's committed offsets (the group must have no members, as
+    /// Kafka's `--reset-offsets` requires: the commit carries no generation).
+    pub async fn alter_group_offsets(
+        &self,
+        group: &str,
+        offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), ClientError> {
+        let conn = self.coordinator(group).await?;
+        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (tp, off) in offsets {
+            by_topic.entry(&tp.topic).or_default().push(
+                OffsetCommitRequestPartition::default().with_partition_index(tp.partition).with_committed_offset(*off),
+            );
+        }
+        let topics = by_topic
+            .into_iter()
+            .map(|(t, ps)| OffsetCommitRequestTopic::default().with_name(topic_name(t)).with_partitions(ps))
+            .collect();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(topics);
+        let resp = self.cluster.send(&conn, |_| req).await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code != 0 {
+                    let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                    return Err(ClientError::broker(
+                        format!("reset offsets of group {group} at {tp}"),
+                        p.error_code,
+                        None,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FetchRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -30,7 +32,8 @@ const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 const UNSUPPORTED_VERSION: i16 = 35;
 
 /// The versions this client can speak, per API. Produce and Fetch stop at the
-/// last versions that name topics (later ones use topic ids).
+/// last versions that name topics (later ones use topic ids); FindCoordinator
+/// and OffsetFetch at the last that name one group each.
 pub fn client_versions(key: i16) -> Option<(i16, i16)> {
     let r = |k: i16, min, max| if key == k { Some((min, max)) } else { None };
     r(ApiVersionsRequest::KEY, 0, 3)
@@ -42,6 +45,17 @@ pub fn client_versions(key: i16) -> Option<(i16, i16)> {
         .or_else(|| r(DeleteTopicsRequest::KEY, 1, 6))
         .or_else(|| r(DescribeConfigsRequest::KEY, 1, 4))
         .or_else(|| r(InitProducerIdRequest::KEY, 0, 4))
+        .or_else(|| r(FindCoordinatorRequest::KEY, 0, 3))
+        .or_else(|| r(JoinGroupRequest::KEY, 0, 9))
+        .or_else(|| r(SyncGroupRequest::KEY, 0, 5))
+        .or_else(|| r(HeartbeatRequest::KEY, 0, 4))
+        .or_else(|| r(LeaveGroupRequest::KEY, 0, 5))
+        .or_else(|| r(OffsetCommitRequest::KEY, 2, 8))
+        .or_else(|| r(OffsetFetchRequest::KEY, 1, 7))
+        .or_else(|| r(ListGroupsRequest::KEY, 0, 4))
+        .or_else(|| r(DescribeGroupsRequest::KEY, 0, 5))
+        .or_else(|| r(DeleteGroupsRequest::KEY, 0, 2))
+        .or_else(|| r(OffsetDeleteRequest::KEY, 0, 0))
 }
 
 fn api_name(key: i16) -> String {

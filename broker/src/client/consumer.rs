@@ -1,9 +1,15 @@
-//! The consumer: manually assigned partitions, a position per partition,
-//! Fetch long-polls against partition leaders, and ListOffsets for seeking to
-//! the beginning or end and for `auto.offset.reset`.
+//! The consumer: a position per partition, Fetch long-polls against
+//! partition leaders, and ListOffsets for seeking to the beginning or end and
+//! for `auto.offset.reset`.
 //!
-//! Positions live only in the consumer; group membership and committed
-//! offsets would sit beside `assign` as `subscribe` without changing `poll`.
+//! Partitions are either assigned by hand (`assign`) or, with a `group.id`,
+//! by the group (`subscribe` to topics or a pattern): `poll` then also keeps
+//! the membership alive — heartbeats, rebalances with the
+//! [`RebalanceListener`] callbacks, resuming each newly assigned partition at
+//! its committed offset (else `auto.offset.reset`), and auto-commit. Heartbeats
+//! are sent from `poll`, so a consumer that stops polling for
+//! `session.timeout.ms` leaves the group, as with Kafka's consumers before
+//! KIP-62.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -19,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::batch;
 use super::cluster::{Cluster, ClusterConfig};
+use super::group::{GroupSettings, Membership};
 use super::{ClientError, Header, TopicPartition};
 use crate::io::Env;
 
@@ -79,6 +86,14 @@ pub struct ConsumerConfig {
     /// `check.crcs`. The batch decoder verifies CRC-32C on every batch it
     /// decodes, so corrupt data is always reported; `false` cannot skip it.
     pub check_crcs: bool,
+    /// `group.id` and the group settings; `None`: no group (assign only, no commits).
+    pub group: Option<GroupSettings>,
+    /// `enable.auto.commit`: commit the positions every
+    /// `auto.commit.interval.ms` during `poll`, before a rebalance revokes
+    /// partitions, and on `unsubscribe`.
+    pub enable_auto_commit: bool,
+    /// `auto.commit.interval.ms`.
+    pub auto_commit_interval_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -94,6 +109,9 @@ impl Default for ConsumerConfig {
             request_timeout_ms: 30_000,
             retry_backoff_ms: 100,
             check_crcs: true,
+            group: None,
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
         }
     }
 }
@@ -105,13 +123,39 @@ impl ConsumerConfig {
     }
 }
 
-/// A Kafka consumer with manual partition assignment.
+/// Told of the partitions a rebalance takes away and gives (Kafka's
+/// `ConsumerRebalanceListener`). Revocation comes first, after the
+/// auto-commit of the revoked partitions' positions.
+pub trait RebalanceListener: Send + Sync {
+    fn on_partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
+    fn on_partitions_assigned(&mut self, _partitions: &[TopicPartition]) {}
+    /// After every completed rebalance: this member's id, the generation it
+    /// joined and everything it owns in it (whether or not anything changed).
+    fn on_generation(&mut self, _member_id: &str, _generation: i32, _owned: &[TopicPartition]) {}
+}
+
+/// What a group consumer subscribed to.
+enum Subscription {
+    Topics(Vec<String>),
+    /// Matched against every topic's whole name, as Java's `Pattern.matches`.
+    Pattern(regex_automata::meta::Regex),
+}
+
+struct GroupCtx {
+    membership: Membership,
+    subscription: Option<Subscription>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    last_auto_commit: Duration,
+}
+
+/// A Kafka consumer: partitions assigned by hand or by its group.
 pub struct Consumer {
     env: Env,
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     /// Assigned partitions and their positions (`None`: not yet known).
     positions: BTreeMap<TopicPartition, Option<i64>>,
+    group: Option<GroupCtx>,
 }
 
 impl Consumer {
@@ -127,7 +171,222 @@ impl Consumer {
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
             },
         )?;
-        Ok(Consumer { env, cluster, config, positions: BTreeMap::new() })
+        let group = match &config.group {
+            Some(settings) => {
+                if settings.group_id.is_empty() {
+                    return Err(ClientError::InvalidArgument("group.id is empty".into()));
+                }
+                if settings.assignors.is_empty() {
+                    return Err(ClientError::InvalidArgument("partition.assignment.strategy is empty".into()));
+                }
+                let backoff = Duration::from_millis(config.retry_backoff_ms);
+                let membership = Membership::new(env.clone(), cluster.clone(), settings.clone(), backoff);
+                Some(GroupCtx { membership, subscription: None, listener: None, last_auto_commit: env.elapsed() })
+            }
+            None => None,
+        };
+        Ok(Consumer { env, cluster, config, positions: BTreeMap::new(), group })
+    }
+
+    fn group_mut(&mut self) -> Result<&mut GroupCtx, ClientError> {
+        self.group.as_mut().ok_or_else(|| ClientError::InvalidArgument("no group.id configured".into()))
+    }
+
+    /// Join the group and consume `topics`, as it assigns them.
+    pub fn subscribe(&mut self, topics: Vec<String>) -> Result<(), ClientError> {
+        if topics.is_empty() {
+            return Err(ClientError::InvalidArgument("subscribe to no topics".into()));
+        }
+        let g = self.group_mut()?;
+        g.subscription = Some(Subscription::Topics(topics));
+        g.membership.request_rejoin();
+        Ok(())
+    }
+
+    /// Join the group and consume every topic whose name matches `pattern`
+    /// (checked again at each rebalance).
+    pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<(), ClientError> {
+        let re = regex_automata::meta::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| ClientError::InvalidArgument(format!("bad topic pattern {pattern:?}: {e}")))?;
+        let g = self.group_mut()?;
+        g.subscription = Some(Subscription::Pattern(re));
+        g.membership.request_rejoin();
+        Ok(())
+    }
+
+    pub fn set_rebalance_listener(&mut self, listener: Box<dyn RebalanceListener>) -> Result<(), ClientError> {
+        self.group_mut()?.listener = Some(listener);
+        Ok(())
+    }
+
+    /// (member id, generation) in the group, once joined.
+    pub fn group_generation(&self) -> Option<(String, i32)> {
+        let g = self.group.as_ref()?;
+        (g.membership.generation() >= 0).then(|| (g.membership.member_id().to_string(), g.membership.generation()))
+    }
+
+    /// Commit the current positions of every assigned partition.
+    pub async fn commit_sync(&mut self) -> Result<(), ClientError> {
+        let offsets = self.current_offsets(None);
+        self.commit_offsets(&offsets).await
+    }
+
+    /// Commit `offsets` (the next offset to consume, per partition). A
+    /// group member commits with its generation: after a rebalance it has
+    /// not joined yet the commit fails (REBALANCE_IN_PROGRESS,
+    /// ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID) and the next poll rejoins.
+    pub async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<(), ClientError> {
+        let g = self.group_mut()?;
+        g.membership.commit(offsets).await
+    }
+
+    /// The group's committed offsets of `partitions` (absent: none).
+    pub async fn committed(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
+        self.group_mut()?.membership.committed(partitions).await
+    }
+
+    /// The known positions of the assigned partitions: what `commit_sync` commits.
+    pub fn consumed_offsets(&self) -> BTreeMap<TopicPartition, i64> {
+        self.current_offsets(None)
+    }
+
+    /// Positions of `only` (all assigned if `None`) that are known.
+    fn current_offsets(&self, only: Option<&[TopicPartition]>) -> BTreeMap<TopicPartition, i64> {
+        self.positions
+            .iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p)))
+            .collect()
+    }
+
+    fn subscribed(&self) -> bool {
+        self.group.as_ref().is_some_and(|g| g.subscription.is_some())
+    }
+
+    /// Auto-commit `only` (all if `None`), logging a failure: the next commit
+    /// or the committed offsets' reader copes with an older offset.
+    async fn auto_commit(&mut self, only: Option<&[TopicPartition]>) {
+        if !self.config.enable_auto_commit {
+            return;
+        }
+        let offsets = self.current_offsets(only);
+        let now = self.env.elapsed();
+        let Some(g) = self.group.as_mut() else { return };
+        g.last_auto_commit = now;
+        if let Err(e) = g.membership.commit(&offsets).await {
+            tracing::info!(error = %e, "auto-commit failed");
+        }
+    }
+
+    /// Heartbeat, rebalance and auto-commit as due. Called by `poll`.
+    async fn maintain_group(&mut self) -> Result<(), ClientError> {
+        if !self.subscribed() {
+            return Ok(());
+        }
+        let g = self.group.as_mut().expect("subscribed");
+        g.membership.heartbeat_if_due().await?;
+        if g.membership.rejoin_needed() {
+            self.rebalance().await?;
+        }
+        let due = self.group.as_ref().is_some_and(|g| {
+            self.env.elapsed() >= g.last_auto_commit + Duration::from_millis(self.config.auto_commit_interval_ms)
+        });
+        if due {
+            self.auto_commit(None).await;
+        }
+        Ok(())
+    }
+
+    /// The topics the subscription names now.
+    async fn subscribed_topics(&self) -> Result<Vec<String>, ClientError> {
+        match self.group.as_ref().and_then(|g| g.subscription.as_ref()) {
+            Some(Subscription::Topics(t)) => Ok(t.clone()),
+            Some(Subscription::Pattern(re)) => {
+                let all = self.cluster.refresh(None, false).await?;
+                Ok(all
+                    .into_values()
+                    .filter(|t| !t.is_internal && t.error_code == 0 && re.is_match(&t.name))
+                    .map(|t| t.name)
+                    .collect())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Rejoin the group and take up the assignment it gives. Eager
+    /// assignors give everything up first; cooperative ones give up only the
+    /// partitions that move, and then rejoin once more so the group can hand
+    /// those out.
+    async fn rebalance(&mut self) -> Result<(), ClientError> {
+        let topics = self.subscribed_topics().await?;
+        let cooperative = self.group.as_ref().is_some_and(|g| g.membership.settings().cooperative());
+        if !cooperative && !self.positions.is_empty() {
+            self.revoke(None).await;
+        }
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let g = self.group.as_mut().expect("subscribed");
+        let assignment = g.membership.join(&topics, &owned).await?;
+        let new: std::collections::BTreeSet<TopicPartition> = assignment.into_iter().collect();
+        let revoked: Vec<TopicPartition> = owned.iter().filter(|tp| !new.contains(*tp)).cloned().collect();
+        let added: Vec<TopicPartition> = new.iter().filter(|tp| !self.positions.contains_key(*tp)).cloned().collect();
+        if !revoked.is_empty() {
+            self.revoke(Some(&revoked)).await;
+            self.group.as_mut().expect("subscribed").membership.request_rejoin();
+        }
+        if !added.is_empty() {
+            let committed = self.group.as_mut().expect("subscribed").membership.committed(&added).await?;
+            for tp in &added {
+                self.positions.insert(tp.clone(), committed.get(tp).copied());
+            }
+            if let Some(l) = self.group.as_mut().and_then(|g| g.listener.as_mut()) {
+                l.on_partitions_assigned(&added);
+            }
+        }
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let g = self.group.as_mut().expect("subscribed");
+        let (member, generation) = (g.membership.member_id().to_string(), g.membership.generation());
+        if let Some(l) = g.listener.as_mut() {
+            l.on_generation(&member, generation, &owned);
+        }
+        tracing::debug!(
+            member = g.membership.member_id(),
+            generation = g.membership.generation(),
+            assigned = self.positions.len(),
+            "rebalanced"
+        );
+        Ok(())
+    }
+
+    /// Give up `only` (all if `None`): auto-commit their positions, tell the listener, forget them.
+    async fn revoke(&mut self, only: Option<&[TopicPartition]>) {
+        let gone: Vec<TopicPartition> = match only {
+            Some(o) => o.to_vec(),
+            None => self.positions.keys().cloned().collect(),
+        };
+        self.auto_commit(Some(&gone)).await;
+        if let Some(l) = self.group.as_mut().and_then(|g| g.listener.as_mut()) {
+            l.on_partitions_revoked(&gone);
+        }
+        for tp in &gone {
+            self.positions.remove(tp);
+        }
+    }
+
+    /// Leave the group: auto-commit, revoke everything, LeaveGroup.
+    pub async fn unsubscribe(&mut self) {
+        if !self.subscribed() {
+            return;
+        }
+        if !self.positions.is_empty() {
+            self.revoke(None).await;
+        }
+        if let Some(g) = self.group.as_mut() {
+            g.membership.leave().await;
+            g.subscription = None;
+        }
     }
 
     /// Replace the assignment. Partitions kept keep their positions.
@@ -332,11 +591,21 @@ impl Consumer {
     /// if no other partition returned records the poll fails with
     /// [`ClientError::CorruptRecord`], and polling again re-fetches it.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
-        if self.positions.is_empty() {
+        if self.positions.is_empty() && !self.subscribed() {
             return Err(ClientError::InvalidArgument("poll with no partitions assigned".into()));
         }
         let deadline = self.env.elapsed() + timeout;
         loop {
+            self.maintain_group().await?;
+            if self.positions.is_empty() {
+                // A member the group gave nothing (yet): keep heartbeating.
+                let left = deadline.saturating_sub(self.env.elapsed());
+                if left.is_zero() {
+                    return Ok(Vec::new());
+                }
+                self.env.sleep(left.min(Duration::from_millis(self.config.retry_backoff_ms))).await;
+                continue;
+            }
             let unknown: Vec<TopicPartition> =
                 self.positions.iter().filter(|(_, p)| p.is_none()).map(|(tp, _)| tp.clone()).collect();
             if !unknown.is_empty() {

@@ -10,13 +10,17 @@
 //! - [`batch`]: record batch encoding and decoding.
 //! - [`accumulator`]: the producer's per-partition batching queues.
 //! - [`producer`], [`consumer`], [`admin`]: the clients.
+//! - [`group`], [`assignor`]: a consumer's group membership and the
+//!   partition assignors its group's leader runs.
 
 pub mod accumulator;
 pub mod admin;
+pub mod assignor;
 pub mod batch;
 pub mod cluster;
 pub mod connection;
 pub mod consumer;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -24,8 +28,12 @@ use std::fmt;
 
 pub use kafka_protocol::error::ResponseError;
 
-pub use admin::{Admin, AdminConfig, NewTopic, PartitionDescription, TopicDescription};
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord};
+pub use admin::{
+    Admin, AdminConfig, GroupDescription, GroupListing, GroupMember, NewTopic, PartitionDescription, TopicDescription,
+};
+pub use assignor::Assignor;
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
+pub use group::GroupSettings;
 pub use producer::{
     Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };

@@ -9,7 +9,10 @@
 //! - [`partition`]: one hosted partition (log + replica state).
 //! - [`topics`]: the topic registry and its on-disk layout.
 //! - [`producer_ids`]: durable allocation of idempotent producer ids.
+//! - [`group`]: consumer groups — the group coordinator and its records in
+//!   `__consumer_offsets`.
 
+pub mod group;
 mod handlers;
 pub mod node;
 pub mod partition;

@@ -11,16 +11,18 @@
 //! [`super::shell`] owns connections, waiting and timers; it never decides
 //! anything Kafka-specific.
 //!
-//! A parked request is data, not a suspended future: [`Parked`] carries the
-//! partitions it watches (with the high-watermark version it saw), its
-//! deadline on the monotonic clock, and what to re-check.
+//! A parked request is data, not a suspended future: [`Parked`] carries what
+//! it watches — partitions' high watermarks, or a consumer group's signal for
+//! a member waiting in a rebalance — with the version it saw, its deadline on
+//! the monotonic clock, and what to re-check.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::handlers::{self, fetch, produce};
+use super::group::{GroupSignal, Groups, OFFSETS_TOPIC};
+use super::handlers::{self, fetch, group, produce};
 use super::partition::Partition;
 use super::producer_ids::ProducerIds;
 use super::topics::Topics;
@@ -52,16 +54,62 @@ pub enum Step {
 /// The result of one input.
 pub struct Output {
     pub step: Step,
-    /// Partitions whose high watermark moved: requests parked on them may
-    /// now complete.
-    pub wake: Vec<Arc<Partition>>,
+    /// What moved: requests parked on it may now complete.
+    pub wake: Vec<Wake>,
+}
+
+/// Something a parked request can wait on.
+#[derive(Clone)]
+pub enum Wake {
+    /// A partition's high watermark (acks, long polls, offset commits).
+    HighWatermark(Arc<Partition>),
+    /// Answers ready for a consumer group's members parked in a rebalance.
+    Group(Arc<GroupSignal>),
+}
+
+/// The shell's name for a [`Wake`], to key its waiters by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WakeKey {
+    Partition(String, i32),
+    Group(String),
+}
+
+impl Wake {
+    pub fn key(&self) -> WakeKey {
+        match self {
+            Wake::HighWatermark(p) => WakeKey::Partition(p.topic.clone(), p.index),
+            Wake::Group(s) => WakeKey::Group(s.group.clone()),
+        }
+    }
+
+    fn version(&self) -> u64 {
+        match self {
+            Wake::HighWatermark(p) => p.hw_version(),
+            Wake::Group(s) => s.version(),
+        }
+    }
+
+    fn same(&self, other: &Wake) -> bool {
+        match (self, other) {
+            (Wake::HighWatermark(a), Wake::HighWatermark(b)) => Arc::ptr_eq(a, b),
+            (Wake::Group(a), Wake::Group(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Watch this, having seen its current version. Read the version before
+    /// looking at the state it guards, so a change after the look is never missed.
+    pub(crate) fn seen(self) -> (Wake, u64) {
+        let v = self.version();
+        (self, v)
+    }
 }
 
 /// A request waiting for a condition the node cannot meet yet.
 pub struct Parked {
     pub(crate) request: Waiting,
     pub(crate) deadline: Duration,
-    pub(crate) watch: Vec<(Arc<Partition>, u64)>,
+    pub(crate) watch: Vec<(Wake, u64)>,
 }
 
 impl Parked {
@@ -70,15 +118,15 @@ impl Parked {
         self.deadline
     }
 
-    /// The partitions whose high watermark the request waits on.
-    pub fn watched(&self) -> impl Iterator<Item = &Arc<Partition>> {
-        self.watch.iter().map(|(p, _)| p)
+    /// What the request waits on.
+    pub fn watched(&self) -> impl Iterator<Item = &Wake> {
+        self.watch.iter().map(|(w, _)| w)
     }
 
-    /// Whether a watched partition moved since the request looked at it: if
+    /// Whether something watched moved since the request looked at it: if
     /// so, resume at once instead of waiting for a wake-up already missed.
     pub fn stale(&self) -> bool {
-        self.watch.iter().any(|(p, seen)| p.hw_version() != *seen)
+        self.watch.iter().any(|(w, seen)| w.version() != *seen)
     }
 }
 
@@ -86,6 +134,7 @@ impl Parked {
 pub(crate) enum Waiting {
     Produce(produce::Waiting),
     Fetch(fetch::Waiting),
+    Group(group::Waiting),
 }
 
 /// Everything a handler may touch while it runs: the node, proof that disk
@@ -94,24 +143,32 @@ pub(crate) struct Cx<'a> {
     pub node: &'a Node,
     pub disk: &'a DiskScope,
     pub clock: Clock,
-    pub wake: Vec<Arc<Partition>>,
+    pub wake: Vec<Wake>,
 }
 
 impl Cx<'_> {
     /// Record that `p`'s high watermark moved if `advanced`.
     pub fn advanced(&mut self, p: &Arc<Partition>, advanced: bool) {
-        if advanced && !self.wake.iter().any(|w| Arc::ptr_eq(w, p)) {
-            self.wake.push(p.clone());
+        if advanced {
+            self.woke(Wake::HighWatermark(p.clone()));
+        }
+    }
+
+    /// Record that `w` moved.
+    pub fn woke(&mut self, w: Wake) {
+        if !self.wake.iter().any(|x| x.same(&w)) {
+            self.wake.push(w);
         }
     }
 }
 
-/// One broker's state: its configuration, topics and partitions, and
-/// producer ids.
+/// One broker's state: its configuration, topics and partitions, producer
+/// ids and consumer groups.
 pub struct Node {
     pub config: BrokerConfig,
     pub topics: Topics,
     pub producer_ids: ProducerIds,
+    pub groups: Groups,
     /// Host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
@@ -121,7 +178,7 @@ impl Node {
     /// Open the data directory, recovering every partition. `seed` feeds the
     /// node's own random choices (topic ids), so a simulated run replays.
     pub fn open(
-        _disk: &DiskScope,
+        disk: &DiskScope,
         fs: Arc<dyn Fs>,
         config: BrokerConfig,
         advertised: (String, i32),
@@ -149,8 +206,24 @@ impl Node {
             .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
         let producer_ids = ProducerIds::open(fs, &config.data_dir)
             .with_context(|| format!("cannot load producer ids from {}", config.data_dir.display()))?;
+        anyhow::ensure!(
+            config.groups.offsets_topic_num_partitions >= 1,
+            "offsets_topic_num_partitions must be at least 1"
+        );
+        anyhow::ensure!(
+            config.groups.offset_metadata_max_bytes <= i16::MAX as usize,
+            "offset_metadata_max_bytes must be at most {} (a string of the __consumer_offsets records)",
+            i16::MAX
+        );
+        let groups = Groups::new(config.groups.clone(), config.bugs);
+        if let Some(offsets) = topics.get(OFFSETS_TOPIC) {
+            let clock = Clock { now_ms, elapsed: Duration::ZERO };
+            for p in &offsets.partitions {
+                groups.load(disk, p, clock).with_context(|| format!("cannot load {OFFSETS_TOPIC}-{}", p.index))?;
+            }
+        }
         let (advertised_host, advertised_port) = advertised;
-        Ok(Node { config, topics, producer_ids, advertised_host, advertised_port })
+        Ok(Node { config, topics, producer_ids, groups, advertised_host, advertised_port })
     }
 
     /// Handle one request frame (length prefix removed).
@@ -167,14 +240,15 @@ impl Node {
         let step = match parked.request {
             Waiting::Produce(w) => produce::resume(&mut cx, w, parked.deadline),
             Waiting::Fetch(w) => fetch::resume(&mut cx, w, parked.deadline),
+            Waiting::Group(w) => group::resume(&mut cx, w, parked.deadline),
         };
         Output { step, wake: cx.wake }
     }
 
     /// Apply time-based log policies (`flush.ms`, `segment.ms`) to every
-    /// partition. Returns the partitions whose high watermark moved and when
-    /// to tick again.
-    pub fn tick(&self, disk: &DiskScope, clock: Clock) -> (Vec<Arc<Partition>>, Duration) {
+    /// partition and the group coordinators' timeouts. Returns what moved
+    /// and when to tick again.
+    pub fn tick(&self, disk: &DiskScope, clock: Clock) -> (Vec<Wake>, Duration) {
         let mut cx = Cx { node: self, disk, clock, wake: Vec::new() };
         for topic in self.topics.all() {
             for p in &topic.partitions {
@@ -186,7 +260,13 @@ impl Node {
                 }
             }
         }
-        (cx.wake, self.tick_interval())
+        let next_group = group::tick(&mut cx);
+        let mut next = self.tick_interval();
+        if let Some(due) = next_group {
+            // Group timeouts are due at exact times; a few ms late is fine.
+            next = next.min(due.saturating_sub(clock.elapsed).max(Duration::from_millis(5)));
+        }
+        (cx.wake, next)
     }
 
     /// How often policies are checked, like Kafka's

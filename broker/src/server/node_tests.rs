@@ -35,6 +35,8 @@ impl Harness {
         let mut config = BrokerConfig { data_dir: dir.path().to_path_buf(), ..BrokerConfig::default() };
         config.log.flush_messages = u64::MAX;
         config.log.flush_ms = 500;
+        config.groups.offsets_topic_num_partitions = 4;
+        config.groups.group_initial_rebalance_delay_ms = 0;
         let disk = DiskScope::unmetered();
         let clock = Clock { now_ms: 1_700_000_000_000, elapsed: Duration::ZERO };
         let fs = std::sync::Arc::new(RealFs);
@@ -48,6 +50,13 @@ impl Harness {
             h.answer(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default().with_topics(vec![t]));
         assert_eq!(resp.topics[0].error_code, 0, "{resp:?}");
         h
+    }
+
+    /// Open the node again from its data directory, as after a restart.
+    fn restart(&mut self) {
+        let config = self.node.config.clone();
+        let fs = std::sync::Arc::new(RealFs);
+        self.node = Node::open(&self.disk, fs, config, ("node-0".into(), 9092), self.clock.now_ms, 7).unwrap();
     }
 
     fn advance(&mut self, ms: u64) {
@@ -244,4 +253,188 @@ fn garbage_closes_the_connection() {
     let h = Harness::new();
     let out = h.node.handle(&h.disk, h.clock, Bytes::from_static(b"\x00\x03"));
     assert!(matches!(out.step, Step::Close(_)));
+}
+
+// ------------------------------------------------------------ consumer groups
+
+fn join_request(member: &str) -> JoinGroupRequest {
+    let mut p = kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default();
+    p.name = StrBytes::from_static_str("range");
+    p.metadata = Bytes::from_static(b"sub");
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(20_000)
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![p])
+}
+
+/// Join through the two-step handshake; returns the answer (or the parked request) and the member id.
+fn join(h: &mut Harness) -> (Output, String) {
+    let r: JoinGroupResponse = h.answer(ApiKey::JoinGroup, 9, &join_request(""));
+    assert_eq!(r.error_code, ResponseError::MemberIdRequired.code());
+    let id = r.member_id.to_string();
+    (h.send(ApiKey::JoinGroup, 9, &join_request(&id)), id)
+}
+
+fn sync_request(member: &str, generation: i32, assignment: &[(&str, &'static [u8])]) -> SyncGroupRequest {
+    SyncGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id(generation)
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_assignments(
+            assignment
+                .iter()
+                .map(|(m, a)| {
+                    kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(m.to_string()))
+                        .with_assignment(Bytes::from_static(a))
+                })
+                .collect(),
+        )
+}
+
+/// The leader's SyncGroup: it parks until the generation's record is
+/// fsynced (here by `flush.ms`), then answers.
+fn durable_sync(h: &mut Harness, req: &SyncGroupRequest) -> SyncGroupResponse {
+    let Step::Park(parked) = h.send(ApiKey::SyncGroup, 5, req).step else {
+        panic!("the leader's sync must wait for the group's record to be durable")
+    };
+    assert!(!parked.stale());
+    h.advance(600);
+    h.node.tick(&h.disk, h.clock);
+    assert!(parked.stale(), "the flush moved the offsets partition's high watermark");
+    decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::SyncGroup, 5)
+}
+
+fn commit_request(member: &str, generation: i32, offset: i64) -> OffsetCommitRequest {
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    let p = OffsetCommitRequestPartition::default().with_partition_index(1).with_committed_offset(offset);
+    let t = OffsetCommitRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("events")))
+        .with_partitions(vec![p]);
+    OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_topics(vec![t])
+}
+
+fn fetch_committed(h: &mut Harness) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let t = OffsetFetchRequestTopic::default()
+        .with_name(TopicName(StrBytes::from_static_str("events")))
+        .with_partition_indexes(vec![1]);
+    let req =
+        OffsetFetchRequest::default().with_group_id(GroupId(StrBytes::from_static_str("g"))).with_topics(Some(vec![t]));
+    let resp: OffsetFetchResponse = h.answer(ApiKey::OffsetFetch, 5, &req);
+    assert_eq!(resp.error_code, 0);
+    resp.topics[0].partitions[0].committed_offset
+}
+
+#[test]
+fn find_coordinator_names_this_node_for_groups_and_refuses_transactions() {
+    let mut h = Harness::new();
+    let req = FindCoordinatorRequest::default()
+        .with_key_type(0)
+        .with_coordinator_keys(vec![StrBytes::from_static_str("g"), StrBytes::from_static_str("h")]);
+    let resp: FindCoordinatorResponse = h.answer(ApiKey::FindCoordinator, 4, &req);
+    assert!(resp.coordinators.iter().all(|c| c.error_code == 0 && c.node_id.0 == 0 && c.port == 9092));
+    assert!(h.node.topics.get("__consumer_offsets").is_some(), "created on first use");
+    let req = FindCoordinatorRequest::default().with_key_type(1).with_key(StrBytes::from_static_str("txn"));
+    let resp: FindCoordinatorResponse = h.answer(ApiKey::FindCoordinator, 3, &req);
+    assert_eq!(resp.error_code, ResponseError::InvalidRequest.code());
+    assert!(resp.error_message.unwrap().contains("transactions"));
+}
+
+#[test]
+fn a_join_parks_until_the_rebalance_completes() {
+    let mut h = Harness::new();
+    let (out, a) = join(&mut h);
+    let ra: JoinGroupResponse = decode(out.step, ApiKey::JoinGroup, 9);
+    assert_eq!((ra.error_code, ra.generation_id), (0, 1));
+    let sa = durable_sync(&mut h, &sync_request(&a, 1, &[(&a, b"all")]));
+    assert_eq!(sa.assignment, Bytes::from_static(b"all"));
+    // A second member: its join parks until `a` rejoins.
+    let (out, b) = join(&mut h);
+    let Step::Park(parked_b) = out.step else { panic!("the newcomer's join must wait") };
+    assert!(!parked_b.stale());
+    let hb = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_generation_id(1)
+        .with_member_id(StrBytes::from_string(a.clone()));
+    let r: HeartbeatResponse = h.answer(ApiKey::Heartbeat, 4, &hb);
+    assert_eq!(r.error_code, ResponseError::RebalanceInProgress.code());
+    let out = h.send(ApiKey::JoinGroup, 9, &join_request(&a));
+    assert!(out.wake.iter().any(|w| matches!(w, super::node::Wake::Group(_))), "the join woke the group");
+    let ra: JoinGroupResponse = decode(out.step, ApiKey::JoinGroup, 9);
+    assert!(parked_b.stale(), "b sees the group's signal moved");
+    let rb: JoinGroupResponse = decode(h.node.resume(&h.disk, h.clock, parked_b).step, ApiKey::JoinGroup, 9);
+    assert_eq!((ra.generation_id, rb.generation_id), (2, 2));
+    assert_eq!(rb.member_id.as_str(), b);
+    // The follower's sync parks until the leader's.
+    let leader = ra.leader.to_string();
+    let follower = if leader == a { b.clone() } else { a.clone() };
+    let Step::Park(parked) = h.send(ApiKey::SyncGroup, 5, &sync_request(&follower, 2, &[])).step else {
+        panic!("follower sync must wait")
+    };
+    let _ = durable_sync(&mut h, &sync_request(&leader, 2, &[(&leader, b"p0"), (&follower, b"p1")]));
+    assert!(parked.stale());
+    let sf: SyncGroupResponse = decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::SyncGroup, 5);
+    assert_eq!((sf.error_code, sf.assignment), (0, Bytes::from_static(b"p1")));
+}
+
+#[test]
+fn a_commit_is_answered_once_durable_and_survives_a_restart() {
+    let mut h = Harness::new();
+    let (out, a) = join(&mut h);
+    let _: JoinGroupResponse = decode(out.step, ApiKey::JoinGroup, 9);
+    let _ = durable_sync(&mut h, &sync_request(&a, 1, &[(&a, b"all")]));
+    // A stale generation is refused at once.
+    let r: OffsetCommitResponse = h.answer(ApiKey::OffsetCommit, 8, &commit_request(&a, 0, 7));
+    assert_eq!(r.topics[0].partitions[0].error_code, ResponseError::IllegalGeneration.code());
+    let Step::Park(parked) = h.send(ApiKey::OffsetCommit, 8, &commit_request(&a, 1, 7)).step else {
+        panic!("a commit is answered only once durable")
+    };
+    assert_eq!(fetch_committed(&mut h), 7, "served from the append");
+    h.advance(600);
+    h.node.tick(&h.disk, h.clock);
+    assert!(parked.stale());
+    let r: OffsetCommitResponse = decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::OffsetCommit, 8);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    h.restart();
+    assert_eq!(fetch_committed(&mut h), 7);
+    let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_static_str("g"))]);
+    let d: DescribeGroupsResponse = h.answer(ApiKey::DescribeGroups, 5, &req);
+    assert_eq!(d.groups[0].group_state.as_str(), "Stable");
+    assert_eq!(d.groups[0].members.len(), 1);
+    assert_eq!(d.groups[0].members[0].member_assignment, Bytes::from_static(b"all"));
+    let l: ListGroupsResponse = h.answer(ApiKey::ListGroups, 4, &ListGroupsRequest::default());
+    assert_eq!(l.groups.len(), 1);
+    // The member is gone once its session lapses; then the group can be deleted.
+    h.advance(11_000);
+    h.node.tick(&h.disk, h.clock);
+    let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_static_str("g"))]);
+    let r: DeleteGroupsResponse = h.answer(ApiKey::DeleteGroups, 2, &req);
+    assert_eq!(r.results[0].error_code, 0);
+    assert_eq!(fetch_committed(&mut h), -1);
+    h.advance(600);
+    h.node.tick(&h.disk, h.clock);
+    h.restart();
+    assert_eq!(fetch_committed(&mut h), -1, "the deletion is durable too");
+}
+
+#[test]
+fn clients_cannot_write_to_the_offsets_topic() {
+    let mut h = Harness::new();
+    let _: FindCoordinatorResponse = h.answer(
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+    );
+    let mut req = produce_request(-1, 0, &["x"]);
+    req.topic_data[0].name = TopicName(StrBytes::from_static_str("__consumer_offsets"));
+    let resp: ProduceResponse = h.answer(ApiKey::Produce, 9, &req);
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, ResponseError::InvalidTopicException.code());
 }

@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, Semaphore};
 
-use super::node::{Clock, Node, Output, Parked, Step};
-use super::partition::Partition;
+use super::node::{Clock, Node, Output, Parked, Step, Wake, WakeKey};
 use crate::io::{self, on_disk, DiskScope, Env, Listener, Stream};
 use crate::wire::{write_frame, FrameReader};
 
@@ -63,7 +62,7 @@ impl Shell {
     }
 
     /// Run a core call on the disk path, then wake what it moved.
-    async fn core<T: Send>(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> (T, Vec<Arc<Partition>>) + Send) -> T {
+    async fn core<T: Send>(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> (T, Vec<Wake>) + Send) -> T {
         let clock = self.clock();
         let node = &*self.node;
         let (out, wake) = on_disk(&self.env, |disk| f(node, disk, clock)).await;
@@ -71,8 +70,8 @@ impl Shell {
             // A disk call that completes late: whatever it woke waits too.
             self.env.sleep(Duration::from_millis(1 + self.env.random_u64() % 20)).await;
         }
-        for p in &wake {
-            self.waiters.wake(p);
+        for w in &wake {
+            self.waiters.wake(&w.key());
         }
         out
     }
@@ -86,17 +85,16 @@ impl Shell {
     }
 }
 
-/// Requests parked on partitions, woken when a partition's high watermark
-/// moves. Keyed by topic and index; entries die with their last waiter.
+/// Parked requests, woken when what they watch moves: a partition's high
+/// watermark or a consumer group's signal. Entries die with their last waiter.
 #[derive(Default)]
 struct Waiters {
-    map: Mutex<BTreeMap<(String, i32), Weak<Notify>>>,
+    map: Mutex<BTreeMap<WakeKey, Weak<Notify>>>,
 }
 
 impl Waiters {
-    fn subscribe(&self, p: &Partition) -> Arc<Notify> {
+    fn subscribe(&self, key: WakeKey) -> Arc<Notify> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (p.topic.clone(), p.index);
         if let Some(n) = map.get(&key).and_then(Weak::upgrade) {
             return n;
         }
@@ -106,9 +104,9 @@ impl Waiters {
         n
     }
 
-    fn wake(&self, p: &Partition) {
+    fn wake(&self, key: &WakeKey) {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get(&(p.topic.clone(), p.index)).and_then(Weak::upgrade) {
+        if let Some(n) = map.get(key).and_then(Weak::upgrade) {
             n.notify_waiters();
         }
     }
@@ -258,7 +256,7 @@ async fn serve(shell: Arc<Shell>, mut stream: Box<dyn Stream>, peer: String, id:
     }
 }
 
-/// Wait until a watched partition moves or the parked request's deadline
+/// Wait until something watched moves or the parked request's deadline
 /// passes; fail if the broker stops or the client hangs up first.
 async fn wait(
     shell: &Shell,
@@ -267,7 +265,7 @@ async fn wait(
     stream: &mut Box<dyn Stream>,
     stopping: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> Result<(), Ended> {
-    let notifies: Vec<Arc<Notify>> = parked.watched().map(|p| shell.waiters.subscribe(p)).collect();
+    let notifies: Vec<Arc<Notify>> = parked.watched().map(|w| shell.waiters.subscribe(w.key())).collect();
     let mut notified: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
     for n in &mut notified {
         n.as_mut().enable();
@@ -295,7 +293,8 @@ async fn wait(
     }
 }
 
-/// The policy timer: `flush.ms` and `segment.ms`, applied by the core.
+/// The policy timer: `flush.ms`, `segment.ms` and the group coordinators'
+/// timeouts, applied by the core, which says when it is next due.
 pub(crate) fn spawn_ticker(shell: Arc<Shell>) {
     let env = shell.env.clone();
     io::spawn(&env, "broker-ticker", async move {

@@ -14,12 +14,22 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 11),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Produce v0–v2 are advertised but refused, exactly as Kafka 4.0 does
@@ -76,6 +86,6 @@ mod tests {
     fn produce_is_advertised_from_zero_but_accepted_from_three() {
         assert_eq!(advertised_versions(ApiKey::Produce).unwrap().min, 0);
         assert_eq!(accepted_versions(ApiKey::Produce).unwrap().min, 3);
-        assert!(advertised_versions(ApiKey::JoinGroup).is_none());
+        assert!(advertised_versions(ApiKey::SaslHandshake).is_none());
     }
 }

@@ -39,10 +39,19 @@ pub enum AnomalyKind {
     /// offsets) that no single order within their real-time bounds
     /// explains: see [`crate::linearizability`].
     NonLinearizable,
+    /// Two members of a consumer group owning one partition in one generation.
+    GroupDoubleOwner,
+    /// A group's committed offset going backwards: an acknowledged commit
+    /// below one acknowledged before it was made, or offsets read back at
+    /// the end below the last acknowledged commit.
+    CommitRegression,
+    /// An acknowledged record below the group's final committed offset that
+    /// no member of the group ever consumed.
+    GroupUnconsumed,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 13] = [
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -56,6 +65,9 @@ impl AnomalyKind {
         AnomalyKind::IntPollSkip,
         AnomalyKind::MisplacedKey,
         AnomalyKind::NonLinearizable,
+        AnomalyKind::GroupDoubleOwner,
+        AnomalyKind::CommitRegression,
+        AnomalyKind::GroupUnconsumed,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -76,6 +88,9 @@ impl AnomalyKind {
             AnomalyKind::IntPollSkip => "int-poll-skip",
             AnomalyKind::MisplacedKey => "misplaced-key",
             AnomalyKind::NonLinearizable => "nonlinearizable",
+            AnomalyKind::GroupDoubleOwner => "group-double-owner",
+            AnomalyKind::CommitRegression => "commit-regression",
+            AnomalyKind::GroupUnconsumed => "group-unconsumed",
         }
     }
 
@@ -95,9 +110,16 @@ impl AnomalyKind {
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",
             AnomalyKind::IntPollSkip => "consecutive records within one poll jumped over records known to exist",
-            AnomalyKind::MisplacedKey => "a keyed record landed on a partition other than Kafka's default partitioner picks",
+            AnomalyKind::MisplacedKey => {
+                "a keyed record landed on a partition other than Kafka's default partitioner picks"
+            }
             AnomalyKind::NonLinearizable => {
                 "a partition's appends, reads and end offsets fit no sequential log within their real-time bounds"
+            }
+            AnomalyKind::GroupDoubleOwner => "two members of a group owned one partition in the same generation",
+            AnomalyKind::CommitRegression => "a group's committed offset went backwards",
+            AnomalyKind::GroupUnconsumed => {
+                "an acknowledged record below the group's committed offset was never consumed by the group"
             }
         }
     }

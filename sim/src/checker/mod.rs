@@ -8,7 +8,12 @@
 //! `process`. Every check is a pure, deterministic function of the history,
 //! near-linear in its size, except the linearizability check
 //! ([`crate::linearizability`]), a search bounded by a step budget.
+//!
+//! Consumer groups add their own checks (`groups`): exclusive ownership
+//! within a generation, committed offsets that never go backwards, and every
+//! record below the committed offsets consumed by the group.
 
+mod groups;
 mod index;
 mod kind;
 mod lost;
@@ -59,6 +64,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
         },
         explanation: p.explanation(),
     }));
+    groups::group_checks(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 

@@ -65,7 +65,8 @@ fn murmur2(key: &[u8]) -> u32 {
     let mut h = 0x9747_b28c_u32 ^ key.len() as u32;
     let mut i = 0;
     while i < whole {
-        let w = u32::from(key[i]) | u32::from(key[i + 1]) << 8 | u32::from(key[i + 2]) << 16 | u32::from(key[i + 3]) << 24;
+        let w =
+            u32::from(key[i]) | u32::from(key[i + 1]) << 8 | u32::from(key[i + 2]) << 16 | u32::from(key[i + 3]) << 24;
         let k = w.wrapping_mul(m);
         h = h.wrapping_mul(m) ^ (k ^ k >> 24).wrapping_mul(m);
         i += 4;

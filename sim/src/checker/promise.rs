@@ -10,7 +10,8 @@
 //! | `inconsistent-offsets` | always |
 //! | `nonmonotonic-send` | always: a send invoked after another completed lands after it, retries or not |
 //! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
-//! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip` | always, even when the medium corrupts |
+//! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip`, `group-double-owner` | always, even when the medium corrupts |
+//! | `commit-regression`, `group-unconsumed` | always (offsets are reset only by hand, which no scenario does) |
 //! | `misplaced-key` | always, even when the medium corrupts: the producer picks the partition before any byte is stored |
 //! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
 //!
@@ -41,7 +42,8 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::Unexpected
             | AnomalyKind::IntNonmonotonicPoll
             | AnomalyKind::IntPollSkip
-            | AnomalyKind::MisplacedKey => true,
+            | AnomalyKind::MisplacedKey
+            | AnomalyKind::GroupDoubleOwner => true,
             _ if rot => false,
             AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
             AnomalyKind::NonLinearizable => lin.is_ok(),

@@ -251,12 +251,17 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
             let ps: Vec<String> = partitions.iter().map(partition_name).collect();
             format!("assign [{}]", ps.join(" "))
         }
-        OpKind::Commit { offsets } => format!("commit {offsets:?}"),
+        OpKind::Commit { offsets, generation } => format!("commit {offsets:?} in generation {generation:?}"),
         OpKind::EndOffsets { ends } => {
             let ends: Vec<String> =
                 ends.iter().map(|e| format!("{}={}", partition_name(&e.partition), e.offset)).collect();
             format!("end offsets [{}]", ends.join(" "))
         }
+        OpKind::Generation { member, generation, partitions } => {
+            let parts: Vec<String> = partitions.iter().map(TopicPartition::key).collect();
+            format!("generation {generation}: {member} owns [{}]", parts.join(", "))
+        }
+        OpKind::Committed { offsets } => format!("committed offsets read back {offsets:?}"),
         OpKind::Crash => "crash".to_string(),
     };
     format!("{head}: {body} => {outcome}")

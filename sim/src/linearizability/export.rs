@@ -62,6 +62,12 @@ pub fn porcupine_json(history: &History) -> String {
     out
 }
 
+/// Committed offsets (`topic-partition` → offset) as an EDN map.
+fn edn_offsets(offsets: &std::collections::BTreeMap<String, i64>) -> String {
+    let m: Vec<String> = offsets.iter().map(|(k, o)| format!("{} {o}", edn_str(k))).collect();
+    format!("{{{}}}", m.join(", "))
+}
+
 /// An EDN string literal.
 fn edn_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -124,10 +130,16 @@ pub fn jepsen_edn(history: &History) -> String {
                 let v = format!("[{}]", ks.join(" "));
                 (":assign", v.clone(), v)
             }
-            OpKind::Commit { offsets } => {
-                let m: Vec<String> = offsets.iter().map(|(k, o)| format!("{} {o}", edn_str(k))).collect();
-                let v = format!("{{{}}}", m.join(", "));
+            OpKind::Commit { offsets, .. } => {
+                let v = edn_offsets(offsets);
                 (":commit", v.clone(), v)
+            }
+            OpKind::Committed { offsets } => (":committed", "nil".to_string(), edn_offsets(offsets)),
+            OpKind::Generation { member, generation, partitions } => {
+                let ks: Vec<String> = partitions.iter().map(|p| key(&p.topic, p.partition)).collect();
+                let v =
+                    format!("{{:member {} :generation {generation} :partitions [{}]}}", edn_str(member), ks.join(" "));
+                (":generation", v.clone(), v)
             }
             OpKind::EndOffsets { ends } => {
                 let m: Vec<String> = ends

@@ -1,48 +1,14 @@
-//! FindCoordinator and InitProducerId. Idempotent producers get their ids
-//! here; consumer groups and transactions are not built yet, and requests for
-//! them get an error clients report clearly instead of a closed connection
-//! they would retry forever.
+//! InitProducerId: idempotent producers get their ids here. Transactions are
+//! not built yet, and requests for them get an error clients report clearly
+//! instead of a closed connection they would retry forever.
+//! (FindCoordinator lives with the consumer groups, in [`super::group`].)
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::find_coordinator_response::Coordinator;
-use kafka_protocol::messages::{
-    FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse,
-};
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
 
-use super::str_bytes;
 use crate::server::node::Cx;
 
-const NOT_BUILT: &str = "consumer groups and transactions are not supported by this broker yet";
 const NO_TRANSACTIONS: &str = "transactions are not supported by this broker yet";
-
-pub fn find_coordinator(req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    tracing::info!("FindCoordinator refused: {NOT_BUILT}");
-    let err = ResponseError::CoordinatorNotAvailable.code();
-    let mut resp = FindCoordinatorResponse::default();
-    if version >= 4 {
-        resp.coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                let mut c = Coordinator::default();
-                c.key = key;
-                c.node_id = (-1).into();
-                c.host = str_bytes("");
-                c.port = -1;
-                c.error_code = err;
-                c.error_message = Some(str_bytes(NOT_BUILT));
-                c
-            })
-            .collect();
-    } else {
-        resp.error_code = err;
-        resp.error_message = Some(str_bytes(NOT_BUILT));
-        resp.node_id = (-1).into();
-        resp.host = str_bytes("");
-        resp.port = -1;
-    }
-    resp
-}
 
 /// Give an idempotent producer a fresh id with epoch 0.
 ///

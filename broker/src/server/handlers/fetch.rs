@@ -7,7 +7,6 @@
 //! on the partitions it reads; the shell wakes it when one of their high
 //! watermarks moves, and drops it when its client disconnects.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Request;
-use crate::server::node::{Cx, Parked, Step, Waiting as Parkable};
+use crate::server::node::{Cx, Parked, Step, Waiting as Parkable, Wake};
 use crate::server::partition::{check_leader_epoch, Partition};
 
 const READ_COMMITTED: i8 = 1;
@@ -47,7 +46,7 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
 /// One pass over the requested partitions: the response, the record bytes it
 /// carries, and whether any partition failed (which ends the long poll).
 #[allow(clippy::type_complexity)]
-fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(Arc<Partition>, u64)>) {
+fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(Wake, u64)>) {
     let mut watch = Vec::new();
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
@@ -73,7 +72,7 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(A
                 None => Err(ResponseError::UnknownTopicOrPartition),
                 Some(p) => {
                     // Read the version first: a move after this read is then never missed.
-                    watch.push((p.clone(), p.hw_version()));
+                    watch.push(Wake::HighWatermark(p.clone()).seen());
                     check_leader_epoch(p, fp.current_leader_epoch)
                         .and_then(|()| read_partition(cx, p, fp.fetch_offset, limit, total == 0, &mut pd))
                 }

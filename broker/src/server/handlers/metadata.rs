@@ -84,6 +84,7 @@ fn describe(cx: &Cx, t: &Topic) -> MetadataResponseTopic {
     let mut entry = MetadataResponseTopic::default();
     entry.name = Some(topic_name(&t.name));
     entry.topic_id = t.id;
+    entry.is_internal = t.name == crate::server::group::OFFSETS_TOPIC;
     entry.partitions = t
         .partitions
         .iter()

@@ -5,6 +5,7 @@ mod admin;
 mod api_versions;
 mod coordinator;
 pub(crate) mod fetch;
+pub(crate) mod group;
 mod list_offsets;
 mod metadata;
 pub(crate) mod produce;
@@ -64,7 +65,20 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::Produce => produce::handle(cx, body!(), Request { key, version, corr }),
         ApiKey::Fetch => fetch::handle(cx, body!(), Request { key, version, corr }),
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(cx, body!(), v)),
-        ApiKey::FindCoordinator => respond(key, v, corr, &coordinator::find_coordinator(body!(), v)),
+        ApiKey::FindCoordinator => respond(key, v, corr, &group::find_coordinator(cx, body!(), v)),
+        ApiKey::JoinGroup => {
+            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+            group::join_group(cx, body!(), Request { key, version, corr }, &client_id)
+        }
+        ApiKey::SyncGroup => group::sync_group(cx, body!(), Request { key, version, corr }),
+        ApiKey::Heartbeat => respond(key, v, corr, &group::heartbeat(cx, body!(), v)),
+        ApiKey::LeaveGroup => respond(key, v, corr, &group::leave_group(cx, body!(), v)),
+        ApiKey::OffsetCommit => group::offset_commit(cx, body!(), Request { key, version, corr }),
+        ApiKey::OffsetFetch => respond(key, v, corr, &group::offset_fetch(cx, body!(), v)),
+        ApiKey::ListGroups => respond(key, v, corr, &group::list_groups(cx, body!(), v)),
+        ApiKey::DescribeGroups => respond(key, v, corr, &group::describe_groups(cx, body!(), v)),
+        ApiKey::DeleteGroups => respond(key, v, corr, &group::delete_groups(cx, body!(), v)),
+        ApiKey::OffsetDelete => respond(key, v, corr, &group::offset_delete(cx, body!(), v)),
         ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
         other => {
             assert!(false, "{other:?} is in the version table but has no handler");

@@ -17,7 +17,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str_bytes, Request};
-use crate::server::node::{Cx, Parked, Step, Waiting as Parkable};
+use crate::server::node::{Cx, Parked, Step, Waiting as Parkable, Wake};
 use crate::server::partition::Partition;
 use crate::wire::{validate_record_set, InvalidRecords};
 
@@ -56,6 +56,9 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
             let partition = topic.as_ref().and_then(|t| t.partition(pd.index));
             let result = if !acks_valid {
                 Err((ResponseError::InvalidRequiredAcks, format!("acks must be 0, 1 or -1, not {acks}")))
+            } else if td.name.0.as_str() == crate::server::group::OFFSETS_TOPIC {
+                // The coordinator's records: only it writes them.
+                Err((ResponseError::InvalidTopicException, format!("cannot append to internal topic {}", td.name.0)))
             } else if let (Some(p), Some(t)) = (partition, &topic) {
                 append(cx, p, pd.records.unwrap_or_default(), t.config.decompressed_batch_limit())
             } else {
@@ -102,13 +105,13 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
     let mut still = Vec::new();
     for p in w.pending {
         // Read the version first: a move after this read is then never missed.
-        let version = p.partition.hw_version();
+        let seen = Wake::HighWatermark(p.partition.clone()).seen();
         let outcome = p.partition.offsets().map(|o| o.high_watermark > p.last_offset).map_err(|e| e.code());
         let pr = &mut w.response.responses[p.topic_slot].partition_responses[p.partition_slot];
         match outcome {
             Ok(true) => {}
             Ok(false) if !timed_out => {
-                watch.push((p.partition.clone(), version));
+                watch.push(seen);
                 still.push(p);
             }
             Ok(false) => {

@@ -1,0 +1,169 @@
+//! Consumer groups: the group coordinator of every `__consumer_offsets`
+//! partition this node leads, and the signals that wake members parked in a
+//! rebalance.
+//!
+//! A group's coordinator is the leader of partition
+//! `abs(hashCode(group.id)) % partitions` of `__consumer_offsets` (Java's
+//! `String.hashCode`, as every Kafka client and tool computes it). Each
+//! partition has one [`GroupCoordinator`], a pure state machine whose
+//! durable state — committed offsets and each group's last metadata — is the
+//! partition's records ([`records`]). [`Groups::load`] replays a partition
+//! into a fresh coordinator: that is all a broker does to take over a
+//! partition's groups, at start today and at a leader change once
+//! replication exists.
+//!
+//! The records are written by the handlers (`server::handlers::group`),
+//! which own the disk; the coordinator only says what to write.
+
+pub mod coordinator;
+pub mod records;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+pub use coordinator::{Answer, Client, Effects, GroupCoordinator, GroupState, Ticket};
+pub use records::Record;
+
+use super::node::Clock;
+use super::partition::Partition;
+use crate::config::{GroupConfig, PlantedBugs};
+use crate::io::DiskScope;
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Java's `String.hashCode` over UTF-16 code units, as Kafka hashes group ids.
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+/// The `__consumer_offsets` partition of a group (Kafka's `Utils.abs`, which
+/// maps `i32::MIN` to 0).
+pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
+    let h = java_string_hash(group_id);
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions.max(1)
+}
+
+/// Moves whenever answers for a group's parked members become ready, so a
+/// parked JoinGroup or SyncGroup can tell whether it missed a wake-up.
+pub struct GroupSignal {
+    pub group: String,
+    version: AtomicU64,
+}
+
+impl GroupSignal {
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// Every coordinator of this node, and the signals of groups with parked members.
+pub struct Groups {
+    config: GroupConfig,
+    bugs: PlantedBugs,
+    coordinators: Mutex<BTreeMap<i32, GroupCoordinator>>,
+    /// Entries die with their last parked request.
+    signals: Mutex<BTreeMap<String, Weak<GroupSignal>>>,
+}
+
+/// The coordinators, locked for one input.
+pub struct Locked<'a>(MutexGuard<'a, BTreeMap<i32, GroupCoordinator>>, &'a Groups);
+
+impl Locked<'_> {
+    /// The coordinator of `partition`, created empty the first time (a
+    /// partition with no records).
+    pub fn coordinator(&mut self, partition: i32) -> &mut GroupCoordinator {
+        let (config, bugs) = (self.1.config.clone(), self.1.bugs);
+        self.0.entry(partition).or_insert_with(|| GroupCoordinator::new(partition, config, bugs))
+    }
+
+    /// Groups across every coordinator.
+    pub fn group_count(&self) -> usize {
+        self.0.values().map(GroupCoordinator::group_count).sum()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &GroupCoordinator> {
+        self.0.values()
+    }
+
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut GroupCoordinator> {
+        self.0.values_mut()
+    }
+}
+
+impl Groups {
+    pub fn new(config: GroupConfig, bugs: PlantedBugs) -> Groups {
+        Groups { config, bugs, coordinators: Mutex::new(BTreeMap::new()), signals: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    pub fn lock(&self) -> Locked<'_> {
+        Locked(self.coordinators.lock().unwrap_or_else(|p| p.into_inner()), self)
+    }
+
+    /// The signal a member parked in `group` waits on.
+    pub fn signal(&self, group: &str) -> Arc<GroupSignal> {
+        let mut map = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(group).and_then(Weak::upgrade) {
+            return s;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(GroupSignal { group: group.to_string(), version: AtomicU64::new(0) });
+        map.insert(group.to_string(), Arc::downgrade(&s));
+        s
+    }
+
+    /// Move the signals of `groups`; returns those someone waits on.
+    pub fn notify(&self, groups: &BTreeSet<String>) -> Vec<Arc<GroupSignal>> {
+        let map = self.signals.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .iter()
+            .filter_map(|g| map.get(g).and_then(Weak::upgrade))
+            .inspect(|s| {
+                s.version.fetch_add(1, Ordering::Release);
+            })
+            .collect()
+    }
+
+    /// Rebuild the coordinator of one `__consumer_offsets` partition from its
+    /// records, replacing what was there. Returns how many records it read.
+    pub fn load(&self, disk: &DiskScope, partition: &Partition, clock: Clock) -> anyhow::Result<usize> {
+        let mut c = GroupCoordinator::new(partition.index, self.config.clone(), self.bugs);
+        let offsets = partition.offsets()?;
+        let mut at = offsets.log_start_offset;
+        let mut count = 0;
+        while at < offsets.high_watermark {
+            let read = partition.read(disk, at, 1 << 20)?;
+            let decoded = crate::client::batch::decode(read.records, &partition.topic, partition.index, at)?;
+            for r in decoded.records {
+                let Some(key) = r.key else { continue };
+                match Record::decode(&key, r.value.as_deref()) {
+                    Ok(record) => c.apply(record, clock),
+                    Err(e) => {
+                        tracing::warn!(partition = partition.index, offset = r.offset, error = %e, "skipping an unreadable __consumer_offsets record")
+                    }
+                }
+                count += 1;
+            }
+            match decoded.next_offset {
+                Some(next) if next > at => at = next,
+                _ => anyhow::bail!("__consumer_offsets-{} makes no progress at offset {at}", partition.index),
+            }
+        }
+        tracing::info!(
+            partition = partition.index,
+            records = count,
+            groups = c.group_count(),
+            "group coordinator loaded"
+        );
+        self.lock().0.insert(partition.index, c);
+        Ok(count)
+    }
+}

@@ -1,0 +1,735 @@
+//! The group APIs — FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
+//! DeleteGroups, OffsetDelete — over the pure [`GroupCoordinator`]s of
+//! `server::group`: find the group's `__consumer_offsets` partition
+//! (creating the topic on first use), run the coordinator under its lock,
+//! append the records it asks for to that partition, and wake members parked
+//! on the groups it names.
+//!
+//! A JoinGroup or SyncGroup that must wait for the rebalance parks on its
+//! group's signal with the coordinator's ticket. An OffsetCommit is
+//! answered only once its records are below the partition's high watermark
+//! (today: fsynced), as a produce with acks=-1 is; its offsets are served
+//! from the moment they are appended.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::{str_bytes, Request};
+use crate::client::batch::{encode, Compression, OutRecord};
+use crate::record_batch::ValidatedBatches;
+use crate::server::group::records::OffsetValue;
+use crate::server::group::{partition_for, Answer, Client, Effects, GroupCoordinator, Record, Ticket, OFFSETS_TOPIC};
+use crate::server::node::{Cx, Parked, Step, Waiting as Parkable, Wake};
+use crate::server::partition::{Partition, Role};
+use crate::server::topics::{Topic, TopicSpec};
+
+const NO_TRANSACTIONS: &str = "transactions are not supported by this broker yet";
+/// Records per batch the coordinator appends (a DeleteGroups of a large group
+/// writes many tombstones).
+const RECORDS_PER_BATCH: usize = 500;
+/// How long past its rebalance timeout a parked JoinGroup or SyncGroup waits
+/// before it gives up with REBALANCE_IN_PROGRESS (the client then rejoins);
+/// the coordinator normally answers well before.
+const PARK_SLACK: Duration = Duration::from_secs(5);
+
+/// A group request waiting for the coordinator or the disk.
+pub(crate) enum Waiting {
+    Join { request: Request, ticket: Ticket },
+    Sync { request: Request, ticket: Ticket },
+    Commit { request: Request, response: OffsetCommitResponse, partition: Arc<Partition>, last_offset: i64 },
+}
+
+/// `__consumer_offsets`, created with `offsets.topic.num.partitions` the
+/// first time a group needs it.
+fn offsets_topic(cx: &mut Cx) -> Result<Arc<Topic>, ResponseError> {
+    if let Some(t) = cx.node.topics.get(OFFSETS_TOPIC) {
+        return Ok(t);
+    }
+    let spec = TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        num_partitions: cx.node.config.groups.offsets_topic_num_partitions,
+        replication_factor: -1,
+        configs: BTreeMap::new(),
+    };
+    match cx.node.topics.create(cx.disk, &spec, cx.clock.now_ms) {
+        Ok(t) => {
+            tracing::info!(partitions = t.partitions.len(), "created {OFFSETS_TOPIC}");
+            Ok(t)
+        }
+        Err(e) => cx.node.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
+            tracing::error!(error = %e.message, "cannot create {OFFSETS_TOPIC}");
+            ResponseError::CoordinatorNotAvailable
+        }),
+    }
+}
+
+/// The `__consumer_offsets` partition coordinating `group`, if this node leads it.
+fn locate(cx: &mut Cx, group: &str) -> Result<Arc<Partition>, ResponseError> {
+    let topic = offsets_topic(cx)?;
+    let index = partition_for(group, topic.partitions.len() as i32);
+    let p = topic.partition(index).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    if p.role() != Role::Leader {
+        return Err(ResponseError::NotCoordinator);
+    }
+    Ok(p.clone())
+}
+
+/// Run `f` on the coordinator of `p` and carry out its effects: records
+/// appended (under the coordinator's lock, so the log's order is the
+/// coordinator's), parked members woken.
+fn run<T>(cx: &mut Cx, p: &Arc<Partition>, f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T) -> T {
+    let (node, clock) = (cx.node, cx.clock);
+    let mut fx = Effects::default();
+    let out = {
+        let mut locked = node.groups.lock();
+        let c = locked.coordinator(p.index);
+        let out = f(c, &mut fx);
+        write(cx, p, c, &mut fx, clock);
+        out
+    };
+    wake(cx, &fx);
+    out
+}
+
+/// Append the effects' records; answers held for them wait for their last
+/// offset to be durable, or fail if they could not be written.
+fn write(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    c: &mut GroupCoordinator,
+    fx: &mut Effects,
+    clock: crate::server::node::Clock,
+) {
+    let written = append(cx, p, std::mem::take(&mut fx.records));
+    for group in std::mem::take(&mut fx.hold) {
+        match written {
+            Ok(Some(last)) => c.hold_until(&group, last),
+            _ => c.fail_held(&group, clock, fx),
+        }
+    }
+    if let Err(e) = written {
+        tracing::error!(partition = p.index, error = ?e, "cannot write group metadata");
+        // fail_held may have asked for more records (a rebalance): best effort.
+        let _ = append(cx, p, std::mem::take(&mut fx.records));
+    }
+}
+
+/// Release SyncGroup answers whose generation's record is now durable.
+fn release(p: &Partition, c: &mut GroupCoordinator, fx: &mut Effects) {
+    if let Ok(o) = p.offsets() {
+        c.release_durable(o.high_watermark, fx);
+    }
+}
+
+fn wake(cx: &mut Cx, fx: &Effects) {
+    for s in cx.node.groups.notify(&fx.woken) {
+        cx.woke(Wake::Group(s));
+    }
+}
+
+/// Append records to the coordinator's partition. Returns the last offset written.
+fn append(cx: &mut Cx, p: &Arc<Partition>, records: Vec<Record>) -> Result<Option<i64>, ResponseError> {
+    let mut last = None;
+    for chunk in records.chunks(RECORDS_PER_BATCH) {
+        let out: Vec<OutRecord> = chunk
+            .iter()
+            .map(|r| {
+                let (key, value) = r.encode();
+                OutRecord { key: Some(key), value, headers: Vec::new(), timestamp: cx.clock.now_ms }
+            })
+            .collect();
+        let bytes = encode(&out, Compression::None).map_err(|_| ResponseError::UnknownServerError)?;
+        let batches = ValidatedBatches::new(bytes).map_err(|_| ResponseError::UnknownServerError)?;
+        let (info, advanced) = p.append(cx.disk, &batches, cx.clock.now_ms).map_err(|e| {
+            tracing::error!(partition = p.index, error = %e, "append to {OFFSETS_TOPIC} failed");
+            ResponseError::CoordinatorNotAvailable
+        })?;
+        cx.advanced(p, advanced);
+        last = Some(info.last_offset);
+    }
+    Ok(last)
+}
+
+/// The coordinators' timeouts, run by the node's tick. Returns when the next is due.
+pub(crate) fn tick(cx: &mut Cx) -> Option<Duration> {
+    let node = cx.node;
+    let Some(topic) = node.topics.get(OFFSETS_TOPIC) else { return None };
+    let mut next: Option<Duration> = None;
+    let mut all = Effects::default();
+    {
+        let mut locked = node.groups.lock();
+        for c in locked.all_mut() {
+            let mut fx = Effects::default();
+            let clock = cx.clock;
+            if let Some(p) = topic.partition(c.partition()) {
+                release(p, c, &mut fx);
+                c.tick(clock, &mut fx);
+                write(cx, p, c, &mut fx, clock);
+            }
+            all.woken.extend(fx.woken);
+            if let Some(t) = c.next_deadline() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+    }
+    wake(cx, &all);
+    next
+}
+
+pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
+    match w {
+        Waiting::Join { request, ticket } => resume_ticket(cx, request, ticket, deadline, true),
+        Waiting::Sync { request, ticket } => resume_ticket(cx, request, ticket, deadline, false),
+        Waiting::Commit { request, mut response, partition, last_offset } => {
+            let seen = Wake::HighWatermark(partition.clone()).seen();
+            let durable = partition.offsets().map(|o| o.high_watermark > last_offset);
+            let error = match durable {
+                Ok(true) => None,
+                Ok(false) if cx.clock.elapsed < deadline => {
+                    let w = Waiting::Commit { request, response, partition, last_offset };
+                    return Step::Park(Parked { request: Parkable::Group(w), deadline, watch: vec![seen] });
+                }
+                Ok(false) => Some(ResponseError::RequestTimedOut),
+                Err(e) => Some(e.code()),
+            };
+            if let Some(e) = error {
+                tracing::warn!(error = ?e, "offset commit not acknowledged");
+                for t in &mut response.topics {
+                    for p in &mut t.partitions {
+                        if p.error_code == 0 {
+                            p.error_code = e.code();
+                        }
+                    }
+                }
+            }
+            request.respond(&response)
+        }
+    }
+}
+
+fn resume_ticket(cx: &mut Cx, request: Request, ticket: Ticket, deadline: Duration, join: bool) -> Step {
+    let Ok(p) = locate(cx, &ticket.group) else {
+        return ticket_error(request, join, ResponseError::NotCoordinator);
+    };
+    // Seen before looking: a move after the look is never missed. A sync
+    // also waits for its generation's record to be durable.
+    let mut watch = vec![Wake::Group(cx.node.groups.signal(&ticket.group)).seen()];
+    if !join {
+        watch.push(Wake::HighWatermark(p.clone()).seen());
+    }
+    let node = cx.node;
+    let mut fx = Effects::default();
+    let step = {
+        let mut locked = node.groups.lock();
+        let c = locked.coordinator(p.index);
+        let taken = if join {
+            c.take_join(&ticket).map(|r| request.respond(&r))
+        } else {
+            release(&p, c, &mut fx);
+            c.take_sync(&ticket).map(|r| request.respond(&r))
+        };
+        match taken {
+            Some(step) => step,
+            None if cx.clock.elapsed >= deadline || !c.ticket_alive(&ticket) => {
+                c.abandon(&ticket);
+                ticket_error(request, join, ResponseError::RebalanceInProgress)
+            }
+            None => {
+                let w = if join { Waiting::Join { request, ticket } } else { Waiting::Sync { request, ticket } };
+                Step::Park(Parked { request: Parkable::Group(w), deadline, watch })
+            }
+        }
+    };
+    // Released answers of other members: wake them.
+    wake(cx, &fx);
+    step
+}
+
+fn ticket_error(request: Request, join: bool, e: ResponseError) -> Step {
+    if join {
+        let mut r = JoinGroupResponse::default();
+        r.error_code = e.code();
+        r.generation_id = -1;
+        request.respond(&r)
+    } else {
+        request.respond(&SyncGroupResponse::default().with_error_code(e.code()))
+    }
+}
+
+fn park(cx: &mut Cx, request: Request, ticket: Ticket, join: bool, wait: Duration) -> Step {
+    let deadline = cx.clock.elapsed + wait + PARK_SLACK;
+    resume_ticket(cx, request, ticket, deadline, join)
+}
+
+// ------------------------------------------------------------ the APIs
+
+pub fn find_coordinator(cx: &mut Cx, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+    let keys: Vec<StrBytes> = if version >= 4 { req.coordinator_keys.clone() } else { vec![req.key.clone()] };
+    let answers: Vec<Coordinator> = keys
+        .into_iter()
+        .map(|key| {
+            let mut c = Coordinator::default();
+            c.node_id = (-1).into();
+            c.host = str_bytes("");
+            c.port = -1;
+            let found = match req.key_type {
+                0 => locate(cx, key.as_str()).map_err(|e| (e, None)),
+                1 => Err((ResponseError::InvalidRequest, Some(NO_TRANSACTIONS.to_string()))),
+                other => Err((ResponseError::InvalidRequest, Some(format!("unknown coordinator key type {other}")))),
+            };
+            match found {
+                Ok(_) => {
+                    c.node_id = cx.node.config.node_id.into();
+                    c.host = str_bytes(cx.node.advertised_host.clone());
+                    c.port = cx.node.advertised_port;
+                }
+                Err((e, message)) => {
+                    tracing::info!(key = %key, key_type = req.key_type, error = ?e, "FindCoordinator refused");
+                    c.error_code = e.code();
+                    c.error_message = message.map(str_bytes);
+                }
+            }
+            c.key = key;
+            c
+        })
+        .collect();
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp.coordinators = answers;
+    } else if let Some(c) = answers.into_iter().next() {
+        resp.error_code = c.error_code;
+        resp.error_message = c.error_message;
+        resp.node_id = c.node_id;
+        resp.host = c.host;
+        resp.port = c.port;
+    }
+    resp
+}
+
+pub fn join_group(cx: &mut Cx, req: JoinGroupRequest, request: Request, client_id: &str) -> Step {
+    let p = match locate(cx, &req.group_id.0) {
+        Ok(p) => p,
+        Err(e) => return ticket_error(request, true, e),
+    };
+    let wait = Duration::from_millis(req.rebalance_timeout_ms.max(req.session_timeout_ms).max(0) as u64);
+    let client = Client { client_id, client_host: "/unknown" };
+    let (clock, version) = (cx.clock, request.version);
+    match run(cx, &p, |c, fx| c.join(&req, version, client, clock, fx)) {
+        Answer::Now(r) => request.respond(&r),
+        Answer::Wait(ticket) => park(cx, request, ticket, true, wait),
+    }
+}
+
+pub fn sync_group(cx: &mut Cx, req: SyncGroupRequest, request: Request) -> Step {
+    let p = match locate(cx, &req.group_id.0) {
+        Ok(p) => p,
+        Err(e) => return ticket_error(request, false, e),
+    };
+    let clock = cx.clock;
+    let wait = Duration::from_millis(cx.node.config.groups.group_max_session_timeout_ms.max(0) as u64);
+    match run(cx, &p, |c, fx| c.sync(&req, clock, fx)) {
+        Answer::Now(r) => request.respond(&r),
+        Answer::Wait(ticket) => park(cx, request, ticket, false, wait),
+    }
+}
+
+pub fn heartbeat(cx: &mut Cx, req: HeartbeatRequest, _version: i16) -> HeartbeatResponse {
+    let error = match locate(cx, &req.group_id.0) {
+        Ok(p) => {
+            let clock = cx.clock;
+            let instance = req.group_instance_id.as_deref();
+            run(cx, &p, |c, _| c.heartbeat(&req.group_id.0, &req.member_id, instance, req.generation_id, clock))
+        }
+        Err(e) => Err(e),
+    };
+    HeartbeatResponse::default().with_error_code(code(error))
+}
+
+pub fn leave_group(cx: &mut Cx, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string())))
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let mut resp = LeaveGroupResponse::default();
+    let results = match locate(cx, &req.group_id.0) {
+        Ok(p) => {
+            let clock = cx.clock;
+            run(cx, &p, |c, fx| c.leave(&req.group_id.0, &members, clock, fx))
+        }
+        Err(e) => {
+            resp.error_code = e.code();
+            return resp;
+        }
+    };
+    if version >= 3 {
+        resp.members = members
+            .into_iter()
+            .zip(&results)
+            .map(|((id, instance), e)| {
+                let mut m = MemberResponse::default();
+                m.member_id = str_bytes(id);
+                m.group_instance_id = instance.map(str_bytes);
+                m.error_code = code(*e);
+                m
+            })
+            .collect();
+    } else {
+        resp.error_code = results.first().map_or(0, |e| code(*e));
+    }
+    resp
+}
+
+pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) -> Step {
+    let group = req.group_id.0.to_string();
+    let mut resp = OffsetCommitResponse::default();
+    let mut slots = Vec::new();
+    for t in &req.topics {
+        let mut rt = OffsetCommitResponseTopic::default();
+        rt.name = t.name.clone();
+        for p in &t.partitions {
+            let mut rp = OffsetCommitResponsePartition::default();
+            rp.partition_index = p.partition_index;
+            rt.partitions.push(rp);
+        }
+        resp.topics.push(rt);
+    }
+    let fail_all = |resp: &mut OffsetCommitResponse, e: ResponseError| {
+        for t in &mut resp.topics {
+            for p in &mut t.partitions {
+                p.error_code = e.code();
+            }
+        }
+    };
+    let p = match locate(cx, &group) {
+        Ok(p) => p,
+        Err(e) => {
+            fail_all(&mut resp, e);
+            return request.respond(&resp);
+        }
+    };
+    let (clock, node) = (cx.clock, cx.node);
+    let max_metadata = node.config.groups.offset_metadata_max_bytes;
+    let mut locked = node.groups.lock();
+    let c = locked.coordinator(p.index);
+    let instance = req.group_instance_id.as_deref();
+    if let Err(e) = c.admit_commit(&group, req.generation_id_or_member_epoch, &req.member_id, instance, clock) {
+        drop(locked);
+        tracing::debug!(group = %group, generation = req.generation_id_or_member_epoch, member = %req.member_id, error = ?e, "offset commit refused");
+        fail_all(&mut resp, e);
+        return request.respond(&resp);
+    }
+    let mut records = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let topic = node.topics.get(&t.name);
+        for (pi, rp) in t.partitions.iter().enumerate() {
+            let metadata = rp.committed_metadata.as_deref().unwrap_or("");
+            let error = if topic.as_ref().and_then(|tp| tp.partition(rp.partition_index)).is_none() {
+                Err(ResponseError::UnknownTopicOrPartition)
+            } else if metadata.len() > max_metadata {
+                Err(ResponseError::OffsetMetadataTooLarge)
+            } else if !c.has_room_for(&group, &t.name, rp.partition_index) {
+                Err(ResponseError::PolicyViolation)
+            } else {
+                let value = OffsetValue {
+                    offset: rp.committed_offset,
+                    leader_epoch: rp.committed_leader_epoch,
+                    metadata: metadata.to_string(),
+                    commit_timestamp: clock.now_ms,
+                };
+                records.push(Record::Offset {
+                    group: group.clone(),
+                    topic: t.name.to_string(),
+                    partition: rp.partition_index,
+                    value: Some(value),
+                });
+                slots.push((ti, pi));
+                Ok(())
+            };
+            resp.topics[ti].partitions[pi].error_code = code(error);
+        }
+    }
+    let last_offset = match append(cx, &p, records.clone()) {
+        Ok(last) => last,
+        Err(e) => {
+            drop(locked);
+            for (ti, pi) in slots {
+                resp.topics[ti].partitions[pi].error_code = e.code();
+            }
+            return request.respond(&resp);
+        }
+    };
+    for r in records {
+        c.apply(r, clock);
+    }
+    drop(locked);
+    let Some(last_offset) = last_offset else { return request.respond(&resp) };
+    let deadline = clock.elapsed + Duration::from_millis(node.config.groups.offsets_commit_timeout_ms);
+    resume(cx, Waiting::Commit { request, response: resp, partition: p, last_offset }, deadline)
+}
+
+pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let mut resp = OffsetFetchResponse::default();
+    if version >= 8 {
+        for g in &req.groups {
+            let topics: Option<Vec<(String, Vec<i32>)>> = g
+                .topics
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
+            let (error, found) = fetch_group(cx, &g.group_id.0, topics);
+            let mut rg = OffsetFetchResponseGroup::default();
+            rg.group_id = g.group_id.clone();
+            rg.error_code = code(error);
+            rg.topics = found
+                .into_iter()
+                .map(|(name, parts)| {
+                    let mut rt = OffsetFetchResponseTopics::default();
+                    rt.name = super::topic_name(&name);
+                    rt.partitions = parts
+                        .into_iter()
+                        .map(|(index, v)| {
+                            let mut rp = OffsetFetchResponsePartitions::default();
+                            rp.partition_index = index;
+                            (rp.committed_offset, rp.committed_leader_epoch, rp.metadata) = committed_fields(v);
+                            rp
+                        })
+                        .collect();
+                    rt
+                })
+                .collect();
+            resp.groups.push(rg);
+        }
+        return resp;
+    }
+    let topics: Option<Vec<(String, Vec<i32>)>> =
+        req.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
+    let (error, found) = fetch_group(cx, &req.group_id.0, topics);
+    resp.error_code = code(error);
+    resp.topics = found
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut rt = OffsetFetchResponseTopic::default();
+            rt.name = super::topic_name(&name);
+            rt.partitions = parts
+                .into_iter()
+                .map(|(index, v)| {
+                    let mut rp = OffsetFetchResponsePartition::default();
+                    rp.partition_index = index;
+                    (rp.committed_offset, rp.committed_leader_epoch, rp.metadata) = committed_fields(v);
+                    // Before v2 there is no group-level error: each partition carries it.
+                    if version < 2 {
+                        rp.error_code = code(error);
+                    }
+                    rp
+                })
+                .collect();
+            rt
+        })
+        .collect();
+    resp
+}
+
+type Fetched = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+
+/// The committed offsets of the named partitions (all the group has if none
+/// are named); an uncommitted partition is None.
+fn fetch_group(
+    cx: &mut Cx,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> (Result<(), ResponseError>, Fetched) {
+    let p = match locate(cx, group) {
+        Ok(p) => p,
+        Err(e) => {
+            let echo =
+                topics.unwrap_or_default().into_iter().map(|(t, ps)| (t, ps.into_iter().map(|i| (i, None)).collect()));
+            return (Err(e), echo.collect());
+        }
+    };
+    let mut locked = cx.node.groups.lock();
+    let c = locked.coordinator(p.index);
+    let found = match topics {
+        Some(ts) => ts
+            .into_iter()
+            .map(|(t, ps)| {
+                let parts = ps.into_iter().map(|i| (i, c.committed(group, &t, i).cloned())).collect();
+                (t, parts)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: BTreeMap<String, Vec<(i32, Option<OffsetValue>)>> = BTreeMap::new();
+            for (t, i, v) in c.all_committed(group) {
+                by_topic.entry(t.to_string()).or_default().push((i, Some(v.clone())));
+            }
+            by_topic.into_iter().collect()
+        }
+    };
+    (Ok(()), found)
+}
+
+pub fn list_groups(cx: &mut Cx, req: ListGroupsRequest, _version: i16) -> ListGroupsResponse {
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
+    let mut resp = ListGroupsResponse::default();
+    if !types.is_empty() && !types.iter().any(|t| t == "classic") {
+        return resp;
+    }
+    let locked = cx.node.groups.lock();
+    for c in locked.all() {
+        for (id, protocol_type, state) in c.list() {
+            if !states.is_empty() && !states.contains(&state.name().to_lowercase()) {
+                continue;
+            }
+            let mut g = ListedGroup::default();
+            g.group_id = GroupId(str_bytes(id));
+            g.protocol_type = str_bytes(protocol_type);
+            g.group_state = str_bytes(state.name());
+            g.group_type = str_bytes("classic");
+            resp.groups.push(g);
+        }
+    }
+    resp
+}
+
+pub fn describe_groups(cx: &mut Cx, req: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
+    let mut resp = DescribeGroupsResponse::default();
+    for group in &req.groups {
+        let mut d = DescribedGroup::default();
+        d.group_id = group.clone();
+        d.authorized_operations = i32::MIN;
+        match locate(cx, group) {
+            Err(e) => d.error_code = e.code(),
+            Ok(p) => {
+                let mut locked = cx.node.groups.lock();
+                match locked.coordinator(p.index).describe(group) {
+                    None => {
+                        d.group_state = str_bytes("Dead");
+                        if version >= 6 {
+                            d.error_code = ResponseError::GroupIdNotFound.code();
+                        }
+                    }
+                    Some(g) => {
+                        d.group_state = str_bytes(g.state.name());
+                        d.protocol_type = str_bytes(g.protocol_type);
+                        d.protocol_data = str_bytes(g.protocol);
+                        d.members = g
+                            .members
+                            .into_iter()
+                            .map(|m| {
+                                let mut dm = DescribedGroupMember::default();
+                                dm.member_id = str_bytes(m.member_id);
+                                dm.group_instance_id = m.instance_id.map(str_bytes);
+                                dm.client_id = str_bytes(m.client_id);
+                                dm.client_host = str_bytes(m.client_host);
+                                dm.member_metadata = m.metadata;
+                                dm.member_assignment = m.assignment;
+                                dm
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
+        resp.groups.push(d);
+    }
+    resp
+}
+
+pub fn delete_groups(cx: &mut Cx, req: DeleteGroupsRequest, _version: i16) -> DeleteGroupsResponse {
+    let mut resp = DeleteGroupsResponse::default();
+    for group in &req.groups_names {
+        let error = match locate(cx, group) {
+            Err(e) => Err(e),
+            Ok(p) => run(cx, &p, |c, fx| {
+                let records = c.delete_group(group)?;
+                tracing::info!(group = %group.0, "group deleted");
+                fx.records.extend(records);
+                Ok(())
+            }),
+        };
+        let mut r = DeletableGroupResult::default();
+        r.group_id = group.clone();
+        r.error_code = code(error);
+        resp.results.push(r);
+    }
+    resp
+}
+
+pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, _version: i16) -> OffsetDeleteResponse {
+    let mut resp = OffsetDeleteResponse::default();
+    let p = match locate(cx, &req.group_id.0) {
+        Ok(p) => p,
+        Err(e) => return resp.with_error_code(e.code()),
+    };
+    let asked: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.to_string(), p.partition_index)))
+        .collect();
+    let clock = cx.clock;
+    let node = cx.node;
+    let mut locked = node.groups.lock();
+    let c = locked.coordinator(p.index);
+    let results = match c.delete_offsets(&req.group_id.0, &asked) {
+        Ok(r) => r,
+        Err(e) => return resp.with_error_code(e.code()),
+    };
+    let tombstones: Vec<Record> = results.iter().filter_map(|(_, r)| r.clone()).collect();
+    let written = append(cx, &p, tombstones.clone());
+    if written.is_ok() {
+        for r in tombstones {
+            c.apply(r, clock);
+        }
+    }
+    drop(locked);
+    let mut results = results.into_iter();
+    for t in &req.topics {
+        let mut rt = OffsetDeleteResponseTopic::default();
+        rt.name = t.name.clone();
+        for rp in &t.partitions {
+            let (mut e, _) = results.next().expect("one result per partition");
+            if let (Ok(()), Err(w)) = (e, written) {
+                e = Err(w);
+            }
+            rt.partitions.push(
+                OffsetDeleteResponsePartition::default()
+                    .with_partition_index(rp.partition_index)
+                    .with_error_code(code(e)),
+            );
+        }
+        resp.topics.push(rt);
+    }
+    resp
+}
+
+fn code(r: Result<(), ResponseError>) -> i16 {
+    r.err().map_or(0, |e| e.code())
+}
+
+/// (offset, leader epoch, metadata) as OffsetFetch reports them; -1 when nothing is committed.
+fn committed_fields(v: Option<OffsetValue>) -> (i64, i32, Option<StrBytes>) {
+    match v {
+        Some(v) => (v.offset, v.leader_epoch, Some(str_bytes(v.metadata))),
+        None => (-1, -1, Some(str_bytes(""))),
+    }
+}
