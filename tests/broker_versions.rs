@@ -18,10 +18,18 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Encodable, Request};
+use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use kafka_protocol::records::Compression;
 
 const TOPIC: &str = "versions";
@@ -72,6 +80,16 @@ async fn check(b: &TestBroker, conn: &mut Conn, key: ApiKey, v: i16) -> Result<(
         ApiKey::DeleteTopics => delete_topics_at(conn, v).await,
         ApiKey::InitProducerId => init_producer_id_at(conn, v).await,
         ApiKey::DescribeConfigs => describe_configs_at(conn, v).await,
+        ApiKey::JoinGroup => join_group_at(conn, v).await,
+        ApiKey::SyncGroup => sync_group_at(conn, v).await,
+        ApiKey::Heartbeat => heartbeat_at(conn, v).await,
+        ApiKey::LeaveGroup => leave_group_at(conn, v).await,
+        ApiKey::OffsetCommit => offset_commit_at(conn, v).await,
+        ApiKey::OffsetFetch => offset_fetch_at(conn, v).await,
+        ApiKey::ListGroups => list_groups_at(conn, v).await,
+        ApiKey::DescribeGroups => describe_groups_at(conn, v).await,
+        ApiKey::DeleteGroups => delete_groups_at(conn, v).await,
+        ApiKey::OffsetDelete => offset_delete_at(conn, v).await,
         other => panic!("{other:?} is advertised but this test has no request builder for it; add one"),
     }
 }
@@ -193,13 +211,24 @@ async fn find_coordinator_at(conn: &mut Conn, v: i16) -> Result<(), String> {
         req.key = str_bytes("group");
     }
     let resp: FindCoordinatorResponse = try_call(conn, v, &req).await?;
-    // Consumer groups are not built: the documented answer is
-    // COORDINATOR_NOT_AVAILABLE, per key from v4.
-    let err = code(ResponseError::CoordinatorNotAvailable);
+    // This broker coordinates every group itself, per key from v4.
     if v >= 4 {
-        ensure!(resp.coordinators.len() == 1 && resp.coordinators[0].error_code == err, "{:?}", resp.coordinators);
+        let c = resp.coordinators.first();
+        ensure!(resp.coordinators.len() == 1, "{:?}", resp.coordinators);
+        ensure!(c.is_some_and(|c| c.error_code == 0 && c.node_id.0 >= 0 && c.port > 0), "{c:?}");
     } else {
-        ensure!(resp.error_code == err, "error {}", resp.error_code);
+        ensure!(resp.error_code == 0 && resp.node_id.0 >= 0 && resp.port > 0, "group: {resp:?}");
+    }
+    if v >= 1 {
+        // Key type 1 (transactions, from v1) is refused: not built.
+        req.key_type = 1;
+        let resp: FindCoordinatorResponse = try_call(conn, v, &req).await?;
+        let err = code(ResponseError::InvalidRequest);
+        if v >= 4 {
+            ensure!(resp.coordinators.len() == 1 && resp.coordinators[0].error_code == err, "{:?}", resp.coordinators);
+        } else {
+            ensure!(resp.error_code == err, "transaction: {resp:?}");
+        }
     }
     Ok(())
 }
@@ -294,9 +323,368 @@ async fn describe_configs_at(conn: &mut Conn, v: i16) -> Result<(), String> {
     Ok(())
 }
 
+// ------------------------------------------------------------ consumer groups
+//
+// Each version works on groups of its own (`<api>-v<version>`), so one
+// version's state never answers for another's. The helpers set groups up at
+// fixed versions; the builders send the API under test at `v`.
+
+const PROTOCOL_TYPE: &str = "consumer";
+const PROTOCOL: &str = "range";
+const SESSION_MS: i32 = 10_000;
+
+fn group(g: &str) -> GroupId {
+    GroupId(str_bytes(g))
+}
+
+fn join_request(g: &str, member_id: &str) -> JoinGroupRequest {
+    let mut req = JoinGroupRequest::default();
+    req.group_id = group(g);
+    req.session_timeout_ms = SESSION_MS;
+    req.rebalance_timeout_ms = SESSION_MS;
+    req.member_id = str_bytes(member_id);
+    req.protocol_type = str_bytes(PROTOCOL_TYPE);
+    req.protocols = vec![JoinGroupRequestProtocol::default()
+        .with_name(str_bytes(PROTOCOL))
+        .with_metadata(bytes::Bytes::from_static(b"meta"))];
+    req
+}
+
+/// Join `g` as its only member at JoinGroup `v`: from v4 the first join
+/// without a member id answers MEMBER_ID_REQUIRED with the id to join with.
+async fn join_at(conn: &mut Conn, v: i16, g: &str) -> Result<JoinGroupResponse, String> {
+    let mut member_id = String::new();
+    if v >= 4 {
+        let first: JoinGroupResponse = try_call(conn, v, &join_request(g, "")).await?;
+        ensure!(first.error_code == code(ResponseError::MemberIdRequired), "first join: {first:?}");
+        ensure!(!first.member_id.is_empty(), "first join gave no member id");
+        member_id = first.member_id.to_string();
+    }
+    let resp: JoinGroupResponse = try_call(conn, v, &join_request(g, &member_id)).await?;
+    ensure!(resp.error_code == 0, "join: {resp:?}");
+    Ok(resp)
+}
+
+/// Join `g` and sync (at fixed versions): the group is Stable with one
+/// member. Returns (member id, generation).
+async fn stable_member(conn: &mut Conn, g: &str) -> Result<(String, i32), String> {
+    let joined = join_at(conn, 5, g).await?;
+    let member_id = joined.member_id.to_string();
+    let mut req = SyncGroupRequest::default();
+    req.group_id = group(g);
+    req.generation_id = joined.generation_id;
+    req.member_id = str_bytes(&member_id);
+    req.assignments = vec![SyncGroupRequestAssignment::default()
+        .with_member_id(str_bytes(&member_id))
+        .with_assignment(bytes::Bytes::from_static(b"assigned"))];
+    let synced: SyncGroupResponse = try_call(conn, 3, &req).await?;
+    ensure!(synced.error_code == 0, "setup sync: {synced:?}");
+    Ok((member_id, joined.generation_id))
+}
+
+fn commit_request(g: &str, offsets: &[(i32, i64)]) -> OffsetCommitRequest {
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = group(g);
+    req.generation_id_or_member_epoch = -1;
+    req.topics = vec![OffsetCommitRequestTopic::default().with_name(name(TOPIC)).with_partitions(
+        offsets
+            .iter()
+            .map(|&(p, o)| {
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(p)
+                    .with_committed_offset(o)
+                    .with_committed_metadata(Some(str_bytes("meta")))
+            })
+            .collect(),
+    )];
+    req
+}
+
+/// A "simple" commit (no generation, no member) of partition 0 at `offset`:
+/// creates `g` as an Empty group holding an offset.
+async fn commit_simple(conn: &mut Conn, g: &str, offset: i64) -> Result<(), String> {
+    let resp: OffsetCommitResponse = try_call(conn, 2, &commit_request(g, &[(0, offset)])).await?;
+    let e = resp.topics.first().and_then(|t| t.partitions.first()).map(|p| p.error_code);
+    ensure!(e == Some(0), "setup commit: {resp:?}");
+    Ok(())
+}
+
+/// The committed offset of `TOPIC` partition 0 in `g` (-1 if none), at a fixed version.
+async fn committed(conn: &mut Conn, g: &str) -> Result<i64, String> {
+    let mut req = OffsetFetchRequest::default();
+    req.group_id = group(g);
+    req.topics = Some(vec![OffsetFetchRequestTopic::default().with_name(name(TOPIC)).with_partition_indexes(vec![0])]);
+    let resp: OffsetFetchResponse = try_call(conn, 5, &req).await?;
+    ensure!(resp.error_code == 0, "setup fetch: {resp:?}");
+    resp.topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map(|p| p.committed_offset)
+        .ok_or_else(|| format!("setup fetch: {resp:?}"))
+}
+
+async fn join_group_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("join-v{v}");
+    let resp = join_at(conn, v, &g).await?;
+    ensure!(resp.generation_id >= 1, "generation {}", resp.generation_id);
+    ensure!(resp.leader == resp.member_id, "leader {} member {}", resp.leader, resp.member_id);
+    ensure!(resp.protocol_name.as_deref() == Some(PROTOCOL), "protocol {:?}", resp.protocol_name);
+    ensure!(resp.members.len() == 1 && resp.members[0].member_id == resp.member_id, "members {:?}", resp.members);
+    ensure!(resp.members[0].metadata.as_ref() == b"meta", "metadata {:?}", resp.members[0].metadata);
+    if v >= 7 {
+        ensure!(resp.protocol_type.as_deref() == Some(PROTOCOL_TYPE), "protocol type {:?}", resp.protocol_type);
+    }
+    // The error paths: a member id the group never gave out, and a session
+    // timeout below group.min.session.timeout.ms.
+    let resp: JoinGroupResponse = try_call(conn, v, &join_request(&g, "stranger")).await?;
+    ensure!(resp.error_code == code(ResponseError::UnknownMemberId), "stranger: {resp:?}");
+    let mut req = join_request(&format!("join-short-v{v}"), "");
+    req.session_timeout_ms = 1;
+    let resp: JoinGroupResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == code(ResponseError::InvalidSessionTimeout), "short session: {resp:?}");
+    Ok(())
+}
+
+async fn sync_group_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("sync-v{v}");
+    let joined = join_at(conn, 5, &g).await?;
+    let mut req = SyncGroupRequest::default();
+    req.group_id = group(&g);
+    req.generation_id = joined.generation_id + 1;
+    req.member_id = joined.member_id.clone();
+    if v >= 5 {
+        req.protocol_type = Some(str_bytes(PROTOCOL_TYPE));
+        req.protocol_name = Some(str_bytes(PROTOCOL));
+    }
+    req.assignments = vec![SyncGroupRequestAssignment::default()
+        .with_member_id(joined.member_id.clone())
+        .with_assignment(bytes::Bytes::from_static(b"assigned"))];
+    let resp: SyncGroupResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == code(ResponseError::IllegalGeneration), "wrong generation: {resp:?}");
+    req.generation_id = joined.generation_id;
+    let resp: SyncGroupResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0 && resp.assignment.as_ref() == b"assigned", "sync: {resp:?}");
+    if v >= 5 {
+        ensure!(resp.protocol_type.as_deref() == Some(PROTOCOL_TYPE), "protocol type {:?}", resp.protocol_type);
+        ensure!(resp.protocol_name.as_deref() == Some(PROTOCOL), "protocol {:?}", resp.protocol_name);
+    }
+    Ok(())
+}
+
+async fn heartbeat_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("heartbeat-v{v}");
+    let (member_id, generation) = stable_member(conn, &g).await?;
+    let mut req = HeartbeatRequest::default();
+    req.group_id = group(&g);
+    req.generation_id = generation;
+    req.member_id = str_bytes(&member_id);
+    let resp: HeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0, "heartbeat: {resp:?}");
+    req.generation_id = generation + 1;
+    let resp: HeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == code(ResponseError::IllegalGeneration), "wrong generation: {resp:?}");
+    req.generation_id = generation;
+    req.member_id = str_bytes("stranger");
+    let resp: HeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == code(ResponseError::UnknownMemberId), "stranger: {resp:?}");
+    Ok(())
+}
+
+async fn leave_group_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("leave-v{v}");
+    let (member_id, _) = stable_member(conn, &g).await?;
+    let mut req = LeaveGroupRequest::default();
+    req.group_id = group(&g);
+    // One member per request before v3; a batch of them, each answered, from v3.
+    if v >= 3 {
+        req.members = [member_id.as_str(), "stranger"]
+            .iter()
+            .map(|m| MemberIdentity::default().with_member_id(str_bytes(m)))
+            .collect();
+        let resp: LeaveGroupResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == 0 && resp.members.len() == 2, "leave: {resp:?}");
+        ensure!(resp.members[0].member_id.as_str() == member_id && resp.members[0].error_code == 0, "member: {resp:?}");
+        ensure!(resp.members[1].error_code == code(ResponseError::UnknownMemberId), "stranger: {resp:?}");
+    } else {
+        req.member_id = str_bytes(&member_id);
+        let resp: LeaveGroupResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == 0, "leave: {resp:?}");
+        let resp: LeaveGroupResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == code(ResponseError::UnknownMemberId), "left twice: {resp:?}");
+    }
+    Ok(())
+}
+
+async fn offset_commit_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("commit-v{v}");
+    // A simple commit: partition 7 does not exist.
+    let resp: OffsetCommitResponse = try_call(conn, v, &commit_request(&g, &[(0, 1), (7, 1)])).await?;
+    let parts = &resp.topics[0].partitions;
+    ensure!(parts.len() == 2, "{} partition responses", parts.len());
+    ensure!(parts[0].error_code == 0, "partition 0: {:?}", parts[0]);
+    ensure!(parts[1].error_code == code(ResponseError::UnknownTopicOrPartition), "partition 7: {:?}", parts[1]);
+    ensure!(committed(conn, &g).await? == 1, "simple commit not stored");
+    // A member's commit, then one with a stale generation.
+    let member_group = format!("commit-member-v{v}");
+    let (member_id, generation) = stable_member(conn, &member_group).await?;
+    let mut req = commit_request(&member_group, &[(0, 2)]);
+    req.generation_id_or_member_epoch = generation;
+    req.member_id = str_bytes(&member_id);
+    let resp: OffsetCommitResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.topics[0].partitions[0].error_code == 0, "member commit: {resp:?}");
+    ensure!(committed(conn, &member_group).await? == 2, "member commit not stored");
+    req.generation_id_or_member_epoch = generation + 1;
+    let resp: OffsetCommitResponse = try_call(conn, v, &req).await?;
+    ensure!(
+        resp.topics[0].partitions[0].error_code == code(ResponseError::IllegalGeneration),
+        "stale generation: {resp:?}"
+    );
+    Ok(())
+}
+
+async fn offset_fetch_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("fetch-v{v}");
+    commit_simple(conn, &g, 42).await?;
+    let mut req = OffsetFetchRequest::default();
+    // Groups moved into `groups` (several per request) at v8.
+    if v >= 8 {
+        req.groups = [g.as_str(), "never-committed"]
+            .iter()
+            .map(|id| {
+                OffsetFetchRequestGroup::default().with_group_id(group(id)).with_topics(Some(vec![
+                    OffsetFetchRequestTopics::default().with_name(name(TOPIC)).with_partition_indexes(vec![0, 7]),
+                ]))
+            })
+            .collect();
+        let resp: OffsetFetchResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.groups.len() == 2, "{} groups", resp.groups.len());
+        for (rg, want) in resp.groups.iter().zip([42, -1]) {
+            ensure!(rg.error_code == 0 && rg.topics.len() == 1, "group {}: {rg:?}", rg.group_id.0);
+            let parts = &rg.topics[0].partitions;
+            ensure!(parts.len() == 2, "group {}: {parts:?}", rg.group_id.0);
+            ensure!(parts[0].partition_index == 0 && parts[0].committed_offset == want, "{}: {parts:?}", rg.group_id.0);
+            ensure!(parts[1].committed_offset == -1, "{} partition 7: {parts:?}", rg.group_id.0);
+        }
+        ensure!(is_committed_metadata(&resp.groups[0].topics[0].partitions[0].metadata), "metadata lost: {resp:?}");
+        return Ok(());
+    }
+    req.group_id = group(&g);
+    req.topics =
+        Some(vec![OffsetFetchRequestTopic::default().with_name(name(TOPIC)).with_partition_indexes(vec![0, 7])]);
+    let resp: OffsetFetchResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0 && resp.topics.len() == 1, "fetch: {resp:?}");
+    let parts = &resp.topics[0].partitions;
+    ensure!(parts.len() == 2, "{} partition responses", parts.len());
+    ensure!(parts[0].error_code == 0 && parts[0].committed_offset == 42, "partition 0: {:?}", parts[0]);
+    ensure!(is_committed_metadata(&parts[0].metadata), "metadata lost: {:?}", parts[0]);
+    ensure!(parts[1].committed_offset == -1, "partition 7: {:?}", parts[1]);
+    if v >= 2 {
+        // Null topics: everything the group committed (from v2).
+        req.topics = None;
+        let resp: OffsetFetchResponse = try_call(conn, v, &req).await?;
+        let all: Vec<_> = resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)))
+            .collect();
+        ensure!(resp.error_code == 0 && all == [(0, 42)], "all offsets: {resp:?}");
+    }
+    Ok(())
+}
+
+fn is_committed_metadata(m: &Option<StrBytes>) -> bool {
+    m.as_deref() == Some("meta")
+}
+
+async fn list_groups_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("list-v{v}");
+    commit_simple(conn, &g, 1).await?;
+    let mut req = ListGroupsRequest::default();
+    let resp: ListGroupsResponse = try_call(conn, v, &req).await?;
+    let listed = |resp: &ListGroupsResponse| resp.groups.iter().find(|l| l.group_id.0.as_str() == g).cloned();
+    ensure!(resp.error_code == 0, "error {}", resp.error_code);
+    let l = listed(&resp);
+    ensure!(l.is_some(), "{g} not listed: {:?}", resp.groups);
+    if v >= 4 {
+        ensure!(l.is_some_and(|l| l.group_state.as_str() == "Empty"), "state: {:?}", listed(&resp));
+        // States filter (v4+): the group is Empty, not Stable.
+        req.states_filter = vec![str_bytes("Stable")];
+        let resp: ListGroupsResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == 0 && listed(&resp).is_none(), "Stable filter: {:?}", resp.groups);
+        req.states_filter = vec![str_bytes("Empty")];
+        let resp: ListGroupsResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == 0 && listed(&resp).is_some(), "Empty filter: {:?}", resp.groups);
+    }
+    if v >= 5 {
+        req.states_filter = Vec::new();
+        req.types_filter = vec![str_bytes("classic")];
+        let resp: ListGroupsResponse = try_call(conn, v, &req).await?;
+        ensure!(listed(&resp).is_some_and(|l| l.group_type.as_str() == "classic"), "classic filter: {:?}", resp.groups);
+        req.types_filter = vec![str_bytes("consumer")];
+        let resp: ListGroupsResponse = try_call(conn, v, &req).await?;
+        ensure!(resp.error_code == 0 && resp.groups.is_empty(), "consumer filter: {:?}", resp.groups);
+    }
+    Ok(())
+}
+
+async fn describe_groups_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("describe-v{v}");
+    let (member_id, _) = stable_member(conn, &g).await?;
+    let mut req = DescribeGroupsRequest::default();
+    req.groups = vec![group(&g), group("never-existed")];
+    req.include_authorized_operations = v >= 3;
+    let resp: DescribeGroupsResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.groups.len() == 2, "{} groups", resp.groups.len());
+    let d = &resp.groups[0];
+    ensure!(d.error_code == 0 && d.group_state.as_str() == "Stable", "group: {d:?}");
+    ensure!(d.protocol_type.as_str() == PROTOCOL_TYPE && d.protocol_data.as_str() == PROTOCOL, "protocol: {d:?}");
+    ensure!(d.members.len() == 1 && d.members[0].member_id.as_str() == member_id, "members: {:?}", d.members);
+    ensure!(d.members[0].member_assignment.as_ref() == b"assigned", "assignment: {:?}", d.members[0]);
+    let absent = &resp.groups[1];
+    ensure!(absent.error_code == 0 && absent.group_state.as_str() == "Dead", "absent: {absent:?}");
+    Ok(())
+}
+
+async fn delete_groups_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let empty = format!("delete-v{v}");
+    commit_simple(conn, &empty, 1).await?;
+    let busy = format!("delete-busy-v{v}");
+    stable_member(conn, &busy).await?;
+    let mut req = DeleteGroupsRequest::default();
+    req.groups_names = vec![group(&empty), group(&busy), group("never-existed")];
+    let resp: DeleteGroupsResponse = try_call(conn, v, &req).await?;
+    let r = &resp.results;
+    ensure!(r.len() == 3, "{} results", r.len());
+    ensure!(r[0].group_id.0.as_str() == empty && r[0].error_code == 0, "empty: {:?}", r[0]);
+    ensure!(r[1].error_code == code(ResponseError::NonEmptyGroup), "busy: {:?}", r[1]);
+    ensure!(r[2].error_code == code(ResponseError::GroupIdNotFound), "absent: {:?}", r[2]);
+    ensure!(committed(conn, &empty).await? == -1, "deleted group's offset still served");
+    Ok(())
+}
+
+async fn offset_delete_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("offset-delete-v{v}");
+    commit_simple(conn, &g, 5).await?;
+    let mut req = OffsetDeleteRequest::default();
+    req.group_id = group(&g);
+    req.topics = vec![OffsetDeleteRequestTopic::default()
+        .with_name(name(TOPIC))
+        .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(0)])];
+    let resp: OffsetDeleteResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0 && resp.topics.len() == 1, "delete: {resp:?}");
+    let parts = &resp.topics[0].partitions;
+    ensure!(parts.len() == 1 && parts[0].partition_index == 0 && parts[0].error_code == 0, "partition 0: {parts:?}");
+    ensure!(committed(conn, &g).await? == -1, "deleted offset still served");
+    req.group_id = group("never-existed");
+    let resp: OffsetDeleteResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == code(ResponseError::GroupIdNotFound), "absent group: {resp:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_advertised_version_gets_a_decodable_answer() {
-    let b = TestBroker::start().await;
+    // No initial rebalance delay: every group-API version joins a group of its own.
+    let b = TestBroker::start_with(|c| c.groups.group_initial_rebalance_delay_ms = 0).await;
     let mut conn = b.connect().await;
     create_topic(&mut conn, TOPIC, 1, &[]).await;
     let (err, _) = produce(&mut conn, TOPIC, 0, batch(Compression::None, &["seed"])).await;
