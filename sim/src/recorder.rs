@@ -98,6 +98,9 @@ struct State {
     final_read: Option<FinalRead>,
     /// Polls that failed because fetched data failed its CRC check.
     corrupt_polls: usize,
+    /// Each producer session's count of its oldest unfinished batch refused
+    /// as out of sequence (`Producer::sequence_refusals`).
+    sequence_refusals: BTreeMap<u64, u64>,
     /// When a poll first failed to decode each (partition, offset).
     first_corrupt: BTreeMap<(TopicPartition, i64), Duration>,
 }
@@ -296,6 +299,16 @@ impl Recorder {
     /// Polls that failed their CRC check so far.
     pub fn corrupt_polls(&self) -> usize {
         self.lock().corrupt_polls
+    }
+
+    /// Producer session `process` has had `n` sequence refusals so far.
+    pub fn note_sequence_refusals(&self, process: u64, n: u64) {
+        self.lock().sequence_refusals.insert(process, n);
+    }
+
+    /// Sequence refusals over every producer session.
+    pub fn sequence_refusals(&self) -> u64 {
+        self.lock().sequence_refusals.values().sum()
     }
 
     /// When a poll first failed to decode `partition` at `offset`.

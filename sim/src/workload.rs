@@ -265,6 +265,7 @@ pub async fn producer(ctx: ClientCtx) {
                 let value = if w.value_size > 0 { format!("{id}:{}", padding(&id, w.value_size)) } else { id };
                 n += 1;
                 recorded_send(ctx, env, producer, process, slot, topic, key, value, patience).await;
+                ctx.recorder.note_sequence_refusals(process, producer.sequence_refusals());
                 let gap = rng.random_range(0.5..1.5) / w.rate;
                 env.sleep(Duration::from_secs_f64(gap)).await;
             }

@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -247,6 +248,7 @@ pub struct Producer {
     inbox: mpsc::UnboundedSender<Command>,
     env: Env,
     max_request_size: usize,
+    sequence_refusals: Arc<AtomicU64>,
 }
 
 impl Producer {
@@ -265,8 +267,21 @@ impl Producer {
         let (tx, rx) = mpsc::unbounded_channel();
         let max_request_size = config.max_request_size;
         let (sender, outcomes) = Sender::new(env.clone(), cluster, config);
+        let sequence_refusals = sender.sequence_refusals.clone();
         io::spawn(&env, "producer-sender", sender.run_loop(rx, outcomes));
-        Ok(Producer { inbox: tx, env, max_request_size })
+        Ok(Producer { inbox: tx, env, max_request_size, sequence_refusals })
+    }
+
+    /// How many times the broker refused the oldest unfinished batch of a
+    /// partition as out of sequence (OUT_OF_ORDER_SEQUENCE_NUMBER or
+    /// UNKNOWN_PRODUCER_ID), which makes an idempotent producer give up
+    /// its id. A refusal of a batch queued behind an earlier unfinished one
+    /// is not counted: that is pipelining, and the batch simply goes again.
+    /// A broker that kept its log and its producer state never refuses the
+    /// oldest batch, so the simulator holds this to zero where the medium
+    /// cannot lose fsynced data.
+    pub fn sequence_refusals(&self) -> u64 {
+        self.sequence_refusals.load(Ordering::Relaxed)
     }
 
     /// Queue `record`; the future resolves when the broker answers (or the
@@ -376,6 +391,8 @@ struct Sender {
     /// Idempotence: a numbered batch finally failed, leaving a gap; the
     /// producer id must be replaced once no request is in flight.
     reset_pending: bool,
+    /// Shared with [`Producer::sequence_refusals`].
+    sequence_refusals: Arc<AtomicU64>,
 }
 
 impl Sender {
@@ -411,6 +428,7 @@ impl Sender {
             next_sequence: BTreeMap::new(),
             unresolved: BTreeMap::new(),
             reset_pending: false,
+            sequence_refusals: Arc::new(AtomicU64::new(0)),
         };
         (s, outcomes_rx)
     }
@@ -833,14 +851,17 @@ impl Sender {
                     let within_deadline = now < batch.created + self.delivery_timeout();
                     // Refused as out of order behind an earlier batch still
                     // unresolved: it goes again once that one is through.
-                    let behind = matches!(
+                    let out_of_sequence = matches!(
                         e.broker_error(),
                         Some(ResponseError::OutOfOrderSequenceNumber | ResponseError::UnknownProducerId)
-                    ) && self
-                        .unresolved
-                        .get(&tp)
-                        .and_then(|ids| ids.first())
-                        .is_some_and(|first| *first < batch.id);
+                    );
+                    let behind = out_of_sequence
+                        && self.unresolved.get(&tp).and_then(|ids| ids.first()).is_some_and(|first| *first < batch.id);
+                    // With a batch already given up (`reset_pending`), the
+                    // gap it left makes the refusal expected.
+                    if out_of_sequence && !behind && !self.reset_pending {
+                        self.sequence_refusals.fetch_add(1, Ordering::Relaxed);
+                    }
                     if (e.is_retriable() || behind) && within_retries && within_deadline {
                         self.acc.requeue(batch, now + self.backoff());
                     } else {
