@@ -70,9 +70,9 @@ pub const CORRUPT_READ: &str = "corrupt-read";
 /// after the reset — so no history checker can see it.
 ///
 /// Reported, not yet fatal: a few fault-free runs show one refusal (steady
-/// seeds 158 and 161: "producer 0 epoch 0 sent sequence 0; expected 2", the
-/// first batch refused after its own earlier attempt was appended), whose
-/// cause is still open. It becomes fatal where the medium cannot lose
+/// seeds 158 and 161: "producer 0 epoch 0 sent sequence 0; expected 2" on
+/// a producer's first batch to a partition another producer had written to
+/// with the same id), whose cause is still open. It becomes fatal where the medium cannot lose
 /// fsynced data once that is understood.
 pub const SEQUENCE_REFUSED: &str = "sequence-refused";
 
