@@ -70,9 +70,9 @@ pub const CORRUPT_READ: &str = "corrupt-read";
 /// after the reset — so no history checker can see it.
 ///
 /// Reported, not yet fatal: a few fault-free runs show one refusal (steady
-/// seeds 158 and 161: "producer 0 epoch 0 sent sequence 0; expected 2" on
-/// a producer's first batch to a partition another producer had written to
-/// with the same id), whose cause is still open. It becomes fatal where the medium cannot lose
+/// seeds 158 and 161: "producer 0 epoch 0 sent sequence 0; expected 2": a
+/// batch at sequence 0 where the partition already held sequences 0 and 1
+/// of the same producer id), whose cause is still open. It becomes fatal where the medium cannot lose
 /// fsynced data once that is understood.
 pub const SEQUENCE_REFUSED: &str = "sequence-refused";
 
