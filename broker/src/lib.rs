@@ -18,6 +18,7 @@
 mod invariant;
 
 pub mod client;
+pub mod cluster;
 pub mod compression;
 pub mod config;
 pub mod controller;

@@ -69,6 +69,9 @@ pub trait Io: Send + Sync + 'static {
     fn buggify(&self, _site: &'static str) -> bool {
         false
     }
+    /// Report something a node did that the simulator's checkers judge
+    /// (quorum leaders, applied metadata). Real mode ignores it.
+    fn observe(&self, _event: &Observation) {}
     /// Pay the latency the simulated disk charged since the last call. Real
     /// mode has nothing to pay. Callers above the seam use [`on_disk`], which
     /// pays for exactly the work it ran.
@@ -105,6 +108,19 @@ pub async fn on_disk<T: Send>(env: &Env, f: impl FnOnce(&DiskScope) -> T + Send)
     let slot = &mut out;
     env.run_disk_work(Box::new(move || *slot = Some(f(&DiskScope(()))))).await;
     out.expect("disk work always runs")
+}
+
+/// What a node reports through [`Io::observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// `node` learned that `leader` leads the metadata quorum in `epoch`
+    /// (`None`: an election is under way).
+    QuorumLeader { node: i32, epoch: i32, leader: Option<i32> },
+    /// `node` applied the committed metadata record at `offset`, whose
+    /// bytes hash to `digest`.
+    MetadataApplied { node: i32, offset: i64, digest: u64 },
+    /// `node`'s controller became active in `epoch`.
+    ControllerActivated { node: i32, epoch: i32, next_offset: i64 },
 }
 
 /// Shared handle to the seam, passed to every component.

@@ -49,6 +49,9 @@ pub enum Step {
     Close(String),
     /// Wait, then hand the request back with [`Node::resume`].
     Park(Parked),
+    /// Wait for another task (the cluster driver) to answer, then take the
+    /// step it resolves to. The future does no I/O of its own.
+    Await(futures::future::BoxFuture<'static, Step>),
 }
 
 /// The result of one input.
@@ -147,6 +150,17 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The error for a partition this broker does not host: in a cluster
+    /// whose image has the topic, another broker leads it
+    /// (NOT_LEADER_OR_FOLLOWER, so the client refreshes its metadata).
+    pub fn not_hosted(&self, topic: &str) -> kafka_protocol::error::ResponseError {
+        use kafka_protocol::error::ResponseError;
+        match self.node.cluster() {
+            Some(link) if link.image().topic_by_name(topic).is_some() => ResponseError::NotLeaderOrFollower,
+            _ => ResponseError::UnknownTopicOrPartition,
+        }
+    }
+
     /// Record that `p`'s high watermark moved if `advanced`.
     pub fn advanced(&mut self, p: &Arc<Partition>, advanced: bool) {
         if advanced {
@@ -172,6 +186,9 @@ pub struct Node {
     /// Host and port clients are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// Set once in cluster mode (`process_roles`): the metadata image and
+    /// the way to the quorum and the controller.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterLink>>,
 }
 
 impl Node {
@@ -223,7 +240,27 @@ impl Node {
             }
         }
         let (advertised_host, advertised_port) = advertised;
-        Ok(Node { config, topics, producer_ids, groups, advertised_host, advertised_port })
+        Ok(Node {
+            config,
+            topics,
+            producer_ids,
+            groups,
+            advertised_host,
+            advertised_port,
+            cluster: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Join a cluster: from now on metadata, topic administration and
+    /// coordinator lookups go through `link`. Called once, before serving.
+    pub fn join_cluster(&self, link: Arc<crate::cluster::ClusterLink>) {
+        let set = self.cluster.set(link).is_ok();
+        assert!(set, "a node joins one cluster once");
+    }
+
+    /// The cluster this node is part of; `None` for a single broker.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterLink>> {
+        self.cluster.get()
     }
 
     /// Handle one request frame (length prefix removed).

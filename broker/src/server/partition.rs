@@ -249,6 +249,21 @@ impl Partition {
         Ok(())
     }
 
+    /// Take the role the metadata image gives this partition. The image is
+    /// the authority, so within one leader epoch its word replaces the role
+    /// a freshly opened log assumed; only an older epoch is refused.
+    pub fn assume_role(&self, role: Role, leader_epoch: i32) -> Result<(), ResponseError> {
+        let mut s = self.live().map_err(|e| e.code())?;
+        if leader_epoch < s.leader_epoch {
+            return Err(ResponseError::FencedLeaderEpoch);
+        }
+        s.role = role;
+        s.leader_epoch = leader_epoch;
+        s.check_invariants();
+        self.moved(true);
+        Ok(())
+    }
+
     /// Cut the log back to `offset` (a follower whose suffix diverged from
     /// the leader's, found by OffsetForLeaderEpoch). Never below the high
     /// watermark: what is there is acknowledged.
@@ -334,9 +349,14 @@ impl Partition {
     }
 }
 
-/// Kafka's answer when a request names a leader epoch other than ours.
+/// Kafka's answer to a client's request for a partition: only its leader
+/// serves clients, and a request naming a leader epoch other than ours is
+/// refused.
 pub fn check_leader_epoch(partition: &Partition, requested: i32) -> Result<(), ResponseError> {
     use std::cmp::Ordering;
+    if partition.role() != Role::Leader {
+        return Err(ResponseError::NotLeaderOrFollower);
+    }
     if requested < 0 {
         return Ok(());
     }

@@ -62,7 +62,7 @@ impl Shell {
     }
 
     /// Run a core call on the disk path, then wake what it moved.
-    async fn core<T: Send>(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> (T, Vec<Wake>) + Send) -> T {
+    pub(crate) async fn core<T: Send>(&self, f: impl FnOnce(&Node, &DiskScope, Clock) -> (T, Vec<Wake>) + Send) -> T {
         let clock = self.clock();
         let node = &*self.node;
         let (out, wake) = on_disk(&self.env, |disk| f(node, disk, clock)).await;
@@ -242,6 +242,13 @@ async fn serve(shell: Arc<Shell>, mut stream: Box<dyn Stream>, peer: String, id:
                 Step::Close(reason) => {
                     tracing::warn!(conn = id, %peer, %reason, "closing connection");
                     return;
+                }
+                Step::Await(answer) => {
+                    step = tokio::select! {
+                        biased;
+                        _ = &mut stopping => return,
+                        s = answer => s,
+                    };
                 }
                 Step::Park(parked) => match wait(&shell, &parked, &mut reader, &mut stream, &mut stopping).await {
                     Ok(()) => step = shell.step(|node, disk, clock| node.resume(disk, clock, parked)).await,

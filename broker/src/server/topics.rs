@@ -241,6 +241,50 @@ impl Topics {
         Ok(topic)
     }
 
+    /// In cluster mode: host `name` as the metadata image describes it (its
+    /// id, partition count and configs), creating its logs if this broker
+    /// does not have them. A local topic of that name with another id is a
+    /// deleted-and-recreated topic the broker missed: its data goes first.
+    /// Every partition is materialized, led or not; the caller sets each
+    /// one's role from the image.
+    pub fn ensure(
+        &self,
+        disk: &DiskScope,
+        name: &str,
+        id: Uuid,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+        now_ms: i64,
+    ) -> Result<Arc<Topic>, TopicError> {
+        if let Some(t) = self.get(name) {
+            if t.id == id && t.partitions.len() == partitions as usize {
+                return Ok(t);
+            }
+            tracing::info!(topic = name, local = %t.id, image = %id, "replacing a local topic the image no longer has");
+            self.delete(disk, name)?;
+        }
+        let mut map = self.lock();
+        invariant!((1..=MAX_PARTITIONS).contains(&partitions), "the image holds a topic of {partitions} partitions");
+        let config =
+            apply_overrides(&self.config.log, configs).map_err(|m| TopicError::new(ResponseError::InvalidConfig, m))?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            topic_id: id.to_string(),
+            partitions,
+            replication_factor: 1,
+            configs: configs.clone(),
+        };
+        let topic = self.materialize(&meta, config, true, now_ms).map_err(|e| {
+            tracing::error!(topic = name, error = %format!("{e:#}"), "hosting a topic from the metadata image failed");
+            self.remove_partition_dirs(name, partitions);
+            TopicError::new(ResponseError::KafkaStorageError, format!("cannot create topic: {e}"))
+        })?;
+        let topic = Arc::new(topic);
+        map.insert(topic.name.clone(), topic.clone());
+        tracing::info!(topic = name, partitions, %id, "topic hosted from the metadata image");
+        Ok(topic)
+    }
+
     /// Delete a topic: it stops serving at once; its data is removed.
     pub fn delete(&self, _disk: &DiskScope, name: &str) -> Result<Arc<Topic>, TopicError> {
         let mut map = self.lock();

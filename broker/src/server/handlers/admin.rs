@@ -104,6 +104,18 @@ fn spec_of(cx: &Cx, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
     Ok(TopicSpec { name: t.name.0.to_string(), num_partitions, replication_factor, configs })
 }
 
+/// The request in its v6 shape (every topic in `topics`, by name or id), as
+/// the controller takes it.
+pub fn delete_topics_v6(mut req: DeleteTopicsRequest, version: i16) -> DeleteTopicsRequest {
+    if version < 6 {
+        req.topics = std::mem::take(&mut req.topic_names)
+            .into_iter()
+            .map(|n| kafka_protocol::messages::delete_topics_request::DeleteTopicState::default().with_name(Some(n)))
+            .collect();
+    }
+    req
+}
+
 pub fn delete_topics(cx: &mut Cx, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
         req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()

@@ -69,7 +69,7 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(W
             let duplicate = !seen.insert((ft.topic.0.as_str(), ft.topic_id, fp.partition));
             let result = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
                 _ if duplicate => Err(ResponseError::InvalidRequest),
-                None => Err(ResponseError::UnknownTopicOrPartition),
+                None => Err(cx.not_hosted(&ft.topic)),
                 Some(p) => {
                     // Read the version first: a move after this read is then never missed.
                     watch.push(Wake::HighWatermark(p.clone()).seen());

@@ -62,6 +62,11 @@ fn offsets_topic(cx: &mut Cx) -> Result<Arc<Topic>, ResponseError> {
     if let Some(t) = cx.node.topics.get(OFFSETS_TOPIC) {
         return Ok(t);
     }
+    if cx.node.cluster().is_some() {
+        // The controller creates it (FindCoordinator asks); a broker that
+        // does not host it coordinates nothing.
+        return Err(ResponseError::NotCoordinator);
+    }
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_string(),
         num_partitions: cx.node.config.groups.offsets_topic_num_partitions,
@@ -78,6 +83,37 @@ fn offsets_topic(cx: &mut Cx) -> Result<Arc<Topic>, ResponseError> {
             ResponseError::CoordinatorNotAvailable
         }),
     }
+}
+
+/// This broker as a coordinator: id, host, port.
+fn local_endpoint(cx: &Cx) -> (i32, String, i32) {
+    (cx.node.config.node_id, cx.node.advertised_host.clone(), cx.node.advertised_port)
+}
+
+/// Cluster mode: the leader of the group's `__consumer_offsets` partition in
+/// the metadata image. The first lookup asks the controller to create the
+/// topic; until it exists, and while the partition has no live leader, the
+/// answer is COORDINATOR_NOT_AVAILABLE and the client asks again.
+fn cluster_coordinator(cx: &Cx, group: &str) -> Result<(i32, String, i32), ResponseError> {
+    use crate::cluster::link::LISTENER;
+    use crate::cluster::peers::PeerRequest;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::CreateTopicsRequest;
+    let link = cx.node.cluster().expect("cluster mode");
+    let image = link.image();
+    let Some(t) = image.topic_by_name(OFFSETS_TOPIC) else {
+        let topic = CreatableTopic::default()
+            .with_name(super::topic_name(OFFSETS_TOPIC))
+            .with_num_partitions(cx.node.config.groups.offsets_topic_num_partitions)
+            .with_replication_factor(-1);
+        link.submit(PeerRequest::CreateTopics(CreateTopicsRequest::default().with_topics(vec![topic])));
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let index = partition_for(group, t.partitions.len() as i32);
+    let leader = t.partitions.get(index as usize).map_or(-1, |p| p.leader);
+    let broker = image.broker(leader).filter(|b| !b.fenced).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let e = broker.endpoint(LISTENER).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    Ok((leader, e.host.clone(), e.port as i32))
 }
 
 /// The `__consumer_offsets` partition coordinating `group`, if this node leads it.
@@ -290,15 +326,16 @@ pub fn find_coordinator(cx: &mut Cx, req: FindCoordinatorRequest, version: i16) 
             c.host = str_bytes("");
             c.port = -1;
             let found = match req.key_type {
-                0 => locate(cx, key.as_str()).map_err(|e| (e, None)),
+                0 if cx.node.cluster().is_some() => cluster_coordinator(cx, key.as_str()).map_err(|e| (e, None)),
+                0 => locate(cx, key.as_str()).map(|_| local_endpoint(cx)).map_err(|e| (e, None)),
                 1 => Err((ResponseError::InvalidRequest, Some(NO_TRANSACTIONS.to_string()))),
                 other => Err((ResponseError::InvalidRequest, Some(format!("unknown coordinator key type {other}")))),
             };
             match found {
-                Ok(_) => {
-                    c.node_id = cx.node.config.node_id.into();
-                    c.host = str_bytes(cx.node.advertised_host.clone());
-                    c.port = cx.node.advertised_port;
+                Ok((node_id, host, port)) => {
+                    c.node_id = node_id.into();
+                    c.host = str_bytes(host);
+                    c.port = port;
                 }
                 Err((e, message)) => {
                     tracing::info!(key = %key, key_type = req.key_type, error = ?e, "FindCoordinator refused");

@@ -24,7 +24,7 @@ pub fn handle(cx: &mut Cx, req: ListOffsetsRequest, version: i16) -> ListOffsets
             pr.offset = -1;
             pr.leader_epoch = -1;
             let result = match topic.as_ref().and_then(|t| t.partition(lp.partition_index)) {
-                None => Err(ResponseError::UnknownTopicOrPartition),
+                None => Err(cx.not_hosted(&t.name)),
                 Some(p) => check_leader_epoch(p, lp.current_leader_epoch).and_then(|()| {
                     // The field exists from v4 on; setting it for older
                     // versions makes the response unencodable.

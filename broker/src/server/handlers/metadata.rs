@@ -9,7 +9,12 @@ use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 use uuid::Uuid;
 
 use super::{str_bytes, topic_name};
-use crate::controller::metadata_view::error_topic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+
+use crate::cluster::link::{ClusterLink, LISTENER};
+use crate::cluster::peers::PeerRequest;
+use crate::controller::metadata_view::{error_topic, response};
 use crate::server::node::Cx;
 use crate::server::topics::{Topic, TopicSpec};
 
@@ -17,6 +22,9 @@ use crate::server::topics::{Topic, TopicSpec};
 pub const CLUSTER_ID: &str = crate::controller::quorum_controller::DEFAULT_CLUSTER_ID;
 
 pub fn handle(cx: &mut Cx, req: MetadataRequest, version: i16) -> MetadataResponse {
+    if let Some(link) = cx.node.cluster() {
+        return from_image(cx, link, req, version);
+    }
     let mut resp = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = cx.node.config.node_id.into();
@@ -99,4 +107,37 @@ fn describe(cx: &Cx, t: &Topic) -> MetadataResponseTopic {
         })
         .collect();
     entry
+}
+
+/// Cluster mode: the answer comes from the metadata image. A missing topic
+/// that may be auto-created is handed to the controller, and answered
+/// LEADER_NOT_AVAILABLE so the client asks again, as Kafka does.
+fn from_image(cx: &mut Cx, link: &ClusterLink, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let image = link.image();
+    let requested = req.topics.as_deref().filter(|t| !(version == 0 && t.is_empty()));
+    let mut resp = response(&image, CLUSTER_ID, link.controller_id(), LISTENER, requested);
+    let may_create = cx.node.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
+    if !may_create {
+        return resp;
+    }
+    let missing: Vec<TopicName> = resp
+        .topics
+        .iter_mut()
+        .filter(|t| t.error_code == ResponseError::UnknownTopicOrPartition.code())
+        .take(cx.node.config.max_auto_created_topics_per_request)
+        .filter_map(|t| {
+            t.error_code = ResponseError::LeaderNotAvailable.code();
+            t.name.clone()
+        })
+        .collect();
+    if !missing.is_empty() {
+        let topics = missing
+            .into_iter()
+            .map(|name| CreatableTopic::default().with_name(name).with_num_partitions(-1).with_replication_factor(-1))
+            .collect();
+        link.submit(PeerRequest::CreateTopics(
+            CreateTopicsRequest::default().with_topics(topics).with_timeout_ms(30_000),
+        ));
+    }
+    resp
 }

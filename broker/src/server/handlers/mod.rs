@@ -3,6 +3,7 @@
 
 mod admin;
 mod api_versions;
+pub(crate) mod cluster;
 mod coordinator;
 pub(crate) mod fetch;
 pub(crate) mod group;
@@ -11,7 +12,9 @@ mod metadata;
 pub(crate) mod produce;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, FetchRequest, TopicName};
+
+use crate::cluster::peers::PeerRequest;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::node::{Cx, Step};
@@ -45,6 +48,7 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         Err(e) => return Step::Close(format!("{key:?} v{version}: {e}")),
     };
     let corr = header.correlation_id;
+    let client_id = header.client_id.as_deref().unwrap_or("");
     tracing::trace!(api = ?key, version, corr, client = ?header.client_id, "request");
 
     macro_rules! body {
@@ -59,17 +63,51 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
     match key {
         ApiKey::ApiVersions => respond(key, v, corr, &api_versions::handle(body!(), v)),
         ApiKey::Metadata => respond(key, v, corr, &metadata::handle(cx, body!(), v)),
+        ApiKey::CreateTopics if cx.node.cluster().is_some() => {
+            let body: CreateTopicsRequest = body!();
+            cluster::forward(cx, PeerRequest::CreateTopics(body), Request { key, version, corr }, client_id)
+        }
+        ApiKey::DeleteTopics if cx.node.cluster().is_some() => {
+            let body = admin::delete_topics_v6(body!(), v);
+            cluster::forward(cx, PeerRequest::DeleteTopics(body), Request { key, version, corr }, client_id)
+        }
         ApiKey::CreateTopics => respond(key, v, corr, &admin::create_topics(cx, body!(), v)),
         ApiKey::DeleteTopics => respond(key, v, corr, &admin::delete_topics(cx, body!(), v)),
         ApiKey::DescribeConfigs => respond(key, v, corr, &admin::describe_configs(cx, body!(), v)),
         ApiKey::Produce => produce::handle(cx, body!(), Request { key, version, corr }),
-        ApiKey::Fetch => fetch::handle(cx, body!(), Request { key, version, corr }),
+        ApiKey::Fetch => {
+            let body: FetchRequest = body!();
+            if cluster::is_metadata_fetch(&body) {
+                cluster::forward(cx, PeerRequest::Fetch(body), Request { key, version, corr }, client_id)
+            } else {
+                fetch::handle(cx, body, Request { key, version, corr })
+            }
+        }
+        ApiKey::Vote => cluster::forward(cx, PeerRequest::Vote(body!()), Request { key, version, corr }, client_id),
+        ApiKey::BeginQuorumEpoch => {
+            cluster::forward(cx, PeerRequest::BeginQuorumEpoch(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::EndQuorumEpoch => {
+            cluster::forward(cx, PeerRequest::EndQuorumEpoch(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::FetchSnapshot => {
+            cluster::forward(cx, PeerRequest::FetchSnapshot(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::DescribeQuorum => {
+            cluster::forward(cx, PeerRequest::DescribeQuorum(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::BrokerRegistration => {
+            cluster::forward(cx, PeerRequest::BrokerRegistration(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::BrokerHeartbeat => {
+            cluster::forward(cx, PeerRequest::BrokerHeartbeat(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::UnregisterBroker => {
+            cluster::forward(cx, PeerRequest::UnregisterBroker(body!()), Request { key, version, corr }, client_id)
+        }
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(cx, body!(), v)),
         ApiKey::FindCoordinator => respond(key, v, corr, &group::find_coordinator(cx, body!(), v)),
-        ApiKey::JoinGroup => {
-            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
-            group::join_group(cx, body!(), Request { key, version, corr }, &client_id)
-        }
+        ApiKey::JoinGroup => group::join_group(cx, body!(), Request { key, version, corr }, client_id),
         ApiKey::SyncGroup => group::sync_group(cx, body!(), Request { key, version, corr }),
         ApiKey::Heartbeat => respond(key, v, corr, &group::heartbeat(cx, body!(), v)),
         ApiKey::LeaveGroup => respond(key, v, corr, &group::leave_group(cx, body!(), v)),

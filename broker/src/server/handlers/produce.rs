@@ -62,7 +62,7 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
             } else if let (Some(p), Some(t)) = (partition, &topic) {
                 append(cx, p, pd.records.unwrap_or_default(), t.config.decompressed_batch_limit())
             } else {
-                Err((ResponseError::UnknownTopicOrPartition, "no such topic or partition".to_string()))
+                Err((cx.not_hosted(&td.name), "this broker hosts no such topic or partition".to_string()))
             };
             match result {
                 Ok((base, last, append_time, log_start)) => {

@@ -1,0 +1,217 @@
+//! The async driver of a node's [`MetadataNode`]: one task that owns it,
+//! feeds it calls from request handlers ([`ClusterLink`]), answers from
+//! peers ([`Peers`]) and ticks at its deadlines, and performs its outputs:
+//! the quorum state made durable before anything after it, requests sent,
+//! answers returned, published images turned into hosted partitions, and
+//! observations reported through the seam.
+//!
+//! Each call into the machine runs on the disk path (its log fsyncs there),
+//! through the shell, so whatever a published image moves wakes the
+//! requests parked on it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::hosting;
+use super::link::{Call, ClusterLink, LISTENER};
+use super::metadata_node::{Event, Input, MetadataNode, MetadataNodeConfig, Output};
+use super::peers::{PeerEvent, PeerResponse, Peers};
+use crate::config::ClusterMode;
+use crate::controller::broker_lifecycle::LifecycleConfig;
+use crate::controller::quorum_controller::{ControllerConfig, DEFAULT_CLUSTER_ID};
+use crate::controller::records::Endpoint;
+use crate::io::{self, Observation};
+use crate::quorum::{DiskLog, QuorumConfig, QuorumStateFile};
+use crate::server::handlers::cluster::PEER_CLIENT_ID_PREFIX;
+use crate::server::shell::Shell;
+
+/// Directory of the metadata log under the data directory (Kafka's name).
+pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
+/// The longest the driver sleeps without ticking the machine.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+/// How long a request to another node may go unanswered.
+const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Committed metadata records between two snapshots.
+const SNAPSHOT_INTERVAL_RECORDS: i64 = 20_000;
+/// Controller answers waiting for their commit plus forwarded requests.
+const MAX_PENDING: usize = 1024;
+
+/// Open the metadata log and quorum state, join the node to the cluster and
+/// start the driver task.
+pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Result<()> {
+    let env = shell.env.clone();
+    let node = shell.node.clone();
+    let config = node.config.clone();
+    let node_id = config.node_id;
+    let dir = config.data_dir.join(METADATA_LOG_DIR);
+    let fs = env.fs();
+    let now_ms = env.now_ms();
+    let state_file = QuorumStateFile::new(&dir);
+    let (log, persisted) = io::on_disk(&env, |_disk| -> anyhow::Result<_> {
+        fs.create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = DiskLog::open(fs.clone(), &dir, now_ms).map_err(|e| anyhow::anyhow!("metadata log: {e}"))?;
+        let persisted = state_file.load(&*fs).context("quorum state")?;
+        Ok((log, persisted))
+    })
+    .await?;
+
+    let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
+    let quorum = QuorumConfig::new(node_id, voters.iter().copied());
+    let controller = mode.roles.controller.then(|| ControllerConfig::from_broker_config(&config));
+    let lifecycle = mode.roles.broker.then(|| LifecycleConfig {
+        node_id,
+        cluster_id: DEFAULT_CLUSTER_ID.into(),
+        incarnation_id: Uuid::from_u64_pair(env.random_u64(), env.random_u64()),
+        listeners: vec![Endpoint {
+            name: LISTENER.into(),
+            host: node.advertised_host.clone(),
+            port: node.advertised_port as u16,
+            security_protocol: 0,
+        }],
+        rack: None,
+        heartbeat_interval_ms: config.broker_heartbeat_interval_ms as i64,
+        request_timeout_ms: PEER_REQUEST_TIMEOUT.as_millis() as i64,
+        retry_backoff_ms: 100,
+    });
+    let machine_config = MetadataNodeConfig {
+        node_id,
+        quorum,
+        controller,
+        lifecycle,
+        snapshot_interval_records: SNAPSHOT_INTERVAL_RECORDS,
+        max_pending: MAX_PENDING,
+    };
+    let machine = MetadataNode::new(machine_config, persisted, log, env.random_u64(), now_ms);
+
+    let (link, calls) = ClusterLink::new(node_id);
+    node.join_cluster(link.clone());
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let peers = Peers::new(env.clone(), format!("{PEER_CLIENT_ID_PREFIX}{node_id}"), PEER_REQUEST_TIMEOUT, events_tx);
+    for v in &mode.voters {
+        if v.id != node_id {
+            peers.set_address(v.id, format!("{}:{}", v.host, v.port));
+        }
+    }
+    tracing::info!(node_id, roles = ?mode.roles, voters = ?voters, "joining the cluster");
+    let driver = Driver { shell, link, peers, machine, state_file, replies: BTreeMap::new(), next_token: 0 };
+    io::spawn(&env, "cluster-driver", driver.run(calls, events));
+    Ok(())
+}
+
+struct Driver {
+    shell: Arc<Shell>,
+    link: Arc<ClusterLink>,
+    peers: Peers,
+    machine: MetadataNode<DiskLog>,
+    state_file: QuorumStateFile,
+    /// Who waits for the answer to each request handed to the machine.
+    replies: BTreeMap<u64, Option<oneshot::Sender<PeerResponse>>>,
+    next_token: u64,
+}
+
+impl Driver {
+    async fn run(mut self, mut calls: mpsc::UnboundedReceiver<Call>, mut events: mpsc::UnboundedReceiver<PeerEvent>) {
+        let env = self.shell.env.clone();
+        let stopping = self.shell.stopping();
+        tokio::pin!(stopping);
+        loop {
+            let now = env.now_ms();
+            let wait = self
+                .machine
+                .next_deadline()
+                .map_or(MAX_IDLE, |d| Duration::from_millis(d.saturating_sub(now).max(0) as u64).min(MAX_IDLE));
+            let input = tokio::select! {
+                biased;
+                _ = &mut stopping => break,
+                Some(call) = calls.recv() => {
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    if self.replies.len() >= MAX_PENDING {
+                        // Drop entries whose caller gave up (connection
+                        // closed) or never waited (auto-creation).
+                        self.replies.retain(|_, tx| tx.as_ref().is_some_and(|t| !t.is_closed()));
+                    }
+                    self.replies.insert(token, call.reply);
+                    Input::Request { token, request: call.request, from_peer: call.from_peer }
+                }
+                Some(ev) = events.recv() => match ev {
+                    PeerEvent::Response { from, request_id, response } => Input::Response { from, request_id, response },
+                    PeerEvent::Failed { to, request_id, .. } => Input::SendFailed { to, request_id },
+                },
+                _ = env.sleep(wait) => Input::Tick,
+            };
+            if let Err(e) = self.step(input).await {
+                // The quorum state could not be made durable: acting on it
+                // could vote twice in one epoch. Stop the node, as Kafka
+                // halts on a metadata log failure.
+                tracing::error!(error = %format!("{e:#}"), "metadata storage failed; stopping the node");
+                self.shell.request_stop();
+                break;
+            }
+        }
+        self.peers.stop();
+        tracing::debug!("cluster driver stopped");
+    }
+
+    /// Feed one input and carry out what it returns.
+    async fn step(&mut self, input: Input) -> anyhow::Result<()> {
+        let env = self.shell.env.clone();
+        let (machine, state_file, link) = (&mut self.machine, &self.state_file, &self.link);
+        let outputs = self
+            .shell
+            .core(|node, disk, clock| {
+                let mut later = Vec::new();
+                let mut wake = Vec::new();
+                for o in machine.handle(clock.now_ms, input) {
+                    match o {
+                        Output::PersistQuorumState(s) => {
+                            if let Err(e) = state_file.store(&*env.fs(), &s) {
+                                return (Err(anyhow::anyhow!("cannot persist the quorum state: {e}")), wake);
+                            }
+                        }
+                        Output::Publish { image, changes, controller_id } => {
+                            wake.extend(hosting::apply(node, disk, clock, &image, &changes));
+                            link.publish(Some(image), controller_id.unwrap_or(-1));
+                        }
+                        other => later.push(other),
+                    }
+                }
+                (Ok(later), wake)
+            })
+            .await?;
+        let node_id = self.link.node_id;
+        for o in outputs {
+            match o {
+                Output::Send { to, request_id, request } => self.peers.send(to, request_id, request),
+                Output::Respond { token, response } => {
+                    if let Some(Some(tx)) = self.replies.remove(&token) {
+                        let _ = tx.send(response);
+                    }
+                }
+                Output::Event(e) => {
+                    let observed = match e {
+                        Event::LeaderChange { epoch, leader } => {
+                            tracing::info!(node_id, epoch, ?leader, "quorum leader");
+                            self.link.publish(None, leader.unwrap_or(-1));
+                            Observation::QuorumLeader { node: node_id, epoch, leader }
+                        }
+                        Event::Applied { offset, digest } => {
+                            Observation::MetadataApplied { node: node_id, offset, digest }
+                        }
+                        Event::ControllerActivated { epoch, next_offset } => {
+                            Observation::ControllerActivated { node: node_id, epoch, next_offset }
+                        }
+                    };
+                    env.observe(&observed);
+                }
+                Output::PersistQuorumState(_) | Output::Publish { .. } => unreachable!("performed on the disk path"),
+            }
+        }
+        Ok(())
+    }
+}

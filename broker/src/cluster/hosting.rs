@@ -1,0 +1,71 @@
+//! From a published metadata image to hosted partitions: the broker
+//! materializes every topic that has a replica here and gives each partition
+//! the role and leader epoch the image says (Kafka's `ReplicaManager
+//! .applyDelta`). Removed topics are deleted.
+//!
+//! Every partition of such a topic gets a local log, led or not, so a
+//! partition whose leadership later moves here has its log ready; the ones
+//! not led refuse produce and fetch with NOT_LEADER_OR_FOLLOWER. (With one
+//! replica per partition the follower logs stay empty; replication will fill
+//! them.)
+
+use crate::controller::image::{LocalChanges, MetadataImage, NO_LEADER};
+use crate::io::DiskScope;
+use crate::server::group::OFFSETS_TOPIC;
+use crate::server::node::{Clock, Node, Wake};
+use crate::server::partition::Role;
+
+/// Apply `changes` (the difference between the previous image and `image`
+/// for this node). Returns what waiting requests must re-check.
+pub fn apply(node: &Node, disk: &DiskScope, clock: Clock, image: &MetadataImage, changes: &LocalChanges) -> Vec<Wake> {
+    let me = node.config.node_id;
+    let mut wake = Vec::new();
+    for d in &changes.deletes {
+        let Some(local) = node.topics.get(&d.topic_name) else { continue };
+        if local.id != d.topic_id {
+            continue;
+        }
+        if d.topic_removed {
+            match node.topics.delete(disk, &d.topic_name) {
+                Ok(t) => wake.extend(t.partitions.iter().cloned().map(Wake::HighWatermark)),
+                Err(e) => tracing::error!(topic = %d.topic_name, error = %e.message, "cannot delete a removed topic"),
+            }
+        } else if let Some(p) = local.partition(d.partition) {
+            // No longer a replica here (reassignment): stop leading it.
+            let epoch = p.leader_epoch();
+            if p.change_role(Role::Follower { leader_id: NO_LEADER }, epoch + 1).is_ok() {
+                wake.push(Wake::HighWatermark(p.clone()));
+            }
+        }
+    }
+    for local in changes.leaders.iter().chain(&changes.followers) {
+        let Some(t) = image.topic(local.topic_id) else { continue };
+        let topic = match node.topics.ensure(disk, &t.name, t.id, t.partitions.len() as i32, &t.configs, clock.now_ms) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::error!(topic = %t.name, error = %e.message, "cannot host a topic of the metadata image");
+                continue;
+            }
+        };
+        for (i, reg) in t.partitions.iter().enumerate() {
+            let Some(p) = topic.partition(i as i32) else { continue };
+            let role = if reg.leader == me { Role::Leader } else { Role::Follower { leader_id: reg.leader } };
+            if p.role() == role && p.leader_epoch() == reg.leader_epoch {
+                continue;
+            }
+            match p.assume_role(role, reg.leader_epoch) {
+                Ok(()) => {
+                    tracing::info!(topic = %t.name, partition = i, ?role, epoch = reg.leader_epoch, "partition role");
+                    wake.push(Wake::HighWatermark(p.clone()));
+                    if role == Role::Leader && t.name == OFFSETS_TOPIC {
+                        if let Err(e) = node.groups.load(disk, p, clock) {
+                            tracing::error!(partition = i, error = %format!("{e:#}"), "cannot load group coordinator");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(topic = %t.name, partition = i, error = ?e, "stale partition role refused"),
+            }
+        }
+    }
+    wake
+}

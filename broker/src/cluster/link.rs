@@ -1,0 +1,90 @@
+//! The broker's side of the cluster: what request handlers see of the
+//! metadata machinery running in the driver task. They read the latest
+//! published image (leaders, brokers, the controller) and hand quorum and
+//! controller requests over, receiving the answer as a future.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+
+use super::peers::{PeerRequest, PeerResponse};
+use crate::controller::image::MetadataImage;
+
+/// The listener name brokers register and Metadata answers with.
+pub const LISTENER: &str = "PLAINTEXT";
+
+/// A request handed to the driver.
+pub struct Call {
+    pub request: PeerRequest,
+    /// Sent by another node (never forwarded again).
+    pub from_peer: bool,
+    /// Where the answer goes; `None` when nobody waits (auto-creation).
+    pub reply: Option<oneshot::Sender<PeerResponse>>,
+}
+
+/// What handlers read: the image last published and the active controller.
+struct Published {
+    image: Arc<MetadataImage>,
+    controller_id: i32,
+}
+
+/// Shared by the node core and the driver.
+///
+/// The call queue is unbounded, but what can be in it is not: each
+/// connection has at most one request in progress (Kafka's ordering), so
+/// `max_connections` bounds the waiting calls, and auto-creations are capped
+/// per Metadata request.
+pub struct ClusterLink {
+    pub node_id: i32,
+    tx: mpsc::UnboundedSender<Call>,
+    published: Mutex<Published>,
+}
+
+impl ClusterLink {
+    pub fn new(node_id: i32) -> (Arc<ClusterLink>, mpsc::UnboundedReceiver<Call>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let published = Mutex::new(Published { image: Arc::new(MetadataImage::empty()), controller_id: -1 });
+        (Arc::new(ClusterLink { node_id, tx, published }), rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest metadata image this node has applied.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.lock().image.clone()
+    }
+
+    /// The quorum leader as this node knows it, or -1.
+    pub fn controller_id(&self) -> i32 {
+        self.lock().controller_id
+    }
+
+    pub fn publish(&self, image: Option<Arc<MetadataImage>>, controller_id: i32) {
+        let mut p = self.lock();
+        if let Some(image) = image {
+            p.image = image;
+        }
+        p.controller_id = controller_id;
+    }
+
+    /// Hand `request` to the driver; resolves to its answer, or `None` if the
+    /// driver has stopped (the node is shutting down).
+    pub fn call(&self, request: PeerRequest, from_peer: bool) -> BoxFuture<'static, Option<PeerResponse>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Call { request, from_peer, reply: Some(reply) }).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return None;
+            }
+            rx.await.ok()
+        })
+    }
+
+    /// Hand `request` over with nobody waiting for the answer.
+    pub fn submit(&self, request: PeerRequest) {
+        let _ = self.tx.send(Call { request, from_peer: false, reply: None });
+    }
+}

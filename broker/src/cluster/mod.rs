@@ -1,0 +1,16 @@
+//! A node's membership in a cluster (KRaft mode, `process_roles` set): the
+//! metadata machinery as one sans-IO state machine ([`metadata_node`]), the
+//! async driver that runs it over the seam ([`driver`]), the connections to
+//! other nodes ([`peers`]), what request handlers see of it ([`link`]), and
+//! how a published metadata image becomes hosted partitions ([`hosting`]).
+//!
+//! A single broker (no `process_roles`) uses none of this.
+
+// pub mod driver;
+pub mod hosting;
+pub mod link;
+pub mod metadata_node;
+pub mod peers;
+
+pub use link::ClusterLink;
+pub use metadata_node::{MetadataNode, MetadataNodeConfig};
