@@ -32,8 +32,6 @@ use crate::server::shell::Shell;
 
 /// Directory of the metadata log under the data directory (Kafka's name).
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
-/// The longest the driver sleeps without ticking the machine.
-const MAX_IDLE: Duration = Duration::from_millis(500);
 /// How long a request to another node may go unanswered.
 const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Committed metadata records between two snapshots.
@@ -121,10 +119,7 @@ impl Driver {
         tokio::pin!(stopping);
         loop {
             let now = env.now_ms();
-            let wait = self
-                .machine
-                .next_deadline()
-                .map_or(MAX_IDLE, |d| Duration::from_millis(d.saturating_sub(now).max(0) as u64).min(MAX_IDLE));
+            let wait = Duration::from_millis(self.machine.next_deadline().saturating_sub(now).max(0) as u64);
             let input = tokio::select! {
                 biased;
                 _ = &mut stopping => break,

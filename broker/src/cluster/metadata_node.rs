@@ -43,6 +43,9 @@ use crate::quorum::{self, QuorumConfig, QuorumState, Raft, RaftLog};
 /// below 2^48 plus its count of requests).
 const OWN_REQUEST_BIT: u64 = 1 << 62;
 
+/// The longest the machine goes without a tick.
+pub const IDLE_TICK_MS: i64 = 250;
+
 /// Settings of one node's metadata machinery.
 #[derive(Debug, Clone)]
 pub struct MetadataNodeConfig {
@@ -188,6 +191,11 @@ impl<L: RaftLog> MetadataNode<L> {
         }
     }
 
+    /// The log, as storage holds it (a test's crash model takes it back).
+    pub fn into_log(self) -> L {
+        self.raft.into_log()
+    }
+
     pub fn raft(&self) -> &Raft<L> {
         &self.raft
     }
@@ -226,16 +234,20 @@ impl<L: RaftLog> MetadataNode<L> {
         std::mem::take(&mut self.out)
     }
 
-    /// When the machine next needs [`Input::Tick`] if nothing else arrives.
-    pub fn next_deadline(&self) -> Option<i64> {
+    /// When the machine next needs [`Input::Tick`] if nothing else arrives:
+    /// at the latest [`IDLE_TICK_MS`] from the last input, so an observer
+    /// that knows no leader keeps asking the voters.
+    pub fn next_deadline(&self) -> i64 {
         [
             self.raft.next_deadline(),
             self.controller.as_ref().and_then(|c| c.next_deadline()),
             self.lifecycle.as_ref().and_then(|l| l.next_wakeup()),
+            Some(self.now + IDLE_TICK_MS),
         ]
         .into_iter()
         .flatten()
         .min()
+        .expect("the idle tick is always there")
     }
 
     fn check_invariants(&self) {
@@ -431,6 +443,11 @@ impl<L: RaftLog> MetadataNode<L> {
     }
 
     fn raft_outputs(&mut self, outputs: Vec<quorum::Output>) {
+        // Leadership can end without a new epoch (a leader that lost its
+        // majority resigns): the controller goes with it.
+        if !self.raft.is_leader() {
+            self.resign_controller();
+        }
         for o in outputs {
             match o {
                 quorum::Output::PersistQuorumState(s) => self.out.push(Output::PersistQuorumState(s)),

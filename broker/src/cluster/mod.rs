@@ -14,3 +14,6 @@ pub mod peers;
 
 pub use link::ClusterLink;
 pub use metadata_node::{MetadataNode, MetadataNodeConfig};
+
+#[cfg(test)]
+mod tests;

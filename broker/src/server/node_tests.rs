@@ -93,6 +93,7 @@ fn decode<Resp: Decodable>(step: Step, key: ApiKey, version: i16) -> Resp {
         Step::Silent => panic!("no reply"),
         Step::Close(why) => panic!("connection closed: {why}"),
         Step::Park(_) => panic!("the request parked"),
+        Step::Await(_) => panic!("the request waits for the cluster driver"),
     }
 }
 
