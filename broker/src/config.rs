@@ -108,6 +108,26 @@ pub struct PlantedBugs {
     /// earlier generation (or one already removed from the group) instead of
     /// answering ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID.
     pub group_stale_commit_accepted: bool,
+    /// Metadata quorum: a voter answers "vote granted" before its vote is
+    /// durable, so a crash in between lets it vote twice in one epoch.
+    pub quorum_vote_before_persist: bool,
+    /// Metadata quorum: a leader commits entries of earlier epochs by
+    /// counting replicas (Raft's figure 8).
+    pub quorum_commit_previous_epoch: bool,
+    /// Metadata quorum: a follower keeps a divergent log suffix instead of
+    /// truncating it.
+    pub quorum_keep_divergent_suffix: bool,
+}
+
+impl PlantedBugs {
+    /// The metadata quorum's share of the switches.
+    pub fn quorum(&self) -> crate::quorum::QuorumBugs {
+        crate::quorum::QuorumBugs {
+            vote_before_persist: self.quorum_vote_before_persist,
+            commit_previous_epoch: self.quorum_commit_previous_epoch,
+            keep_divergent_suffix: self.quorum_keep_divergent_suffix,
+        }
+    }
 }
 
 /// How old the planted stale end-offset snapshot may grow before the next
@@ -123,6 +143,7 @@ impl PlantedBugs {
             || self.renumber_retries
             || self.stale_end_offsets
             || self.group_generation_not_bumped
+            || self.quorum().any()
             || self.group_stale_commit_accepted
     }
 }

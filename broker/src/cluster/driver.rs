@@ -59,7 +59,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     .await?;
 
     let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
-    let quorum = QuorumConfig::new(node_id, voters.iter().copied());
+    let quorum = QuorumConfig { bugs: config.bugs.quorum(), ..QuorumConfig::new(node_id, voters.iter().copied()) };
     let controller = mode.roles.controller.then(|| ControllerConfig::from_broker_config(&config));
     let lifecycle = mode.roles.broker.then(|| LifecycleConfig {
         node_id,
@@ -153,35 +153,33 @@ impl Driver {
         tracing::debug!("cluster driver stopped");
     }
 
-    /// Feed one input and carry out what it returns.
+    /// Feed one input and carry out what it returns, strictly in order: an
+    /// answer listed before a state write goes out before it, so a machine
+    /// that answered too early is caught by a crash in between.
     async fn step(&mut self, input: Input) -> anyhow::Result<()> {
         let env = self.shell.env.clone();
-        let (machine, state_file, link) = (&mut self.machine, &self.state_file, &self.link);
-        let outputs = self
-            .shell
-            .core(|node, disk, clock| {
-                let mut later = Vec::new();
-                let mut wake = Vec::new();
-                for o in machine.handle(clock.now_ms, input) {
-                    match o {
-                        Output::PersistQuorumState(s) => {
-                            if let Err(e) = state_file.store(&*env.fs(), &s) {
-                                return (Err(anyhow::anyhow!("cannot persist the quorum state: {e}")), wake);
-                            }
-                        }
-                        Output::Publish { image, changes, controller_id } => {
-                            wake.extend(hosting::apply(node, disk, clock, &image, &changes));
-                            link.publish(Some(image), controller_id.unwrap_or(-1));
-                        }
-                        other => later.push(other),
-                    }
-                }
-                (Ok(later), wake)
-            })
-            .await?;
+        let machine = &mut self.machine;
+        // The machine's own log writes and fsyncs happen inside `handle`.
+        let outputs = self.shell.core(|_node, _disk, clock| (machine.handle(clock.now_ms, input), Vec::new())).await;
         let node_id = self.link.node_id;
         for o in outputs {
             match o {
+                Output::PersistQuorumState(s) => {
+                    let (fs, file) = (env.fs(), &self.state_file);
+                    io::on_disk(&env, |_disk| file.store(&*fs, &s))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot persist the quorum state: {e}"))?;
+                }
+                Output::Publish { image, changes, controller_id } => {
+                    let link = &self.link;
+                    self.shell
+                        .core(|node, disk, clock| {
+                            let wake = hosting::apply(node, disk, clock, &image, &changes);
+                            link.publish(Some(image.clone()), controller_id.unwrap_or(-1));
+                            ((), wake)
+                        })
+                        .await;
+                }
                 Output::Send { to, request_id, request } => self.peers.send(to, request_id, request),
                 Output::Respond { token, response } => {
                     if let Some(Some(tx)) = self.replies.remove(&token) {
@@ -204,7 +202,6 @@ impl Driver {
                     };
                     env.observe(&observed);
                 }
-                Output::PersistQuorumState(_) | Output::Publish { .. } => unreachable!("performed on the disk path"),
             }
         }
         Ok(())
