@@ -1,6 +1,7 @@
 //! Real-mode subcommands.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod groups;
 pub mod produce;

@@ -95,12 +95,15 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     writeln!(out, "listening on {}", broker.local_addr())?;
     out.flush()?;
     drop(out);
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot wait for SIGTERM")?;
     tokio::select! {
         biased;
         r = tokio::signal::ctrl_c() => {
             r.context("cannot wait for ctrl-c")?;
             tracing::info!("interrupted; shutting down");
         }
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
         r = broker.wait() => return r.map(|()| 0),
     }
     Ok(0)
