@@ -19,6 +19,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Start a local cluster of `serve` processes on loopback (stops them on Ctrl-C/SIGTERM).
     Cluster(cmd::cluster::Args),
+    /// Describe the metadata quorum: leader, epoch, high watermark, voters and observers.
+    Quorum(cmd::quorum::Args),
     /// Create, list, describe and delete topics.
     Topics(cmd::topics::Args),
     /// List, describe and delete consumer groups; reset their offsets.
@@ -59,6 +61,7 @@ fn main() {
                 match other {
                     Command::Serve(a) => cmd::serve::run(a).await,
                     Command::Cluster(a) => cmd::cluster::run(a).await,
+                    Command::Quorum(a) => cmd::quorum::run(a).await,
                     Command::Topics(a) => cmd::topics::run(a).await,
                     Command::Groups(a) => cmd::groups::run(a).await,
                     Command::Produce(a) => cmd::produce::run(a).await,

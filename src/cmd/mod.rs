@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod consume;
 pub mod groups;
 pub mod produce;
+pub mod quorum;
 pub mod serve;
 pub mod topics;
 

@@ -24,6 +24,18 @@ use crate::io::Env;
 
 /// DescribeConfigs resource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
+/// The metadata quorum as its leader describes it (DescribeQuorum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    /// (node id, log end offset) of each voter.
+    pub voters: Vec<(i32, i64)>,
+    /// (node id, log end offset) of each observer the leader tracks.
+    pub observers: Vec<(i32, i64)>,
+}
+
 /// Times a topic request answered NOT_CONTROLLER is sent again.
 const CONTROLLER_RETRIES: u32 = 50;
 /// Pause before each such retry.
@@ -156,6 +168,30 @@ impl Admin {
         *attempts += 1;
         self.cluster.env().sleep(CONTROLLER_RETRY_BACKOFF).await;
         true
+    }
+
+    /// DescribeQuorum, asked of any node (a node that does not lead the
+    /// quorum asks the leader).
+    pub async fn describe_quorum(&self) -> Result<QuorumDescription, ClientError> {
+        let resp = self.cluster.send_any(|_| crate::quorum::describe_quorum_request()).await?;
+        let partition = resp.topics.first().and_then(|t| t.partitions.first());
+        let code =
+            partition.map_or(resp.error_code, |p| if resp.error_code != 0 { resp.error_code } else { p.error_code });
+        if code != 0 {
+            let msg = resp.error_message.as_ref().map(|m| m.to_string());
+            return Err(ClientError::broker("describe quorum".to_string(), code, msg.as_deref()));
+        }
+        let p = partition.ok_or_else(|| ClientError::Protocol("DescribeQuorum answered no partition".into()))?;
+        let replicas = |rs: &[kafka_protocol::messages::describe_quorum_response::ReplicaState]| {
+            rs.iter().map(|r| (r.replica_id.0, r.log_end_offset)).collect()
+        };
+        Ok(QuorumDescription {
+            leader_id: p.leader_id.0,
+            leader_epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: replicas(&p.current_voters),
+            observers: replicas(&p.observers),
+        })
     }
 
     /// Create topics; the first per-topic error (e.g. TOPIC_ALREADY_EXISTS) is returned.
