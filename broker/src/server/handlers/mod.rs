@@ -11,7 +11,11 @@ mod metadata;
 pub(crate) mod produce;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, BeginQuorumEpochResponse, BrokerHeartbeatResponse, BrokerRegistrationResponse, DescribeQuorumResponse,
+    EndQuorumEpochResponse, FetchSnapshotResponse, TopicName, UnregisterBrokerResponse, VoteResponse,
+};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::node::{Cx, Step};
@@ -80,10 +84,48 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::DeleteGroups => respond(key, v, corr, &group::delete_groups(cx, body!(), v)),
         ApiKey::OffsetDelete => respond(key, v, corr, &group::offset_delete(cx, body!(), v)),
         ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
+        ApiKey::Vote
+        | ApiKey::BeginQuorumEpoch
+        | ApiKey::EndQuorumEpoch
+        | ApiKey::DescribeQuorum
+        | ApiKey::FetchSnapshot
+        | ApiKey::BrokerRegistration
+        | ApiKey::BrokerHeartbeat
+        | ApiKey::UnregisterBroker => cluster_api_not_routed(key, v, corr),
         other => {
             assert!(false, "{other:?} is in the version table but has no handler");
             Step::Close(format!("{other:?} has no handler"))
         }
+    }
+}
+
+/// PLACEHOLDER until the node routes the inner-cluster APIs to its quorum
+/// and controller: answer each with NOT_CONTROLLER in the response body, so
+/// a peer sees a well-formed refusal (and retries elsewhere or later) instead
+/// of a closed connection. The request body is not read.
+fn cluster_api_not_routed(key: ApiKey, v: i16, corr: i32) -> Step {
+    let code = ResponseError::NotController.code();
+    let why = || Some(str_bytes("this node does not serve the metadata quorum or the controller"));
+    match key {
+        ApiKey::Vote => respond(key, v, corr, &VoteResponse::default().with_error_code(code)),
+        ApiKey::BeginQuorumEpoch => respond(key, v, corr, &BeginQuorumEpochResponse::default().with_error_code(code)),
+        ApiKey::EndQuorumEpoch => respond(key, v, corr, &EndQuorumEpochResponse::default().with_error_code(code)),
+        ApiKey::DescribeQuorum => {
+            let mut r = DescribeQuorumResponse::default().with_error_code(code);
+            if v >= 2 {
+                r.error_message = why();
+            }
+            respond(key, v, corr, &r)
+        }
+        ApiKey::FetchSnapshot => respond(key, v, corr, &FetchSnapshotResponse::default().with_error_code(code)),
+        ApiKey::BrokerRegistration => {
+            respond(key, v, corr, &BrokerRegistrationResponse::default().with_error_code(code))
+        }
+        ApiKey::BrokerHeartbeat => respond(key, v, corr, &BrokerHeartbeatResponse::default().with_error_code(code)),
+        ApiKey::UnregisterBroker => {
+            respond(key, v, corr, &UnregisterBrokerResponse::default().with_error_code(code).with_error_message(why()))
+        }
+        other => Step::Close(format!("{other:?} is not an inner-cluster API")),
     }
 }
 
