@@ -150,3 +150,43 @@ async fn three_processes_elect_spread_and_survive_their_controller() {
     let admin = Admin::new(env.clone(), AdminConfig::new(survivors)).unwrap();
     admin.create_topics(&[NewTopic::new("after-failover", 2, 1)]).await.expect("CreateTopics after the failover");
 }
+
+/// A benchmark, not a check: metadata operations per second through a real
+/// three-node cluster (each a CreateTopics or DeleteTopics forwarded to the
+/// active controller, committed by the quorum, fsynced on a majority), from
+/// 8 concurrent admin clients.
+/// `cargo test --release --test cluster_real -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn metadata_operations_per_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, nodes) = start_cluster(dir.path());
+    let env = RealIo::new();
+    let all: Vec<String> = nodes.values().map(|n| n.addr.clone()).collect();
+    let first = all[0].clone();
+    until("three brokers registered", Duration::from_secs(60), async || {
+        let (brokers, _) = metadata(&env, &first, None).await?;
+        (brokers.len() == 3).then_some(())
+    })
+    .await;
+    const CLIENTS: usize = 8;
+    const TOPICS_PER_CLIENT: usize = 25;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let admin = Admin::new(env.clone(), AdminConfig::new(all.clone())).unwrap();
+        tasks.push(tokio::spawn(async move {
+            for t in 0..TOPICS_PER_CLIENT {
+                let name = format!("bench-{c}-{t}");
+                admin.create_topics(&[NewTopic::new(&name, 1, 1)]).await.unwrap();
+                admin.delete_topics(&[name]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ops = CLIENTS * TOPICS_PER_CLIENT * 2;
+    let secs = start.elapsed().as_secs_f64();
+    println!("metadata operations: {ops} in {secs:.2} s = {:.0} ops/s ({CLIENTS} clients)", ops as f64 / secs);
+}
