@@ -10,7 +10,8 @@
 //! (`append_as_leader`, `append_as_follower`, `truncate_to`,
 //! `end_offset_for_epoch`, `read`, `flush`, `durable_offset`), so a
 //! `__cluster_metadata` partition can back it unchanged; what the partition
-//! log lacks is the snapshot at the log start.
+//! log lacks is the snapshot at the log start. [`super::DiskLog`] is that
+//! durable log: a partition log plus snapshot files.
 //!
 //! Records are opaque bytes (the controller's own serde), one record per
 //! entry, with no key. Each epoch opens with a LeaderChange control batch

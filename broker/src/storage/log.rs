@@ -615,15 +615,19 @@ impl PartitionLog {
             self.dir_dirty = true;
         }
         let seg = self.segments.get_mut(&keep).expect("kept segment");
-        removed += seg.truncate_to(offset)?;
-        seg.flush(true)?;
+        let cut = seg.truncate_to(offset);
+        // The cut may fall below `offset` (inside a batch): the recovery
+        // point must not vouch for offsets the next appends rewrite, even
+        // if the fsync below fails.
         let log_end = self.log_end_offset();
-        tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "log truncated");
         self.recovery_point = self.recovery_point.min(log_end);
-        invariant!(log_end <= offset, "truncation to {offset} left the log ending at {log_end}");
         // The epoch file is rewritten by the flush below, before the
         // recovery point can pass the cut again.
         self.epochs.truncate_from_end(log_end);
+        removed += cut?;
+        self.segments.get_mut(&keep).expect("kept segment").flush(true)?;
+        tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "log truncated");
+        invariant!(log_end <= offset, "truncation to {offset} left the log ending at {log_end}");
         // Producers' last batches may have gone with the tail.
         self.rebuild_derived_state(None)?;
         self.flush()
