@@ -89,6 +89,13 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     };
     let machine = MetadataNode::new(machine_config, persisted, log, env.random_u64(), now_ms);
 
+    // What the disk holds was led before the restart; the image decides
+    // what is led now. Until it is published, nothing is served.
+    for topic in node.topics.all() {
+        for p in &topic.partitions {
+            let _ = p.assume_role(crate::server::partition::Role::Follower { leader_id: -1 }, p.leader_epoch());
+        }
+    }
     let (link, calls) = ClusterLink::new(node_id);
     node.join_cluster(link.clone());
     let (events_tx, events) = mpsc::unbounded_channel();

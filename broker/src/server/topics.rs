@@ -395,6 +395,10 @@ impl Topics {
                 tracing::warn!(path = %path.display(), "ignoring an unrecognised directory in the data directory");
                 continue;
             };
+            if topic == crate::quorum::METADATA_TOPIC {
+                // The metadata quorum's log (cluster mode) is not a topic's.
+                continue;
+            }
             let hosted = topics.get(topic).is_some_and(|t| t.partition(index).is_some());
             if !hosted {
                 tracing::warn!(path = %path.display(), "removing a partition directory that belongs to no topic");
