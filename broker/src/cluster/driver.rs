@@ -5,6 +5,9 @@
 //! answers returned, published images turned into hosted partitions, and
 //! observations reported through the seam.
 //!
+//! The machine runs on monotonic time (Kafka's timers do too): a wall clock
+//! that jumps moves no election or session deadline.
+//!
 //! Each call into the machine runs on the disk path (its log fsyncs there),
 //! through the shell, so whatever a published image moves wakes the
 //! requests parked on it.
@@ -87,7 +90,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
         snapshot_interval_records: SNAPSHOT_INTERVAL_RECORDS,
         max_pending: MAX_PENDING,
     };
-    let machine = MetadataNode::new(machine_config, persisted, log, env.random_u64(), now_ms);
+    let machine = MetadataNode::new(machine_config, persisted, log, env.random_u64(), monotonic_ms(&env));
 
     // What the disk holds was led before the restart; the image decides
     // what is led now. Until it is published, nothing is served.
@@ -111,6 +114,12 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     Ok(())
 }
 
+/// The machine's time: monotonic milliseconds since the node started, so
+/// election timeouts and broker sessions do not jump with the wall clock.
+fn monotonic_ms(env: &crate::io::Env) -> i64 {
+    env.elapsed().as_millis() as i64
+}
+
 struct Driver {
     shell: Arc<Shell>,
     link: Arc<ClusterLink>,
@@ -128,7 +137,7 @@ impl Driver {
         let stopping = self.shell.stopping();
         tokio::pin!(stopping);
         loop {
-            let now = env.now_ms();
+            let now = monotonic_ms(&env);
             let wait = Duration::from_millis(self.machine.next_deadline().saturating_sub(now).max(0) as u64);
             let input = tokio::select! {
                 biased;
@@ -170,7 +179,10 @@ impl Driver {
         let env = self.shell.env.clone();
         let machine = &mut self.machine;
         // The machine's own log writes and fsyncs happen inside `handle`.
-        let outputs = self.shell.core(|_node, _disk, clock| (machine.handle(clock.now_ms, input), Vec::new())).await;
+        let outputs = self
+            .shell
+            .core(|_node, _disk, clock| (machine.handle(clock.elapsed.as_millis() as i64, input), Vec::new()))
+            .await;
         let node_id = self.link.node_id;
         for o in outputs {
             match o {
