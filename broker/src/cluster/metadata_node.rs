@@ -404,7 +404,7 @@ impl<L: RaftLog> MetadataNode<L> {
 
     fn on_response(&mut self, from: i32, request_id: u64, response: PeerResponse) {
         if request_id & OWN_REQUEST_BIT == 0 {
-            if let Some(r) = to_raft_response(response) {
+            if let Ok(r) = quorum::Response::try_from(response) {
                 self.raft_input(quorum::Input::Response { from, request_id, response: r });
             }
             return;
@@ -452,10 +452,10 @@ impl<L: RaftLog> MetadataNode<L> {
             match o {
                 quorum::Output::PersistQuorumState(s) => self.out.push(Output::PersistQuorumState(s)),
                 quorum::Output::Send { to, request_id, request } => {
-                    self.out.push(Output::Send { to, request_id, request: from_raft_request(request) })
+                    self.out.push(Output::Send { to, request_id, request: request.into() })
                 }
                 quorum::Output::Respond { token, response } => {
-                    self.out.push(Output::Respond { token, response: from_raft_response(response) })
+                    self.out.push(Output::Respond { token, response: response.into() })
                 }
                 quorum::Output::Committed { high_watermark, batches } => self.on_committed(high_watermark, batches),
                 quorum::Output::LoadSnapshot { id, bytes } => self.on_snapshot(id, &bytes),
@@ -635,40 +635,6 @@ impl<L: RaftLog> MetadataNode<L> {
 
 fn split<R>(r: ControllerResult<R>, wrap: fn(R) -> PeerResponse) -> (Vec<MetadataRecord>, Option<i64>, PeerResponse) {
     (r.records, r.commit_offset, wrap(r.response))
-}
-
-fn from_raft_request(r: quorum::Request) -> PeerRequest {
-    match r {
-        quorum::Request::Vote(r) => PeerRequest::Vote(r),
-        quorum::Request::BeginQuorumEpoch(r) => PeerRequest::BeginQuorumEpoch(r),
-        quorum::Request::EndQuorumEpoch(r) => PeerRequest::EndQuorumEpoch(r),
-        quorum::Request::Fetch(r) => PeerRequest::Fetch(r),
-        quorum::Request::FetchSnapshot(r) => PeerRequest::FetchSnapshot(r),
-        quorum::Request::DescribeQuorum(r) => PeerRequest::DescribeQuorum(r),
-    }
-}
-
-fn from_raft_response(r: quorum::Response) -> PeerResponse {
-    match r {
-        quorum::Response::Vote(r) => PeerResponse::Vote(r),
-        quorum::Response::BeginQuorumEpoch(r) => PeerResponse::BeginQuorumEpoch(r),
-        quorum::Response::EndQuorumEpoch(r) => PeerResponse::EndQuorumEpoch(r),
-        quorum::Response::Fetch(r) => PeerResponse::Fetch(r),
-        quorum::Response::FetchSnapshot(r) => PeerResponse::FetchSnapshot(r),
-        quorum::Response::DescribeQuorum(r) => PeerResponse::DescribeQuorum(r),
-    }
-}
-
-fn to_raft_response(r: PeerResponse) -> Option<quorum::Response> {
-    Some(match r {
-        PeerResponse::Vote(r) => quorum::Response::Vote(r),
-        PeerResponse::BeginQuorumEpoch(r) => quorum::Response::BeginQuorumEpoch(r),
-        PeerResponse::EndQuorumEpoch(r) => quorum::Response::EndQuorumEpoch(r),
-        PeerResponse::Fetch(r) => quorum::Response::Fetch(r),
-        PeerResponse::FetchSnapshot(r) => quorum::Response::FetchSnapshot(r),
-        PeerResponse::DescribeQuorum(r) => quorum::Response::DescribeQuorum(r),
-        _ => return None,
-    })
 }
 
 fn str_bytes(s: &str) -> Option<StrBytes> {

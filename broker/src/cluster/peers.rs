@@ -154,6 +154,19 @@ impl From<quorum::Request> for PeerRequest {
     }
 }
 
+impl From<quorum::Response> for PeerResponse {
+    fn from(r: quorum::Response) -> PeerResponse {
+        match r {
+            quorum::Response::Vote(r) => PeerResponse::Vote(r),
+            quorum::Response::BeginQuorumEpoch(r) => PeerResponse::BeginQuorumEpoch(r),
+            quorum::Response::EndQuorumEpoch(r) => PeerResponse::EndQuorumEpoch(r),
+            quorum::Response::Fetch(r) => PeerResponse::Fetch(r),
+            quorum::Response::FetchSnapshot(r) => PeerResponse::FetchSnapshot(r),
+            quorum::Response::DescribeQuorum(r) => PeerResponse::DescribeQuorum(r),
+        }
+    }
+}
+
 /// A quorum response, or the response itself back when it is the
 /// controller's.
 impl TryFrom<PeerResponse> for quorum::Response {

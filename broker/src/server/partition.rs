@@ -238,23 +238,20 @@ impl Partition {
     /// Take a new role in a new (or the same) leader epoch, as the controller
     /// decides. Epochs never go back: a stale decision is refused.
     pub fn change_role(&self, role: Role, leader_epoch: i32) -> Result<(), ResponseError> {
-        let mut s = self.live().map_err(|e| e.code())?;
-        if leader_epoch < s.leader_epoch || (leader_epoch == s.leader_epoch && role != s.role) {
-            return Err(ResponseError::FencedLeaderEpoch);
-        }
-        s.role = role;
-        s.leader_epoch = leader_epoch;
-        s.check_invariants();
-        self.moved(true);
-        Ok(())
+        self.set_role(role, leader_epoch, false)
     }
 
     /// Take the role the metadata image gives this partition. The image is
     /// the authority, so within one leader epoch its word replaces the role
     /// a freshly opened log assumed; only an older epoch is refused.
     pub fn assume_role(&self, role: Role, leader_epoch: i32) -> Result<(), ResponseError> {
+        self.set_role(role, leader_epoch, true)
+    }
+
+    fn set_role(&self, role: Role, leader_epoch: i32, same_epoch_may_change: bool) -> Result<(), ResponseError> {
         let mut s = self.live().map_err(|e| e.code())?;
-        if leader_epoch < s.leader_epoch {
+        let stale = leader_epoch == s.leader_epoch && role != s.role && !same_epoch_may_change;
+        if leader_epoch < s.leader_epoch || stale {
             return Err(ResponseError::FencedLeaderEpoch);
         }
         s.role = role;
