@@ -22,6 +22,26 @@ use serde::{Deserialize, Serialize};
 use super::topics::write_atomically;
 use crate::io::{DiskScope, Fs, OpenOptions};
 
+/// In a cluster every broker hands out ids, so each owns a stripe: its node
+/// id in the bits above [`CLUSTER_ID_BITS`], its own counter below. (Kafka's
+/// brokers ask the controller for blocks with AllocateProducerIds; striping
+/// needs no round trip and is as unique, at the price of these bounds.)
+pub const CLUSTER_ID_BITS: u32 = 40;
+
+/// A broker-local id made unique across the cluster (see [`CLUSTER_ID_BITS`]).
+pub fn cluster_wide(node_id: i32, local: i64) -> std::io::Result<i64> {
+    if !(0..1 << (62 - CLUSTER_ID_BITS)).contains(&node_id) {
+        return Err(std::io::Error::other(format!(
+            "node_id {node_id} is too large to stripe producer ids (below {})",
+            1i64 << (62 - CLUSTER_ID_BITS)
+        )));
+    }
+    if local >= 1 << CLUSTER_ID_BITS {
+        return Err(std::io::Error::other("this broker's producer ids are exhausted"));
+    }
+    Ok((node_id as i64) << CLUSTER_ID_BITS | local)
+}
+
 /// Ids reserved per write; Kafka's controller hands out blocks of 1000.
 pub const BLOCK_SIZE: i64 = 1000;
 const FILE_NAME: &str = "producer_ids.json";
@@ -185,5 +205,21 @@ mod tests {
         let old = tempfile::tempdir().unwrap();
         write_atomically(&*fs, &old.path().join(FILE_NAME), b"{\"block_end\": 7000}").unwrap();
         assert_eq!(ProducerIds::open(fs, old.path()).unwrap().allocate(&disk).unwrap(), 7000);
+    }
+}
+
+#[cfg(test)]
+mod striping_tests {
+    use super::*;
+
+    #[test]
+    fn brokers_of_one_cluster_never_share_an_id() {
+        let a = cluster_wide(1, 0).unwrap();
+        let b = cluster_wide(2, 0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(cluster_wide(0, 5).unwrap(), 5);
+        assert!(cluster_wide(1, 1 << CLUSTER_ID_BITS).is_err());
+        assert!(cluster_wide(1 << 22, 0).is_err());
+        assert!(cluster_wide((1 << 22) - 1, (1 << CLUSTER_ID_BITS) - 1).unwrap() > 0);
     }
 }

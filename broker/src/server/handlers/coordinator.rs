@@ -42,7 +42,10 @@ pub fn init_producer_id(cx: &mut Cx, req: InitProducerIdRequest, _version: i16) 
         resp.error_code = ResponseError::InvalidRequest.code();
         return resp;
     }
-    let allocated = cx.node.producer_ids.allocate(cx.disk);
+    let allocated = cx.node.producer_ids.allocate(cx.disk).and_then(|id| match cx.node.cluster() {
+        Some(_) => crate::server::producer_ids::cluster_wide(cx.node.config.node_id, id),
+        None => Ok(id),
+    });
     match allocated {
         Ok(id) => {
             tracing::debug!(producer_id = id, previous = req.producer_id.0, "producer id allocated");
