@@ -723,7 +723,13 @@ impl GroupCoordinator {
             Some(id) => id.clone(),
             None => req.member_id.to_string(),
         };
+        // A static member's new member id has no metadata record yet.
+        let mut replaced = false;
         if epoch == 0 {
+            let old = instance.and_then(|i| cg.static_members.get(i)).cloned();
+            if let Some(old) = old.filter(|o| !cg.members.contains_key(o)) {
+                cg.static_members.retain(|_, m| *m != old);
+            }
             if let Some(old) = instance.and_then(|i| cg.static_members.get(i)).cloned() {
                 if old != id {
                     let m = &cg.members[&old];
@@ -750,6 +756,7 @@ impl GroupCoordinator {
                     }
                     cg.members.insert(id.clone(), m);
                     cg.static_members.insert(instance.unwrap_or("").to_string(), id.clone());
+                    replaced = true;
                     tracing::info!(group = group_id, old = %old, new = %id, "static consumer group member replaced");
                 }
             }
@@ -823,7 +830,7 @@ impl GroupCoordinator {
         m.meta.instance_id = instance.map(str::to_string);
         m.meta.client_id = client.client_id.get(..client.client_id.len().min(1024)).unwrap_or("").to_string();
         m.meta.client_host = client.client_host.to_string();
-        let meta_changed = m.meta != before_meta;
+        let meta_changed = replaced || m.meta != before_meta;
         let subscription_changed = m.meta.subscribed_topic_names != before_meta.subscribed_topic_names
             || m.meta.subscribed_topic_regex != before_meta.subscribed_topic_regex
             || m.meta.server_assignor != before_meta.server_assignor;
@@ -841,7 +848,7 @@ impl GroupCoordinator {
         cg.reconcile(&id, owned.as_ref(), now);
         let m = &cg.members[&id];
         let current = m.current();
-        if current != before_current {
+        if replaced || current != before_current {
             fx.records.push(Record::ConsumerCurrent {
                 group: group_id.to_string(),
                 member: id.clone(),

@@ -266,6 +266,12 @@ fn a_static_member_comes_back_to_its_partitions() {
     // A third one while a2 is active: refused.
     let third = Member { id: "a3".into(), ..Member::default() };
     assert_eq!(h.send(&H::req(&third, Some("inst"))).error_code, ResponseError::UnreleasedInstanceId.code());
+    // A reload knows a2 as the instance's member, with a1's partitions.
+    let reloaded = h.replay();
+    let g = reloaded.consumer_group(G).unwrap();
+    assert_eq!(g.static_members["inst"], "a2");
+    assert!(!g.members.contains_key("a1"));
+    assert_eq!(g.members["a2"].assigned, before);
 }
 
 #[test]
