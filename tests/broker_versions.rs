@@ -98,6 +98,8 @@ async fn check(b: &TestBroker, conn: &mut Conn, key: ApiKey, v: i16) -> Result<(
         ApiKey::BrokerRegistration => not_routed_at::<BrokerRegistrationRequest>(conn, v, |r| r.error_code).await,
         ApiKey::BrokerHeartbeat => not_routed_at::<BrokerHeartbeatRequest>(conn, v, |r| r.error_code).await,
         ApiKey::UnregisterBroker => not_routed_at::<UnregisterBrokerRequest>(conn, v, |r| r.error_code).await,
+        ApiKey::ConsumerGroupHeartbeat => consumer_group_heartbeat_at(conn, v).await,
+        ApiKey::ConsumerGroupDescribe => consumer_group_describe_at(conn, v).await,
         other => panic!("{other:?} is advertised but this test has no request builder for it; add one"),
     }
 }
@@ -725,6 +727,91 @@ async fn offset_delete_at(conn: &mut Conn, v: i16) -> Result<(), String> {
     req.group_id = group("never-existed");
     let resp: OffsetDeleteResponse = try_call(conn, v, &req).await?;
     ensure!(resp.error_code == code(ResponseError::GroupIdNotFound), "absent group: {resp:?}");
+    Ok(())
+}
+
+/// A KIP-848 member joins `g` (member epoch 0) subscribed to the test topic.
+async fn consumer_join(conn: &mut Conn, v: i16, g: &str) -> Result<ConsumerGroupHeartbeatResponse, String> {
+    let mut req = ConsumerGroupHeartbeatRequest::default();
+    req.group_id = group(g);
+    // v0: the coordinator names the member; from v1 the member names itself.
+    req.member_id = if v >= 1 { str_bytes(&format!("{g}-member")) } else { str_bytes("") };
+    req.member_epoch = 0;
+    req.rebalance_timeout_ms = 30_000;
+    req.subscribed_topic_names = Some(vec![name(TOPIC)]);
+    req.topic_partitions = Some(Vec::new());
+    let resp: ConsumerGroupHeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0, "join: {resp:?}");
+    Ok(resp)
+}
+
+async fn consumer_group_heartbeat_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("kip848-v{v}");
+    let resp = consumer_join(conn, v, &g).await?;
+    let member_id = resp.member_id.clone().unwrap_or_default();
+    ensure!(!member_id.is_empty() && resp.member_epoch > 0, "join: {resp:?}");
+    ensure!(resp.heartbeat_interval_ms == 5_000, "heartbeat interval: {resp:?}");
+    let a = resp.assignment.as_ref().map(|a| a.topic_partitions.clone()).unwrap_or_default();
+    ensure!(a.len() == 1 && a[0].partitions == [0], "the only member gets the only partition: {resp:?}");
+    // A wrong epoch is fenced.
+    let mut req = ConsumerGroupHeartbeatRequest::default();
+    req.group_id = group(&g);
+    req.member_id = member_id.clone();
+    req.member_epoch = resp.member_epoch + 7;
+    req.rebalance_timeout_ms = -1;
+    let fenced: ConsumerGroupHeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(fenced.error_code == code(ResponseError::FencedMemberEpoch), "wrong epoch: {fenced:?}");
+    // Commits carry the member epoch (OffsetCommit v9).
+    let mut commit = commit_request(&g, &[(0, 3)]);
+    commit.member_id = member_id.clone();
+    commit.generation_id_or_member_epoch = resp.member_epoch;
+    let r: OffsetCommitResponse = try_call(conn, 9, &commit).await?;
+    ensure!(r.topics[0].partitions[0].error_code == 0, "commit at the member epoch: {r:?}");
+    commit.generation_id_or_member_epoch = resp.member_epoch - 1;
+    let r: OffsetCommitResponse = try_call(conn, 9, &commit).await?;
+    ensure!(
+        r.topics[0].partitions[0].error_code == code(ResponseError::StaleMemberEpoch),
+        "commit at a stale epoch: {r:?}"
+    );
+    // A classic member cannot join a consumer group in use.
+    let join: JoinGroupResponse = try_call(conn, 5, &join_request(&g, "")).await?;
+    ensure!(join.error_code == code(ResponseError::InconsistentGroupProtocol), "classic join: {join:?}");
+    // The member leaves.
+    req.member_epoch = -1;
+    let left: ConsumerGroupHeartbeatResponse = try_call(conn, v, &req).await?;
+    ensure!(left.error_code == 0 && left.member_epoch == -1, "leave: {left:?}");
+    if v >= 1 {
+        // Subscription by regex (v1).
+        let mut req = ConsumerGroupHeartbeatRequest::default();
+        req.group_id = group(&format!("{g}-regex"));
+        req.member_id = str_bytes("regex-member");
+        req.rebalance_timeout_ms = 30_000;
+        req.subscribed_topic_regex = Some(str_bytes("vers.*"));
+        req.topic_partitions = Some(Vec::new());
+        let r: ConsumerGroupHeartbeatResponse = try_call(conn, v, &req).await?;
+        let a = r.assignment.as_ref().map(|a| a.topic_partitions.len()).unwrap_or(0);
+        ensure!(r.error_code == 0 && a == 1, "regex subscription: {r:?}");
+    }
+    Ok(())
+}
+
+async fn consumer_group_describe_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    let g = format!("kip848-describe-v{v}");
+    let joined = consumer_join(conn, 1, &g).await?;
+    let mut req = ConsumerGroupDescribeRequest::default();
+    req.group_ids = vec![group(&g), group("never-existed")];
+    let resp: ConsumerGroupDescribeResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.groups.len() == 2, "{} groups", resp.groups.len());
+    let d = &resp.groups[0];
+    ensure!(d.error_code == 0 && d.group_state.as_str() == "Stable", "group: {d:?}");
+    ensure!(d.group_epoch > 0 && d.assignment_epoch == d.group_epoch && d.assignor_name.as_str() == "uniform", "{d:?}");
+    ensure!(d.members.len() == 1, "members: {:?}", d.members);
+    let m = &d.members[0];
+    ensure!(Some(&m.member_id) == joined.member_id.as_ref() && m.member_epoch == joined.member_epoch, "member: {m:?}");
+    let tp = &m.assignment.topic_partitions;
+    ensure!(tp.len() == 1 && tp[0].topic_name.0.as_str() == TOPIC && tp[0].partitions == [0], "assignment: {m:?}");
+    ensure!(m.target_assignment == m.assignment, "target: {m:?}");
+    ensure!(resp.groups[1].error_code == code(ResponseError::GroupIdNotFound), "absent: {:?}", resp.groups[1]);
     Ok(())
 }
 

@@ -422,6 +422,25 @@ pub struct GroupConfig {
     /// `offsets.commit.timeout.ms`: how long an OffsetCommit waits for its
     /// records to be durable before answering REQUEST_TIMED_OUT.
     pub offsets_commit_timeout_ms: u64,
+    /// `group.consumer.session.timeout.ms`: a member of a consumer group
+    /// (KIP-848, `group.protocol=consumer`) that sends no
+    /// ConsumerGroupHeartbeat for this long is removed.
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms`: how often consumer group
+    /// members are told to heartbeat; below the session timeout.
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.assignors`: the server-side assignors a consumer group
+    /// may use, the first the default; each "uniform" or "range".
+    pub consumer_assignors: Vec<String>,
+    /// Topic names one consumer group member may subscribe to; beyond it the
+    /// heartbeat gets INVALID_REQUEST. Kafka has no such bound. (Members per
+    /// group are bounded by `group_max_size`, as for classic groups.)
+    pub consumer_max_subscribed_topics: usize,
+    /// Bytes of a member's `subscribed_topic_regex`; beyond it the heartbeat
+    /// gets INVALID_REQUEST. The regex is compiled with a bounded automaton
+    /// size too, so a pathological one gets INVALID_REGULAR_EXPRESSION.
+    /// Kafka has no such bound.
+    pub consumer_max_regex_bytes: usize,
 }
 
 impl Default for GroupConfig {
@@ -438,6 +457,11 @@ impl Default for GroupConfig {
             member_metadata_max_bytes: 1 << 20,
             max_protocols_per_member: 16,
             offsets_commit_timeout_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_assignors: vec!["uniform".into(), "range".into()],
+            consumer_max_subscribed_topics: 10_000,
+            consumer_max_regex_bytes: 4_096,
         }
     }
 }

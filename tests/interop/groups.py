@@ -13,12 +13,17 @@
 - kcat -G (librdkafka's balanced consumer), kafka-python, aiokafka and
   kafkajs each consume the topic through a group of their own and commit;
   the committed offsets are read back.
+- The same with the new consumer protocol (KIP-848, confluent-kafka with
+  `group.protocol=consumer`, server-side assignment through
+  ConsumerGroupHeartbeat): two members split the 6 partitions with no
+  partition held by both, one closes and the other takes all 6, and a
+  restarted member resumes at the committed offsets with no gap.
 
 Exit status: 0 passed, 1 a check failed, 77 a client tool is missing
 (confluent-kafka, kafka-python, aiokafka, kcat, node with kafkajs installed by
 `npm ci` in tests/interop).
 
-    python3 tests/interop/groups.py --faultline PATH
+    python3 tests/interop/groups.py --faultline PATH [--steps kip848,...]
     python3 tests/interop/groups.py --check-tools
 """
 
@@ -47,16 +52,24 @@ FIRST_BATCH = 600  # records produced before the groups start, 100 a partition
 SECOND_BATCH = 300
 
 
-def check_tools():
+def check_tools(steps=None):
+    """The tools the given steps (default: all) need that are missing."""
+    steps = steps or set(Run.STEPS)
     missing = []
-    for module, pip in [("confluent_kafka", "confluent-kafka"), ("kafka", "kafka-python"), ("aiokafka", "aiokafka")]:
+    modules = [("confluent_kafka", "confluent-kafka", True), ("kafka", "kafka-python", "kafka-python" in steps),
+               ("aiokafka", "aiokafka", "aiokafka" in steps)]
+    for module, pip, needed in modules:
+        if not needed:
+            continue
         try:
             __import__(module)
         except Exception as e:
             missing.append(f"python module {module} ({type(e).__name__}: {e}; pip install {pip})")
-    if not harness.find_kcat():
+    if "kcat" in steps and not harness.find_kcat():
         missing.append("kcat (apt-get install kcat)")
-    if not shutil.which("node"):
+    if "kafkajs" not in steps:
+        pass
+    elif not shutil.which("node"):
         missing.append("node (Node.js 18 or later)")
     elif not os.path.isdir(os.path.join(HERE, "node_modules", "kafkajs")):
         missing.append("kafkajs (npm ci --prefix tests/interop)")
@@ -86,9 +99,19 @@ class Run:
         c.update(extra)
         return c
 
-    def consumer(self, group, name):
+    def consumer(self, group, name, protocol="classic"):
         from confluent_kafka import Consumer
 
+        if protocol == "consumer":
+            # KIP-848: no session timeout, heartbeat interval or assignor
+            # strategy on the client; the broker decides them.
+            return Consumer(self.conf(**{
+                "group.id": group,
+                "client.id": name,
+                "group.protocol": "consumer",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }))
         return Consumer(self.conf(**{
             "group.id": group,
             "client.id": name,
@@ -245,6 +268,81 @@ class Run:
         say(f"after SIGKILL and restart the committed offsets are the acknowledged ones: {got}")
         self.summary.append("broker SIGKILL + restart: committed offsets read back unchanged")
 
+    def consumer_protocol(self):
+        """KIP-848: two `group.protocol=consumer` members share the topic,
+        never holding a partition both at once; one closes and the other
+        takes every partition; a restarted member resumes at the commits."""
+        group = "cg-kip848"
+        c1 = self.consumer(group, "kip848-1", "consumer")
+        c1.subscribe([TOPIC])
+        seen = {}
+        overlaps = []
+        with watchdog(120, "KIP-848 first member joins", self.logs()):
+            self.poll_all([("kip848-1", c1)], seen, lambda: len(self.owned(c1)) == PARTITIONS, 60,
+                          "the first KIP-848 member takes every partition")
+        c2 = self.consumer(group, "kip848-2", "consumer")
+        started = time.monotonic()
+        c2.subscribe([TOPIC])
+        members = [("kip848-1", c1), ("kip848-2", c2)]
+
+        def split():
+            a, b = self.owned(c1), self.owned(c2)
+            if a & b:
+                overlaps.append(sorted(a & b))
+            return a and b and not (a & b) and (a | b) == set(range(PARTITIONS))
+
+        with watchdog(120, "KIP-848 second member joins", self.logs()):
+            self.poll_all(members, seen, split, 60, "two KIP-848 members split the partitions")
+        took = time.monotonic() - started
+        if overlaps:
+            raise Mismatch(f"KIP-848 members held partitions {overlaps[0]} at once", self.logs())
+        say(f"KIP-848: second member's subscribe until disjoint assignments covering all: {took:.2f}s; "
+            f"kip848-1 {sorted(self.owned(c1))}, kip848-2 {sorted(self.owned(c2))}")
+        self.summary.append(f"confluent-kafka group.protocol=consumer: second member joined, assignment split in {took:.2f}s")
+        with watchdog(120, "KIP-848 members consume", self.logs()):
+            self.poll_all(members, seen, lambda: len(seen) >= sum(self.produced.values()), 60,
+                          "the KIP-848 group consumes every record")
+        self.commit_positions(c1, "kip848-1")
+        self.commit_positions(c2, "kip848-2")
+        started = time.monotonic()
+        with watchdog(60, "KIP-848 member leaves", self.logs()):
+            c2.close()  # ConsumerGroupHeartbeat with member epoch -1
+            self.poll_all([("kip848-1", c1)], seen, lambda: len(self.owned(c1)) == PARTITIONS, 30,
+                          "the remaining KIP-848 member takes every partition")
+        took = time.monotonic() - started
+        say(f"KIP-848: kip848-2 left; kip848-1 holds every partition after {took:.2f}s")
+        self.summary.append(f"confluent-kafka group.protocol=consumer: one member left, the other took all 6 in {took:.2f}s")
+        c1.close()
+        committed = self.committed(group)
+        if committed != self.produced:
+            raise Mismatch(f"KIP-848 group committed {committed}, want {self.produced}", self.logs())
+        before = dict(self.produced)
+        self.produce(SECOND_BATCH // PARTITIONS)
+        c = self.consumer(group, "kip848-restarted", "consumer")
+        c.subscribe([TOPIC])
+        seen = {}
+        with watchdog(120, "KIP-848 restarted member resumes", self.logs()):
+            self.poll_all([("restarted", c)], seen, lambda: len(seen) >= SECOND_BATCH, 60,
+                          "the restarted KIP-848 member reads the new records")
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                m = c.poll(0.1)
+                if m is not None and not m.error():
+                    seen.setdefault((m.partition(), m.offset()), "restarted")
+        want = {(p, o) for p in range(PARTITIONS) for o in range(before[p], self.produced[p])}
+        if set(seen) != want:
+            early = sorted(k for k in seen if k[1] < before[k[0]])
+            raise Mismatch(f"restarted KIP-848 member read {len(seen)} records, want exactly {len(want)}; "
+                           f"re-read {early[:5]}, missing {sorted(want - set(seen))[:5]}", self.logs())
+        self.commit_positions(c, "kip848-restarted")
+        c.close()
+        committed = self.committed(group)
+        if committed != self.produced:
+            raise Mismatch(f"KIP-848 group committed {committed} after the restart, want {self.produced}",
+                           self.logs())
+        self.summary.append("confluent-kafka group.protocol=consumer: a restarted member resumed at the "
+                            "committed offsets, no gap, no re-read")
+
     def kcat_group(self):
         group = "cg-kcat"
         total = sum(self.produced.values())
@@ -323,17 +421,26 @@ class Run:
             raise Mismatch(f"kafkajs read {len(seen)} of {total}, committed {got}", [err, *self.logs()])
         self.summary.append(f"kafkajs: consumed {total} records through a group, committed {got}")
 
-    def run(self):
+    STEPS = ["classic", "kip848", "kcat", "kafka-python", "aiokafka", "kafkajs"]
+
+    def run(self, steps):
         self.broker.start()
         self.create_topic()
         self.produce(FIRST_BATCH // PARTITIONS)
-        group = self.two_members()
-        self.resume(group)
-        self.broker_restart(group)
-        self.kcat_group()
-        self.kafka_python_group()
-        self.aiokafka_group()
-        self.kafkajs_group()
+        if "classic" in steps:
+            group = self.two_members()
+            self.resume(group)
+            self.broker_restart(group)
+        if "kip848" in steps:
+            self.consumer_protocol()
+        if "kcat" in steps:
+            self.kcat_group()
+        if "kafka-python" in steps:
+            self.kafka_python_group()
+        if "aiokafka" in steps:
+            self.aiokafka_group()
+        if "kafkajs" in steps:
+            self.kafkajs_group()
 
 
 def main():
@@ -342,8 +449,10 @@ def main():
     p.add_argument("--rust-log", default=os.environ.get("RUST_LOG", "info"))
     p.add_argument("--workdir", help="directory for data and logs (default: a new temp dir)")
     p.add_argument("--check-tools", action="store_true", help="only check that the clients are installed")
+    p.add_argument("--steps", default=",".join(Run.STEPS),
+                   help=f"comma-separated steps to run (default: all of {','.join(Run.STEPS)})")
     args = p.parse_args()
-    missing = check_tools()
+    missing = check_tools(set(args.steps.split(",")))
     if args.check_tools or missing:
         if missing:
             print("interop-groups: missing: " + "; ".join(missing), flush=True)
@@ -361,7 +470,7 @@ def main():
     started = time.monotonic()
     ok = False
     try:
-        run.run()
+        run.run(set(args.steps.split(",")))
         ok = True
     except Mismatch as e:
         print(f"\ninterop-groups: FAILED: {e}", flush=True)

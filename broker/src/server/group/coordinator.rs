@@ -24,6 +24,7 @@ use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse, SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use super::consumer::ConsumerGroup;
 use super::records::{GroupValue, MemberValue, OffsetValue, Record};
 use crate::config::{GroupConfig, PlantedBugs};
 use crate::server::node::Clock;
@@ -116,7 +117,7 @@ enum Ready {
     Sync(SyncGroupResponse),
 }
 
-struct Group {
+pub(super) struct Group {
     id: String,
     state: GroupState,
     generation: i32,
@@ -151,6 +152,9 @@ struct Group {
     offsets: BTreeMap<(String, i32), OffsetValue>,
     /// A metadata record of this group is in the log (a tombstone is owed on removal).
     persisted: bool,
+    /// Set for a consumer group (KIP-848): then the classic fields above,
+    /// but for the offsets, are unused.
+    pub(super) consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -176,6 +180,46 @@ impl Group {
             unreleased: false,
             offsets: BTreeMap::new(),
             persisted: false,
+            consumer: None,
+        }
+    }
+
+    /// Whether a consumer group member may use this group: it is one, or a
+    /// classic group with nobody in it (which then becomes one, as Kafka
+    /// converts an empty classic group).
+    pub(super) fn is_consumer_or_empty(&self) -> bool {
+        self.consumer.is_some()
+            || (self.state == GroupState::Empty && self.members.is_empty() && self.pending.is_empty())
+    }
+
+    /// The group's consumer group state, made one if it is not yet.
+    pub(super) fn make_consumer(&mut self) -> &mut ConsumerGroup {
+        if self.consumer.is_none() {
+            self.protocol_type = None;
+            self.protocol = None;
+            self.leader = None;
+            self.members.clear();
+            self.static_members.clear();
+            self.state = GroupState::Empty;
+        }
+        self.consumer.get_or_insert_with(ConsumerGroup::default)
+    }
+
+    /// A consumer group with members: the classic APIs cannot use it.
+    fn active_consumer(&self) -> bool {
+        self.consumer.as_ref().is_some_and(|c| !c.members.is_empty())
+    }
+
+    /// Nobody is in the group, of either protocol.
+    fn is_empty(&self) -> bool {
+        self.state == GroupState::Empty && self.pending.is_empty() && !self.active_consumer()
+    }
+
+    /// The name ListGroups and DescribeGroups report.
+    fn state_name(&self) -> &'static str {
+        match &self.consumer {
+            Some(c) => c.state().name(),
+            None => self.state.name(),
         }
     }
 
@@ -342,10 +386,10 @@ fn s(v: &str) -> StrBytes {
 
 /// The groups of one `__consumer_offsets` partition.
 pub struct GroupCoordinator {
-    partition: i32,
-    config: GroupConfig,
+    pub(super) partition: i32,
+    pub(super) config: GroupConfig,
     bugs: PlantedBugs,
-    groups: BTreeMap<String, Group>,
+    pub(super) groups: BTreeMap<String, Group>,
     /// Feeds member ids and tickets.
     next_id: u64,
 }
@@ -364,9 +408,14 @@ impl GroupCoordinator {
         self.groups.len()
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    /// The group, created empty if it does not exist.
+    pub(super) fn group_mut_or_new(&mut self, group_id: &str, clock: Clock) -> &mut Group {
+        self.groups.entry(group_id.to_string()).or_insert_with(|| Group::new(group_id, clock.now_ms))
     }
 
     /// Apply one record of the partition: a committed offset (or its
@@ -393,6 +442,8 @@ impl GroupCoordinator {
             Record::Group { group, value: Some(v) } => {
                 let g = self.groups.entry(group.clone()).or_insert_with(|| Group::new(&group, clock.now_ms));
                 g.persisted = true;
+                // A classic group again (it was an empty consumer group).
+                g.consumer = None;
                 g.generation = v.generation;
                 g.protocol_type = Some(v.protocol_type).filter(|t| !t.is_empty());
                 g.protocol = v.protocol;
@@ -425,6 +476,32 @@ impl GroupCoordinator {
                 }
                 g.state = if g.members.is_empty() { GroupState::Empty } else { GroupState::Stable };
                 g.state_since_ms = v.current_state_timestamp;
+            }
+            Record::ConsumerEpoch { ref group, epoch: None } => {
+                // The consumer group ended (deleted, or a classic group now).
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.consumer = None;
+                }
+            }
+            Record::ConsumerMember { ref group, .. }
+            | Record::ConsumerEpoch { ref group, .. }
+            | Record::ConsumerTarget { ref group, .. }
+            | Record::ConsumerTargetEpoch { ref group, .. }
+            | Record::ConsumerCurrent { ref group, .. } => {
+                let tombstone = matches!(
+                    record,
+                    Record::ConsumerMember { value: None, .. }
+                        | Record::ConsumerTarget { value: None, .. }
+                        | Record::ConsumerTargetEpoch { epoch: None, .. }
+                        | Record::ConsumerCurrent { value: None, .. }
+                );
+                let group = group.clone();
+                let config = self.config.clone();
+                let g = self.group_mut_or_new(&group, clock);
+                if tombstone && g.consumer.is_none() {
+                    return;
+                }
+                g.make_consumer().apply(record, clock, &config);
             }
         }
     }
@@ -490,7 +567,14 @@ impl GroupCoordinator {
             self.groups.insert(group_id.to_string(), Group::new(group_id, clock.now_ms));
         }
         let protocol_type = req.protocol_type.to_string();
-        let g = &self.groups[group_id];
+        let g = self.groups.get_mut(group_id).expect("group exists");
+        if g.active_consumer() {
+            return err(ResponseError::InconsistentGroupProtocol);
+        }
+        if let Some(c) = g.consumer.take() {
+            // An empty consumer group becomes a classic one, as in Kafka.
+            fx.records.extend(c.tombstones(group_id));
+        }
         if !g.supports(&protocol_type, &protocols) {
             return err(ResponseError::InconsistentGroupProtocol);
         }
@@ -1083,12 +1167,17 @@ impl GroupCoordinator {
     /// no member is a "simple" commit of a consumer that assigns partitions
     /// itself: allowed while the group has no members (it is created if
     /// need be). A member's commit refreshes its session.
+    ///
+    /// In a consumer group the generation is the member epoch (KIP-848):
+    /// a commit of another epoch gets STALE_MEMBER_EPOCH (OffsetCommit v9+;
+    /// ILLEGAL_GENERATION before).
     pub fn admit_commit(
         &mut self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         instance: Option<&str>,
+        version: i16,
         clock: Clock,
     ) -> Result<(), ResponseError> {
         if group_id.is_empty() || too_long(group_id) {
@@ -1113,6 +1202,23 @@ impl GroupCoordinator {
             // Planted: no membership or generation check at all.
             return Ok(());
         }
+        if let Some(c) = &g.consumer {
+            if generation < 0 && member_id.is_empty() && c.members.is_empty() {
+                return Ok(());
+            }
+            let m = c.members.get(member_id).ok_or(ResponseError::UnknownMemberId)?;
+            if instance.is_some() && m.meta.instance_id.as_deref() != instance {
+                return Err(ResponseError::FencedInstanceId);
+            }
+            if generation != m.member_epoch {
+                return Err(if version >= 9 {
+                    ResponseError::StaleMemberEpoch
+                } else {
+                    ResponseError::IllegalGeneration
+                });
+            }
+            return Ok(());
+        }
         if generation < 0 && g.state == GroupState::Empty {
             return Ok(());
         }
@@ -1125,6 +1231,18 @@ impl GroupCoordinator {
         }
         let m = g.members.get_mut(member_id).expect("checked");
         m.session_deadline = clock.elapsed + m.session_timeout;
+        Ok(())
+    }
+
+    /// OffsetFetch v9 from a consumer group member: it must be a member at
+    /// that epoch. Anyone else (no member id) may read.
+    pub fn admit_fetch(&self, group_id: &str, member_id: Option<&str>, epoch: i32) -> Result<(), ResponseError> {
+        let Some(member_id) = member_id.filter(|m| !m.is_empty()) else { return Ok(()) };
+        let Some(c) = self.groups.get(group_id).and_then(|g| g.consumer.as_ref()) else { return Ok(()) };
+        let m = c.members.get(member_id).ok_or(ResponseError::UnknownMemberId)?;
+        if epoch != m.member_epoch {
+            return Err(ResponseError::StaleMemberEpoch);
+        }
         Ok(())
     }
 
@@ -1181,10 +1299,11 @@ impl GroupCoordinator {
     ) -> Result<Vec<(Result<(), ResponseError>, Option<Record>)>, ResponseError> {
         let g = self.groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
         let subscribed = if g.state == GroupState::Empty { BTreeSet::new() } else { Self::subscribed_topics(g) };
+        let consumer_subscribed = |t: &str| g.consumer.as_ref().is_some_and(|c| c.subscribes_to(t));
         Ok(partitions
             .iter()
             .map(|(t, p)| {
-                if subscribed.contains(t) {
+                if subscribed.contains(t) || consumer_subscribed(t) {
                     (Err(ResponseError::GroupSubscribedToTopic), None)
                 } else if g.offsets.contains_key(&(t.clone(), *p)) {
                     let r =
@@ -1199,14 +1318,53 @@ impl GroupCoordinator {
 
     // ---------------------------------------------------------------- admin
 
-    /// (group id, protocol type, state) of every group.
-    pub fn list(&self) -> Vec<(&str, &str, GroupState)> {
-        self.groups.values().map(|g| (g.id.as_str(), g.protocol_type.as_deref().unwrap_or(""), g.state)).collect()
+    /// (group id, protocol type, state, group type) of every group; the
+    /// type is "classic" or "consumer" (KIP-848), as ListGroups v5 reports it.
+    pub fn list(&self) -> Vec<(&str, &str, &'static str, &'static str)> {
+        self.groups
+            .values()
+            .map(|g| match &g.consumer {
+                Some(_) => (g.id.as_str(), "consumer", g.state_name(), "consumer"),
+                None => (g.id.as_str(), g.protocol_type.as_deref().unwrap_or(""), g.state_name(), "classic"),
+            })
+            .collect()
+    }
+
+    /// A consumer group (KIP-848), for ConsumerGroupDescribe: Err if the
+    /// group does not exist or is a classic one.
+    pub fn consumer_group(&self, group_id: &str) -> Result<&ConsumerGroup, ResponseError> {
+        self.groups.get(group_id).and_then(|g| g.consumer.as_ref()).ok_or(ResponseError::GroupIdNotFound)
     }
 
     /// DescribeGroups of one group; None if it does not exist.
+    /// A consumer group (KIP-848) is described as a group of protocol type
+    /// "consumer" whose protocol is its server-side assignor, with its
+    /// members' ids and clients and no metadata or assignment bytes (its
+    /// members never sent any): ConsumerGroupDescribe tells the rest.
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let g = self.groups.get(group_id)?;
+        if let Some(c) = &g.consumer {
+            let members = c
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.meta.instance_id.clone(),
+                    client_id: m.meta.client_id.clone(),
+                    client_host: m.meta.client_host.clone(),
+                    metadata: Bytes::new(),
+                    assignment: Bytes::new(),
+                })
+                .collect();
+            return Some(GroupDescription {
+                state: GroupState::Empty,
+                state_name: g.state_name(),
+                generation: c.epoch,
+                protocol_type: "consumer".to_string(),
+                protocol: c.assignor.clone(),
+                members,
+            });
+        }
         let members = g
             .members
             .values()
@@ -1224,6 +1382,7 @@ impl GroupCoordinator {
             .collect();
         Some(GroupDescription {
             state: g.state,
+            state_name: g.state_name(),
             generation: g.generation,
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             protocol: if g.state == GroupState::Stable || g.state == GroupState::CompletingRebalance {
@@ -1239,7 +1398,7 @@ impl GroupCoordinator {
     /// to write (its offsets, then its metadata); the group is gone at once.
     pub fn delete_group(&mut self, group_id: &str) -> Result<Vec<Record>, ResponseError> {
         let g = self.groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
-        if g.state != GroupState::Empty || !g.pending.is_empty() {
+        if !g.is_empty() {
             return Err(ResponseError::NonEmptyGroup);
         }
         let mut records: Vec<Record> = g
@@ -1247,6 +1406,9 @@ impl GroupCoordinator {
             .keys()
             .map(|(t, p)| Record::Offset { group: group_id.to_string(), topic: t.clone(), partition: *p, value: None })
             .collect();
+        if let Some(c) = &g.consumer {
+            records.extend(c.tombstones(group_id));
+        }
         records.push(Record::Group { group: group_id.to_string(), value: None });
         self.groups.remove(group_id);
         Ok(records)
@@ -1263,6 +1425,17 @@ impl GroupCoordinator {
         let ids: Vec<String> = self.groups.keys().cloned().collect();
         for id in ids {
             let g = self.groups.get_mut(&id).expect("listed");
+            if let Some(c) = &mut g.consumer {
+                c.tick(&id, &self.config, now, fx);
+                if c.members.is_empty() && g.offsets.is_empty() {
+                    fx.records.extend(c.tombstones(&id));
+                    if g.persisted {
+                        fx.records.push(Record::Group { group: id.clone(), value: None });
+                    }
+                    self.groups.remove(&id);
+                }
+                continue;
+            }
             g.pending.retain(|_, deadline| *deadline > now);
             let expired: Vec<String> = g
                 .members
@@ -1305,6 +1478,9 @@ impl GroupCoordinator {
         let mut next: Option<Duration> = None;
         let mut consider = |t: Duration| next = Some(next.map_or(t, |n| n.min(t)));
         for g in self.groups.values() {
+            if let Some(t) = g.consumer.as_ref().and_then(ConsumerGroup::next_deadline) {
+                consider(t);
+            }
             g.pending.values().for_each(|t| consider(*t));
             for m in g.members.values() {
                 if m.awaiting_join.is_none() && m.awaiting_sync.is_none() {
@@ -1333,7 +1509,10 @@ pub struct MemberDescription {
 /// A DescribeGroups answer.
 #[derive(Debug, Clone)]
 pub struct GroupDescription {
+    /// The classic state (Empty for a consumer group: see `state_name`).
     pub state: GroupState,
+    /// The state's name, of either protocol.
+    pub state_name: &'static str,
     pub generation: i32,
     pub protocol_type: String,
     pub protocol: String,

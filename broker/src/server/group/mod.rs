@@ -12,9 +12,16 @@
 //! partition's groups, at start today and at a leader change once
 //! replication exists.
 //!
+//! A group speaks the classic protocol (JoinGroup, SyncGroup) or, as a
+//! consumer group of KIP-848, ConsumerGroupHeartbeat ([`consumer`]); a
+//! group with members of one cannot be joined with the other.
+//!
 //! The records are written by the handlers (`server::handlers::group`),
 //! which own the disk; the coordinator only says what to write.
 
+pub mod consumer;
+#[cfg(test)]
+mod consumer_tests;
 pub mod coordinator;
 pub mod records;
 #[cfg(test)]
@@ -24,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+pub use consumer::{TopicMeta, TopicsView};
 pub use coordinator::{Answer, Client, Effects, GroupCoordinator, GroupState, Ticket};
 pub use records::Record;
 

@@ -137,7 +137,7 @@ impl H {
     }
 
     fn commit(&mut self, generation: i32, member: &str, offset: i64) -> Result<(), ResponseError> {
-        self.c.admit_commit(G, generation, member, None, self.clock)?;
+        self.c.admit_commit(G, generation, member, None, 8, self.clock)?;
         let value =
             OffsetValue { offset, leader_epoch: -1, metadata: String::new(), commit_timestamp: self.clock.now_ms };
         let r = Record::Offset { group: G.into(), topic: "t".into(), partition: 0, value: Some(value) };

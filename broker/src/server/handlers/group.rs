@@ -1,16 +1,19 @@
 //! The group APIs — FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
-//! DeleteGroups, OffsetDelete — over the pure [`GroupCoordinator`]s of
+//! DeleteGroups, OffsetDelete, and KIP-848's ConsumerGroupHeartbeat and
+//! ConsumerGroupDescribe — over the pure [`GroupCoordinator`]s of
 //! `server::group`: find the group's `__consumer_offsets` partition
 //! (creating the topic on first use), run the coordinator under its lock,
 //! append the records it asks for to that partition, and wake members parked
 //! on the groups it names.
 //!
 //! A JoinGroup or SyncGroup that must wait for the rebalance parks on its
-//! group's signal with the coordinator's ticket. An OffsetCommit is
-//! answered only once its records are below the partition's high watermark
-//! (today: fsynced), as a produce with acks=-1 is; its offsets are served
-//! from the moment they are appended.
+//! group's signal with the coordinator's ticket. An OffsetCommit,
+//! DeleteGroups, OffsetDelete or ConsumerGroupHeartbeat is answered only
+//! once its records (for a heartbeat: every record of the partition so far,
+//! since its answer may rest on others' records) are below the partition's
+//! high watermark (today: fsynced), as a produce with acks=-1 is; what they
+//! change is served from the moment the records are appended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +38,9 @@ use super::{str_bytes, Request};
 use crate::client::batch::{encode, Compression, OutRecord};
 use crate::record_batch::ValidatedBatches;
 use crate::server::group::records::OffsetValue;
-use crate::server::group::{partition_for, Answer, Client, Effects, GroupCoordinator, Record, Ticket, OFFSETS_TOPIC};
+use crate::server::group::{
+    partition_for, Answer, Client, Effects, GroupCoordinator, Record, Ticket, TopicMeta, TopicsView, OFFSETS_TOPIC,
+};
 use crate::server::node::{Cx, Parked, Step, Waiting as Parkable, Wake};
 use crate::server::partition::{Partition, Role};
 use crate::server::topics::{Topic, TopicSpec};
@@ -51,9 +56,69 @@ const PARK_SLACK: Duration = Duration::from_secs(5);
 
 /// A group request waiting for the coordinator or the disk.
 pub(crate) enum Waiting {
-    Join { request: Request, ticket: Ticket },
-    Sync { request: Request, ticket: Ticket },
-    Commit { request: Request, response: OffsetCommitResponse, partition: Arc<Partition>, last_offset: i64 },
+    Join {
+        request: Request,
+        ticket: Ticket,
+    },
+    Sync {
+        request: Request,
+        ticket: Ticket,
+    },
+    /// An answer given once every (partition, offset) listed is durable.
+    Durable {
+        request: Request,
+        answer: Durable,
+        pending: Vec<(Arc<Partition>, i64)>,
+    },
+}
+
+/// An answer waiting for its records to be durable.
+pub(crate) enum Durable {
+    Commit(OffsetCommitResponse),
+    Heartbeat(ConsumerGroupHeartbeatResponse),
+    DeleteGroups(DeleteGroupsResponse),
+    OffsetDelete(OffsetDeleteResponse),
+}
+
+impl Durable {
+    /// The records could not be made durable: every part answered as a
+    /// success gets `e` instead.
+    fn fail(&mut self, e: ResponseError) {
+        let set = |code: &mut i16| {
+            if *code == 0 {
+                *code = e.code();
+            }
+        };
+        match self {
+            Durable::Commit(r) => {
+                r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()).for_each(|p| set(&mut p.error_code))
+            }
+            Durable::Heartbeat(r) => {
+                set(&mut r.error_code);
+                r.assignment = None;
+            }
+            Durable::DeleteGroups(r) => r.results.iter_mut().for_each(|g| set(&mut g.error_code)),
+            Durable::OffsetDelete(r) => {
+                r.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()).for_each(|p| set(&mut p.error_code))
+            }
+        }
+    }
+
+    fn respond(&self, request: Request) -> Step {
+        match self {
+            Durable::Commit(r) => request.respond(r),
+            Durable::Heartbeat(r) => request.respond(r),
+            Durable::DeleteGroups(r) => request.respond(r),
+            Durable::OffsetDelete(r) => request.respond(r),
+        }
+    }
+}
+
+/// Answer `answer` once every pending (partition, last offset) is durable,
+/// or with REQUEST_TIMED_OUT after `offsets.commit.timeout.ms`.
+fn when_durable(cx: &mut Cx, request: Request, answer: Durable, pending: Vec<(Arc<Partition>, i64)>) -> Step {
+    let deadline = cx.clock.elapsed + Duration::from_millis(cx.node.config.groups.offsets_commit_timeout_ms);
+    resume(cx, Waiting::Durable { request, answer, pending }, deadline)
 }
 
 /// `__consumer_offsets`, created with `offsets.topic.num.partitions` the
@@ -131,28 +196,39 @@ fn locate(cx: &mut Cx, group: &str) -> Result<Arc<Partition>, ResponseError> {
 /// appended (under the coordinator's lock, so the log's order is the
 /// coordinator's), parked members woken.
 fn run<T>(cx: &mut Cx, p: &Arc<Partition>, f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T) -> T {
+    run_written(cx, p, f).0
+}
+
+/// [`run`], also saying the last offset it wrote (None: nothing), or why
+/// its records could not be written.
+fn run_written<T>(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T,
+) -> (T, Result<Option<i64>, ResponseError>) {
     let (node, clock) = (cx.node, cx.clock);
     let mut fx = Effects::default();
     let out = {
         let mut locked = node.groups.lock();
         let c = locked.coordinator(p.index);
         let out = f(c, &mut fx);
-        write(cx, p, c, &mut fx, clock);
-        out
+        let written = write(cx, p, c, &mut fx, clock);
+        (out, written)
     };
     wake(cx, &fx);
     out
 }
 
 /// Append the effects' records; answers held for them wait for their last
-/// offset to be durable, or fail if they could not be written.
+/// offset to be durable, or fail if they could not be written. Returns
+/// the last offset written.
 fn write(
     cx: &mut Cx,
     p: &Arc<Partition>,
     c: &mut GroupCoordinator,
     fx: &mut Effects,
     clock: crate::server::node::Clock,
-) {
+) -> Result<Option<i64>, ResponseError> {
     let written = append(cx, p, std::mem::take(&mut fx.records));
     for group in std::mem::take(&mut fx.hold) {
         match written {
@@ -165,6 +241,7 @@ fn write(
         // fail_held may have asked for more records (a rebalance): best effort.
         let _ = append(cx, p, std::mem::take(&mut fx.records));
     }
+    written
 }
 
 /// Release SyncGroup answers whose generation's record is now durable.
@@ -217,7 +294,7 @@ pub(crate) fn tick(cx: &mut Cx) -> Option<Duration> {
             if let Some(p) = topic.partition(c.partition()) {
                 release(p, c, &mut fx);
                 c.tick(clock, &mut fx);
-                write(cx, p, c, &mut fx, clock);
+                let _ = write(cx, p, c, &mut fx, clock);
             }
             all.woken.extend(fx.woken);
             if let Some(t) = c.next_deadline() {
@@ -233,29 +310,29 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
     match w {
         Waiting::Join { request, ticket } => resume_ticket(cx, request, ticket, deadline, true),
         Waiting::Sync { request, ticket } => resume_ticket(cx, request, ticket, deadline, false),
-        Waiting::Commit { request, mut response, partition, last_offset } => {
-            let seen = Wake::HighWatermark(partition.clone()).seen();
-            let durable = partition.offsets().map(|o| o.high_watermark > last_offset);
-            let error = match durable {
-                Ok(true) => None,
-                Ok(false) if cx.clock.elapsed < deadline => {
-                    let w = Waiting::Commit { request, response, partition, last_offset };
-                    return Step::Park(Parked { request: Parkable::Group(w), deadline, watch: vec![seen] });
+        Waiting::Durable { request, mut answer, mut pending } => {
+            // Seen before looking, so a move after the look is never missed.
+            let watch: Vec<_> = pending.iter().map(|(p, _)| Wake::HighWatermark(p.clone()).seen()).collect();
+            let mut error = None;
+            pending.retain(|(p, last)| match p.offsets() {
+                Ok(o) => o.high_watermark <= *last,
+                Err(e) => {
+                    error = Some(e.code());
+                    false
                 }
-                Ok(false) => Some(ResponseError::RequestTimedOut),
-                Err(e) => Some(e.code()),
-            };
-            if let Some(e) = error {
-                tracing::warn!(error = ?e, "offset commit not acknowledged");
-                for t in &mut response.topics {
-                    for p in &mut t.partitions {
-                        if p.error_code == 0 {
-                            p.error_code = e.code();
-                        }
-                    }
+            });
+            if error.is_none() && !pending.is_empty() {
+                if cx.clock.elapsed < deadline {
+                    let w = Waiting::Durable { request, answer, pending };
+                    return Step::Park(Parked { request: Parkable::Group(w), deadline, watch });
                 }
+                error = Some(ResponseError::RequestTimedOut);
             }
-            request.respond(&response)
+            if let Some(e) = error {
+                tracing::warn!(error = ?e, api = ?request.key, "group records not acknowledged");
+                answer.fail(e);
+            }
+            answer.respond(request)
         }
     }
 }
@@ -470,7 +547,8 @@ pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) ->
     let mut locked = node.groups.lock();
     let c = locked.coordinator(p.index);
     let instance = req.group_instance_id.as_deref();
-    if let Err(e) = c.admit_commit(&group, req.generation_id_or_member_epoch, &req.member_id, instance, clock) {
+    let (generation, version) = (req.generation_id_or_member_epoch, request.version);
+    if let Err(e) = c.admit_commit(&group, generation, &req.member_id, instance, version, clock) {
         drop(locked);
         tracing::debug!(group = %group, generation = req.generation_id_or_member_epoch, member = %req.member_id, error = ?e, "offset commit refused");
         fail_all(&mut resp, e);
@@ -521,8 +599,7 @@ pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) ->
     }
     drop(locked);
     let Some(last_offset) = last_offset else { return request.respond(&resp) };
-    let deadline = clock.elapsed + Duration::from_millis(node.config.groups.offsets_commit_timeout_ms);
-    resume(cx, Waiting::Commit { request, response: resp, partition: p, last_offset }, deadline)
+    when_durable(cx, request, Durable::Commit(resp), vec![(p, last_offset)])
 }
 
 pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
@@ -533,7 +610,8 @@ pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> Offse
                 .topics
                 .as_ref()
                 .map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
-            let (error, found) = fetch_group(cx, &g.group_id.0, topics);
+            let member = (version >= 9).then(|| (g.member_id.as_deref(), g.member_epoch));
+            let (error, found) = fetch_group(cx, &g.group_id.0, topics, member);
             let mut rg = OffsetFetchResponseGroup::default();
             rg.group_id = g.group_id.clone();
             rg.error_code = code(error);
@@ -560,7 +638,7 @@ pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> Offse
     }
     let topics: Option<Vec<(String, Vec<i32>)>> =
         req.topics.as_ref().map(|ts| ts.iter().map(|t| (t.name.to_string(), t.partition_indexes.clone())).collect());
-    let (error, found) = fetch_group(cx, &req.group_id.0, topics);
+    let (error, found) = fetch_group(cx, &req.group_id.0, topics, None);
     resp.error_code = code(error);
     resp.topics = found
         .into_iter()
@@ -589,11 +667,14 @@ pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> Offse
 type Fetched = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 
 /// The committed offsets of the named partitions (all the group has if none
-/// are named); an uncommitted partition is None.
+/// are named); an uncommitted partition is None. `member` is OffsetFetch
+/// v9's (member id, member epoch): a consumer group member must be at
+/// that epoch.
 fn fetch_group(
     cx: &mut Cx,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(Option<&str>, i32)>,
 ) -> (Result<(), ResponseError>, Fetched) {
     let p = match locate(cx, group) {
         Ok(p) => p,
@@ -605,6 +686,11 @@ fn fetch_group(
     };
     let mut locked = cx.node.groups.lock();
     let c = locked.coordinator(p.index);
+    if let Some((member_id, epoch)) = member {
+        if let Err(e) = c.admit_fetch(group, member_id, epoch) {
+            return (Err(e), Vec::new());
+        }
+    }
     let found = match topics {
         Some(ts) => ts
             .into_iter()
@@ -628,20 +714,20 @@ pub fn list_groups(cx: &mut Cx, req: ListGroupsRequest, _version: i16) -> ListGr
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let mut resp = ListGroupsResponse::default();
-    if !types.is_empty() && !types.iter().any(|t| t == "classic") {
-        return resp;
-    }
     let locked = cx.node.groups.lock();
     for c in locked.all() {
-        for (id, protocol_type, state) in c.list() {
-            if !states.is_empty() && !states.contains(&state.name().to_lowercase()) {
+        for (id, protocol_type, state, group_type) in c.list() {
+            if !states.is_empty() && !states.contains(&state.to_lowercase()) {
+                continue;
+            }
+            if !types.is_empty() && !types.iter().any(|t| t == group_type) {
                 continue;
             }
             let mut g = ListedGroup::default();
             g.group_id = GroupId(str_bytes(id));
             g.protocol_type = str_bytes(protocol_type);
-            g.group_state = str_bytes(state.name());
-            g.group_type = str_bytes("classic");
+            g.group_state = str_bytes(state);
+            g.group_type = str_bytes(group_type);
             resp.groups.push(g);
         }
     }
@@ -666,7 +752,7 @@ pub fn describe_groups(cx: &mut Cx, req: DescribeGroupsRequest, version: i16) ->
                         }
                     }
                     Some(g) => {
-                        d.group_state = str_bytes(g.state.name());
+                        d.group_state = str_bytes(g.state_name);
                         d.protocol_type = str_bytes(g.protocol_type);
                         d.protocol_data = str_bytes(g.protocol);
                         d.members = g
@@ -692,31 +778,46 @@ pub fn describe_groups(cx: &mut Cx, req: DescribeGroupsRequest, version: i16) ->
     resp
 }
 
-pub fn delete_groups(cx: &mut Cx, req: DeleteGroupsRequest, _version: i16) -> DeleteGroupsResponse {
+/// DeleteGroups: answered once every deleted group's tombstones are durable.
+pub fn delete_groups(cx: &mut Cx, req: DeleteGroupsRequest, request: Request) -> Step {
     let mut resp = DeleteGroupsResponse::default();
+    let mut pending: BTreeMap<i32, (Arc<Partition>, i64)> = BTreeMap::new();
     for group in &req.groups_names {
         let error = match locate(cx, group) {
             Err(e) => Err(e),
-            Ok(p) => run(cx, &p, |c, fx| {
-                let records = c.delete_group(group)?;
-                tracing::info!(group = %group.0, "group deleted");
-                fx.records.extend(records);
-                Ok(())
-            }),
+            Ok(p) => {
+                let (deleted, written) = run_written(cx, &p, |c, fx| {
+                    let records = c.delete_group(group)?;
+                    tracing::info!(group = %group.0, "group deleted");
+                    fx.records.extend(records);
+                    Ok(())
+                });
+                match (deleted, written) {
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                    (Ok(()), Ok(last)) => {
+                        if let Some(last) = last {
+                            let slot = pending.entry(p.index).or_insert((p.clone(), last));
+                            slot.1 = slot.1.max(last);
+                        }
+                        Ok(())
+                    }
+                }
+            }
         };
         let mut r = DeletableGroupResult::default();
         r.group_id = group.clone();
         r.error_code = code(error);
         resp.results.push(r);
     }
-    resp
+    when_durable(cx, request, Durable::DeleteGroups(resp), pending.into_values().collect())
 }
 
-pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, _version: i16) -> OffsetDeleteResponse {
+/// OffsetDelete: answered once its tombstones are durable.
+pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, request: Request) -> Step {
     let mut resp = OffsetDeleteResponse::default();
     let p = match locate(cx, &req.group_id.0) {
         Ok(p) => p,
-        Err(e) => return resp.with_error_code(e.code()),
+        Err(e) => return request.respond(&resp.with_error_code(e.code())),
     };
     let asked: Vec<(String, i32)> = req
         .topics
@@ -729,7 +830,7 @@ pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, _version: i16) -> Of
     let c = locked.coordinator(p.index);
     let results = match c.delete_offsets(&req.group_id.0, &asked) {
         Ok(r) => r,
-        Err(e) => return resp.with_error_code(e.code()),
+        Err(e) => return request.respond(&resp.with_error_code(e.code())),
     };
     let tombstones: Vec<Record> = results.iter().filter_map(|(_, r)| r.clone()).collect();
     let written = append(cx, &p, tombstones.clone());
@@ -755,6 +856,131 @@ pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, _version: i16) -> Of
             );
         }
         resp.topics.push(rt);
+    }
+    let pending = match written {
+        Ok(Some(last)) => vec![(p, last)],
+        _ => Vec::new(),
+    };
+    when_durable(cx, request, Durable::OffsetDelete(resp), pending)
+}
+
+/// The topics consumer groups may be assigned: every topic but the internal ones.
+fn topics_view(cx: &Cx) -> TopicsView {
+    cx.node
+        .topics
+        .all()
+        .iter()
+        .filter(|t| t.name != OFFSETS_TOPIC)
+        .map(|t| (t.name.clone(), TopicMeta { id: t.id, partitions: t.partitions.len() as i32 }))
+        .collect()
+}
+
+/// ConsumerGroupHeartbeat (KIP-848). Its answer waits until everything the
+/// coordinator's partition holds so far is durable: the assignment it
+/// hands out may rest on records other members' heartbeats wrote.
+pub fn consumer_group_heartbeat(
+    cx: &mut Cx,
+    req: ConsumerGroupHeartbeatRequest,
+    request: Request,
+    client_id: &str,
+) -> Step {
+    let p = match locate(cx, &req.group_id.0) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut r = ConsumerGroupHeartbeatResponse::default();
+            r.error_code = e.code();
+            r.member_epoch = -1;
+            return request.respond(&r);
+        }
+    };
+    let topics = topics_view(cx);
+    let clock = cx.clock;
+    let client = Client { client_id, client_host: "/unknown" };
+    let (mut resp, written) = run_written(cx, &p, |c, fx| c.consumer_heartbeat(&req, client, &topics, clock, fx));
+    if let Err(e) = written {
+        resp.error_code = e.code();
+        resp.assignment = None;
+        return request.respond(&resp);
+    }
+    let pending = match p.offsets() {
+        Ok(o) if o.high_watermark < o.log_end_offset => vec![(p, o.log_end_offset - 1)],
+        _ => Vec::new(),
+    };
+    when_durable(cx, request, Durable::Heartbeat(resp), pending)
+}
+
+/// ConsumerGroupDescribe (KIP-848): a consumer group's epochs, assignor and
+/// members with their current and target assignments.
+pub fn consumer_group_describe(
+    cx: &mut Cx,
+    req: ConsumerGroupDescribeRequest,
+    _version: i16,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::{
+        Assignment, DescribedGroup as Described, Member, TopicPartitions,
+    };
+    let topics = topics_view(cx);
+    let names: BTreeMap<uuid::Uuid, &str> = topics.iter().map(|(n, t)| (t.id, n.as_str())).collect();
+    let wire = |a: &crate::server::group::records::Assignment| {
+        let mut w = Assignment::default();
+        w.topic_partitions = a
+            .iter()
+            .map(|(id, ps)| {
+                let mut tp = TopicPartitions::default();
+                tp.topic_id = *id;
+                tp.topic_name = super::topic_name(names.get(id).copied().unwrap_or(""));
+                tp.partitions = ps.iter().copied().collect();
+                tp
+            })
+            .collect();
+        w
+    };
+    let mut resp = ConsumerGroupDescribeResponse::default();
+    for group in &req.group_ids {
+        let mut d = Described::default();
+        d.group_id = group.clone();
+        d.authorized_operations = i32::MIN;
+        match locate(cx, group) {
+            Err(e) => d.error_code = e.code(),
+            Ok(p) => {
+                let mut locked = cx.node.groups.lock();
+                match locked.coordinator(p.index).consumer_group(group) {
+                    Err(e) => {
+                        d.error_code = e.code();
+                        d.error_message = Some(str_bytes(format!("group {} is not a consumer group", group.0)));
+                        d.group_state = str_bytes("Dead");
+                    }
+                    Ok(c) => {
+                        d.group_state = str_bytes(c.state().name());
+                        d.group_epoch = c.epoch;
+                        d.assignment_epoch = c.assignment_epoch;
+                        d.assignor_name = str_bytes(c.assignor.clone());
+                        d.members = c
+                            .members
+                            .values()
+                            .map(|m| {
+                                let mut dm = Member::default();
+                                dm.member_id = str_bytes(m.id.clone());
+                                dm.instance_id = m.meta.instance_id.clone().map(str_bytes);
+                                dm.rack_id = m.meta.rack_id.clone().map(str_bytes);
+                                dm.member_epoch = m.member_epoch;
+                                dm.client_id = str_bytes(m.meta.client_id.clone());
+                                dm.client_host = str_bytes(m.meta.client_host.clone());
+                                dm.subscribed_topic_names =
+                                    m.meta.subscribed_topic_names.iter().map(|t| super::topic_name(t)).collect();
+                                dm.subscribed_topic_regex = m.meta.subscribed_topic_regex.clone().map(str_bytes);
+                                dm.assignment = wire(&m.assigned);
+                                dm.target_assignment = wire(c.target.get(&m.id).unwrap_or(&Default::default()));
+                                // 1: a member of the consumer protocol (KIP-1099).
+                                dm.member_type = 1;
+                                dm
+                            })
+                            .collect();
+                    }
+                }
+            }
+        }
+        resp.groups.push(d);
     }
     resp
 }

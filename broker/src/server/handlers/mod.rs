@@ -115,8 +115,13 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::OffsetFetch => respond(key, v, corr, &group::offset_fetch(cx, body!(), v)),
         ApiKey::ListGroups => respond(key, v, corr, &group::list_groups(cx, body!(), v)),
         ApiKey::DescribeGroups => respond(key, v, corr, &group::describe_groups(cx, body!(), v)),
-        ApiKey::DeleteGroups => respond(key, v, corr, &group::delete_groups(cx, body!(), v)),
-        ApiKey::OffsetDelete => respond(key, v, corr, &group::offset_delete(cx, body!(), v)),
+        ApiKey::DeleteGroups => group::delete_groups(cx, body!(), Request { key, version, corr }),
+        ApiKey::OffsetDelete => group::offset_delete(cx, body!(), Request { key, version, corr }),
+        ApiKey::ConsumerGroupHeartbeat => {
+            let client_id = header.client_id.as_deref().unwrap_or("").to_string();
+            group::consumer_group_heartbeat(cx, body!(), Request { key, version, corr }, &client_id)
+        }
+        ApiKey::ConsumerGroupDescribe => respond(key, v, corr, &group::consumer_group_describe(cx, body!(), v)),
         ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
         other => {
             assert!(false, "{other:?} is in the version table but has no handler");
