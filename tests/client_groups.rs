@@ -234,3 +234,36 @@ async fn round_robin_and_pattern_subscriptions() {
     assert!(admin.group_offsets("g-pattern").await.unwrap().is_empty());
     assert!(admin.delete_group("g-pattern").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_async_reports_through_its_callback_in_order() {
+    let b = start_broker().await;
+    b.topic("async-commits", 2, 5).await;
+    let mut c = b.consumer("g-async", Assignor::Range);
+    c.subscribe(vec!["async-commits".to_string()]).unwrap();
+    let mut got = 0;
+    for _ in 0..100 {
+        got += c.poll(Duration::from_millis(100)).await.unwrap().len();
+        if got >= 10 {
+            break;
+        }
+    }
+    assert_eq!(got, 10);
+    let outcomes: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
+    for n in 0..3u32 {
+        let o = outcomes.clone();
+        c.commit_async(Some(Box::new(move |r| o.lock().unwrap().push((n, r.is_ok()))))).await.unwrap();
+    }
+    for _ in 0..100 {
+        if outcomes.lock().unwrap().len() == 3 {
+            break;
+        }
+        c.poll(Duration::from_millis(50)).await.unwrap();
+    }
+    assert_eq!(*outcomes.lock().unwrap(), vec![(0, true), (1, true), (2, true)], "every callback, in order");
+    let admin = Admin::new(b.env.clone(), AdminConfig::new(b.bootstrap.clone())).unwrap();
+    let offsets = admin.group_offsets("g-async").await.unwrap();
+    assert_eq!(offsets.len(), 2);
+    assert!(offsets.values().all(|&o| o == 5), "{offsets:?}");
+    c.unsubscribe().await;
+}

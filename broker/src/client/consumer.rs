@@ -25,7 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::batch;
 use super::cluster::{Cluster, ClusterConfig};
-use super::group::{GroupSettings, Membership};
+use super::group::{GroupSettings, Membership, PendingCommit};
 use super::{ClientError, Header, TopicPartition};
 use crate::io::Env;
 
@@ -146,7 +146,16 @@ struct GroupCtx {
     subscription: Option<Subscription>,
     listener: Option<Box<dyn RebalanceListener>>,
     last_auto_commit: Duration,
+    /// Commits sent by `commit_async`, oldest first, with their callbacks.
+    async_commits: std::collections::VecDeque<(PendingCommit, Option<CommitCallback>)>,
 }
+
+/// Told how an asynchronous commit ended (Kafka's `OffsetCommitCallback`).
+pub type CommitCallback = Box<dyn FnOnce(Result<(), ClientError>) + Send + Sync>;
+
+/// Most asynchronous commits awaiting their answer; one more is refused
+/// until the oldest is answered.
+pub const MAX_ASYNC_COMMITS: usize = 64;
 
 /// A Kafka consumer: partitions assigned by hand or by its group.
 pub struct Consumer {
@@ -181,7 +190,13 @@ impl Consumer {
                 }
                 let backoff = Duration::from_millis(config.retry_backoff_ms);
                 let membership = Membership::new(env.clone(), cluster.clone(), settings.clone(), backoff);
-                Some(GroupCtx { membership, subscription: None, listener: None, last_auto_commit: env.elapsed() })
+                Some(GroupCtx {
+                    membership,
+                    subscription: None,
+                    listener: None,
+                    last_auto_commit: env.elapsed(),
+                    async_commits: Default::default(),
+                })
             }
             None => None,
         };
@@ -227,8 +242,45 @@ impl Consumer {
 
     /// Commit the current positions of every assigned partition.
     pub async fn commit_sync(&mut self) -> Result<(), ClientError> {
+        self.complete_async_commits();
         let offsets = self.current_offsets(None);
         self.commit_offsets(&offsets).await
+    }
+
+    /// Commit the current positions without waiting (Kafka's
+    /// `commitAsync`): sent once, never retried, and `callback` is called
+    /// from a later `poll` (or commit) with the outcome, in the order the
+    /// commits were made. A failure that means a rebalance marks the member
+    /// to rejoin, as a synchronous commit's does.
+    pub async fn commit_async(&mut self, callback: Option<CommitCallback>) -> Result<(), ClientError> {
+        self.complete_async_commits();
+        let offsets = self.current_offsets(None);
+        let g = self.group_mut()?;
+        if g.async_commits.len() >= MAX_ASYNC_COMMITS {
+            return Err(ClientError::InvalidArgument(format!(
+                "{MAX_ASYNC_COMMITS} asynchronous commits await their answers; poll before committing again"
+            )));
+        }
+        let pending = g.membership.commit_async(&offsets).await?;
+        g.async_commits.push_back((pending, callback));
+        Ok(())
+    }
+
+    /// Deliver the answers of asynchronous commits that have arrived, in
+    /// order; stops at the first still in flight.
+    fn complete_async_commits(&mut self) {
+        let Some(g) = self.group.as_mut() else { return };
+        while let Some((pending, _)) = g.async_commits.front_mut() {
+            let Some(answer) = pending.try_take() else { break };
+            let (_, callback) = g.async_commits.pop_front().expect("front exists");
+            let outcome = g.membership.commit_outcome(answer);
+            if let Err(e) = &outcome {
+                tracing::debug!(error = %e, "asynchronous commit failed");
+            }
+            if let Some(cb) = callback {
+                cb(outcome);
+            }
+        }
     }
 
     /// Commit `offsets` (the next offset to consume, per partition). A
@@ -595,6 +647,7 @@ impl Consumer {
             return Err(ClientError::InvalidArgument("poll with no partitions assigned".into()));
         }
         let deadline = self.env.elapsed() + timeout;
+        self.complete_async_commits();
         loop {
             self.maintain_group().await?;
             if self.positions.is_empty() {

@@ -19,7 +19,7 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,
-    OffsetFetchRequest, SyncGroupRequest, TopicName,
+    OffsetCommitResponse, OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -411,6 +411,53 @@ impl Membership {
         if offsets.is_empty() {
             return Ok(());
         }
+        let request = self.commit_request(offsets);
+        let deadline = self.env.elapsed() + self.request_timeout();
+        loop {
+            let timeout = self.request_timeout();
+            let req = request.clone();
+            let result = self.send(|_| req, timeout).await;
+            let Err(err) = self.commit_outcome(result) else { return Ok(()) };
+            match err.broker_error() {
+                Some(
+                    ResponseError::RebalanceInProgress
+                    | ResponseError::UnknownMemberId
+                    | ResponseError::IllegalGeneration,
+                ) => return Err(err),
+                Some(e) if is_coordinator_error(e) => {}
+                _ if err.is_retriable() && !err.maybe_applied() => {}
+                _ => return Err(err),
+            }
+            if self.env.elapsed() >= deadline {
+                return Err(err);
+            }
+            self.env.sleep(self.retry_backoff).await;
+        }
+    }
+
+    /// Send an OffsetCommit of `offsets` once, without waiting for it (Kafka's
+    /// `commitAsync`: no retry, since a later commit supersedes it). Hand
+    /// the answer to [`Self::commit_outcome`] when it arrives.
+    pub async fn commit_async(
+        &mut self,
+        offsets: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<PendingCommit, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if offsets.is_empty() {
+            let _ = tx.send(Ok(OffsetCommitResponse::default()));
+            return Ok(PendingCommit { rx });
+        }
+        let request = self.commit_request(offsets);
+        let conn = self.coordinator().await?;
+        let version = conn.version::<OffsetCommitRequest>()?;
+        let timeout = self.request_timeout();
+        crate::io::spawn(&self.env, "consumer-async-commit", async move {
+            let _ = tx.send(conn.request(&request, version, timeout).await);
+        });
+        Ok(PendingCommit { rx })
+    }
+
+    fn commit_request(&self, offsets: &BTreeMap<TopicPartition, i64>) -> OffsetCommitRequest {
         let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
         for (tp, off) in offsets {
             by_topic.entry(&tp.topic).or_default().push(
@@ -421,53 +468,39 @@ impl Membership {
             .into_iter()
             .map(|(t, ps)| OffsetCommitRequestTopic::default().with_name(TopicName(s(t))).with_partitions(ps))
             .collect();
-        let (group, member, generation) = (self.settings.group_id.clone(), self.member_id.clone(), self.generation);
-        let instance = self.settings.group_instance_id.clone();
-        let deadline = self.env.elapsed() + self.request_timeout();
-        loop {
-            let timeout = self.request_timeout();
-            let topics = topics.clone();
-            let result = self
-                .send(
-                    |_| {
-                        OffsetCommitRequest::default()
-                            .with_group_id(GroupId(s(&group)))
-                            .with_generation_id_or_member_epoch(generation)
-                            .with_member_id(s(&member))
-                            .with_group_instance_id(instance.as_deref().map(s))
-                            .with_topics(topics)
-                    },
-                    timeout,
-                )
-                .await;
-            let err = match result {
-                Ok(r) => {
-                    let first = r.topics.iter().flat_map(|t| &t.partitions).find(|p| p.error_code != 0);
-                    match first {
-                        None => return Ok(()),
-                        Some(p) => ClientError::broker(format!("commit offsets of group {group}"), p.error_code, None),
-                    }
-                }
-                Err(e) => e,
-            };
-            match err.broker_error() {
-                Some(ResponseError::RebalanceInProgress) => {
-                    self.rejoin_needed = true;
-                    return Err(err);
-                }
-                Some(ResponseError::UnknownMemberId | ResponseError::IllegalGeneration) => {
-                    self.reset();
-                    return Err(err);
-                }
-                Some(e) if is_coordinator_error(e) => self.coordinator = None,
-                _ if err.is_retriable() && !err.maybe_applied() => {}
-                _ => return Err(err),
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(&self.settings.group_id)))
+            .with_generation_id_or_member_epoch(self.generation)
+            .with_member_id(s(&self.member_id))
+            .with_group_instance_id(self.settings.group_instance_id.as_deref().map(s))
+            .with_topics(topics)
+    }
+
+    /// What an OffsetCommit's answer means for this member: a rebalance under
+    /// way marks it to rejoin, a stale generation or member id resets it
+    /// (Kafka's CommitFailedException), a moved coordinator is forgotten.
+    pub fn commit_outcome(&mut self, result: Result<OffsetCommitResponse, ClientError>) -> Result<(), ClientError> {
+        let err = match result {
+            Ok(r) => match r.topics.iter().flat_map(|t| &t.partitions).find(|p| p.error_code != 0) {
+                None => return Ok(()),
+                Some(p) => ClientError::broker(
+                    format!("commit offsets of group {}", self.settings.group_id),
+                    p.error_code,
+                    None,
+                ),
+            },
+            Err(e) => {
+                self.coordinator = None;
+                e
             }
-            if self.env.elapsed() >= deadline {
-                return Err(err);
-            }
-            self.env.sleep(self.retry_backoff).await;
+        };
+        match err.broker_error() {
+            Some(ResponseError::RebalanceInProgress) => self.rejoin_needed = true,
+            Some(ResponseError::UnknownMemberId | ResponseError::IllegalGeneration) => self.reset(),
+            Some(e) if is_coordinator_error(e) => self.coordinator = None,
+            _ => {}
         }
+        Err(err)
     }
 
     /// The group's committed offsets of `tps` (absent: none committed).
@@ -554,5 +587,23 @@ impl Membership {
             tracing::debug!(group = %group, error = %e, "LeaveGroup failed; the session will time out");
         }
         self.reset();
+    }
+}
+
+/// An OffsetCommit sent by [`Membership::commit_async`], not yet answered.
+pub struct PendingCommit {
+    rx: tokio::sync::oneshot::Receiver<Result<OffsetCommitResponse, ClientError>>,
+}
+
+impl PendingCommit {
+    /// The answer if it has arrived; a task that died without one (the
+    /// client shutting down) counts as a lost connection.
+    pub fn try_take(&mut self) -> Option<Result<OffsetCommitResponse, ClientError>> {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Closed) => Some(Err(ClientError::Protocol("the asynchronous commit was dropped".into()))),
+        }
     }
 }

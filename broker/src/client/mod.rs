@@ -33,7 +33,7 @@ pub use admin::{
     TopicDescription,
 };
 pub use assignor::Assignor;
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
+pub use consumer::{AutoOffsetReset, CommitCallback, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};
 pub use group::GroupSettings;
 pub use producer::{
     Compression, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
