@@ -69,11 +69,13 @@ pub const CORRUPT_READ: &str = "corrupt-read";
 /// bug loses no record and duplicates none — every send still succeeds
 /// after the reset — so no history checker can see it.
 ///
-/// Reported, not yet fatal: a few fault-free runs show one refusal (steady
-/// seeds 158 and 161: "producer 0 epoch 0 sent sequence 0; expected 2": a
-/// batch at sequence 0 where the partition already held sequences 0 and 1
-/// of the same producer id), whose cause is still open. It becomes fatal where the medium cannot lose
-/// fsynced data once that is understood.
+/// Fatal wherever idempotence is on and the medium cannot corrupt fsynced
+/// data ([`Scenario::medium_may_corrupt`]): acknowledged batches are never
+/// lost there (`lost-write` is fatal too), so the producer state the broker
+/// derives from its log always holds the producer's last acknowledged
+/// batch. Where the medium corrupts, a correct broker truncates at the
+/// damage and may forget acknowledged batches; the finding is then only
+/// reported.
 pub const SEQUENCE_REFUSED: &str = "sequence-refused";
 
 /// Liveness: after the heal, a write and a read must succeed within the
@@ -180,8 +182,11 @@ pub struct RunResult {
     /// retry budget: the [`CORRUPT_READ`] finding.
     pub unreadable: Vec<Unreadable>,
     /// Idempotent producers' oldest batches refused as out of sequence:
-    /// the [`SEQUENCE_REFUSED`] finding (informational for now).
+    /// the [`SEQUENCE_REFUSED`] finding.
     pub sequence_refusals: u64,
+    /// Whether the resolved configuration makes [`SEQUENCE_REFUSED`] fatal:
+    /// idempotence on and a medium that cannot corrupt fsynced data.
+    pub promises_in_sequence: bool,
     pub trace_hash: u64,
     pub trace: Trace,
     pub history: History,
@@ -209,11 +214,20 @@ impl RunResult {
         // with no records and no error, so the read stalls rather than
         // failing its CRC check; that is reported, not forgiven, elsewhere.)
         let read_all = self.final_read_complete || !self.promises_readable;
-        self.report.valid && read_all && self.corrupt_ok() && self.liveness.passed() && self.panics.is_empty()
+        self.report.valid
+            && read_all
+            && self.corrupt_ok()
+            && self.sequence_ok()
+            && self.liveness.passed()
+            && self.panics.is_empty()
     }
 
     fn corrupt_ok(&self) -> bool {
         self.unreadable.is_empty() || !self.promises_readable
+    }
+
+    fn sequence_ok(&self) -> bool {
+        self.sequence_refusals == 0 || !self.promises_in_sequence
     }
 
     /// A one-word verdict.
@@ -224,6 +238,9 @@ impl RunResult {
         let mut kinds: Vec<&str> = self.report.invalid_kinds.iter().map(|k| k.as_str()).collect();
         if !self.corrupt_ok() {
             kinds.push(CORRUPT_READ);
+        }
+        if !self.sequence_ok() {
+            kinds.push(SEQUENCE_REFUSED);
         }
         if !kinds.is_empty() {
             format!("INVALID ({})", kinds.join(", "))
@@ -300,10 +317,15 @@ impl RunResult {
             let _ = writeln!(out, "\nfinal read incomplete: {why}");
         }
         if self.sequence_refusals > 0 {
+            let how = if self.promises_in_sequence {
+                "fatal"
+            } else {
+                "informational: the medium may corrupt fsynced data, so a correct broker may forget acknowledged batches"
+            };
             let _ = writeln!(
                 out,
-                "\n{SEQUENCE_REFUSED} (informational): the broker refused an idempotent producer's oldest unfinished \
-                 batch as out of sequence {} time(s)",
+                "\n{SEQUENCE_REFUSED} ({how}): the broker refused an idempotent producer's oldest unfinished batch as \
+                 out of sequence {} time(s)",
                 self.sequence_refusals
             );
         }
@@ -565,6 +587,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         corrupt_polls,
         unreadable: final_read.unreadable,
         sequence_refusals,
+        promises_in_sequence: scenario.workload.idempotence && !scenario.medium_may_corrupt(),
         trace_hash: trace.hash(),
         trace,
         history,

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context};
 
-use crate::runner::{run_scenario, RunOptions, CORRUPT_READ};
+use crate::runner::{run_scenario, RunOptions, CORRUPT_READ, SEQUENCE_REFUSED};
 use crate::scenario::Scenario;
 
 /// What a sweep keeps of one run.
@@ -115,6 +115,9 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
             // The runner's own finding, counted beside the checkers' kinds.
             if !r.unreadable.is_empty() {
                 anomalies.insert(CORRUPT_READ.to_string(), r.unreadable.len());
+            }
+            if r.sequence_refusals > 0 {
+                anomalies.insert(SEQUENCE_REFUSED.to_string(), r.sequence_refusals as usize);
             }
             if !r.liveness.passed() {
                 anomalies.insert("not-live".to_string(), 1);

@@ -172,6 +172,11 @@ impl<C> Accumulator<C> {
         q.batches.insert(at, batch);
     }
 
+    /// How many of `tp`'s batches are in flight.
+    pub fn in_flight(&self, tp: &TopicPartition) -> usize {
+        self.queues.get(tp).map_or(0, |q| q.in_flight)
+    }
+
     /// The in-flight batch of `tp` is finished (delivered or failed).
     pub fn done(&mut self, tp: &TopicPartition) {
         let q = self.queues.get_mut(tp).expect("a finished batch's partition has a queue");

@@ -14,7 +14,12 @@
 //! is the next in sequence and answers a retry of a stored batch with its
 //! original offsets, so retries neither duplicate nor reorder. A batch
 //! refused as out of order while an earlier batch of its partition is still
-//! unresolved is retried behind it. A batch that finally fails leaves a gap
+//! unresolved is retried behind it. A partition's first batch under a
+//! producer id goes alone: the broker accepts an unknown producer's batch at
+//! any sequence (as Kafka does, since the producer's state may have left the
+//! log), so a second batch that overtook the first on the way (a request
+//! that left late, or went on another connection) would be stored as the
+//! producer's first and the true first refused. A batch that finally fails leaves a gap
 //! in its partition's sequence; the producer then waits for every request
 //! to return, fails the queued batches that may already be in the log, and
 //! starts over with a new producer id (Kafka bumps the epoch; our broker
@@ -388,6 +393,10 @@ struct Sender {
     /// Idempotence: ids of the batches of each partition that were numbered
     /// and are not finished (in flight or waiting to be retried).
     unresolved: BTreeMap<TopicPartition, BTreeSet<u64>>,
+    /// Idempotence: partitions where the broker acknowledged a batch under
+    /// the current producer id, so it knows the producer and checks its
+    /// sequence. Until then a partition has one batch in flight at most.
+    acknowledged: BTreeSet<TopicPartition>,
     /// Idempotence: a numbered batch finally failed, leaving a gap; the
     /// producer id must be replaced once no request is in flight.
     reset_pending: bool,
@@ -427,6 +436,7 @@ impl Sender {
             last_init: None,
             next_sequence: BTreeMap::new(),
             unresolved: BTreeMap::new(),
+            acknowledged: BTreeSet::new(),
             reset_pending: false,
             sequence_refusals: Arc::new(AtomicU64::new(0)),
         };
@@ -692,6 +702,7 @@ impl Sender {
         self.producer = None;
         self.next_sequence.clear();
         self.unresolved.clear();
+        self.acknowledged.clear();
         self.reset_pending = false;
     }
 
@@ -715,6 +726,9 @@ impl Sender {
                 continue;
             };
             if self.leader_in_flight.get(&leader).copied().unwrap_or(0) >= limit {
+                continue;
+            }
+            if idempotent && !self.acknowledged.contains(&tp) && self.acc.in_flight(&tp) > 0 {
                 continue;
             }
             let Some(mut batch) = self.acc.drain(&tp) else { continue };
@@ -830,7 +844,9 @@ impl Sender {
                 Ok((base, append_time)) => {
                     let acks0 = self.config.acks == 0;
                     self.acc.done(&tp);
-                    self.resolve(&batch);
+                    if self.resolve(&batch) {
+                        self.acknowledged.insert(tp.clone());
+                    }
                     for (i, r) in batch.records.into_iter().enumerate() {
                         let meta = RecordMetadata {
                             topic: tp.topic.clone(),

@@ -25,7 +25,9 @@
 //! fatal is reading what nobody wrote or what definitely failed (`G1a`,
 //! `unexpected`), disorder inside one fetch (`int-*`), and, outside the
 //! checkers, a client accepting data that fails its CRC check. The runner's
-//! `corrupt-read` finding follows the same rule.
+//! `corrupt-read` finding follows the same rule, and so does its
+//! `sequence-refused` finding (an idempotent producer's oldest unfinished
+//! batch refused as out of sequence), fatal only with idempotence on.
 
 use super::{AnomalyKind, CheckOptions};
 use crate::scenario::Scenario;
