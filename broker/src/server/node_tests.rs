@@ -417,11 +417,14 @@ fn a_commit_is_answered_once_durable_and_survives_a_restart() {
     h.advance(11_000);
     h.node.tick(&h.disk, h.clock);
     let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(StrBytes::from_static_str("g"))]);
-    let r: DeleteGroupsResponse = h.answer(ApiKey::DeleteGroups, 2, &req);
-    assert_eq!(r.results[0].error_code, 0);
+    let Step::Park(parked) = h.send(ApiKey::DeleteGroups, 2, &req).step else {
+        panic!("a deletion is answered only once durable")
+    };
     assert_eq!(fetch_committed(&mut h), -1);
     h.advance(600);
     h.node.tick(&h.disk, h.clock);
+    let r: DeleteGroupsResponse = decode(h.node.resume(&h.disk, h.clock, parked).step, ApiKey::DeleteGroups, 2);
+    assert_eq!(r.results[0].error_code, 0);
     h.restart();
     assert_eq!(fetch_committed(&mut h), -1, "the deletion is durable too");
 }
