@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// Run a broker on real sockets and files.
     Serve(cmd::serve::Args),
+    /// Start a local cluster of `serve` processes on loopback (stops them on Ctrl-C/SIGTERM).
+    Cluster(cmd::cluster::Args),
+    /// Describe the metadata quorum: leader, epoch, high watermark, voters and observers.
+    Quorum(cmd::quorum::Args),
     /// Create, list, describe and delete topics.
     Topics(cmd::topics::Args),
     /// List, describe and delete consumer groups; reset their offsets.
@@ -56,6 +60,8 @@ fn main() {
             rt.block_on(async move {
                 match other {
                     Command::Serve(a) => cmd::serve::run(a).await,
+                    Command::Cluster(a) => cmd::cluster::run(a).await,
+                    Command::Quorum(a) => cmd::quorum::run(a).await,
                     Command::Topics(a) => cmd::topics::run(a).await,
                     Command::Groups(a) => cmd::groups::run(a).await,
                     Command::Produce(a) => cmd::produce::run(a).await,

@@ -479,6 +479,14 @@ fn request_body(key: ApiKey, version: i16) -> Vec<u8> {
         ApiKey::DeleteTopics => DeleteTopicsRequest::default().encode(&mut buf, version),
         ApiKey::InitProducerId => InitProducerIdRequest::default().encode(&mut buf, version),
         ApiKey::DescribeConfigs => DescribeConfigsRequest::default().encode(&mut buf, version),
+        ApiKey::Vote => VoteRequest::default().encode(&mut buf, version),
+        ApiKey::BeginQuorumEpoch => BeginQuorumEpochRequest::default().encode(&mut buf, version),
+        ApiKey::EndQuorumEpoch => EndQuorumEpochRequest::default().encode(&mut buf, version),
+        ApiKey::DescribeQuorum => DescribeQuorumRequest::default().encode(&mut buf, version),
+        ApiKey::FetchSnapshot => FetchSnapshotRequest::default().encode(&mut buf, version),
+        ApiKey::BrokerRegistration => BrokerRegistrationRequest::default().encode(&mut buf, version),
+        ApiKey::BrokerHeartbeat => BrokerHeartbeatRequest::default().encode(&mut buf, version),
+        ApiKey::UnregisterBroker => UnregisterBrokerRequest::default().encode(&mut buf, version),
         _ => Ok(()),
     };
     r.map(|()| buf.to_vec()).unwrap_or_default()

@@ -5,6 +5,7 @@
 //! - [`storage`]: the partition log: segments, indexes, recovery, flush.
 //! - [`wire`]: Kafka wire framing and the API version table.
 //! - [`server`]: the broker node: topics, request handlers, long-poll fetch.
+//! - [`cluster`]: a node's membership in the cluster: peer connections.
 //! - [`client`]: producer, consumer and admin clients over the same seam.
 //! - [`controller`]: cluster metadata: records, the metadata image, the
 //!   active controller's logic, a broker's registration life cycle.

@@ -1,9 +1,11 @@
 //! Real-mode subcommands.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod groups;
 pub mod produce;
+pub mod quorum;
 pub mod serve;
 pub mod topics;
 

@@ -64,14 +64,7 @@ pub fn build_config(args: &Args, file_text: Option<&str>) -> anyhow::Result<Brok
          segments for tests",
         config.log.segment_bytes
     );
-    let cluster = config.cluster_mode().map_err(|m| anyhow::anyhow!("bad cluster settings: {m}"))?;
-    if let Some(mode) = cluster {
-        anyhow::bail!(
-            "process_roles = {:?} asks for cluster mode, which `faultline serve` does not run yet (the metadata \
-             quorum is not wired into the node); remove process_roles and controller_quorum_voters to run one broker",
-            mode.roles
-        );
-    }
+    config.cluster_mode().map_err(|m| anyhow::anyhow!("bad cluster settings: {m}"))?;
     if config.bugs.any() {
         anyhow::bail!(
             "the config enables planted bugs ({:?}); they exist only for the simulator and `serve` refuses them",
@@ -95,12 +88,15 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
     writeln!(out, "listening on {}", broker.local_addr())?;
     out.flush()?;
     drop(out);
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot wait for SIGTERM")?;
     tokio::select! {
         biased;
         r = tokio::signal::ctrl_c() => {
             r.context("cannot wait for ctrl-c")?;
             tracing::info!("interrupted; shutting down");
         }
+        _ = term.recv() => tracing::info!("terminated; shutting down"),
         r = broker.wait() => return r.map(|()| 0),
     }
     Ok(0)
@@ -149,8 +145,8 @@ mod tests {
         assert!(format!("{err:#}").contains("controller_quorum_voters is required"), "{err:#}");
         let text =
             "process_roles = \"broker,controller\"\nnode_id = 1\ncontroller_quorum_voters = \"1@127.0.0.1:9093\"\n";
-        let err = build_config(&args(), Some(text)).unwrap_err();
-        assert!(format!("{err:#}").contains("does not run yet"), "{err:#}");
+        let c = build_config(&args(), Some(text)).unwrap();
+        assert!(c.cluster_mode().unwrap().is_some_and(|m| m.roles.broker && m.roles.controller));
     }
 
     #[test]

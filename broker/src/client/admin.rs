@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
@@ -23,6 +24,22 @@ use crate::io::Env;
 
 /// DescribeConfigs resource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
+/// The metadata quorum as its leader describes it (DescribeQuorum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    /// (node id, log end offset) of each voter.
+    pub voters: Vec<(i32, i64)>,
+    /// (node id, log end offset) of each observer the leader tracks.
+    pub observers: Vec<(i32, i64)>,
+}
+
+/// Times a topic request answered NOT_CONTROLLER is sent again.
+const CONTROLLER_RETRIES: u32 = 50;
+/// Pause before each such retry.
+const CONTROLLER_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Admin client settings.
 #[derive(Debug, Clone)]
@@ -138,6 +155,45 @@ impl Admin {
         self.request_timeout.as_millis().min(i32::MAX as u128) as i32
     }
 
+    /// Whether to send a controller request again: some topic got
+    /// NOT_CONTROLLER (a cluster electing its controller, or one that just
+    /// lost leadership), and attempts remain. Waits before saying yes, as
+    /// Kafka's admin client backs off.
+    async fn retry_controller(&self, codes: impl Iterator<Item = i16>, attempts: &mut u32) -> bool {
+        let not_controller = ResponseError::NotController.code();
+        let mut codes = codes;
+        if *attempts >= CONTROLLER_RETRIES || !codes.any(|c| c == not_controller) {
+            return false;
+        }
+        *attempts += 1;
+        self.cluster.env().sleep(CONTROLLER_RETRY_BACKOFF).await;
+        true
+    }
+
+    /// DescribeQuorum, asked of any node (a node that does not lead the
+    /// quorum asks the leader).
+    pub async fn describe_quorum(&self) -> Result<QuorumDescription, ClientError> {
+        let resp = self.cluster.send_any(|_| crate::quorum::describe_quorum_request()).await?;
+        let partition = resp.topics.first().and_then(|t| t.partitions.first());
+        let code =
+            partition.map_or(resp.error_code, |p| if resp.error_code != 0 { resp.error_code } else { p.error_code });
+        if code != 0 {
+            let msg = resp.error_message.as_ref().map(|m| m.to_string());
+            return Err(ClientError::broker("describe quorum".to_string(), code, msg.as_deref()));
+        }
+        let p = partition.ok_or_else(|| ClientError::Protocol("DescribeQuorum answered no partition".into()))?;
+        let replicas = |rs: &[kafka_protocol::messages::describe_quorum_response::ReplicaState]| {
+            rs.iter().map(|r| (r.replica_id.0, r.log_end_offset)).collect()
+        };
+        Ok(QuorumDescription {
+            leader_id: p.leader_id.0,
+            leader_epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: replicas(&p.current_voters),
+            observers: replicas(&p.observers),
+        })
+    }
+
     /// Create topics; the first per-topic error (e.g. TOPIC_ALREADY_EXISTS) is returned.
     pub async fn create_topics(&self, topics: &[NewTopic]) -> Result<(), ClientError> {
         for t in topics {
@@ -168,10 +224,17 @@ impl Admin {
             })
             .collect();
         let timeout_ms = self.timeout_ms();
-        let resp = self
-            .cluster
-            .send_controller(|_| CreateTopicsRequest::default().with_topics(creatable).with_timeout_ms(timeout_ms))
-            .await?;
+        let mut attempts = 0;
+        let resp = loop {
+            let topics = creatable.clone();
+            let resp = self
+                .cluster
+                .send_controller(|_| CreateTopicsRequest::default().with_topics(topics).with_timeout_ms(timeout_ms))
+                .await?;
+            if !self.retry_controller(resp.topics.iter().map(|r| r.error_code), &mut attempts).await {
+                break resp;
+            }
+        };
         for r in resp.topics {
             if r.error_code != 0 {
                 let msg = r.error_message.as_ref().map(|m| m.to_string());
@@ -185,20 +248,26 @@ impl Admin {
     /// Delete topics; the first per-topic error is returned.
     pub async fn delete_topics(&self, names: &[String]) -> Result<(), ClientError> {
         let timeout_ms = self.timeout_ms();
-        let resp = self
-            .cluster
-            .send_controller(|version| {
-                let req = DeleteTopicsRequest::default().with_timeout_ms(timeout_ms);
-                // v6 names topics in `topics`; earlier versions in `topic_names`.
-                if version >= 6 {
-                    req.with_topics(
-                        names.iter().map(|n| DeleteTopicState::default().with_name(Some(topic_name(n)))).collect(),
-                    )
-                } else {
-                    req.with_topic_names(names.iter().map(|n| topic_name(n)).collect())
-                }
-            })
-            .await?;
+        let mut attempts = 0;
+        let resp = loop {
+            let resp = self
+                .cluster
+                .send_controller(|version| {
+                    let req = DeleteTopicsRequest::default().with_timeout_ms(timeout_ms);
+                    // v6 names topics in `topics`; earlier versions in `topic_names`.
+                    if version >= 6 {
+                        req.with_topics(
+                            names.iter().map(|n| DeleteTopicState::default().with_name(Some(topic_name(n)))).collect(),
+                        )
+                    } else {
+                        req.with_topic_names(names.iter().map(|n| topic_name(n)).collect())
+                    }
+                })
+                .await?;
+            if !self.retry_controller(resp.responses.iter().map(|r| r.error_code), &mut attempts).await {
+                break resp;
+            }
+        };
         for r in resp.responses {
             let name = r.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
             self.cluster.invalidate(&name);

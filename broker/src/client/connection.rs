@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BeginQuorumEpochRequest, BrokerHeartbeatRequest,
+    BrokerRegistrationRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, DescribeQuorumRequest, EndQuorumEpochRequest, FetchRequest, FetchSnapshotRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, UnregisterBrokerRequest, VoteRequest,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -33,7 +35,10 @@ const UNSUPPORTED_VERSION: i16 = 35;
 
 /// The versions this client can speak, per API. Produce and Fetch stop at the
 /// last versions that name topics (later ones use topic ids); FindCoordinator
-/// and OffsetFetch at the last that name one group each.
+/// and OffsetFetch at the last that name one group each. The inner-cluster
+/// APIs span every version `kafka-protocol` speaks; what the quorum needs on
+/// top (Vote v2 for pre-vote, Fetch v12) is checked by
+/// [`crate::cluster::peers`].
 pub fn client_versions(key: i16) -> Option<(i16, i16)> {
     let r = |k: i16, min, max| if key == k { Some((min, max)) } else { None };
     r(ApiVersionsRequest::KEY, 0, 3)
@@ -56,6 +61,14 @@ pub fn client_versions(key: i16) -> Option<(i16, i16)> {
         .or_else(|| r(DescribeGroupsRequest::KEY, 0, 5))
         .or_else(|| r(DeleteGroupsRequest::KEY, 0, 2))
         .or_else(|| r(OffsetDeleteRequest::KEY, 0, 0))
+        .or_else(|| r(VoteRequest::KEY, 0, 2))
+        .or_else(|| r(BeginQuorumEpochRequest::KEY, 0, 1))
+        .or_else(|| r(EndQuorumEpochRequest::KEY, 0, 1))
+        .or_else(|| r(DescribeQuorumRequest::KEY, 0, 2))
+        .or_else(|| r(FetchSnapshotRequest::KEY, 0, 1))
+        .or_else(|| r(BrokerRegistrationRequest::KEY, 0, 4))
+        .or_else(|| r(BrokerHeartbeatRequest::KEY, 0, 1))
+        .or_else(|| r(UnregisterBrokerRequest::KEY, 0, 0))
 }
 
 fn api_name(key: i16) -> String {

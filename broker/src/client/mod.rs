@@ -29,7 +29,8 @@ use std::fmt;
 pub use kafka_protocol::error::ResponseError;
 
 pub use admin::{
-    Admin, AdminConfig, GroupDescription, GroupListing, GroupMember, NewTopic, PartitionDescription, TopicDescription,
+    Admin, AdminConfig, GroupDescription, GroupListing, GroupMember, NewTopic, PartitionDescription, QuorumDescription,
+    TopicDescription,
 };
 pub use assignor::Assignor;
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener};

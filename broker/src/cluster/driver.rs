@@ -50,16 +50,19 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     let fs = env.fs();
     let now_ms = env.now_ms();
     let state_file = QuorumStateFile::new(&dir);
+    let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
+    let quorum = QuorumConfig { bugs: config.bugs.quorum(), ..QuorumConfig::new(node_id, voters.iter().copied()) };
+    let log_config = config.log.clone();
+    let max_snapshot = quorum.max_snapshot_bytes as usize;
     let (log, persisted) = io::on_disk(&env, |_disk| -> anyhow::Result<_> {
         fs.create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let log = DiskLog::open(fs.clone(), &dir, now_ms).map_err(|e| anyhow::anyhow!("metadata log: {e}"))?;
+        let log = DiskLog::open(fs.clone(), &dir, log_config, max_snapshot, now_ms)
+            .map_err(|e| anyhow::anyhow!("metadata log: {e}"))?;
         let persisted = state_file.load(&*fs).context("quorum state")?;
         Ok((log, persisted))
     })
     .await?;
 
-    let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
-    let quorum = QuorumConfig { bugs: config.bugs.quorum(), ..QuorumConfig::new(node_id, voters.iter().copied()) };
     let controller = mode.roles.controller.then(|| ControllerConfig::from_broker_config(&config));
     let lifecycle = mode.roles.broker.then(|| LifecycleConfig {
         node_id,

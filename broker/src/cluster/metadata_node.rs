@@ -690,9 +690,10 @@ pub fn error_response(request: &PeerRequest, code: ResponseError) -> PeerRespons
         PeerRequest::FetchSnapshot(_) => {
             PeerResponse::FetchSnapshot(FetchSnapshotResponse::default().with_error_code(e))
         }
-        PeerRequest::DescribeQuorum(_) => PeerResponse::DescribeQuorum(
-            DescribeQuorumResponse::default().with_error_code(e).with_error_message(str_bytes(&format!("{code:?}"))),
-        ),
+        // (No error message: the field exists only from v2 on.)
+        PeerRequest::DescribeQuorum(_) => {
+            PeerResponse::DescribeQuorum(DescribeQuorumResponse::default().with_error_code(e))
+        }
         PeerRequest::BrokerRegistration(_) => PeerResponse::BrokerRegistration(
             BrokerRegistrationResponse::default().with_error_code(e).with_broker_epoch(-1),
         ),

@@ -13,11 +13,11 @@
 //!   `__consumer_offsets`.
 
 pub mod group;
-mod handlers;
+pub(crate) mod handlers;
 pub mod node;
 pub mod partition;
 pub mod producer_ids;
-mod shell;
+pub(crate) mod shell;
 pub mod topic_config;
 pub mod topics;
 
@@ -81,9 +81,13 @@ pub async fn start(env: Env, config: BrokerConfig) -> anyhow::Result<RunningBrok
     let local_addr = listener.local_addr()?;
     let advertised = config.advertised_listener.clone().unwrap_or_else(|| local_addr.to_string());
     let host_port = parse_host_port(&advertised)?;
+    let cluster = config.cluster_mode().map_err(|m| anyhow::anyhow!("bad cluster settings: {m}"))?;
     let (fs, now_ms, seed) = (env.fs(), env.now_ms(), env.random_u64());
     let node = on_disk(&env, move |disk| Node::open(disk, fs, config, host_port, now_ms, seed)).await?;
     let shell = Arc::new(Shell::new(env.clone(), Arc::new(node)));
+    if let Some(mode) = cluster {
+        crate::cluster::driver::start(shell.clone(), mode).await?;
+    }
     tracing::info!(node_id = shell.node.config.node_id, %local_addr, %advertised, "broker listening");
     shell::spawn_ticker(shell.clone());
     let (done_tx, done) = oneshot::channel();

@@ -629,6 +629,93 @@ impl PartitionLog {
         self.flush()
     }
 
+    /// Remove the segments wholly below `offset` (each one whose successor
+    /// starts at or below it), oldest first, as Kafka's log start offset
+    /// moves up past them. The active segment always stays, so the log start
+    /// becomes the base of the segment holding `offset`, at or below it.
+    /// Each removal is made durable before the next: a crash leaves a log
+    /// that still ends where it did and starts at one of the bases passed,
+    /// never one with a hole. The leader-epoch cache keeps the epochs of the
+    /// removed batches, as the checkpoint does. Returns the new log start.
+    pub fn delete_segments_below(&mut self, offset: i64) -> Result<i64, StorageError> {
+        let keep = *self
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(self.segments.keys().next().expect("a log always has a segment"), |(b, _)| b);
+        let doomed: Vec<i64> = self.segments.range(..keep).map(|(b, _)| *b).collect();
+        for base in doomed {
+            drop(self.segments.remove(&base).expect("listed above"));
+            Segment::delete_files(&*self.fs, &self.dir, base)?;
+            self.fs.sync_dir(&self.dir)?;
+            tracing::debug!(dir = %self.dir.display(), base, "segment below the log start deleted");
+        }
+        // Producer-state snapshots below the start describe nothing held.
+        let stale: Vec<i64> =
+            producer_state::list_snapshots(&*self.fs, &self.dir)?.into_iter().filter(|&o| o < keep).collect();
+        for &o in &stale {
+            producer_state::delete_snapshot(&*self.fs, &self.dir, o)?;
+        }
+        if !stale.is_empty() {
+            self.fs.sync_dir(&self.dir)?;
+        }
+        invariant!(
+            self.log_start_offset() == keep,
+            "log start {} after deleting below {keep}",
+            self.log_start_offset()
+        );
+        Ok(keep)
+    }
+
+    /// Empty the log and start it again, empty, at `offset`, as a KRaft
+    /// follower does when it installs its leader's snapshot beyond (or off)
+    /// its own log. The leader-epoch cache and the producer state are
+    /// emptied with it. Leaves the log flushed.
+    ///
+    /// Crash safety: the log is first truncated to its start and the empty
+    /// epoch cache written, then the new empty segment is created and the old
+    /// one removed, each step fsynced. A crash leaves either the old log (or
+    /// a prefix of it) or the empty one at `offset`: recovery deletes an empty
+    /// segment at `offset` that does not continue the one before it. On an
+    /// error the log is left valid in one of those states.
+    pub fn reset_to(&mut self, offset: i64) -> Result<(), StorageError> {
+        if offset < 0 {
+            return Err(invalid_config(format!("a log cannot start at offset {offset}")));
+        }
+        let old = self.log_start_offset();
+        self.truncate_to(old)?;
+        self.epochs = LeaderEpochCache::new();
+        self.epochs.set_dirty(true);
+        self.epochs.write_if_dirty(&*self.fs, &self.dir)?;
+        if old != offset {
+            let seg = Segment::create(&*self.fs, &self.dir, offset, self.config.index_interval_bytes)?;
+            self.fs.sync_dir(&self.dir)?;
+            self.segments.insert(offset, seg);
+            drop(self.segments.remove(&old).expect("the truncated log's one segment"));
+            self.recovery_point = offset;
+            Segment::delete_files(&*self.fs, &self.dir, old)?;
+            self.delete_snapshots_after(-1)?;
+            self.fs.sync_dir(&self.dir)?;
+            write_checkpoint(&*self.fs, &self.dir, offset)?;
+        }
+        self.producers = ProducerStateManager::new();
+        invariant!(
+            self.segments.len() == 1 && self.log_start_offset() == offset && self.log_end_offset() == offset,
+            "a log reset to {offset} spans [{}, {}) in {} segments",
+            self.log_start_offset(),
+            self.log_end_offset(),
+            self.segments.len()
+        );
+        tracing::info!(dir = %self.dir.display(), offset, "log reset to start at a new offset");
+        Ok(())
+    }
+
+    /// The leader epoch of the batch holding `offset`, as the epoch cache
+    /// knows it; `None` before the first epoch.
+    pub fn epoch_at(&self, offset: i64) -> Option<i32> {
+        self.epochs.epoch_for_offset(offset)
+    }
+
     /// Remove producer-state snapshots above `offset`.
     fn delete_snapshots_after(&mut self, offset: i64) -> Result<(), StorageError> {
         let stale: Vec<i64> =

@@ -777,3 +777,68 @@ fn a_read_at_a_batch_whose_offsets_rotted_fails_instead_of_returning_nothing() {
     // Reads before the damage still work.
     assert!(!log.read(0, 1, log.durable_offset()).unwrap().records.is_empty());
 }
+
+#[test]
+fn deleting_segments_below_an_offset_moves_the_log_start_and_survives_a_reopen() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    let written = fill(&mut log, 40, 5);
+    log.flush().unwrap();
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() >= 4, "{bases:?}");
+    let cut = bases[2] + 1;
+    assert_eq!(log.delete_segments_below(cut).unwrap(), bases[2]);
+    assert_eq!(log.log_start_offset(), bases[2]);
+    assert!(!f.segment(bases[0], "log").exists() && !f.segment(bases[1], "index").exists());
+    let end = log.log_end_offset();
+    let epochs = log.leader_epochs().to_vec();
+    assert!(matches!(log.read(bases[2] - 1, 100, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    // Below the first segment, or inside it: nothing to delete.
+    assert_eq!(log.delete_segments_below(0).unwrap(), bases[2]);
+    drop(log);
+    let (log, report) = f.open();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), report.truncated_bytes), (bases[2], end, 0));
+    assert_eq!(log.leader_epochs(), &epochs[..]);
+    let kept: Vec<u8> =
+        written.iter().skip_while(|b| headers(b)[0].base_offset < bases[2]).flatten().copied().collect();
+    assert_eq!(read_all(&log), kept);
+}
+
+#[test]
+fn resetting_the_log_starts_it_empty_at_any_offset_and_survives_a_reopen() {
+    let f = fixture();
+    let (mut log, _) = f.open();
+    fill(&mut log, 30, 5);
+    log.append_as_leader(&ValidatedBatches::new(encode_at(2, 1, Compression::None).into()).unwrap(), 0, 3).unwrap();
+    for target in [500, 20] {
+        log.reset_to(target).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset(), log.durable_offset()), (target, target, target));
+        assert_eq!((log.leader_epochs(), log.epoch_at(target)), (&[][..], None));
+        let a = log.append_as_leader(&ValidatedBatches::new(encode_at(2, 1, Compression::None).into()).unwrap(), 0, 1);
+        assert_eq!(a.unwrap().base_offset, target);
+        log.flush().unwrap();
+        drop(log);
+        let reopened = f.open().0;
+        assert_eq!((reopened.log_start_offset(), reopened.log_end_offset()), (target, target + 2));
+        assert_eq!(reopened.leader_epochs(), &[super::EpochEntry { epoch: 1, start_offset: target }][..]);
+        assert_eq!(reopened.segment_base_offsets(), vec![target]);
+        log = reopened;
+    }
+    assert!(log.reset_to(-1).is_err());
+}
+
+#[test]
+fn a_crash_half_way_through_a_reset_leaves_one_of_the_two_logs() {
+    // The new empty segment exists beside the old log's: recovery keeps the
+    // old log, the new segment not continuing it.
+    let f = fixture();
+    let (mut log, _) = f.open();
+    fill(&mut log, 5, 5);
+    log.flush().unwrap();
+    let end = log.log_end_offset();
+    drop(log);
+    crate::storage::segment::Segment::create(&*f.fs, &f.dir, 1000, 256).unwrap();
+    let (log, _) = f.open();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, end));
+    assert!(!f.segment(1000, "log").exists());
+}

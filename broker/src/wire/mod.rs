@@ -13,4 +13,4 @@ pub use codec::{
 };
 pub use frame::{read_frame, write_frame, FrameError, FrameReader, READ_CHUNK};
 pub use records::{validate_record_set, InvalidRecords};
-pub use versions::{accepted_versions, advertised_api_versions, advertised_versions, ADVERTISED};
+pub use versions::{accepted_versions, advertised_api_versions, advertised_versions, ADVERTISED, CLUSTER_APIS};

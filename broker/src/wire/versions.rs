@@ -3,6 +3,17 @@
 //! Kafka 4.0 dropped left out), capped where a later version would need a
 //! feature not built yet (Fetch by topic id from v13, ListOffsets max-timestamp
 //! from v7).
+//!
+//! The inner-cluster APIs (the quorum's Vote, BeginQuorumEpoch,
+//! EndQuorumEpoch, DescribeQuorum and FetchSnapshot; the controller's
+//! BrokerRegistration, BrokerHeartbeat and UnregisterBroker) are served over
+//! the same listener, at every version `kafka-protocol` speaks: the quorum
+//! core and the controller build their responses without the endpoint and
+//! node lists the later versions add, so each version encodes. The quorum's
+//! own Fetch rides the ordinary Fetch API at v12, the first version with
+//! `last_fetched_epoch` and the diverging-epoch and snapshot answers, and the
+//! last one that names topics (the quorum core fills both `replica_id` and
+//! `replica_state`; below v15 the former carries the fetching replica).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -30,6 +41,27 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::Vote, 0, 2),
+    (ApiKey::BeginQuorumEpoch, 0, 1),
+    (ApiKey::EndQuorumEpoch, 0, 1),
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::FetchSnapshot, 0, 1),
+    (ApiKey::BrokerRegistration, 0, 4),
+    (ApiKey::BrokerHeartbeat, 0, 1),
+    (ApiKey::UnregisterBroker, 0, 0),
+];
+
+/// The APIs only other nodes of the cluster send (plus DescribeQuorum, which
+/// tools send too).
+pub const CLUSTER_APIS: &[ApiKey] = &[
+    ApiKey::Vote,
+    ApiKey::BeginQuorumEpoch,
+    ApiKey::EndQuorumEpoch,
+    ApiKey::DescribeQuorum,
+    ApiKey::FetchSnapshot,
+    ApiKey::BrokerRegistration,
+    ApiKey::BrokerHeartbeat,
+    ApiKey::UnregisterBroker,
 ];
 
 /// Produce v0–v2 are advertised but refused, exactly as Kafka 4.0 does
@@ -74,6 +106,13 @@ mod tests {
             let codec = key.valid_versions();
             assert!(!accepted.is_empty(), "{key:?}");
             assert!(accepted.min >= codec.min && accepted.max <= codec.max, "{key:?}: {accepted} outside {codec}");
+        }
+    }
+
+    #[test]
+    fn cluster_apis_are_served() {
+        for &key in CLUSTER_APIS {
+            assert!(accepted_versions(key).is_some(), "{key:?}");
         }
     }
 

@@ -28,7 +28,7 @@ pub fn is_metadata_fetch(req: &FetchRequest) -> bool {
 pub(crate) fn forward(cx: &mut Cx, request: PeerRequest, req: Request, client_id: &str) -> Step {
     let Some(link) = cx.node.cluster() else {
         // A single broker has no quorum and no controller to ask.
-        let refusal = error_response(&request, ResponseError::InvalidRequest);
+        let refusal = error_response(&request, ResponseError::NotController);
         return encode(req, refusal);
     };
     let from_peer = client_id.starts_with(PEER_CLIENT_ID_PREFIX);
