@@ -391,6 +391,11 @@ impl Topics {
                 continue;
             }
             let name = file_name(&path);
+            // The metadata log is named like a partition directory but
+            // belongs to the quorum, not to any topic.
+            if name == crate::cluster::driver::METADATA_LOG_DIR {
+                continue;
+            }
             let Some((topic, index)) = parse_partition_dir(&name) else {
                 tracing::warn!(path = %path.display(), "ignoring an unrecognised directory in the data directory");
                 continue;
