@@ -153,8 +153,9 @@ fn topics(history: &History, found: &mut Vec<Anomaly>) {
 /// How long after `from` (the heal) the quorum had a leader: the first
 /// moment at or after `from` when a majority of the `voters` (host names),
 /// the leader among them, each named the same leader in the same epoch in
-/// their current incarnation. `None` if that never happened. A host's
-/// report is forgotten when it stops or starts again.
+/// their current incarnation. `None` if that never happened. A stopped
+/// host agrees with nobody until it starts again; then, until it reports
+/// anew, it is taken to believe its last report (the leader it persisted).
 pub fn leader_elected_after(history: &History, voters: &BTreeMap<String, i32>, from: Duration) -> Option<Duration> {
     let from_ns = from.as_nanos() as u64;
     let mut state: BTreeMap<&str, Option<(i32, i32)>> = voters.keys().map(|h| (h.as_str(), None)).collect();
@@ -168,6 +169,7 @@ pub fn leader_elected_after(history: &History, voters: &BTreeMap<String, i32>, f
             same >= majority && leader_agrees
         })
     };
+    let mut believed: BTreeMap<&str, Option<(i32, i32)>> = BTreeMap::new();
     let mut checked_at_from = false;
     for o in &history.observations {
         if o.at_ns >= from_ns && !checked_at_from {
@@ -178,7 +180,13 @@ pub fn leader_elected_after(history: &History, voters: &BTreeMap<String, i32>, f
         }
         let Some(s) = state.get_mut(o.host.as_str()) else { continue };
         match o.event {
-            ObservedEvent::Started | ObservedEvent::Stopped => *s = None,
+            // A stopped node agrees with nobody. A restarted one reports
+            // nothing when it resumes the leader it persisted, so it is
+            // taken to believe what it last reported before it stopped.
+            ObservedEvent::Stopped => {
+                believed.insert(o.host.as_str(), s.take());
+            }
+            ObservedEvent::Started => *s = believed.get(o.host.as_str()).copied().flatten(),
             ObservedEvent::QuorumLeader { epoch, leader, .. } => *s = leader.map(|l| (epoch, l)),
             _ => continue,
         }
@@ -305,10 +313,15 @@ mod tests {
         assert_eq!(leader_elected_after(&h, &voters, Duration::from_secs(5)), Some(Duration::ZERO));
         let mut h = healthy();
         h.observations.push(obs(4000, "broker-0", 1, ObservedEvent::Stopped));
-        h.observations.push(obs(5001, "broker-0", 2, ObservedEvent::Started));
+        assert_eq!(leader_elected_after(&h, &voters, Duration::from_secs(5)), None);
         h.observations.push(obs(6000, "broker-1", 1, leader(1, 2, Some(1))));
         assert_eq!(leader_elected_after(&h, &voters, Duration::from_secs(5)), None);
         h.observations.push(obs(6500, "broker-2", 1, leader(2, 2, Some(1))));
         assert_eq!(leader_elected_after(&h, &voters, Duration::from_secs(5)), Some(Duration::from_millis(1500)));
+        // A restarted leader resumes what it persisted.
+        let mut h = healthy();
+        h.observations.push(obs(4000, "broker-0", 1, ObservedEvent::Stopped));
+        h.observations.push(obs(5002, "broker-0", 2, ObservedEvent::Started));
+        assert_eq!(leader_elected_after(&h, &voters, Duration::from_secs(5)), Some(Duration::from_millis(2)));
     }
 }
