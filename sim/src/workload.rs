@@ -637,6 +637,10 @@ async fn create_topics(ctx: &ClientCtx, env: &Env) {
     ctx.recorder.set_topics_ready();
 }
 
+/// How long the final Metadata check waits for one broker to list every
+/// topic before recording what it lists.
+const METADATA_PATIENCE: Duration = Duration::from_secs(5);
+
 /// After the final read, with a metadata quorum: ask every broker for
 /// Metadata (all topics) and record what each listed, so the quorum
 /// checker can hold every acknowledged CreateTopics to it. Retried per
@@ -669,8 +673,16 @@ async fn final_metadata(ctx: &ClientCtx, env: &Env) {
                         .filter(|t| t.error_code == 0)
                         .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
                         .collect();
+                    let complete = ctx.topics.iter().all(|t| topics.contains(&t.name));
                     listed = Some(topics);
-                    break;
+                    // Metadata reaches a broker by its fetching the log: a
+                    // broker still catching up may lag for a moment, which
+                    // is not a lost topic. Ask again until it lists every
+                    // topic or its patience runs out.
+                    if complete || sim_now() >= invoke + METADATA_PATIENCE {
+                        break;
+                    }
+                    env.sleep(FINAL_RETRY_BACKOFF).await;
                 }
                 Err(e) => {
                     last_error = e.to_string();
