@@ -140,6 +140,8 @@ pub fn op_line(op: &Op) -> String {
             format!("end offsets [{}]", e.join(" "))
         }
         OpKind::Crash => "crash".into(),
+        OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
+        OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
     };
     format!(
         "#{} {} (process {}) {}–{}: {what} ⇒ {outcome}",

@@ -102,6 +102,17 @@ pub enum OpKind {
     },
     /// The client process crashed; its session ends here.
     Crash,
+    /// CreateTopics of one topic (sent to any broker, which forwards it to
+    /// the active controller). `ok` means the cluster acknowledged it (or
+    /// answered TOPIC_ALREADY_EXISTS: the topic is there either way).
+    CreateTopic { topic: String, partitions: i32 },
+    /// A Metadata request (all topics) to one broker after the heal:
+    /// `topics` is what it listed without error.
+    Metadata {
+        broker: String,
+        #[serde(default)]
+        topics: Vec<String>,
+    },
 }
 
 /// One completed operation.
@@ -129,6 +140,85 @@ pub struct Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub ops: Vec<Op>,
+    /// What the servers reported through the seam about their metadata
+    /// quorum, in the order they reported it (empty for a single broker).
+    /// Not part of the JSON-lines form, which holds client operations only.
+    #[serde(default, skip)]
+    pub observations: Vec<Observed>,
+}
+
+/// One [`faultline_broker::io::Observation`] as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Simulated time of the report, in ns.
+    pub at_ns: u64,
+    /// The host that reported it.
+    pub host: String,
+    /// Which start of the host's software reported it (1 for the first):
+    /// a restart begins a new incarnation, which replays the metadata log.
+    pub incarnation: u64,
+    pub event: ObservedEvent,
+}
+
+/// What a server reported (see [`faultline_broker::io::Observation`]), plus
+/// the start of each incarnation, which the checkers need to tell a replay
+/// after a restart from a node going backwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ObservedEvent {
+    /// The host's software (re)started.
+    Started,
+    /// The nemesis stopped the host's software (a crash of either kind).
+    Stopped,
+    QuorumLeader {
+        node: i32,
+        epoch: i32,
+        leader: Option<i32>,
+    },
+    MetadataApplied {
+        node: i32,
+        offset: i64,
+        digest: u64,
+    },
+    ControllerActivated {
+        node: i32,
+        epoch: i32,
+        next_offset: i64,
+    },
+}
+
+impl From<&faultline_broker::io::Observation> for ObservedEvent {
+    fn from(o: &faultline_broker::io::Observation) -> Self {
+        use faultline_broker::io::Observation as O;
+        match *o {
+            O::QuorumLeader { node, epoch, leader } => ObservedEvent::QuorumLeader { node, epoch, leader },
+            O::MetadataApplied { node, offset, digest } => ObservedEvent::MetadataApplied { node, offset, digest },
+            O::ControllerActivated { node, epoch, next_offset } => {
+                ObservedEvent::ControllerActivated { node, epoch, next_offset }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ObservedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObservedEvent::Started => write!(f, "started"),
+            ObservedEvent::Stopped => write!(f, "stopped"),
+            ObservedEvent::QuorumLeader { node, epoch, leader: Some(l) } => {
+                write!(f, "node {node}: quorum leader {l} in epoch {epoch}")
+            }
+            ObservedEvent::QuorumLeader { node, epoch, leader: None } => {
+                write!(f, "node {node}: no quorum leader in epoch {epoch}")
+            }
+            ObservedEvent::MetadataApplied { node, offset, digest } => {
+                write!(f, "node {node}: applied metadata offset {offset} digest {digest:016x}")
+            }
+            ObservedEvent::ControllerActivated { node, epoch, next_offset } => {
+                write!(f, "node {node}: controller active in epoch {epoch} from offset {next_offset}")
+            }
+        }
+    }
 }
 
 impl History {

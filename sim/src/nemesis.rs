@@ -24,15 +24,25 @@ use crate::seam::{ClockSkew, NodeState};
 /// Who is who in the simulated world.
 #[derive(Debug, Clone, Default)]
 pub struct Roles {
+    /// Hosts clients bootstrap from.
     pub brokers: Vec<String>,
     /// Workload hosts (producers and consumers); the final reader is never
     /// a target.
     pub clients: Vec<String>,
+    /// Controller-only hosts (separate roles); empty otherwise.
+    pub controllers: Vec<String>,
+    /// Voters of the metadata quorum (empty for a single broker).
+    pub voters: Vec<String>,
 }
 
 impl Roles {
     fn all(&self) -> Vec<String> {
-        self.brokers.iter().chain(&self.clients).cloned().collect()
+        self.servers().into_iter().chain(self.clients.iter().cloned()).collect()
+    }
+
+    /// Every server host: brokers, then controller-only hosts.
+    pub fn servers(&self) -> Vec<String> {
+        self.brokers.iter().chain(&self.controllers).cloned().collect()
     }
 }
 
@@ -93,6 +103,13 @@ pub enum Fault {
         host: String,
         ppm: i64,
     },
+    /// Cut whichever voter leads the metadata quorum when the strike starts
+    /// off from the other voters; the runner resolves it to a
+    /// [`Fault::Partition`] then.
+    IsolateLeader,
+    /// Crash whichever voter leads the metadata quorum when the strike
+    /// starts; the runner resolves it to a [`Fault::Crash`] then.
+    CrashLeader,
 }
 
 impl fmt::Display for Fault {
@@ -110,6 +127,8 @@ impl fmt::Display for Fault {
             Fault::Disk { host, faults } => write!(f, "disk-faults {host} {}", describe_disk(faults)),
             Fault::ClockJump { host, ms } => write!(f, "clock-jump {host} {ms:+} ms"),
             Fault::ClockDrift { host, ppm } => write!(f, "clock-drift {host} {ppm:+} ppm"),
+            Fault::IsolateLeader => write!(f, "isolate-leader"),
+            Fault::CrashLeader => write!(f, "crash-leader"),
         }
     }
 }
@@ -180,6 +199,10 @@ fn pick<'a>(rng: &mut ChaCha8Rng, xs: &'a [String]) -> Option<&'a String> {
 pub fn plan(nemeses: &[Nemesis], roles: &Roles, window: Duration, rng: &mut ChaCha8Rng) -> Vec<Strike> {
     let mut strikes = Vec::new();
     for n in nemeses {
+        if n.kind == NemesisKind::RollingRestart {
+            strikes.extend(rolling(n, roles, window, rng));
+            continue;
+        }
         let mut t = jitter(rng, n.interval_s);
         while t < window {
             if rng.random_bool(n.probability) {
@@ -194,6 +217,29 @@ pub fn plan(nemeses: &[Nemesis], roles: &Roles, window: Duration, rng: &mut ChaC
     }
     // Stable: equal starts keep scenario order.
     strikes.sort_by_key(|s| s.start);
+    strikes
+}
+
+/// A rolling restart: every server in turn (in a seeded order) has its
+/// process killed for `duration_s`, the next going down `interval_s` after
+/// the previous came back; rounds repeat while the window lasts.
+fn rolling(n: &Nemesis, roles: &Roles, window: Duration, rng: &mut ChaCha8Rng) -> Vec<Strike> {
+    let mut servers = roles.servers();
+    let mut strikes = Vec::new();
+    let mut t = jitter(rng, n.interval_s);
+    while t < window && !servers.is_empty() {
+        servers.shuffle(rng);
+        for host in &servers {
+            if t >= window {
+                break;
+            }
+            let end = (t + jitter(rng, n.duration_s)).min(window);
+            if rng.random_bool(n.probability) {
+                strikes.push(Strike { start: t, end, fault: Fault::ProcessCrash { host: host.clone() } });
+            }
+            t = end + jitter(rng, n.interval_s);
+        }
+    }
     strikes
 }
 
@@ -216,7 +262,7 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::Partition { a: all, b }
         }
         NemesisKind::IsolateOne => {
-            let host = pick(rng, &roles.brokers)?.clone();
+            let host = pick(rng, &roles.servers())?.clone();
             let rest: Vec<String> = roles.all().into_iter().filter(|h| *h != host).collect();
             if rest.is_empty() {
                 return None;
@@ -239,14 +285,26 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             let (a, b) = client_link(rng)?;
             Fault::LinkDelay { a, b, latency_ms: *latency_ms }
         }
-        NemesisKind::CrashRestart => Fault::Crash { host: pick(rng, &roles.brokers)?.clone() },
-        NemesisKind::ProcessCrash => Fault::ProcessCrash { host: pick(rng, &roles.brokers)?.clone() },
-        NemesisKind::CrashCorrupt => Fault::CrashCorrupt { host: pick(rng, &roles.brokers)?.clone() },
+        NemesisKind::CrashRestart => Fault::Crash { host: pick(rng, &roles.servers())?.clone() },
+        NemesisKind::ProcessCrash => Fault::ProcessCrash { host: pick(rng, &roles.servers())?.clone() },
+        NemesisKind::CrashCorrupt => Fault::CrashCorrupt { host: pick(rng, &roles.servers())?.clone() },
         NemesisKind::CrashClient => Fault::CrashClient { host: pick(rng, &roles.clients)?.clone() },
-        NemesisKind::Pause => Fault::Pause { host: pick(rng, &roles.brokers)?.clone() },
+        NemesisKind::Pause => Fault::Pause { host: pick(rng, &roles.servers())?.clone() },
         NemesisKind::DiskFaults { faults } => {
-            Fault::Disk { host: pick(rng, &roles.brokers)?.clone(), faults: faults.clone() }
+            Fault::Disk { host: pick(rng, &roles.servers())?.clone(), faults: faults.clone() }
         }
+        NemesisKind::IsolateLeader if roles.voters.len() >= 2 => Fault::IsolateLeader,
+        NemesisKind::CrashLeader if !roles.voters.is_empty() => Fault::CrashLeader,
+        NemesisKind::IsolateLeader | NemesisKind::CrashLeader => return None,
+        NemesisKind::QuorumLinkDrop { rate } => {
+            let (a, b) = voter_link(rng, &roles.voters)?;
+            Fault::LinkDrop { a, b, rate: *rate }
+        }
+        NemesisKind::QuorumLinkDelay { latency_ms } => {
+            let (a, b) = voter_link(rng, &roles.voters)?;
+            Fault::LinkDelay { a, b, latency_ms: *latency_ms }
+        }
+        NemesisKind::RollingRestart => return None,
         NemesisKind::ClockJump { max_ms } => {
             let host = pick(rng, &roles.all())?.clone();
             Fault::ClockJump { host, ms: rng.random_range(-*max_ms..=*max_ms) }
@@ -256,6 +314,16 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::ClockDrift { host, ppm: rng.random_range(-*max_ppm..=*max_ppm) }
         }
     })
+}
+
+/// Two distinct voters, in a seeded order.
+fn voter_link(rng: &mut ChaCha8Rng, voters: &[String]) -> Option<(String, String)> {
+    if voters.len() < 2 {
+        return None;
+    }
+    let mut v = voters.to_vec();
+    v.shuffle(rng);
+    Some((v[0].clone(), v[1].clone()))
 }
 
 /// The stronger of two disk fault settings, field by field.
@@ -484,6 +552,9 @@ impl Injector {
                     node.set_skew(s);
                 }
             }
+            Fault::IsolateLeader | Fault::CrashLeader => {
+                unreachable!("the runner resolves {fault} to a concrete fault before applying it")
+            }
             Fault::ClockDrift { host, ppm } => {
                 if let Some(node) = nodes.get(host) {
                     let s = node.skew();
@@ -526,7 +597,56 @@ mod tests {
     use crate::seed;
 
     fn roles() -> Roles {
-        Roles { brokers: vec!["broker-0".into()], clients: vec!["producer-0".into(), "consumer-0".into()] }
+        Roles {
+            brokers: vec!["broker-0".into()],
+            clients: vec!["producer-0".into(), "consumer-0".into()],
+            ..Roles::default()
+        }
+    }
+
+    fn quorum_roles() -> Roles {
+        Roles {
+            brokers: vec!["broker-0".into(), "broker-1".into()],
+            clients: vec!["producer-0".into()],
+            controllers: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
+            voters: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
+        }
+    }
+
+    #[test]
+    fn rolling_restart_takes_every_server_down_once_per_round() {
+        let n = Nemesis { kind: NemesisKind::RollingRestart, interval_s: 1.0, duration_s: 0.5, probability: 1.0 };
+        let s = plan(&[n], &quorum_roles(), Duration::from_secs(20), &mut seed::rng(5, "nemesis"));
+        assert!(s.windows(2).all(|p| p[0].end < p[1].start), "one server at a time: {s:?}");
+        let first: BTreeSet<String> = s
+            .iter()
+            .take(5)
+            .map(|s| match &s.fault {
+                Fault::ProcessCrash { host } => host.clone(),
+                other => panic!("not a process crash: {other}"),
+            })
+            .collect();
+        assert_eq!(first.len(), 5, "the first round restarts all five servers: {s:?}");
+    }
+
+    #[test]
+    fn quorum_faults_aim_at_voters() {
+        let ns = vec![
+            nemesis(NemesisKind::QuorumLinkDrop { rate: 0.5 }),
+            nemesis(NemesisKind::IsolateLeader),
+            nemesis(NemesisKind::CrashLeader),
+        ];
+        let r = quorum_roles();
+        let s = plan(&ns, &r, Duration::from_secs(10), &mut seed::rng(6, "nemesis"));
+        assert!(s.iter().any(|s| s.fault == Fault::IsolateLeader));
+        assert!(s.iter().any(|s| s.fault == Fault::CrashLeader));
+        for st in &s {
+            if let Fault::LinkDrop { a, b, .. } = &st.fault {
+                assert!(a != b && r.voters.contains(a) && r.voters.contains(b));
+            }
+        }
+        // Without a quorum there is no leader to aim at.
+        assert!(plan(&ns[1..], &roles(), Duration::from_secs(10), &mut seed::rng(6, "nemesis")).is_empty());
     }
 
     fn nemesis(kind: NemesisKind) -> Nemesis {
@@ -559,7 +679,7 @@ mod tests {
     #[test]
     fn no_target_no_strike() {
         let ns = vec![nemesis(NemesisKind::CrashClient)];
-        let r = Roles { brokers: vec!["broker-0".into()], clients: vec![] };
+        let r = Roles { brokers: vec!["broker-0".into()], ..Roles::default() };
         assert!(plan(&ns, &r, Duration::from_secs(5), &mut seed::rng(4, "nemesis")).is_empty());
     }
 

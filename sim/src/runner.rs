@@ -5,6 +5,13 @@
 //! A scenario with a `[swarm]` table is first resolved: the seed draws its
 //! configuration, which the result carries for printing.
 //!
+//! A scenario with `cluster.controllers` builds a KRaft cluster: every
+//! server host runs `faultline_broker::server::run` with its `node_id`,
+//! `process_roles` and `controller_quorum_voters` (host names as turmoil
+//! addresses, port 9092), clients bootstrap from every broker host, and
+//! the servers' observations feed the quorum checkers and the election
+//! bound ([`ELECTION_BOUND`]).
+//!
 //! Phases, in simulated time:
 //! 1. `[0, duration)`: workload and faults (the nemesis plan).
 //! 2. at `duration`: heal everything — repair and release links, restart
@@ -29,7 +36,7 @@ use serde::Serialize;
 use crate::checker::{self, Report};
 use crate::disk::DiskFaults;
 use crate::history::{History, Op, OpKind, Outcome, TopicPartition};
-use crate::nemesis::{self, HostChange, Injector, Roles, Strike};
+use crate::nemesis::{self, Fault, HostChange, Injector, Roles, Strike};
 use crate::recorder::{Recorder, Unreadable};
 use crate::scenario::Scenario;
 use crate::seam::{NodeState, SimIo};
@@ -44,6 +51,11 @@ pub const FINAL_READ_BUDGET: Duration = Duration::from_secs(20);
 /// Simulated time per step.
 pub const TICK: Duration = Duration::from_millis(1);
 const BROKER_PORT: u16 = 9092;
+/// `broker.heartbeat.interval.ms` and `broker.session.timeout.ms` in a
+/// simulated cluster: a tenth of Kafka's defaults, so that fencing and
+/// unfencing happen within a run of a few seconds.
+const SIM_HEARTBEAT_MS: u64 = 200;
+const SIM_SESSION_TIMEOUT_MS: u64 = 900;
 /// Where each broker keeps its log on its simulated disk.
 pub const DATA_DIR: &str = "/var/lib/faultline";
 
@@ -137,6 +149,40 @@ impl Liveness {
     }
 }
 
+/// After the heal, a cluster with a metadata quorum must elect a leader
+/// within this much simulated time (see
+/// [`crate::checker::leader_elected_after`]).
+pub const ELECTION_BOUND: Duration = Duration::from_secs(10);
+
+/// The quorum's liveness after the heal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Election {
+    #[serde(serialize_with = "ser_ms")]
+    pub bound: Duration,
+    /// From the heal until a majority of voters, the leader among them,
+    /// named one leader in one epoch; `None`: never.
+    pub after: Option<Duration>,
+    /// Leaders the quorum went through: distinct (epoch, leader) reports.
+    pub elections: usize,
+}
+
+impl Election {
+    pub fn passed(&self) -> bool {
+        self.after.is_some_and(|d| d <= self.bound)
+    }
+
+    /// One line for the verdict output.
+    pub fn summary(&self) -> String {
+        format!(
+            "quorum {}: a leader {} after the heal (bound {} ms); {} epochs with a leader in the run",
+            if self.passed() { "ok" } else { "FAILED" },
+            self.after.map_or("never agreed on".to_string(), |d| format!("agreed on {} ms", d.as_millis())),
+            self.bound.as_millis(),
+            self.elections
+        )
+    }
+}
+
 /// Knobs that change what a run keeps, never what it does.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -163,6 +209,8 @@ pub struct RunResult {
     /// What the seed drew from the scenario's swarm ranges, if it has any.
     pub draw: Option<crate::swarm::Draw>,
     pub liveness: Liveness,
+    /// With a metadata quorum: how soon after the heal it had a leader.
+    pub election: Option<Election>,
     /// Whether the resolved configuration promises that what the broker
     /// serves stays readable (it does unless the medium may rot while the
     /// broker runs).
@@ -219,6 +267,7 @@ impl RunResult {
             && self.corrupt_ok()
             && self.sequence_ok()
             && self.liveness.passed()
+            && self.election.as_ref().is_none_or(Election::passed)
             && self.panics.is_empty()
     }
 
@@ -248,6 +297,8 @@ impl RunResult {
             "INCOMPLETE (final read did not finish)".into()
         } else if !self.liveness.passed() {
             "NOT LIVE".into()
+        } else if !self.election.as_ref().is_none_or(Election::passed) {
+            "NOT LIVE (no quorum leader agreed on in time after the heal)".into()
         } else if !self.final_read_complete {
             "valid (final read stopped short; forgiven: the medium rots under the broker)".into()
         } else {
@@ -263,6 +314,9 @@ impl RunResult {
         use std::fmt::Write;
         let mut out = String::new();
         let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
+        if let Some(e) = &self.election {
+            let _ = writeln!(out, "\n{}", e.summary());
+        }
         if !self.panics.is_empty() {
             let _ = writeln!(out, "\npanic: {} task(s) panicked; the run stopped at the first", self.panics.len());
             for p in &self.panics {
@@ -350,10 +404,6 @@ impl RunResult {
     }
 }
 
-fn broker_name(i: u32) -> String {
-    format!("broker-{i}")
-}
-
 /// Run `scenario` under `seed`.
 /// The group coordinator's settings in a simulated run: timeouts short
 /// enough for rebalances to happen many times in a few seconds.
@@ -381,27 +431,42 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
 
     let trace = Trace::new(opts.keep_trace);
     let recorder = Recorder::new(trace.clone());
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    builder
         .rng_seed(seed::derive(seed, "turmoil"))
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
         .tick_duration(TICK)
         .simulation_duration(hard_limit + Duration::from_secs(60))
         .min_message_latency(Duration::from_millis(scenario.network.min_latency_ms))
         .max_message_latency(Duration::from_millis(scenario.network.max_latency_ms))
-        .tcp_capacity(4096)
-        .build();
+        .tcp_capacity(4096);
+    if scenario.network.random_order {
+        builder.enable_random_order();
+    }
+    let mut sim = builder.build();
 
+    let servers = scenario.cluster.servers();
     let roles = Roles {
-        brokers: (0..scenario.cluster.brokers).map(broker_name).collect(),
+        brokers: servers.iter().filter(|s| s.broker).map(|s| s.host.clone()).collect(),
         clients: (0..scenario.workload.producers)
             .map(|i| format!("producer-{i}"))
             .chain((0..scenario.workload.consumers).map(|i| format!("consumer-{i}")))
             .collect(),
+        controllers: servers.iter().filter(|s| !s.broker).map(|s| s.host.clone()).collect(),
+        voters: servers.iter().filter(|s| s.controller).map(|s| s.host.clone()).collect(),
     };
+    let node_ids: BTreeMap<String, i32> = servers.iter().map(|s| (s.host.clone(), s.node_id)).collect();
+    let voter_list = servers
+        .iter()
+        .filter(|s| s.controller)
+        .map(|s| format!("{}@{}:{BROKER_PORT}", s.node_id, s.host))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut nodes: BTreeMap<String, Arc<NodeState>> = BTreeMap::new();
     let bootstrap: Vec<String> = roles.brokers.iter().map(|b| format!("{b}:{BROKER_PORT}")).collect();
 
-    for (i, name) in roles.brokers.iter().enumerate() {
+    for server in &servers {
+        let name = &server.host;
         let node = NodeState::new(seed, name);
         node.set_buggify(scenario.faults.buggify);
         // The data directory is provisioned, durable before the broker
@@ -411,8 +476,17 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         node.disk.drain_events();
         node.disk.set_faults(scenario.faults.disk.clone());
         nodes.insert(name.clone(), node.clone());
+        let roles_text = match (server.broker, server.controller) {
+            (true, true) => "broker,controller",
+            (false, true) => "controller",
+            _ => "broker",
+        };
         let config = BrokerConfig {
-            node_id: i as i32,
+            node_id: server.node_id,
+            process_roles: scenario.cluster.has_quorum().then(|| roles_text.to_string()),
+            controller_quorum_voters: scenario.cluster.has_quorum().then(|| voter_list.clone()),
+            broker_heartbeat_interval_ms: SIM_HEARTBEAT_MS,
+            broker_session_timeout_ms: SIM_SESSION_TIMEOUT_MS,
             listen: format!("0.0.0.0:{BROKER_PORT}"),
             advertised_listener: Some(format!("{name}:{BROKER_PORT}")),
             data_dir: DATA_DIR.into(),
@@ -428,10 +502,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             let config = config.clone();
             let trace = trace.clone();
             let name = node.name.clone();
+            let node = node.clone();
             async move {
                 use futures::FutureExt;
                 let at = crate::seam::sim_now().as_nanos() as u64;
                 trace.record(at, &name, EventKind::Node, format_args!("broker starting"));
+                node.start(&trace);
                 let run = std::panic::AssertUnwindSafe(faultline_broker::server::run(env, config)).catch_unwind();
                 let at = || crate::seam::sim_now().as_nanos() as u64;
                 match run.await {
@@ -469,6 +545,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             liveness_deadline,
             bugs: scenario.cluster.bugs,
             consumer_groups: scenario.cluster.consumer_groups,
+            quorum: scenario.cluster.has_quorum(),
         }
     };
     for name in &roles.clients {
@@ -506,13 +583,16 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     agenda.sort_by_key(|(t, start, i)| (*t, *start, *i));
     let mut next = 0;
     let mut healed = false;
+    let mut aim =
+        Aim { node_ids: &node_ids, voters: &roles.voters, resolved: BTreeMap::new(), rng: seed::rng(seed, "aim") };
 
     let final_read = loop {
         let now = sim.elapsed();
         while next < agenda.len() && agenda[next].0 <= now {
             let (_, up, i) = agenda[next];
             next += 1;
-            apply(&mut sim, &mut injector, &nodes, &strikes[i], up, now, &trace, &recorder, &mut timeline);
+            let strike = aim.resolve(i, &strikes[i], up, &trace);
+            apply(&mut sim, &mut injector, &nodes, &strike, up, now, &trace, &recorder, &mut timeline);
         }
         if !healed && now >= window {
             healed = true;
@@ -524,6 +604,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
                 &roles,
                 &agenda[next..],
                 &strikes,
+                &mut aim,
                 now,
                 &trace,
                 &recorder,
@@ -560,8 +641,26 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let corrupt_polls = recorder.corrupt_polls();
     let sequence_refusals = recorder.sequence_refusals();
     let (healed_at, wrote, read) = recorder.liveness();
-    let history = recorder.finish(sim_time);
+    let mut history = recorder.finish(sim_time);
+    history.observations = trace.observations();
     let report = checker::check(&history, &check);
+    let election = scenario.cluster.has_quorum().then(|| {
+        let voters: BTreeMap<String, i32> =
+            roles.voters.iter().map(|h| (h.clone(), node_ids.get(h).copied().unwrap_or(-1))).collect();
+        let elections: std::collections::BTreeSet<(i32, i32)> = history
+            .observations
+            .iter()
+            .filter_map(|o| match o.event {
+                crate::history::ObservedEvent::QuorumLeader { epoch, leader: Some(l), .. } => Some((epoch, l)),
+                _ => None,
+            })
+            .collect();
+        Election {
+            bound: ELECTION_BOUND,
+            after: healed_at.and_then(|h| checker::leader_elected_after(&history, &voters, h)),
+            elections: elections.len(),
+        }
+    });
     let panics = trace.panics();
     let since = |t: Option<Duration>| Some(t?.saturating_sub(healed_at?));
     let (healthy_sends, healthy_acked) = healthy_acks(&history, &strikes, window);
@@ -579,6 +678,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         scenario: scenario.name.clone(),
         draw,
         liveness,
+        election,
         promises_readable: !scenario.medium_may_rot_live(),
         ops: history.ops.len(),
         faults: strikes.len(),
@@ -592,7 +692,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         trace,
         history,
         timeline,
-        hosts: roles.brokers.iter().chain(&roles.clients).cloned().chain(["reader".to_string()]).collect(),
+        hosts: roles.servers().into_iter().chain(roles.clients.iter().cloned()).chain(["reader".to_string()]).collect(),
         sim_time,
         panics,
     })
@@ -641,12 +741,64 @@ fn apply(
     trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
     timeline.push(TimelineEntry { at: now, what });
     match injector.apply(sim, nodes, &strike.fault, up, now) {
-        HostChange::Crashed(host) if !host.starts_with("broker-") => recorder.client_crashed(&host, now),
+        HostChange::Crashed(host) if !is_server(&host) => recorder.client_crashed(&host, now),
+        HostChange::Crashed(host) => {
+            let incarnation = nodes.get(&host).map_or(0, |n| n.incarnation());
+            trace.observe(now.as_nanos() as u64, &host, incarnation, crate::history::ObservedEvent::Stopped);
+        }
         _ => {}
     }
 }
 
-/// Restart every broker whose software has stopped.
+/// Whether `host` is a server (broker or controller), not a client.
+fn is_server(host: &str) -> bool {
+    host.starts_with("broker-") || host.starts_with("controller-")
+}
+
+/// Aims the strikes whose target is the quorum leader: resolves each, when
+/// it starts, to a concrete fault against the leader of that moment (the
+/// last leader any server reported), and ends the same concrete fault.
+struct Aim<'a> {
+    node_ids: &'a BTreeMap<String, i32>,
+    voters: &'a [String],
+    resolved: BTreeMap<usize, Strike>,
+    /// Picks a voter when no leader has been reported yet.
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Aim<'_> {
+    fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Strike {
+        if !matches!(strike.fault, Fault::IsolateLeader | Fault::CrashLeader) {
+            return strike.clone();
+        }
+        if !up {
+            return self.resolved.remove(&i).expect("a leader strike ends after it started");
+        }
+        let leader = trace.observations().iter().rev().find_map(|o| match o.event {
+            crate::history::ObservedEvent::QuorumLeader { leader: Some(l), .. } => Some(l),
+            _ => None,
+        });
+        let host = leader
+            .and_then(|l| self.node_ids.iter().find(|(_, id)| **id == l).map(|(h, _)| h.clone()))
+            .filter(|h| self.voters.contains(h))
+            .unwrap_or_else(|| {
+                use rand::Rng;
+                self.voters[self.rng.random_range(0..self.voters.len())].clone()
+            });
+        let fault = match strike.fault {
+            Fault::IsolateLeader => Fault::Partition {
+                a: vec![host.clone()],
+                b: self.voters.iter().filter(|v| **v != host).cloned().collect(),
+            },
+            _ => Fault::Crash { host },
+        };
+        let concrete = Strike { fault, ..strike.clone() };
+        self.resolved.insert(i, concrete.clone());
+        concrete
+    }
+}
+
+/// Restart every server whose software has stopped.
 fn restart_stopped_brokers(
     sim: &mut turmoil::Sim<'_>,
     roles: &Roles,
@@ -654,7 +806,7 @@ fn restart_stopped_brokers(
     trace: &Trace,
     timeline: &mut Vec<TimelineEntry>,
 ) {
-    for b in &roles.brokers {
+    for b in &roles.servers() {
         if !sim.is_host_running(b.as_str()) {
             sim.bounce(b.as_str());
             let what = format!("restart {b} (its software had stopped)");
@@ -674,6 +826,7 @@ fn heal(
     roles: &Roles,
     pending: &[(Duration, bool, usize)],
     strikes: &[Strike],
+    aim: &mut Aim<'_>,
     now: Duration,
     trace: &Trace,
     recorder: &Recorder,
@@ -683,7 +836,8 @@ fn heal(
         // Every strike ends inside the window, so only ends can remain.
         assert!(!up, "strike {i} starts after the fault window");
         if !up {
-            apply(sim, injector, nodes, &strikes[i], false, now, trace, recorder, timeline);
+            let strike = aim.resolve(i, &strikes[i], false, trace);
+            apply(sim, injector, nodes, &strike, false, now, trace, recorder, timeline);
         }
     }
     assert!(injector.is_quiet(), "faults still in force after healing");

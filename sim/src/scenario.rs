@@ -66,7 +66,20 @@ fn default_liveness_s() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
+    /// Broker hosts, the ones clients bootstrap from.
     pub brokers: u32,
+    /// Voters of the KRaft metadata quorum. 0 (the default) is single-node
+    /// mode: one broker that is its own controller, no quorum. With
+    /// controllers, every server runs in cluster mode (`process_roles`,
+    /// `node_id`, `controller_quorum_voters`); see [`Cluster::servers`].
+    #[serde(default)]
+    pub controllers: u32,
+    /// With controllers: each broker host is also a controller (`process_roles
+    /// = "broker,controller"`, so `brokers` must equal `controllers`), or,
+    /// when false, the controllers are hosts of their own
+    /// (`controller-0`...) and the brokers are broker-only.
+    #[serde(default = "yes")]
+    pub combined: bool,
     pub topics: Vec<Topic>,
     /// Log settings for every broker (Kafka's topic-level defaults).
     #[serde(default)]
@@ -98,6 +111,54 @@ pub struct Topic {
 
 fn one() -> i16 {
     1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Node ids of controller-only hosts start here, so that a broker's id is
+/// its index in either layout.
+pub const CONTROLLER_ID_BASE: i32 = 100;
+/// The most quorum voters a scenario may ask for.
+pub const MAX_CONTROLLERS: u32 = 7;
+
+/// One server host of the simulated cluster and its part in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub node_id: i32,
+    /// Clients bootstrap from it and it hosts partitions.
+    pub broker: bool,
+    /// A voter of the metadata quorum.
+    pub controller: bool,
+}
+
+impl Cluster {
+    /// Whether the servers form a KRaft metadata quorum.
+    pub fn has_quorum(&self) -> bool {
+        self.controllers > 0
+    }
+
+    /// Every server host, brokers first (broker-i has node id i), then
+    /// controller-only hosts (controller-j has node id
+    /// [`CONTROLLER_ID_BASE`] + j).
+    pub fn servers(&self) -> Vec<Server> {
+        let combined = self.has_quorum() && self.combined;
+        let brokers = (0..self.brokers).map(|i| Server {
+            host: format!("broker-{i}"),
+            node_id: i as i32,
+            broker: true,
+            controller: combined,
+        });
+        let controllers = (0..if combined { 0 } else { self.controllers }).map(|j| Server {
+            host: format!("controller-{j}"),
+            node_id: CONTROLLER_ID_BASE + j as i32,
+            broker: false,
+            controller: true,
+        });
+        brokers.chain(controllers).collect()
+    }
 }
 
 /// The client load.
@@ -201,11 +262,15 @@ impl Default for Workload {
 pub struct Network {
     pub min_latency_ms: u64,
     pub max_latency_ms: u64,
+    /// Run the hosts in a random (seeded) order each step (turmoil's
+    /// `enable_random_order`), so that messages between several servers
+    /// race in every order the seed picks.
+    pub random_order: bool,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Network { min_latency_ms: 1, max_latency_ms: 5 }
+        Network { min_latency_ms: 1, max_latency_ms: 5, random_order: false }
     }
 }
 
@@ -271,6 +336,20 @@ pub enum NemesisKind {
     ClockJump { max_ms: i64 },
     /// Make a host's wall clock drift by up to ±`max_ppm`.
     ClockDrift { max_ppm: i64 },
+    /// Cut the current metadata quorum leader (the last leader any server
+    /// reported) off from the other voters, both ways; clients still reach
+    /// it. A stale leader must commit nothing.
+    IsolateLeader,
+    /// Crash the current metadata quorum leader (power loss: its disk keeps
+    /// only what was fsynced) and restart it later.
+    CrashLeader,
+    /// Drop messages between two voters with this probability.
+    QuorumLinkDrop { rate: f64 },
+    /// Delay messages between two voters by this much.
+    QuorumLinkDelay { latency_ms: u64 },
+    /// Restart every server in turn (process crash, down for `duration_s`,
+    /// `interval_s` between one coming back and the next going down).
+    RollingRestart,
 }
 
 /// A nemesis as written: one flat table whose parameters depend on `kind`.
@@ -303,7 +382,8 @@ fn is_certain(p: &f64) -> bool {
 }
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
-crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift";
+crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
+isolate-leader, crash-leader, quorum-link-drop, quorum-link-delay, rolling-restart";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -325,6 +405,13 @@ impl TryFrom<RawNemesis> for Nemesis {
             "disk-faults" => NemesisKind::DiskFaults { faults: r.disk.clone().ok_or_else(|| need("disk"))? },
             "clock-jump" => NemesisKind::ClockJump { max_ms: r.max_ms.ok_or_else(|| need("max_ms"))? },
             "clock-drift" => NemesisKind::ClockDrift { max_ppm: r.max_ppm.ok_or_else(|| need("max_ppm"))? },
+            "isolate-leader" => NemesisKind::IsolateLeader,
+            "crash-leader" => NemesisKind::CrashLeader,
+            "quorum-link-drop" => NemesisKind::QuorumLinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
+            "quorum-link-delay" => {
+                NemesisKind::QuorumLinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? }
+            }
+            "rolling-restart" => NemesisKind::RollingRestart,
             other => return Err(format!("unknown nemesis kind {other:?}; known: {NEMESIS_KINDS}")),
         };
         let given = [
@@ -365,8 +452,10 @@ impl From<Nemesis> for RawNemesis {
             max_ppm: None,
         };
         match n.kind {
-            NemesisKind::LinkDrop { rate } => r.rate = Some(rate),
-            NemesisKind::LinkDelay { latency_ms } => r.latency_ms = Some(latency_ms),
+            NemesisKind::LinkDrop { rate } | NemesisKind::QuorumLinkDrop { rate } => r.rate = Some(rate),
+            NemesisKind::LinkDelay { latency_ms } | NemesisKind::QuorumLinkDelay { latency_ms } => {
+                r.latency_ms = Some(latency_ms)
+            }
             NemesisKind::DiskFaults { faults } => r.disk = Some(faults),
             NemesisKind::ClockJump { max_ms } => r.max_ms = Some(max_ms),
             NemesisKind::ClockDrift { max_ppm } => r.max_ppm = Some(max_ppm),
@@ -392,6 +481,11 @@ impl NemesisKind {
             NemesisKind::DiskFaults { .. } => "disk-faults",
             NemesisKind::ClockJump { .. } => "clock-jump",
             NemesisKind::ClockDrift { .. } => "clock-drift",
+            NemesisKind::IsolateLeader => "isolate-leader",
+            NemesisKind::CrashLeader => "crash-leader",
+            NemesisKind::QuorumLinkDrop { .. } => "quorum-link-drop",
+            NemesisKind::QuorumLinkDelay { .. } => "quorum-link-delay",
+            NemesisKind::RollingRestart => "rolling-restart",
         }
     }
 }
@@ -492,11 +586,29 @@ impl Scenario {
         if c.brokers == 0 {
             bail!("cluster.brokers must be at least 1");
         }
-        if c.brokers > 1 {
+        if c.brokers > 1 && !c.has_quorum() {
             bail!(
-                "cluster.brokers = {}: multi-broker clusters are not built yet (brokers do not share metadata); use 1",
+                "cluster.brokers = {}: several brokers share metadata through a quorum; set cluster.controllers \
+                 (e.g. 3) or use 1 broker",
                 c.brokers
             );
+        }
+        if c.controllers > MAX_CONTROLLERS {
+            bail!("cluster.controllers must be at most {MAX_CONTROLLERS}, got {}", c.controllers);
+        }
+        if c.brokers > 64 {
+            bail!("cluster.brokers must be at most 64, got {}", c.brokers);
+        }
+        if c.has_quorum() && c.combined && c.brokers != c.controllers {
+            bail!(
+                "cluster.combined: every host is broker and controller, so brokers ({}) must equal controllers ({}); \
+                 set combined = false for separate roles",
+                c.brokers,
+                c.controllers
+            );
+        }
+        if c.has_quorum() && c.consumer_groups {
+            bail!("cluster.consumer_groups with a metadata quorum: the group coordinator is not built for cluster mode yet");
         }
         if c.consumer_groups {
             let w = &self.workload;
@@ -600,11 +712,23 @@ impl Scenario {
                 bail!("{what}: probability must be in [0, 1]");
             }
             match &n.kind {
-                NemesisKind::LinkDrop { rate } if !(0.0..=1.0).contains(rate) => {
-                    bail!("link-drop: rate must be in [0, 1]")
+                NemesisKind::LinkDrop { rate } | NemesisKind::QuorumLinkDrop { rate }
+                    if !(0.0..=1.0).contains(rate) =>
+                {
+                    bail!("{what}: rate must be in [0, 1]")
                 }
-                NemesisKind::LinkDelay { latency_ms } if *latency_ms > 60_000 => {
-                    bail!("link-delay: latency_ms must be at most 60000")
+                NemesisKind::LinkDelay { latency_ms } | NemesisKind::QuorumLinkDelay { latency_ms }
+                    if *latency_ms > 60_000 =>
+                {
+                    bail!("{what}: latency_ms must be at most 60000")
+                }
+                NemesisKind::IsolateLeader
+                | NemesisKind::CrashLeader
+                | NemesisKind::QuorumLinkDrop { .. }
+                | NemesisKind::QuorumLinkDelay { .. }
+                    if !c.has_quorum() =>
+                {
+                    bail!("{what}: aims at the metadata quorum, so it needs cluster.controllers")
                 }
                 NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
                 NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
@@ -660,6 +784,9 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("slow-links.toml", include_str!("../../scenarios/slow-links.toml")),
     ("medium-rot.toml", include_str!("../../scenarios/medium-rot.toml")),
     ("groups.toml", include_str!("../../scenarios/groups.toml")),
+    ("quorum-crash.toml", include_str!("../../scenarios/quorum-crash.toml")),
+    ("quorum-partition.toml", include_str!("../../scenarios/quorum-partition.toml")),
+    ("quorum-rolling.toml", include_str!("../../scenarios/quorum-rolling.toml")),
 ];
 
 /// Parse every built-in scenario.
@@ -707,7 +834,15 @@ mod tests {
         let e = err(steady_with(|t| *t = t.replace("replication_factor = 1", "replication_factor = 3")));
         assert!(e.contains("replication") && e.contains("not built yet"), "{e}");
         let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 3")));
-        assert!(e.contains("multi-broker") && e.contains("not built yet"), "{e}");
+        assert!(e.contains("cluster.controllers"), "{e}");
+        let quorum = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 3\ncontrollers = 3");
+        assert!(steady_with(quorum).is_ok(), "a quorum cluster is built");
+        let bad = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 2\ncontrollers = 3");
+        assert!(err(steady_with(bad)).contains("must equal"));
+        let separate = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 2\ncontrollers = 3\ncombined = false");
+        let s = steady_with(separate).unwrap();
+        let hosts: Vec<String> = s.cluster.servers().into_iter().map(|s| s.host).collect();
+        assert_eq!(hosts, ["broker-0", "broker-1", "controller-0", "controller-1", "controller-2"]);
         let groups = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 1\nconsumer_groups = true");
         assert!(steady_with(groups).is_ok(), "consumer groups are built");
     }

@@ -60,6 +60,8 @@ pub struct NodeState {
     /// stream it draws from (its own, so turning buggify on changes no other
     /// draw).
     buggify: Mutex<(f64, ChaCha8Rng)>,
+    /// Starts of the host's software so far (see [`NodeState::start`]).
+    incarnation: std::sync::atomic::AtomicU64,
 }
 
 impl NodeState {
@@ -71,6 +73,7 @@ impl NodeState {
             rng: Mutex::new(seed::rng(run_seed, &format!("node/{name}"))),
             clock: Mutex::new(ClockSkew::default()),
             buggify: Mutex::new((0.0, seed::rng(run_seed, &format!("buggify/{name}")))),
+            incarnation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -78,6 +81,19 @@ impl NodeState {
     /// they are reached.
     pub fn set_buggify(&self, probability: f64) {
         self.buggify.lock().expect("buggify lock").0 = probability;
+    }
+
+    /// The host's software is starting again: begin a new incarnation,
+    /// record it, and return its number (1 for the first start).
+    pub fn start(&self, trace: &Trace) -> u64 {
+        let n = self.incarnation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        trace.observe(sim_now().as_nanos() as u64, &self.name, n, crate::history::ObservedEvent::Started);
+        n
+    }
+
+    /// The current incarnation (0 before the first start).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn skew(&self) -> ClockSkew {
@@ -179,6 +195,13 @@ impl Io for SimIo {
 
     fn random_u64(&self) -> u64 {
         self.node.rng.lock().expect("rng lock").next_u64()
+    }
+
+    /// Every report goes to the trace (so the hash covers it) and to the
+    /// run's observations, which the quorum checkers judge.
+    fn observe(&self, event: &faultline_broker::io::Observation) {
+        let at = sim_now().as_nanos() as u64;
+        self.trace.observe(at, &self.node.name, self.node.incarnation(), event.into());
     }
 
     fn buggify(&self, site: &'static str) -> bool {

@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::history::{Observed, ObservedEvent};
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
@@ -65,6 +67,8 @@ struct Inner {
     line: String,
     /// Panics caught in tasks spawned through the seam, as "node task: message".
     panics: Vec<String>,
+    /// What the servers reported through the seam, in order.
+    observations: Vec<Observed>,
 }
 
 /// Shared handle to the trace; every node and the runner append to it. The
@@ -82,6 +86,7 @@ impl Trace {
             lines: keep_lines.then(Vec::new),
             line: String::new(),
             panics: Vec::new(),
+            observations: Vec::new(),
         })))
     }
 
@@ -90,6 +95,19 @@ impl Trace {
     pub fn record_panic(&self, at_ns: u64, node: &str, task: &str, message: &str) {
         self.record(at_ns, node, EventKind::Node, format_args!("task {task} panicked: {message}"));
         self.0.lock().expect("trace lock").panics.push(format!("{node} {task}: {message}"));
+    }
+
+    /// A server reported `event`: record it as an event (so the hash
+    /// covers it) and keep it for the quorum checkers.
+    pub fn observe(&self, at_ns: u64, host: &str, incarnation: u64, event: ObservedEvent) {
+        self.record(at_ns, host, EventKind::Node, format_args!("observe #{incarnation} {event}"));
+        let observed = Observed { at_ns, host: host.to_string(), incarnation, event };
+        self.0.lock().expect("trace lock").observations.push(observed);
+    }
+
+    /// Every observation so far, in the order reported.
+    pub fn observations(&self) -> Vec<Observed> {
+        self.0.lock().expect("trace lock").observations.clone()
     }
 
     pub fn has_panicked(&self) -> bool {

@@ -79,6 +79,9 @@ pub struct ClientCtx {
     pub bugs: faultline_broker::config::PlantedBugs,
     /// Consumers are members of one group (`cluster.consumer_groups`).
     pub consumer_groups: bool,
+    /// The servers form a metadata quorum (`cluster.controllers`): the
+    /// reader also asks every broker for Metadata at the end.
+    pub quorum: bool,
 }
 
 /// The group every consumer host joins.
@@ -560,6 +563,9 @@ pub async fn reader(ctx: ClientCtx) {
     if ctx.consumer_groups {
         read_committed(&ctx, &env).await;
     }
+    if ctx.quorum {
+        final_metadata(&ctx, &env).await;
+    }
     ctx.recorder.set_final_read_done(outcome);
 }
 
@@ -602,19 +608,95 @@ async fn create_topics(ctx: &ClientCtx, env: &Env) {
     };
     let topics: Vec<NewTopic> =
         ctx.topics.iter().map(|t| NewTopic::new(t.name.clone(), t.partitions, t.replication_factor)).collect();
+    // Each attempt is a recorded operation, so the quorum checker can hold
+    // every acknowledged one to the Metadata answers after the heal. A
+    // cluster still electing its controller answers NOT_CONTROLLER (or
+    // nothing) meanwhile: retry until it takes the topic.
+    let process = ctx.recorder.new_session(ctx.name());
     for t in topics {
         while sim_now() < ctx.end {
-            match admin.create_topics(std::slice::from_ref(&t)).await {
-                Ok(()) => break,
-                Err(e) if e.broker_error() == Some(ResponseError::TopicAlreadyExists) => break,
-                Err(e) => {
-                    tracing::debug!(topic = %t.name, error = %e, "create topic failed; retrying");
-                    env.sleep(Duration::from_millis(50)).await;
-                }
+            let invoke = sim_now();
+            let result = admin.create_topics(std::slice::from_ref(&t)).await;
+            let outcome = match &result {
+                Ok(()) => Outcome::Ok,
+                Err(e) if e.broker_error() == Some(ResponseError::TopicAlreadyExists) => Outcome::Ok,
+                Err(e) => outcome_of(e),
+            };
+            let done = outcome == Outcome::Ok;
+            let kind = OpKind::CreateTopic { topic: t.name.clone(), partitions: t.num_partitions };
+            ctx.recorder.span(ctx.name(), process, invoke, sim_now(), kind, outcome, false);
+            if done {
+                break;
             }
+            if let Err(e) = result {
+                tracing::debug!(topic = %t.name, error = %e, "create topic failed; retrying");
+            }
+            env.sleep(Duration::from_millis(50)).await;
         }
     }
     ctx.recorder.set_topics_ready();
+}
+
+/// How long the final Metadata check waits for one broker to list every
+/// topic before recording what it lists.
+const METADATA_PATIENCE: Duration = Duration::from_secs(5);
+
+/// After the final read, with a metadata quorum: ask every broker for
+/// Metadata (all topics) and record what each listed, so the quorum
+/// checker can hold every acknowledged CreateTopics to it. Retried per
+/// broker until it answers or the final read's budget runs out.
+async fn final_metadata(ctx: &ClientCtx, env: &Env) {
+    use faultline_broker::client::cluster::{Cluster, ClusterConfig};
+    use kafka_protocol::messages::MetadataRequest;
+    let process = ctx.recorder.new_session(ctx.name());
+    let config = ClusterConfig {
+        bootstrap_servers: ctx.bootstrap.clone(),
+        client_id: ctx.name().to_string(),
+        request_timeout: ctx.request_timeout(),
+    };
+    let Ok(cluster) = Cluster::new(env.clone(), config) else { return };
+    for addr in &ctx.bootstrap {
+        let broker = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string();
+        let invoke = sim_now();
+        let mut last_error = String::from("no attempt within the final read's budget");
+        let mut listed = None;
+        while sim_now() < ctx.final_deadline {
+            let answer = match cluster.connection(addr).await {
+                Ok(conn) => cluster.send(&conn, |_| MetadataRequest::default().with_topics(None)).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(resp) => {
+                    let topics: Vec<String> = resp
+                        .topics
+                        .iter()
+                        .filter(|t| t.error_code == 0)
+                        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                        .collect();
+                    let complete = ctx.topics.iter().all(|t| topics.contains(&t.name));
+                    listed = Some(topics);
+                    // Metadata reaches a broker by its fetching the log: a
+                    // broker still catching up may lag for a moment, which
+                    // is not a lost topic. Ask again until it lists every
+                    // topic or its patience runs out.
+                    if complete || sim_now() >= invoke + METADATA_PATIENCE {
+                        break;
+                    }
+                    env.sleep(FINAL_RETRY_BACKOFF).await;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    env.sleep(FINAL_RETRY_BACKOFF).await;
+                }
+            }
+        }
+        let (topics, outcome) = match listed {
+            Some(t) => (t, Outcome::Ok),
+            None => (Vec::new(), Outcome::Info { error: last_error }),
+        };
+        let kind = OpKind::Metadata { broker, topics };
+        ctx.recorder.span(ctx.name(), process, invoke, sim_now(), kind, outcome, true);
+    }
 }
 
 /// Consecutive failed fetches of one offset, all failing the CRC check,

@@ -253,3 +253,62 @@ fn group_stale_commit_accepted_moves_committed_offsets_back() {
     println!("group_stale_commit_accepted: first commit-regression at seed {seed}");
     assert_control_clean(&s, seed.max(3), has(AnomalyKind::CommitRegression));
 }
+
+/// A quorum scenario without its swarm table, with `bugs` planted in every
+/// node.
+fn quorum_planted(name: &str, bugs: PlantedBugs) -> Scenario {
+    let mut s = scenario::builtin_named(name).unwrap();
+    s.swarm = None;
+    s.name = format!("planted-{name}");
+    s.cluster.bugs = bugs;
+    s.validate().unwrap();
+    s
+}
+
+/// Any of the metadata quorum's safety anomalies.
+fn quorum_unsafe(r: &RunResult) -> bool {
+    [AnomalyKind::QuorumTwoLeaders, AnomalyKind::MetadataDivergence, AnomalyKind::MetadataOrder, AnomalyKind::TopicLost]
+        .into_iter()
+        .any(|k| has(k)(r))
+}
+
+fn first_quorum_failure(what: &str, scenarios: &[&str], bugs: PlantedBugs) {
+    for name in scenarios {
+        let s = quorum_planted(name, bugs);
+        if let Some(seed) = first_failing(&s, quorum_unsafe) {
+            let r = run_scenario(&s, seed, &RunOptions::default()).unwrap();
+            println!("{what}: first quorum anomaly in {name} at seed {seed}: {}", r.verdict());
+            assert!(!r.passed(), "a run with a quorum anomaly must fail: {}", r.verdict());
+            assert_control_clean(&s, seed, quorum_unsafe);
+            return;
+        }
+    }
+    panic!("{what}: no quorum anomaly in {scenarios:?} within {MAX_SEEDS} seeds each");
+}
+
+/// A voter that grants its vote before persisting it can vote again, for
+/// another candidate, in the same epoch after a power loss: two leaders in
+/// one epoch.
+#[test]
+#[ignore = "not yet caught within the seed budget: no built-in scenario crashes a voter between granting and persisting a vote often enough (130 seeds of a crash-heavy variant found nothing)"]
+fn quorum_vote_before_persist_elects_two_leaders() {
+    let bugs = PlantedBugs { quorum_vote_before_persist: true, ..PlantedBugs::default() };
+    first_quorum_failure("quorum_vote_before_persist", &["quorum-crash", "quorum-rolling"], bugs);
+}
+
+/// A leader that commits an earlier epoch's entry by counting replicas
+/// (Raft's figure 8) lets a later leader overwrite committed metadata.
+#[test]
+#[ignore = "not yet caught within the seed budget: Raft's figure-8 schedule needs a leader to crash with an uncommitted entry of an earlier epoch replicated to a minority, which the quorum nemeses do not steer towards (130 seeds of a crash-heavy variant found nothing)"]
+fn quorum_commit_previous_epoch_changes_committed_metadata() {
+    let bugs = PlantedBugs { quorum_commit_previous_epoch: true, ..PlantedBugs::default() };
+    first_quorum_failure("quorum_commit_previous_epoch", &["quorum-partition", "quorum-crash"], bugs);
+}
+
+/// A follower that keeps a divergent suffix applies records the quorum
+/// never committed.
+#[test]
+fn quorum_keep_divergent_suffix_applies_uncommitted_metadata() {
+    let bugs = PlantedBugs { quorum_keep_divergent_suffix: true, ..PlantedBugs::default() };
+    first_quorum_failure("quorum_keep_divergent_suffix", &["quorum-partition"], bugs);
+}

@@ -391,14 +391,15 @@ impl Topics {
                 continue;
             }
             let name = file_name(&path);
+            // The metadata log is named like a partition directory but
+            // belongs to the quorum, not to any topic.
+            if name == crate::cluster::driver::METADATA_LOG_DIR {
+                continue;
+            }
             let Some((topic, index)) = parse_partition_dir(&name) else {
                 tracing::warn!(path = %path.display(), "ignoring an unrecognised directory in the data directory");
                 continue;
             };
-            if topic == crate::quorum::METADATA_TOPIC {
-                // The metadata quorum's log (cluster mode) is not a topic's.
-                continue;
-            }
             let hosted = topics.get(topic).is_some_and(|t| t.partition(index).is_some());
             if !hosted {
                 tracing::warn!(path = %path.display(), "removing a partition directory that belongs to no topic");

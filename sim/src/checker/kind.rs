@@ -48,10 +48,18 @@ pub enum AnomalyKind {
     /// An acknowledged record below the group's final committed offset that
     /// no member of the group ever consumed.
     GroupUnconsumed,
+    /// Two nodes naming different metadata quorum leaders for one epoch.
+    QuorumTwoLeaders,
+    /// Two different records applied at one metadata log offset.
+    MetadataDivergence,
+    /// A node's applied metadata going backwards or skipping a record.
+    MetadataOrder,
+    /// An acknowledged CreateTopics missing from a broker's Metadata after the heal.
+    TopicLost,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 16] = [
+    pub const ALL: [AnomalyKind; 20] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -68,6 +76,10 @@ impl AnomalyKind {
         AnomalyKind::GroupDoubleOwner,
         AnomalyKind::CommitRegression,
         AnomalyKind::GroupUnconsumed,
+        AnomalyKind::QuorumTwoLeaders,
+        AnomalyKind::MetadataDivergence,
+        AnomalyKind::MetadataOrder,
+        AnomalyKind::TopicLost,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -91,6 +103,10 @@ impl AnomalyKind {
             AnomalyKind::GroupDoubleOwner => "group-double-owner",
             AnomalyKind::CommitRegression => "commit-regression",
             AnomalyKind::GroupUnconsumed => "group-unconsumed",
+            AnomalyKind::QuorumTwoLeaders => "quorum-two-leaders",
+            AnomalyKind::MetadataDivergence => "metadata-divergence",
+            AnomalyKind::MetadataOrder => "metadata-order",
+            AnomalyKind::TopicLost => "topic-lost",
         }
     }
 
@@ -120,6 +136,16 @@ impl AnomalyKind {
             AnomalyKind::CommitRegression => "a group's committed offset went backwards",
             AnomalyKind::GroupUnconsumed => {
                 "an acknowledged record below the group's committed offset was never consumed by the group"
+            }
+            AnomalyKind::QuorumTwoLeaders => "two nodes named different metadata quorum leaders for the same epoch",
+            AnomalyKind::MetadataDivergence => {
+                "two different metadata records were applied at the same offset: committed metadata changed"
+            }
+            AnomalyKind::MetadataOrder => {
+                "a node applied metadata offsets out of order or skipped a committed record within one incarnation"
+            }
+            AnomalyKind::TopicLost => {
+                "a topic whose CreateTopics was acknowledged is missing from a broker's Metadata after the heal"
             }
         }
     }

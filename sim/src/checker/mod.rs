@@ -12,6 +12,10 @@
 //! Consumer groups add their own checks (`groups`): exclusive ownership
 //! within a generation, committed offsets that never go backwards, and every
 //! record below the committed offsets consumed by the group.
+//!
+//! A cluster with a metadata quorum adds the quorum checks (`quorum`): one
+//! leader per epoch, committed metadata that never changes and applied in
+//! order, and acknowledged topics that every broker lists after the heal.
 
 mod groups;
 mod index;
@@ -20,6 +24,7 @@ mod lost;
 mod placement;
 mod polls;
 mod promise;
+mod quorum;
 mod report;
 mod sends;
 mod values;
@@ -33,6 +38,7 @@ mod tests;
 
 pub use kind::{AnomalyKind, CheckOptions, UnknownAnomalyKind};
 pub use promise::promised;
+pub use quorum::leader_elected_after;
 pub use report::{Anomaly, Report, Stats};
 
 use crate::history::{History, OpKind, Outcome};
@@ -65,6 +71,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
         explanation: p.explanation(),
     }));
     groups::group_checks(history, &mut found);
+    quorum::quorum_checks(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 

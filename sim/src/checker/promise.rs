@@ -13,6 +13,8 @@
 //! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip`, `group-double-owner` | always, even when the medium corrupts |
 //! | `commit-regression`, `group-unconsumed` | always (offsets are reset only by hand, which no scenario does) |
 //! | `misplaced-key` | always, even when the medium corrupts: the producer picks the partition before any byte is stored |
+//! | `quorum-two-leaders`, `metadata-divergence`, `metadata-order` | always, even when the medium corrupts: the metadata log is checksummed and replicated on every voter, and these judge only what nodes report they applied |
+//! | `topic-lost` | always (the quorum keeps acknowledged metadata on a majority) |
 //! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
 //!
 //! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
@@ -45,7 +47,10 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::IntNonmonotonicPoll
             | AnomalyKind::IntPollSkip
             | AnomalyKind::MisplacedKey
-            | AnomalyKind::GroupDoubleOwner => true,
+            | AnomalyKind::GroupDoubleOwner
+            | AnomalyKind::QuorumTwoLeaders
+            | AnomalyKind::MetadataDivergence
+            | AnomalyKind::MetadataOrder => true,
             _ if rot => false,
             AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
             AnomalyKind::NonLinearizable => lin.is_ok(),

@@ -263,6 +263,8 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
         }
         OpKind::Committed { offsets } => format!("committed offsets read back {offsets:?}"),
         OpKind::Crash => "crash".to_string(),
+        OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
+        OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
     };
     format!("{head}: {body} => {outcome}")
 }

@@ -149,6 +149,14 @@ pub fn jepsen_edn(history: &History) -> String {
                 (":end-offsets", "nil".to_string(), format!("{{{}}}", m.join(", ")))
             }
             OpKind::Crash => (":crash", "nil".to_string(), "nil".to_string()),
+            OpKind::CreateTopic { topic, partitions } => {
+                let v = format!("{{:topic {} :partitions {partitions}}}", edn_str(topic));
+                (":create-topic", v.clone(), v)
+            }
+            OpKind::Metadata { broker, topics } => {
+                let ts: Vec<String> = topics.iter().map(|t| edn_str(t)).collect();
+                (":metadata", edn_str(broker), format!("[{}]", ts.join(" ")))
+            }
         };
         let error = match &op.outcome {
             Outcome::Ok => String::new(),
