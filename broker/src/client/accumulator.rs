@@ -189,6 +189,12 @@ impl<C> Accumulator<C> {
 
     /// Remove and return every queued (not in-flight) batch opened at or
     /// before `deadline`: their delivery timeout has passed.
+    /// When the oldest queued batch was opened: the next one [`Self::expire`]
+    /// can fail.
+    pub fn oldest_created(&self) -> Option<Duration> {
+        self.queues.values().filter_map(|q| q.batches.front().map(|b| b.created)).min()
+    }
+
     pub fn expire(&mut self, deadline: Duration) -> Vec<ProducerBatch<C>> {
         let mut out = Vec::new();
         for q in self.queues.values_mut() {

@@ -243,7 +243,9 @@ impl Future for DeliveryFuture {
 }
 
 enum Command {
-    Send(ProducerRecord, oneshot::Sender<Delivery>),
+    /// A record, its completion, and when `send` was called: the delivery
+    /// timeout runs from then, not from when the sender task got to it.
+    Send(ProducerRecord, oneshot::Sender<Delivery>, Duration),
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
@@ -314,7 +316,7 @@ impl Producer {
         }
         record.timestamp.get_or_insert_with(|| self.env.now_ms());
         let (tx, rx) = oneshot::channel();
-        if self.inbox.send(Command::Send(record, tx)).is_err() {
+        if self.inbox.send(Command::Send(record, tx, self.env.elapsed())).is_err() {
             return ready(ClientError::Closed);
         }
         DeliveryFuture(DeliveryState::Waiting(rx))
@@ -474,7 +476,7 @@ impl Sender {
                 inbox.close();
                 while let Ok(cmd) = inbox.try_recv() {
                     match cmd {
-                        Command::Send(_, tx) => {
+                        Command::Send(_, tx, _) => {
                             let _ = tx.send(Err(ProduceError::Definite(ClientError::Closed)));
                         }
                         Command::Flush(tx) | Command::Close(tx) => {
@@ -505,15 +507,11 @@ impl Sender {
 
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Send(record, tx) => {
+            Command::Send(record, tx, enqueued) => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.incomplete.insert(seq);
-                self.unpartitioned.push_back(Unpartitioned {
-                    record,
-                    completion: (seq, tx),
-                    enqueued: self.env.elapsed(),
-                });
+                self.unpartitioned.push_back(Unpartitioned { record, completion: (seq, tx), enqueued });
             }
             Command::Flush(tx) => self.flushes.push((self.next_seq, tx)),
             Command::Close(tx) => {
@@ -536,6 +534,11 @@ impl Sender {
         }
         if let Some(t) = self.acc.next_ready_time(now) {
             wake = wake.min(t);
+        }
+        // A batch that cannot go (no leader known, its partition muted)
+        // still fails at its delivery timeout, even if nothing else happens.
+        if let Some(oldest) = self.acc.oldest_created() {
+            wake = wake.min((oldest + self.delivery_timeout()).max(now + Duration::from_millis(1)));
         }
         wake
     }
@@ -575,7 +578,15 @@ impl Sender {
                 self.last_refresh.insert(t.clone(), now);
             }
             // Errors leave the topics unknown; records wait and may expire.
-            if let Ok(got) = self.cluster.refresh(Some(&due), true).await {
+            // The refresh may try broker after broker; it must not hold the
+            // loop past the oldest record's delivery deadline.
+            let oldest =
+                self.unpartitioned.front().map(|u| u.enqueued).into_iter().chain(self.acc.oldest_created()).min();
+            let limit = oldest.map_or(self.cluster.config().request_timeout, |o| {
+                (o + self.delivery_timeout()).saturating_sub(now).max(Duration::from_millis(1))
+            });
+            let refreshed = crate::io::timeout(&self.env, limit, self.cluster.refresh(Some(&due), true)).await;
+            if let Some(Ok(got)) = refreshed {
                 for (t, meta) in got {
                     if meta.error_code == 0 && !meta.partitions.is_empty() {
                         self.stale.remove(&t);

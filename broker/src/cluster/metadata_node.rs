@@ -158,6 +158,8 @@ pub struct MetadataNode<L: RaftLog> {
     next_own_id: u64,
     records_since_snapshot: i64,
     snapshot_in_flight: bool,
+    /// (epoch, leader) as last reported.
+    known_leader: (i32, Option<i32>),
     out: Vec<Output>,
     now: i64,
 }
@@ -186,6 +188,7 @@ impl<L: RaftLog> MetadataNode<L> {
             next_own_id: 0,
             records_since_snapshot: 0,
             snapshot_in_flight: false,
+            known_leader: (-1, None),
             out: Vec::new(),
             now: now_ms,
         }
@@ -227,6 +230,7 @@ impl<L: RaftLog> MetadataNode<L> {
             Input::SendFailed { to, request_id } => self.on_send_failed(to, request_id),
             Input::Resign => self.raft_input(quorum::Input::Resign),
         }
+        self.sync_leader();
         self.tick_controller();
         self.poll_lifecycle();
         self.maybe_snapshot();
@@ -459,7 +463,8 @@ impl<L: RaftLog> MetadataNode<L> {
                 }
                 quorum::Output::Committed { high_watermark, batches } => self.on_committed(high_watermark, batches),
                 quorum::Output::LoadSnapshot { id, bytes } => self.on_snapshot(id, &bytes),
-                quorum::Output::LeaderChange { epoch, leader_id } => self.on_leader_change(epoch, leader_id),
+                // Read from the state instead (`sync_leader`).
+                quorum::Output::LeaderChange { .. } => {}
                 quorum::Output::Proposed(r) => {
                     // Only `propose` proposes, and it reads its own answer.
                     invariant!(false, "an unexpected proposal answer: {r:?}");
@@ -475,7 +480,18 @@ impl<L: RaftLog> MetadataNode<L> {
         }
     }
 
-    fn on_leader_change(&mut self, epoch: i32, leader: Option<i32>) {
+    /// Tell the life cycle, the observers and the driver when the leader
+    /// this node knows of changes. Read from the quorum's state after every
+    /// input rather than from its LeaderChange outputs: a node restarting
+    /// into its persisted epoch learns that its leader is alive from the
+    /// first answer, with no new epoch and so no LeaderChange.
+    fn sync_leader(&mut self) {
+        let now_known = (self.raft.epoch(), self.raft.leader_id());
+        if now_known == self.known_leader {
+            return;
+        }
+        self.known_leader = now_known;
+        let (epoch, leader) = now_known;
         self.out.push(Output::Event(Event::LeaderChange { epoch, leader }));
         if leader != Some(self.config.node_id) {
             self.resign_controller();
