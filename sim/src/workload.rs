@@ -611,10 +611,12 @@ async fn create_topics(ctx: &ClientCtx, env: &Env) {
     // Each attempt is a recorded operation, so the quorum checker can hold
     // every acknowledged one to the Metadata answers after the heal. A
     // cluster still electing its controller answers NOT_CONTROLLER (or
-    // nothing) meanwhile: retry until it takes the topic.
+    // nothing) meanwhile: retry until it takes the topic — past the fault
+    // window if need be (faults may have kept every attempt from committing),
+    // up to the liveness bound after the heal.
     let process = ctx.recorder.new_session(ctx.name());
     for t in topics {
-        while sim_now() < ctx.end {
+        while sim_now() < ctx.liveness_deadline {
             let invoke = sim_now();
             let result = admin.create_topics(std::slice::from_ref(&t)).await;
             let outcome = match &result {
