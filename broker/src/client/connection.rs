@@ -183,7 +183,7 @@ impl Connection {
             .with_client_software_name(StrBytes::from_static_str("faultline"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let (_, max) = client_versions(ApiVersionsRequest::KEY).expect("ApiVersions has a range");
-        let frame = self.round_trip::<ApiVersionsRequest>(&req, max, timeout).await?;
+        let frame = self.round_trip::<ApiVersionsRequest>(&req, max, timeout, None).await?;
         // ApiVersions responses always use header v0: 4 bytes, then the error code.
         let code = frame.get(4..6).map(|b| i16::from_be_bytes([b[0], b[1]]));
         // A broker that does not know our version answers in v0 format.
@@ -204,7 +204,22 @@ impl Connection {
         version: i16,
         timeout: Duration,
     ) -> Result<R::Response, ClientError> {
-        let frame = self.round_trip(req, version, timeout).await?;
+        let frame = self.round_trip(req, version, timeout, None).await?;
+        self.decode::<R>(frame, version)
+    }
+
+    /// As [`Connection::request`], dropping `written` once the request is
+    /// on the wire (or has failed before it got there), so a caller can
+    /// hold its next request back until then: requests on one connection
+    /// are handled in the order written.
+    pub async fn request_then_release<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+        written: oneshot::Sender<()>,
+    ) -> Result<R::Response, ClientError> {
+        let frame = self.round_trip(req, version, timeout, Some(written)).await?;
         self.decode::<R>(frame, version)
     }
 
@@ -230,7 +245,13 @@ impl Connection {
     }
 
     /// Write a request and wait for the frame with its correlation id.
-    async fn round_trip<R: Request>(&self, req: &R, version: i16, timeout: Duration) -> Result<Bytes, ClientError> {
+    async fn round_trip<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<Bytes, ClientError> {
         let (correlation_id, frame) = self.encode(req, version)?;
         let (tx, rx) = oneshot::channel();
         {
@@ -243,6 +264,7 @@ impl Connection {
         }
         let exchange = async {
             self.write_frame(&frame).await?;
+            drop(written);
             rx.await.map_err(|_| self.lost())
         };
         match io::timeout(&self.env, timeout, exchange).await {

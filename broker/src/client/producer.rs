@@ -386,6 +386,12 @@ struct Sender {
     requests_in_flight: usize,
     /// Produce requests out to each broker.
     leader_in_flight: BTreeMap<i32, usize>,
+    /// Per leader, resolved once the last Produce request spawned to it is
+    /// written or has failed: the next waits for it, so a broker receives
+    /// requests in the order the sender made them, as Kafka's one sender
+    /// thread writes them. Without this, two request tasks could race to
+    /// the socket and reorder batches with no retry involved.
+    leader_written: BTreeMap<i32, oneshot::Receiver<()>>,
     /// Idempotence: the producer id and epoch, once InitProducerId gave them.
     producer: Option<(i64, i16)>,
     /// When InitProducerId was last tried (for backoff).
@@ -434,6 +440,7 @@ impl Sender {
             outcomes_tx,
             requests_in_flight: 0,
             leader_in_flight: BTreeMap::new(),
+            leader_written: BTreeMap::new(),
             producer: None,
             last_init: None,
             next_sequence: BTreeMap::new(),
@@ -807,8 +814,14 @@ impl Sender {
         let acks = self.config.acks;
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let tx = self.outcomes_tx.clone();
+        let (written, next_may_write) = oneshot::channel();
+        let before = self.leader_written.insert(leader, next_may_write);
         io::spawn(&self.env, "producer-request", async move {
-            let result = produce(&cluster, leader, acks, timeout, &batches).await;
+            if let Some(before) = before {
+                // Resolves when the earlier request is written or dropped.
+                let _ = before.await;
+            }
+            let result = produce(&cluster, leader, acks, timeout, &batches, written).await;
             let _ = tx.send(RequestOutcome { leader, batches, result });
         });
     }
@@ -908,6 +921,7 @@ async fn produce(
     acks: i16,
     timeout: Duration,
     batches: &[Batch],
+    written: oneshot::Sender<()>,
 ) -> Result<BTreeMap<TopicPartition, PartitionAnswer>, ClientError> {
     if cluster.env().buggify("producer.late-send") {
         // A request that leaves late, so later batches can overtake it in
@@ -938,7 +952,7 @@ async fn produce(
         conn.send_oneway(&req, version, timeout).await?;
         return Ok(BTreeMap::new());
     }
-    let resp = conn.request(&req, version, timeout).await?;
+    let resp = conn.request_then_release(&req, version, timeout, written).await?;
     let mut out = BTreeMap::new();
     for t in resp.responses {
         for p in t.partition_responses {

@@ -25,6 +25,9 @@ pub enum AnomalyKind {
     Unexpected,
     /// A producer session's sends to a partition going backwards.
     NonmonotonicSend,
+    /// Two of a producer session's sends to a partition, both in flight at
+    /// once, landing in the opposite order to the `send()` calls.
+    ReorderedSend,
     /// A consumer session's polls of a partition going backwards.
     NonmonotonicPoll,
     /// One poll's records of a partition going backwards.
@@ -59,7 +62,7 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 20] = [
+    pub const ALL: [AnomalyKind; 21] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -67,6 +70,7 @@ impl AnomalyKind {
         AnomalyKind::G1a,
         AnomalyKind::Unexpected,
         AnomalyKind::NonmonotonicSend,
+        AnomalyKind::ReorderedSend,
         AnomalyKind::NonmonotonicPoll,
         AnomalyKind::IntNonmonotonicPoll,
         AnomalyKind::PollSkip,
@@ -94,6 +98,7 @@ impl AnomalyKind {
             AnomalyKind::G1a => "G1a",
             AnomalyKind::Unexpected => "unexpected",
             AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+            AnomalyKind::ReorderedSend => "reordered-send",
             AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
             AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
             AnomalyKind::PollSkip => "poll-skip",
@@ -122,6 +127,9 @@ impl AnomalyKind {
             AnomalyKind::G1a => "a poll returned a value whose send definitely failed (aborted read)",
             AnomalyKind::Unexpected => "a poll returned a value that no send ever attempted",
             AnomalyKind::NonmonotonicSend => "a producer's later send landed at or before its earlier send",
+            AnomalyKind::ReorderedSend => {
+                "two sends of one producer in flight at once landed in the opposite order to the send() calls"
+            }
             AnomalyKind::NonmonotonicPoll => "a consumer's poll started at or before where its previous poll ended",
             AnomalyKind::IntNonmonotonicPoll => "records within one poll went backwards",
             AnomalyKind::PollSkip => "a consumer's consecutive polls jumped over records known to exist",

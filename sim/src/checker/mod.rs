@@ -54,6 +54,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     values::inconsistent_offsets(&ix, &mut found);
     values::provenance(&ix, &mut found);
     sends::send_order(history, &mut found);
+    sends::call_order(history, &mut found);
     polls::poll_order(history, &ix, &mut found);
     placement::key_placement(history, &mut found);
     let lin = crate::linearizability::kafka::check_history(history, opts.lin_budget);

@@ -9,6 +9,7 @@
 //! | `duplicate` | with idempotence on, or with no retries (one attempt per send cannot store a value twice); informational when a non-idempotent producer retries |
 //! | `inconsistent-offsets` | always |
 //! | `nonmonotonic-send` | always: a send invoked after another completed lands after it, retries or not |
+//! | `reordered-send` | with idempotence on, or with no retries: only a retry may overtake a batch sent before it |
 //! | `nonmonotonic-poll`, `poll-skip` | always, within one consumer session: a seek is recorded as an `assign`, which starts the comparison afresh |
 //! | `G1a`, `unexpected`, `int-nonmonotonic-poll`, `int-poll-skip`, `group-double-owner` | always, even when the medium corrupts |
 //! | `commit-regression`, `group-unconsumed` | always (offsets are reset only by hand, which no scenario does) |
@@ -23,7 +24,7 @@
 //! what was acknowledged after it is gone, and its offsets are handed out
 //! again. Then every anomaly that offset reuse produces is informational —
 //! `lost-write`, `unseen`, `duplicate`, `inconsistent-offsets`,
-//! `nonmonotonic-send`, `nonmonotonic-poll`, `poll-skip` — and what stays
+//! `nonmonotonic-send`, `reordered-send`, `nonmonotonic-poll`, `poll-skip` — and what stays
 //! fatal is reading what nobody wrote or what definitely failed (`G1a`,
 //! `unexpected`), disorder inside one fetch (`int-*`), and, outside the
 //! checkers, a client accepting data that fails its CRC check. The runner's
@@ -52,7 +53,7 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::MetadataDivergence
             | AnomalyKind::MetadataOrder => true,
             _ if rot => false,
-            AnomalyKind::Duplicate => w.idempotence || w.retries == 0,
+            AnomalyKind::Duplicate | AnomalyKind::ReorderedSend => w.idempotence || w.retries == 0,
             AnomalyKind::NonLinearizable => lin.is_ok(),
             _ => true,
         })
