@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use faultline_broker::cluster::{PeerEvent, PeerRequest, PeerResponse, Peers};
+use faultline_broker::cluster::{PeerEvent, PeerRequest, PeerResponse, Peers, Timeouts};
 use faultline_broker::io::real::RealIo;
 use faultline_broker::io::{self, Env};
 use faultline_broker::wire::{
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 /// How long the scripted peer holds a Fetch, as a leader with nothing new does.
 const FETCH_HOLD: Duration = Duration::from_millis(1500);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Timeouts = Timeouts { quorum: Duration::from_secs(5), request: Duration::from_secs(5) };
 
 /// A peer speaking ApiVersions, Vote (granted) and Fetch (answered after
 /// [`FETCH_HOLD`]) on `addr` until `stop` turns true; it then closes its

@@ -185,6 +185,11 @@ pub enum ObservedEvent {
         epoch: i32,
         next_offset: i64,
     },
+    VoteGranted {
+        node: i32,
+        epoch: i32,
+        candidate: i32,
+    },
 }
 
 impl From<&faultline_broker::io::Observation> for ObservedEvent {
@@ -196,6 +201,7 @@ impl From<&faultline_broker::io::Observation> for ObservedEvent {
             O::ControllerActivated { node, epoch, next_offset } => {
                 ObservedEvent::ControllerActivated { node, epoch, next_offset }
             }
+            O::VoteGranted { node, epoch, candidate } => ObservedEvent::VoteGranted { node, epoch, candidate },
         }
     }
 }
@@ -216,6 +222,9 @@ impl std::fmt::Display for ObservedEvent {
             }
             ObservedEvent::ControllerActivated { node, epoch, next_offset } => {
                 write!(f, "node {node}: controller active in epoch {epoch} from offset {next_offset}")
+            }
+            ObservedEvent::VoteGranted { node, epoch, candidate } => {
+                write!(f, "node {node}: voted for {candidate} in epoch {epoch}")
             }
         }
     }

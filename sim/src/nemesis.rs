@@ -110,6 +110,10 @@ pub enum Fault {
     /// Crash whichever voter leads the metadata quorum when the strike
     /// starts; the runner resolves it to a [`Fault::Crash`] then.
     CrashLeader,
+    /// Crash the first voter reported granting a vote during the strike, as
+    /// the grant leaves; the runner resolves it to a [`Fault::Crash`] then,
+    /// ending at the strike's end. No vote, no crash.
+    CrashAfterVote,
 }
 
 impl fmt::Display for Fault {
@@ -129,6 +133,7 @@ impl fmt::Display for Fault {
             Fault::ClockDrift { host, ppm } => write!(f, "clock-drift {host} {ppm:+} ppm"),
             Fault::IsolateLeader => write!(f, "isolate-leader"),
             Fault::CrashLeader => write!(f, "crash-leader"),
+            Fault::CrashAfterVote => write!(f, "crash-after-vote"),
         }
     }
 }
@@ -295,7 +300,8 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
         }
         NemesisKind::IsolateLeader if roles.voters.len() >= 2 => Fault::IsolateLeader,
         NemesisKind::CrashLeader if !roles.voters.is_empty() => Fault::CrashLeader,
-        NemesisKind::IsolateLeader | NemesisKind::CrashLeader => return None,
+        NemesisKind::CrashAfterVote if roles.voters.len() >= 2 => Fault::CrashAfterVote,
+        NemesisKind::IsolateLeader | NemesisKind::CrashLeader | NemesisKind::CrashAfterVote => return None,
         NemesisKind::QuorumLinkDrop { rate } => {
             let (a, b) = voter_link(rng, &roles.voters)?;
             Fault::LinkDrop { a, b, rate: *rate }
@@ -552,7 +558,7 @@ impl Injector {
                     node.set_skew(s);
                 }
             }
-            Fault::IsolateLeader | Fault::CrashLeader => {
+            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote => {
                 unreachable!("the runner resolves {fault} to a concrete fault before applying it")
             }
             Fault::ClockDrift { host, ppm } => {

@@ -583,16 +583,29 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     agenda.sort_by_key(|(t, start, i)| (*t, *start, *i));
     let mut next = 0;
     let mut healed = false;
-    let mut aim =
-        Aim { node_ids: &node_ids, voters: &roles.voters, resolved: BTreeMap::new(), rng: seed::rng(seed, "aim") };
+    let mut aim = Aim {
+        node_ids: &node_ids,
+        voters: &roles.voters,
+        resolved: BTreeMap::new(),
+        armed: Vec::new(),
+        seen: 0,
+        rng: seed::rng(seed, "aim"),
+    };
 
     let final_read = loop {
         let now = sim.elapsed();
         while next < agenda.len() && agenda[next].0 <= now {
             let (_, up, i) = agenda[next];
             next += 1;
-            let strike = aim.resolve(i, &strikes[i], up, &trace);
-            apply(&mut sim, &mut injector, &nodes, &strike, up, now, &trace, &recorder, &mut timeline);
+            match aim.resolve(i, &strikes[i], up, &trace) {
+                Some(strike) => {
+                    apply(&mut sim, &mut injector, &nodes, &strike, up, now, &trace, &recorder, &mut timeline)
+                }
+                None => {
+                    let what = format!("{} {}", if up { "arm" } else { "disarm" }, strikes[i].fault);
+                    trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+                }
+            }
         }
         if !healed && now >= window {
             healed = true;
@@ -624,6 +637,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             for ev in node.disk.drain_events() {
                 trace.record(after.as_nanos() as u64, name, EventKind::Disk, format_args!("{ev}"));
             }
+        }
+        if let Some(strike) = aim.fire_on_vote(&trace, &injector.down_hosts()) {
+            apply(&mut sim, &mut injector, &nodes, &strike, true, after, &trace, &recorder, &mut timeline);
         }
         if let Some(outcome) = recorder.final_read_done() {
             break outcome;
@@ -758,21 +774,40 @@ fn is_server(host: &str) -> bool {
 /// Aims the strikes whose target is the quorum leader: resolves each, when
 /// it starts, to a concrete fault against the leader of that moment (the
 /// last leader any server reported), and ends the same concrete fault.
+/// A crash-after-vote strike is armed when it starts and resolved when a
+/// voter reports a grant ([`Aim::fire_on_vote`]).
 struct Aim<'a> {
     node_ids: &'a BTreeMap<String, i32>,
     voters: &'a [String],
     resolved: BTreeMap<usize, Strike>,
+    /// Crash-after-vote strikes waiting for a vote, in arming order.
+    armed: Vec<(usize, Strike)>,
+    /// Observations already looked at for votes.
+    seen: usize,
     /// Picks a voter when no leader has been reported yet.
     rng: rand_chacha::ChaCha8Rng,
 }
 
 impl Aim<'_> {
-    fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Strike {
-        if !matches!(strike.fault, Fault::IsolateLeader | Fault::CrashLeader) {
-            return strike.clone();
+    /// The concrete fault to start or end for strike `i`; `None` when there
+    /// is nothing to do (an armed strike starting, or ending unfired).
+    fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Option<Strike> {
+        if !matches!(strike.fault, Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote) {
+            return Some(strike.clone());
+        }
+        if strike.fault == Fault::CrashAfterVote {
+            if up {
+                if self.armed.is_empty() {
+                    self.seen = trace.observation_count();
+                }
+                self.armed.push((i, strike.clone()));
+            } else {
+                self.armed.retain(|(j, _)| *j != i);
+            }
+            return if up { None } else { self.resolved.remove(&i) };
         }
         if !up {
-            return self.resolved.remove(&i).expect("a leader strike ends after it started");
+            return Some(self.resolved.remove(&i).expect("a leader strike ends after it started"));
         }
         let leader = trace.observations().iter().rev().find_map(|o| match o.event {
             crate::history::ObservedEvent::QuorumLeader { leader: Some(l), .. } => Some(l),
@@ -794,7 +829,29 @@ impl Aim<'_> {
         };
         let concrete = Strike { fault, ..strike.clone() };
         self.resolved.insert(i, concrete.clone());
-        concrete
+        Some(concrete)
+    }
+
+    /// If a strike is armed and a running voter reported a vote since the
+    /// last look, the crash of that voter, to start now.
+    fn fire_on_vote(&mut self, trace: &Trace, down: &std::collections::BTreeSet<String>) -> Option<Strike> {
+        if self.armed.is_empty() {
+            return None;
+        }
+        let fresh = trace.observations_from(self.seen);
+        self.seen += fresh.len();
+        let host = fresh.iter().find_map(|o| match o.event {
+            crate::history::ObservedEvent::VoteGranted { node, .. } => self
+                .node_ids
+                .iter()
+                .find(|(h, id)| **id == node && self.voters.contains(h) && !down.contains(*h))
+                .map(|(h, _)| h.clone()),
+            _ => None,
+        })?;
+        let (i, strike) = self.armed.remove(0);
+        let concrete = Strike { fault: Fault::Crash { host }, ..strike };
+        self.resolved.insert(i, concrete.clone());
+        Some(concrete)
     }
 }
 
@@ -836,8 +893,9 @@ fn heal(
         // Every strike ends inside the window, so only ends can remain.
         assert!(!up, "strike {i} starts after the fault window");
         if !up {
-            let strike = aim.resolve(i, &strikes[i], false, trace);
-            apply(sim, injector, nodes, &strike, false, now, trace, recorder, timeline);
+            if let Some(strike) = aim.resolve(i, &strikes[i], false, trace) {
+                apply(sim, injector, nodes, &strike, false, now, trace, recorder, timeline);
+            }
         }
     }
     assert!(injector.is_quiet(), "faults still in force after healing");

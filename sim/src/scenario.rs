@@ -343,6 +343,10 @@ pub enum NemesisKind {
     /// Crash the current metadata quorum leader (power loss: its disk keeps
     /// only what was fsynced) and restart it later.
     CrashLeader,
+    /// Arm for `duration_s`: the first voter that grants a vote in that
+    /// window loses power as the grant leaves, and restarts when the window
+    /// ends. A vote acted on before it is durable is then forgotten.
+    CrashAfterVote,
     /// Drop messages between two voters with this probability.
     QuorumLinkDrop { rate: f64 },
     /// Delay messages between two voters by this much.
@@ -383,7 +387,7 @@ fn is_certain(p: &f64) -> bool {
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
 crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
-isolate-leader, crash-leader, quorum-link-drop, quorum-link-delay, rolling-restart";
+isolate-leader, crash-leader, crash-after-vote, quorum-link-drop, quorum-link-delay, rolling-restart";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -407,6 +411,7 @@ impl TryFrom<RawNemesis> for Nemesis {
             "clock-drift" => NemesisKind::ClockDrift { max_ppm: r.max_ppm.ok_or_else(|| need("max_ppm"))? },
             "isolate-leader" => NemesisKind::IsolateLeader,
             "crash-leader" => NemesisKind::CrashLeader,
+            "crash-after-vote" => NemesisKind::CrashAfterVote,
             "quorum-link-drop" => NemesisKind::QuorumLinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
             "quorum-link-delay" => {
                 NemesisKind::QuorumLinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? }
@@ -483,6 +488,7 @@ impl NemesisKind {
             NemesisKind::ClockDrift { .. } => "clock-drift",
             NemesisKind::IsolateLeader => "isolate-leader",
             NemesisKind::CrashLeader => "crash-leader",
+            NemesisKind::CrashAfterVote => "crash-after-vote",
             NemesisKind::QuorumLinkDrop { .. } => "quorum-link-drop",
             NemesisKind::QuorumLinkDelay { .. } => "quorum-link-delay",
             NemesisKind::RollingRestart => "rolling-restart",
@@ -724,6 +730,7 @@ impl Scenario {
                 }
                 NemesisKind::IsolateLeader
                 | NemesisKind::CrashLeader
+                | NemesisKind::CrashAfterVote
                 | NemesisKind::QuorumLinkDrop { .. }
                 | NemesisKind::QuorumLinkDelay { .. }
                     if !c.has_quorum() =>
@@ -787,6 +794,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("quorum-crash.toml", include_str!("../../scenarios/quorum-crash.toml")),
     ("quorum-partition.toml", include_str!("../../scenarios/quorum-partition.toml")),
     ("quorum-rolling.toml", include_str!("../../scenarios/quorum-rolling.toml")),
+    ("quorum-elections.toml", include_str!("../../scenarios/quorum-elections.toml")),
 ];
 
 /// Parse every built-in scenario.

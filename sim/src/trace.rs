@@ -110,6 +110,17 @@ impl Trace {
         self.0.lock().expect("trace lock").observations.clone()
     }
 
+    /// The observations from the `from`-th on.
+    pub fn observations_from(&self, from: usize) -> Vec<Observed> {
+        let t = self.0.lock().expect("trace lock");
+        t.observations.get(from..).map(<[Observed]>::to_vec).unwrap_or_default()
+    }
+
+    /// How many observations there are so far.
+    pub fn observation_count(&self) -> usize {
+        self.0.lock().expect("trace lock").observations.len()
+    }
+
     pub fn has_panicked(&self) -> bool {
         !self.0.lock().expect("trace lock").panics.is_empty()
     }

@@ -290,10 +290,10 @@ fn first_quorum_failure(what: &str, scenarios: &[&str], bugs: PlantedBugs) {
 /// another candidate, in the same epoch after a power loss: two leaders in
 /// one epoch.
 #[test]
-#[ignore = "not yet caught within the seed budget: no built-in scenario crashes a voter between granting and persisting a vote often enough (130 seeds of a crash-heavy variant found nothing)"]
+#[ignore = "reachable but rare: quorum-elections (crash-after-vote, slow quorum-state writes, slow voter links) elects two leaders in one epoch about once in 500 to 1000 seeds (a 500-seed sweep of a variant found it at seed 269), far past this test's seed budget; pre-vote makes the two candidacies in one epoch it needs rare"]
 fn quorum_vote_before_persist_elects_two_leaders() {
     let bugs = PlantedBugs { quorum_vote_before_persist: true, ..PlantedBugs::default() };
-    first_quorum_failure("quorum_vote_before_persist", &["quorum-crash", "quorum-rolling"], bugs);
+    first_quorum_failure("quorum_vote_before_persist", &["quorum-elections", "quorum-crash"], bugs);
 }
 
 /// A leader that commits an earlier epoch's entry by counting replicas

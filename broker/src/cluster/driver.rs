@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::hosting;
 use super::link::{Call, ClusterLink, LISTENER};
 use super::metadata_node::{Event, Input, MetadataNode, MetadataNodeConfig, Output};
-use super::peers::{PeerEvent, PeerResponse, Peers};
+use super::peers::{PeerEvent, PeerResponse, Peers, Timeouts};
 use crate::config::ClusterMode;
 use crate::controller::broker_lifecycle::LifecycleConfig;
 use crate::controller::quorum_controller::{ControllerConfig, DEFAULT_CLUSTER_ID};
@@ -35,7 +35,8 @@ use crate::server::shell::Shell;
 
 /// Directory of the metadata log under the data directory (Kafka's name).
 pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
-/// How long a request to another node may go unanswered.
+/// How long a request to another node that is not the quorum's own may go
+/// unanswered (the quorum's wait `controller.quorum.request.timeout.ms`).
 const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Committed metadata records between two snapshots.
 const SNAPSHOT_INTERVAL_RECORDS: i64 = 20_000;
@@ -55,6 +56,8 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     let state_file = QuorumStateFile::new(&dir);
     let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
     let quorum = QuorumConfig { bugs: config.bugs.quorum(), ..QuorumConfig::new(node_id, voters.iter().copied()) };
+    let peer_timeouts =
+        Timeouts { quorum: Duration::from_millis(quorum.request_timeout_ms as u64), request: PEER_REQUEST_TIMEOUT };
     let log_config = config.log.clone();
     let max_snapshot = quorum.max_snapshot_bytes as usize;
     let (log, persisted) = io::on_disk(&env, |_disk| -> anyhow::Result<_> {
@@ -102,7 +105,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     let (link, calls) = ClusterLink::new(node_id);
     node.join_cluster(link.clone());
     let (events_tx, events) = mpsc::unbounded_channel();
-    let peers = Peers::new(env.clone(), format!("{PEER_CLIENT_ID_PREFIX}{node_id}"), PEER_REQUEST_TIMEOUT, events_tx);
+    let peers = Peers::new(env.clone(), format!("{PEER_CLIENT_ID_PREFIX}{node_id}"), peer_timeouts, events_tx);
     for v in &mode.voters {
         if v.id != node_id {
             peers.set_address(v.id, format!("{}:{}", v.host, v.port));
@@ -187,6 +190,12 @@ impl Driver {
         for o in outputs {
             match o {
                 Output::PersistQuorumState(s) => {
+                    if env.buggify("cluster.slow-quorum-state-write") {
+                        // A write that waits behind other disk work: whatever
+                        // was performed before it is out while it is not yet
+                        // durable, and a crash can fall in between.
+                        env.sleep(Duration::from_millis(1 + env.random_u64() % 20)).await;
+                    }
                     let (fs, file) = (env.fs(), &self.state_file);
                     io::on_disk(&env, |_disk| file.store(&*fs, &s))
                         .await
@@ -220,6 +229,10 @@ impl Driver {
                         }
                         Event::ControllerActivated { epoch, next_offset } => {
                             Observation::ControllerActivated { node: node_id, epoch, next_offset }
+                        }
+                        Event::VoteGranted { epoch, candidate } => {
+                            tracing::debug!(node_id, epoch, candidate, "vote granted");
+                            Observation::VoteGranted { node: node_id, epoch, candidate }
                         }
                     };
                     env.observe(&observed);

@@ -111,6 +111,9 @@ pub enum Event {
     Applied { offset: i64, digest: u64 },
     /// This node's controller became active at the start of `epoch`.
     ControllerActivated { epoch: i32, next_offset: i64 },
+    /// This voter's grant of its vote to `candidate` in `epoch` is leaving
+    /// (after the quorum-state write that makes it durable, if any).
+    VoteGranted { epoch: i32, candidate: i32 },
 }
 
 /// What the driver must do, in order.
@@ -465,6 +468,9 @@ impl<L: RaftLog> MetadataNode<L> {
                 quorum::Output::LoadSnapshot { id, bytes } => self.on_snapshot(id, &bytes),
                 // Read from the state instead (`sync_leader`).
                 quorum::Output::LeaderChange { .. } => {}
+                quorum::Output::VoteGranted { epoch, candidate } => {
+                    self.out.push(Output::Event(Event::VoteGranted { epoch, candidate }))
+                }
                 quorum::Output::Proposed(r) => {
                     // Only `propose` proposes, and it reads its own answer.
                     invariant!(false, "an unexpected proposal answer: {r:?}");

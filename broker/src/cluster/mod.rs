@@ -16,7 +16,7 @@ pub mod peers;
 
 pub use link::ClusterLink;
 pub use metadata_node::{MetadataNode, MetadataNodeConfig};
-pub use peers::{PeerEvent, PeerRequest, PeerResponse, Peers, LANE_QUEUE_LIMIT};
+pub use peers::{PeerEvent, PeerRequest, PeerResponse, Peers, Timeouts, LANE_QUEUE_LIMIT};
 
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,10 @@
 //!
 //! Limits: [`LANE_QUEUE_LIMIT`] queued requests per lane (beyond it `send`
 //! fails the request at once); one connection per lane; a request waits
-//! `request_timeout` (a Fetch `request_timeout` plus its `max_wait_ms`).
+//! its [`Timeouts`] (a Fetch plus its `max_wait_ms`), counted from when it
+//! was queued: one still queued by then fails unsent.
+//! The quorum's own request timeout must be the same, or it would give up
+//! on a request and queue its retry behind the stale one.
 //! After a failed connection attempt the lane fails requests at once until
 //! its backoff (from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`], with seeded
 //! jitter) has passed, so a dead peer is not hammered; the first request
@@ -131,14 +134,30 @@ impl PeerRequest {
         }
     }
 
-    /// How long to wait for the answer: a Fetch may be held by the leader
-    /// for its `max_wait_ms` on top of the ordinary request time.
-    fn timeout(&self, request_timeout: Duration) -> Duration {
+    /// How long to wait for the answer: the quorum's own requests as long
+    /// as the quorum waits for them (a Fetch may be held by the leader for
+    /// its `max_wait_ms` on top), the others `timeouts.request`.
+    fn timeout(&self, timeouts: Timeouts) -> Duration {
         match self {
-            PeerRequest::Fetch(f) => request_timeout + Duration::from_millis(f.max_wait_ms.max(0) as u64),
-            _ => request_timeout,
+            PeerRequest::Fetch(f) => timeouts.quorum + Duration::from_millis(f.max_wait_ms.max(0) as u64),
+            PeerRequest::FetchSnapshot(_)
+            | PeerRequest::Vote(_)
+            | PeerRequest::BeginQuorumEpoch(_)
+            | PeerRequest::EndQuorumEpoch(_) => timeouts.quorum,
+            _ => timeouts.request,
         }
     }
+}
+
+/// How long peer requests may go unanswered.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The metadata quorum's requests: the quorum's own request timeout, so
+    /// that the transport gives up when the quorum does.
+    pub quorum: Duration,
+    /// Everything else (broker registration and heartbeats, forwarded
+    /// controller requests).
+    pub request: Duration,
 }
 
 impl From<quorum::Request> for PeerRequest {
@@ -210,6 +229,10 @@ impl Lane {
 struct Job {
     request_id: u64,
     request: PeerRequest,
+    /// When it was queued: one that waited its whole timeout behind a
+    /// stuck request is failed unsent, since its sender has given up on it
+    /// (and sent a fresh one) by then.
+    queued_at: Duration,
 }
 
 /// The sending side of one lane's task. Dropping it stops the task, which
@@ -234,7 +257,7 @@ struct State {
 pub struct Peers {
     env: Env,
     client_id: String,
-    request_timeout: Duration,
+    timeouts: Timeouts,
     events: mpsc::UnboundedSender<PeerEvent>,
     state: Mutex<State>,
 }
@@ -244,13 +267,13 @@ impl Peers {
     pub fn new(
         env: Env,
         client_id: String,
-        request_timeout: Duration,
+        timeouts: Timeouts,
         events: mpsc::UnboundedSender<PeerEvent>,
     ) -> Peers {
         Peers {
             env,
             client_id,
-            request_timeout,
+            timeouts,
             events,
             state: Mutex::new(State { peers: BTreeMap::new(), stopped: false }),
         }
@@ -288,7 +311,7 @@ impl Peers {
                 Some(peer) => {
                     let lane = request.lane();
                     let handle = peer.lanes.get(&lane).expect("every peer has both lanes");
-                    match handle.jobs.try_send(Job { request_id, request }) {
+                    match handle.jobs.try_send(Job { request_id, request, queued_at: self.env.elapsed() }) {
                         Ok(()) => return,
                         Err(mpsc::error::TrySendError::Full(_)) => format!(
                             "the {} lane to node {to} ({}) already holds {LANE_QUEUE_LIMIT} requests",
@@ -322,7 +345,7 @@ impl Peers {
             to,
             addr: addr.to_string(),
             client_id: self.client_id.clone(),
-            request_timeout: self.request_timeout,
+            timeouts: self.timeouts,
             events: self.events.clone(),
             conn: None,
             backoff: Backoff::default(),
@@ -363,7 +386,7 @@ struct LaneTask {
     to: i32,
     addr: String,
     client_id: String,
-    request_timeout: Duration,
+    timeouts: Timeouts,
     events: mpsc::UnboundedSender<PeerEvent>,
     conn: Option<Arc<Connection>>,
     backoff: Backoff,
@@ -382,10 +405,15 @@ impl LaneTask {
                     None => break,
                 },
             };
+            let waited = self.env.elapsed().saturating_sub(job.queued_at);
+            let Some(left) = job.request.timeout(self.timeouts).checked_sub(waited).filter(|d| !d.is_zero()) else {
+                self.fail(job.request_id, format!("given up after {} ms in the queue", waited.as_millis()));
+                continue;
+            };
             let outcome = tokio::select! {
                 biased;
                 _ = &mut stop => None,
-                r = self.exchange(&job.request) => Some(r),
+                r = self.exchange(&job.request, left) => Some(r),
             };
             let Some(outcome) = outcome else {
                 self.fail(job.request_id, "stopped before the answer came".into());
@@ -407,9 +435,9 @@ impl LaneTask {
         let _ = self.events.send(PeerEvent::Failed { to: self.to, request_id, why });
     }
 
-    async fn exchange(&mut self, request: &PeerRequest) -> Result<PeerResponse, String> {
-        let conn = self.connection().await?;
-        let result = request.exchange(&conn, request.timeout(self.request_timeout)).await;
+    async fn exchange(&mut self, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, String> {
+        let conn = self.connection(timeout).await?;
+        let result = request.exchange(&conn, timeout).await;
         if !conn.is_usable() {
             // Timed out or broken: the next request opens a new connection.
             self.conn = None;
@@ -417,7 +445,7 @@ impl LaneTask {
         result
     }
 
-    async fn connection(&mut self) -> Result<Arc<Connection>, String> {
+    async fn connection(&mut self, timeout: Duration) -> Result<Arc<Connection>, String> {
         if let Some(conn) = self.conn.as_ref().filter(|c| c.is_usable()) {
             return Ok(conn.clone());
         }
@@ -431,7 +459,7 @@ impl LaneTask {
                 (self.backoff.retry_at - now).as_millis()
             ));
         }
-        match Connection::connect(&self.env, &self.addr, &self.client_id, self.request_timeout).await {
+        match Connection::connect(&self.env, &self.addr, &self.client_id, timeout).await {
             Ok(conn) => {
                 self.backoff = Backoff::default();
                 self.conn = Some(conn.clone());

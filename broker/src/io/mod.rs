@@ -121,6 +121,8 @@ pub enum Observation {
     MetadataApplied { node: i32, offset: i64, digest: u64 },
     /// `node`'s controller became active in `epoch`.
     ControllerActivated { node: i32, epoch: i32, next_offset: i64 },
+    /// Voter `node`'s vote for `candidate` in `epoch` is on its way.
+    VoteGranted { node: i32, epoch: i32, candidate: i32 },
 }
 
 /// Shared handle to the seam, passed to every component.

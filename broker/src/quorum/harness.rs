@@ -414,7 +414,10 @@ impl Sim {
                 n.app.entries = entries;
                 n.app.next = sid.end_offset;
             }
-            Output::LeaderChange { .. } | Output::Proposed(_) | Output::SnapshotTaken(_) => {}
+            Output::LeaderChange { .. }
+            | Output::Proposed(_)
+            | Output::SnapshotTaken(_)
+            | Output::VoteGranted { .. } => {}
         }
     }
 

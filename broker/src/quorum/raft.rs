@@ -126,6 +126,10 @@ pub enum Output {
     Proposed(Result<Proposal, ProposeError>),
     /// The answer to [`Input::Snapshot`].
     SnapshotTaken(Result<SnapshotId, String>),
+    /// This voter granted its (real, not pre-) vote to `candidate` in
+    /// `epoch`; listed right after the [`Output::Respond`] carrying it, so
+    /// an observer learns of the grant when it leaves.
+    VoteGranted { epoch: i32, candidate: i32 },
 }
 
 /// Where a proposal was appended. It is committed once a
@@ -547,6 +551,7 @@ impl<L: RaftLog> Raft<L> {
     /// point of view, and forget requests in flight.
     fn set_role(&mut self, role: Role) {
         let old = std::mem::replace(&mut self.role, role);
+        tracing::debug!(node = self.config.node_id, epoch = self.quorum.epoch, role = ?self.role(), "quorum role");
         self.transitions += 1;
         self.inflight.clear();
         self.backoff.clear();
@@ -1059,6 +1064,7 @@ impl<L: RaftLog> Raft<L> {
         p.partition_index = part.partition_index;
         let candidate = part.replica_id.0;
         let mut defer_persist = None;
+        let mut granted = false;
         if topic.0.as_str() != METADATA_TOPIC || part.partition_index != METADATA_PARTITION {
             p.error_code = code(ResponseError::UnknownTopicOrPartition);
         } else if !self.config.voters.contains(&candidate) || !self.config.is_voter() {
@@ -1080,6 +1086,7 @@ impl<L: RaftLog> Raft<L> {
                     self.set_quorum(voted);
                 }
                 p.vote_granted = true;
+                granted = true;
                 // Granting a vote restarts the wait for a leader.
                 let election_deadline = self.now + self.random_election_timeout();
                 if let Role::Unattached { election_deadline: d, .. } = &mut self.role {
@@ -1096,6 +1103,9 @@ impl<L: RaftLog> Raft<L> {
         t.partitions = vec![p];
         resp.topics = vec![t];
         self.out.push(Output::Respond { token, response: Response::Vote(resp) });
+        if granted {
+            self.out.push(Output::VoteGranted { epoch: self.quorum.epoch, candidate });
+        }
         if let Some(q) = defer_persist {
             self.out.push(Output::PersistQuorumState(q));
         }
@@ -1518,6 +1528,7 @@ impl<L: RaftLog> Raft<L> {
             Some(p) => (false, p.leader_epoch, p.leader_id.0),
             None => (false, -1, -1),
         };
+        tracing::debug!(node = self.config.node_id, from, granted, epoch, leader, "vote answer");
         if self.observe_leader(epoch, leader) {
             return;
         }
