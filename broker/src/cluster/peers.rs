@@ -264,19 +264,8 @@ pub struct Peers {
 
 impl Peers {
     /// No peers known yet; add them with [`Peers::set_address`].
-    pub fn new(
-        env: Env,
-        client_id: String,
-        timeouts: Timeouts,
-        events: mpsc::UnboundedSender<PeerEvent>,
-    ) -> Peers {
-        Peers {
-            env,
-            client_id,
-            timeouts,
-            events,
-            state: Mutex::new(State { peers: BTreeMap::new(), stopped: false }),
-        }
+    pub fn new(env: Env, client_id: String, timeouts: Timeouts, events: mpsc::UnboundedSender<PeerEvent>) -> Peers {
+        Peers { env, client_id, timeouts, events, state: Mutex::new(State { peers: BTreeMap::new(), stopped: false }) }
     }
 
     /// Where node `node_id` listens. A changed address drops the old lanes:
