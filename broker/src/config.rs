@@ -217,6 +217,11 @@ pub struct BrokerConfig {
     /// `broker.heartbeat.interval.ms`: how often a broker heartbeats to the
     /// active controller (Kafka: 2000). Must be below the session timeout.
     pub broker_heartbeat_interval_ms: u64,
+    /// Whether a voter first asks for a pre-vote (KIP-996, Kafka 4) before it
+    /// stands for election. Off behaves as Kafka 3.x: a voter whose election
+    /// timer runs out stands at once, so elections split more often. On by
+    /// default; the simulator also draws it off.
+    pub controller_quorum_pre_vote: bool,
     /// Lets CreateTopics ask for a replication factor above 1. Off until
     /// partition replication (followers, ISR, high watermark) is served;
     /// until then such a request is refused with INVALID_REPLICATION_FACTOR.
@@ -377,6 +382,7 @@ impl Default for BrokerConfig {
             controller_quorum_voters: None,
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
+            controller_quorum_pre_vote: true,
             replication_enabled: false,
         }
     }

@@ -487,6 +487,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             controller_quorum_voters: scenario.cluster.has_quorum().then(|| voter_list.clone()),
             broker_heartbeat_interval_ms: SIM_HEARTBEAT_MS,
             broker_session_timeout_ms: SIM_SESSION_TIMEOUT_MS,
+            controller_quorum_pre_vote: scenario.cluster.pre_vote,
             listen: format!("0.0.0.0:{BROKER_PORT}"),
             advertised_listener: Some(format!("{name}:{BROKER_PORT}")),
             data_dir: DATA_DIR.into(),

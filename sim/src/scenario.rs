@@ -80,6 +80,10 @@ pub struct Cluster {
     /// (`controller-0`...) and the brokers are broker-only.
     #[serde(default = "yes")]
     pub combined: bool,
+    /// Whether voters ask for pre-votes (KIP-996) before standing
+    /// (`controller_quorum_pre_vote`).
+    #[serde(default = "yes")]
+    pub pre_vote: bool,
     pub topics: Vec<Topic>,
     /// Log settings for every broker (Kafka's topic-level defaults).
     #[serde(default)]

@@ -5,8 +5,8 @@
 //! Every field is optional; a field left out keeps the scenario's value.
 //! Sizes are `[min, max]` drawn log-uniformly (bytes to tens of KiB are
 //! equally likely decades), other numbers `[min, max]` uniformly, `acks` and
-//! `compression` lists of choices, `idempotence` and `keep_nemesis`
-//! probabilities. Each field draws from its own stream labelled
+//! `compression` lists of choices, `idempotence`, `keep_nemesis` and
+//! `pre_vote` probabilities. Each field draws from its own stream labelled
 //! `swarm/<field>` of the run seed, so adding a field, or drawing more for
 //! one, never changes what the others draw.
 //!
@@ -66,6 +66,9 @@ pub struct Swarm {
     /// Probability that each of the scenario's nemeses takes part (at least
     /// one always does, if there are any).
     pub keep_nemesis: Option<f64>,
+    /// Probability that the metadata quorum's voters ask for pre-votes
+    /// (KIP-996); without, elections split more often.
+    pub pre_vote: Option<f64>,
 }
 
 /// What one seed drew: (field, value) in field order, for printing.
@@ -157,7 +160,9 @@ impl Swarm {
         if self.fault_rate.is_some_and(|[a, _]| a <= 0.0) {
             bail!("swarm.fault_rate must be positive");
         }
-        for (name, p) in [("idempotence", self.idempotence), ("keep_nemesis", self.keep_nemesis)] {
+        for (name, p) in
+            [("idempotence", self.idempotence), ("keep_nemesis", self.keep_nemesis), ("pre_vote", self.pre_vote)]
+        {
             if p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
                 bail!("swarm.{name} must be a probability");
             }
@@ -290,6 +295,10 @@ impl Swarm {
             let names: Vec<&str> = kept.iter().map(|n| n.kind.name()).collect();
             note("nemeses", format!("[{}]", names.join(",")));
             s.faults.nemeses = kept;
+        }
+        if let Some(p) = self.pre_vote {
+            s.cluster.pre_vote = stream(seed, "pre_vote").random_bool(p);
+            note("pre_vote", s.cluster.pre_vote.to_string());
         }
         if let Some(r) = self.fault_rate {
             let rate = (uniform_f(&mut stream(seed, "fault_rate"), r) * 100.0).round() / 100.0;

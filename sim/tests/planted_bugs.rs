@@ -289,17 +289,21 @@ fn first_quorum_failure(what: &str, scenarios: &[&str], bugs: PlantedBugs) {
 /// A voter that grants its vote before persisting it can vote again, for
 /// another candidate, in the same epoch after a power loss: two leaders in
 /// one epoch.
+///
+/// It takes a power loss between the grant leaving and the write landing
+/// (the `crash-after-vote` nemesis, with buggify delaying the write) and two
+/// candidates in one epoch, which quorum-elections makes common by standing
+/// without pre-votes.
 #[test]
-#[ignore = "reachable but rare: quorum-elections (crash-after-vote, slow quorum-state writes, slow voter links) elects two leaders in one epoch about once in 500 to 1000 seeds (a 500-seed sweep of a variant found it at seed 269), far past this test's seed budget; pre-vote makes the two candidacies in one epoch it needs rare"]
 fn quorum_vote_before_persist_elects_two_leaders() {
     let bugs = PlantedBugs { quorum_vote_before_persist: true, ..PlantedBugs::default() };
-    first_quorum_failure("quorum_vote_before_persist", &["quorum-elections", "quorum-crash"], bugs);
+    first_quorum_failure("quorum_vote_before_persist", &["quorum-elections"], bugs);
 }
 
 /// A leader that commits an earlier epoch's entry by counting replicas
 /// (Raft's figure 8) lets a later leader overwrite committed metadata.
 #[test]
-#[ignore = "not yet caught within the seed budget: Raft's figure-8 schedule needs a leader to crash with an uncommitted entry of an earlier epoch replicated to a minority, which the quorum nemeses do not steer towards (130 seeds of a crash-heavy variant found nothing)"]
+#[ignore = "not yet caught within the seed budget: in quorum-elections the bug's commit by count happens (5 of 30 seeds), but the overwrite that makes it visible also needs the leader to crash right after and a node holding a later-epoch entry at that offset to win next; 100 seeds found none"]
 fn quorum_commit_previous_epoch_changes_committed_metadata() {
     let bugs = PlantedBugs { quorum_commit_previous_epoch: true, ..PlantedBugs::default() };
     first_quorum_failure("quorum_commit_previous_epoch", &["quorum-partition", "quorum-crash"], bugs);

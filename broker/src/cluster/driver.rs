@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::hosting;
 use super::link::{Call, ClusterLink, LISTENER};
 use super::metadata_node::{Event, Input, MetadataNode, MetadataNodeConfig, Output};
-use super::peers::{PeerEvent, PeerResponse, Peers, Timeouts};
+use super::peers::{PeerEvent, PeerRequest, PeerResponse, Peers, Timeouts};
 use crate::config::ClusterMode;
 use crate::controller::broker_lifecycle::LifecycleConfig;
 use crate::controller::quorum_controller::{ControllerConfig, DEFAULT_CLUSTER_ID};
@@ -55,7 +55,11 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     let now_ms = env.now_ms();
     let state_file = QuorumStateFile::new(&dir);
     let voters: Vec<i32> = mode.voters.iter().map(|v| v.id).collect();
-    let quorum = QuorumConfig { bugs: config.bugs.quorum(), ..QuorumConfig::new(node_id, voters.iter().copied()) };
+    let quorum = QuorumConfig {
+        bugs: config.bugs.quorum(),
+        pre_vote: config.controller_quorum_pre_vote,
+        ..QuorumConfig::new(node_id, voters.iter().copied())
+    };
     let peer_timeouts =
         Timeouts { quorum: Duration::from_millis(quorum.request_timeout_ms as u64), request: PEER_REQUEST_TIMEOUT };
     let log_config = config.log.clone();
@@ -211,7 +215,21 @@ impl Driver {
                         })
                         .await;
                 }
-                Output::Send { to, request_id, request } => self.peers.send(to, request_id, request),
+                Output::Send { to, request_id, mut request } => {
+                    if let PeerRequest::Fetch(f) = &mut request {
+                        if env.buggify("cluster.small-quorum-fetch") {
+                            // Ask for one batch only (at least one is always
+                            // served), as a leader reading one segment at a
+                            // time answers: a fetch may bring part of what the
+                            // leader holds.
+                            f.max_bytes = 1;
+                            for p in f.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                                p.partition_max_bytes = 1;
+                            }
+                        }
+                    }
+                    self.peers.send(to, request_id, request)
+                }
                 Output::Respond { token, response } => {
                     if let Some(Some(tx)) = self.replies.remove(&token) {
                         let _ = tx.send(response);

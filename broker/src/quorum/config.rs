@@ -51,6 +51,9 @@ pub struct QuorumConfig {
     pub max_observers: usize,
     /// An observer not heard from for this long is forgotten (Kafka: 5 min).
     pub observer_session_timeout_ms: i64,
+    /// KIP-996: ask for a pre-vote before standing (true). Without it a
+    /// Prospective round is won as soon as it starts (Kafka 3.x).
+    pub pre_vote: bool,
     /// Planted bugs; all off in real use.
     pub bugs: QuorumBugs,
 }
@@ -73,6 +76,7 @@ impl QuorumConfig {
             max_snapshot_bytes: 1 << 30,
             max_observers: 1000,
             observer_session_timeout_ms: 300_000,
+            pre_vote: true,
             bugs: QuorumBugs::default(),
         }
     }

@@ -571,6 +571,17 @@ impl<L: RaftLog> Raft<L> {
         self.set_role(Role::Unattached { election_deadline, next_voter: 0 });
     }
 
+    /// When this voter would stand for election if nothing changed: the
+    /// timer its role is running, if any.
+    fn election_deadline_so_far(&self) -> Option<i64> {
+        match &self.role {
+            Role::Unattached { election_deadline, .. } => Some(*election_deadline),
+            Role::Follower(f) => Some(f.fetch_deadline),
+            Role::Prospective(e) | Role::Candidate(e) => Some(e.deadline),
+            Role::Leader(_) | Role::Resigned { .. } => None,
+        }
+    }
+
     fn to_follower(&mut self, epoch: i32, leader: i32) {
         invariant!(leader != self.config.node_id, "following itself");
         let voted_for = if epoch == self.quorum.epoch { self.quorum.voted_for } else { None };
@@ -679,7 +690,8 @@ impl<L: RaftLog> Raft<L> {
         let voters = self.config.voters.len();
         let (won, lost, prospective) = match &self.role {
             Role::Prospective(e) if e.start_at <= self.now => {
-                (e.granted.len() >= majority, e.rejected.len() > voters - majority || self.now >= e.deadline, true)
+                let won = e.granted.len() >= majority || !self.config.pre_vote;
+                (won, e.rejected.len() > voters - majority || self.now >= e.deadline, true)
             }
             Role::Candidate(e) => {
                 (e.granted.len() >= majority, e.rejected.len() > voters - majority || self.now >= e.deadline, false)
@@ -947,6 +959,9 @@ impl<L: RaftLog> Raft<L> {
         if !own_epoch_covered && !self.config.bugs.commit_previous_epoch {
             return false;
         }
+        if !own_epoch_covered && majority_offset > self.high_watermark {
+            tracing::debug!(node = self.config.node_id, majority_offset, "planted bug: committing an earlier epoch's entries by count");
+        }
         let moved = self.advance_hw(majority_offset);
         if moved {
             self.answer_all_parked();
@@ -1073,7 +1088,15 @@ impl<L: RaftLog> Raft<L> {
             p.vote_granted = self.grants_pre_vote(&part);
         } else {
             if part.replica_epoch > self.quorum.epoch {
+                // Only a granted vote restarts the wait for a leader (below):
+                // a candidate whose log is behind must not hold the others
+                // back by bumping the epoch again and again (Raft §5.2; what
+                // pre-vote also prevents).
+                let deadline = self.election_deadline_so_far();
                 self.to_unattached(part.replica_epoch);
+                if let Role::Unattached { election_deadline, .. } = &mut self.role {
+                    *election_deadline = deadline.unwrap_or(*election_deadline);
+                }
             }
             if part.replica_epoch == self.quorum.epoch && self.may_vote_for(candidate, &part) {
                 let q = self.quorum;
