@@ -8,6 +8,7 @@ pub mod disk;
 pub mod history;
 pub mod linearizability;
 pub mod nemesis;
+pub mod probes;
 pub mod recorder;
 pub mod runner;
 pub mod scenario;

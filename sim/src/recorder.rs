@@ -103,6 +103,8 @@ struct State {
     sequence_refusals: BTreeMap<u64, u64>,
     /// When a poll first failed to decode each (partition, offset).
     first_corrupt: BTreeMap<(TopicPartition, i64), Duration>,
+    /// Protocol probes the broker answered wrongly (`crate::probes`).
+    probe_failures: Vec<String>,
 }
 
 /// Shared handle to the recorder.
@@ -316,6 +318,15 @@ impl Recorder {
     /// When a poll first failed to decode `partition` at `offset`.
     pub fn first_corrupt(&self, partition: &TopicPartition, offset: i64) -> Option<Duration> {
         self.lock().first_corrupt.get(&(partition.clone(), offset)).copied()
+    }
+
+    /// The protocol probes' wrong answers.
+    pub fn note_probe_failures(&self, wrong: Vec<String>) {
+        self.lock().probe_failures.extend(wrong);
+    }
+
+    pub fn probe_failures(&self) -> Vec<String> {
+        self.lock().probe_failures.clone()
     }
 
     pub fn set_topics_ready(&self) {

@@ -235,6 +235,9 @@ pub struct RunResult {
     /// Whether the resolved configuration makes [`SEQUENCE_REFUSED`] fatal:
     /// idempotence on and a medium that cannot corrupt fsynced data.
     pub promises_in_sequence: bool,
+    /// Protocol probes the broker answered wrongly: the
+    /// [`crate::probes::PROTOCOL_PROBE`] finding, always fatal.
+    pub probe_failures: Vec<String>,
     pub trace_hash: u64,
     pub trace: Trace,
     pub history: History,
@@ -266,6 +269,7 @@ impl RunResult {
             && read_all
             && self.corrupt_ok()
             && self.sequence_ok()
+            && self.probe_failures.is_empty()
             && self.liveness.passed()
             && self.election.as_ref().is_none_or(Election::passed)
             && self.panics.is_empty()
@@ -290,6 +294,9 @@ impl RunResult {
         }
         if !self.sequence_ok() {
             kinds.push(SEQUENCE_REFUSED);
+        }
+        if !self.probe_failures.is_empty() {
+            kinds.push(crate::probes::PROTOCOL_PROBE);
         }
         if !kinds.is_empty() {
             format!("INVALID ({})", kinds.join(", "))
@@ -382,6 +389,12 @@ impl RunResult {
                  out of sequence {} time(s)",
                 self.sequence_refusals
             );
+        }
+        if !self.probe_failures.is_empty() {
+            let _ = writeln!(out, "\n{}: the broker answered as Kafka does not:", crate::probes::PROTOCOL_PROBE);
+            for w in &self.probe_failures {
+                let _ = writeln!(out, "  {w}");
+            }
         }
         if self.corrupt_polls > 0 {
             let _ = writeln!(
@@ -657,6 +670,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
 
     let corrupt_polls = recorder.corrupt_polls();
     let sequence_refusals = recorder.sequence_refusals();
+    let probe_failures = recorder.probe_failures();
     let (healed_at, wrote, read) = recorder.liveness();
     let mut history = recorder.finish(sim_time);
     history.observations = trace.observations();
@@ -704,6 +718,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         corrupt_polls,
         unreadable: final_read.unreadable,
         sequence_refusals,
+        probe_failures,
         promises_in_sequence: scenario.workload.idempotence && !scenario.medium_may_corrupt(),
         trace_hash: trace.hash(),
         trace,

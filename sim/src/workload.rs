@@ -19,7 +19,8 @@
 //!   period; each completed rebalance is recorded as the member's
 //!   `generation` and an `assign`, and the reader reads the group's committed
 //!   offsets back after the final read;
-//! - the reader creates the topics before anything else; at the heal it
+//! - the reader creates the topics before anything else, then (one broker)
+//!   sends the protocol probes a broker must refuse ([`crate::probes`]); at the heal it
 //!   probes the cluster with a send until one is acknowledged (liveness),
 //!   and after the settle period reads every partition from its log start to
 //!   its end, paging in fetches of `final_fetch_max_bytes` (the final read
@@ -550,6 +551,10 @@ async fn read_committed(ctx: &ClientCtx, env: &Env) {
 pub async fn reader(ctx: ClientCtx) {
     let env = ctx.env();
     create_topics(&ctx, &env).await;
+    if !ctx.quorum {
+        let timeout = Duration::from_millis(ctx.workload.request_timeout_ms);
+        ctx.recorder.note_probe_failures(crate::probes::run(&env, ctx.bootstrap.clone(), timeout).await);
+    }
     let now = sim_now();
     if now < ctx.end {
         env.sleep(ctx.end - now).await;

@@ -199,6 +199,19 @@ fn decode_into(
         }
         let mut batch = data.split_to(total);
         let header = BatchHeader::parse(&batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
+        // The base offset is outside the CRC, so a bit flipped there passes
+        // every other check: a batch must reach past the fetch position and
+        // start at or after where the one before it ended, as every batch a
+        // broker serves does. Otherwise its records would be skipped (or
+        // placed) silently.
+        let position = out.next_offset.unwrap_or(fetch_offset);
+        let behind = header.next_offset() <= fetch_offset || out.next_offset.is_some_and(|prev| base_offset < prev);
+        if behind {
+            return Err(format!(
+                "batch at offset {base_offset} ending at {} does not follow position {position}",
+                header.next_offset()
+            ));
+        }
         let set = decode_bounded(&mut batch).map_err(|e| format!("batch at offset {base_offset}: {e}"))?;
         for r in set.records {
             if r.control || r.offset < fetch_offset {
@@ -306,11 +319,18 @@ mod tests {
     }
 
     #[test]
-    fn batch_wholly_below_fetch_offset_still_advances() {
+    fn batch_behind_the_position_is_corrupt() {
+        // Wholly below the fetch offset: a base offset flipped downwards.
         let batch = encode(&[rec(1)], Compression::None).unwrap();
-        let d = decode(at_offset(&batch, 7), "t", 0, 8).unwrap();
-        assert!(d.records.is_empty());
-        assert_eq!(d.next_offset, Some(8));
+        assert!(matches!(decode(at_offset(&batch, 7), "t", 0, 8), Err(ClientError::CorruptRecord { offset: 8, .. })));
+        // Starting before the previous batch ended: the good one is kept and
+        // the next fetch starts where it ended.
+        let mut data = BytesMut::new();
+        data.extend_from_slice(&at_offset(&batch, 8));
+        data.extend_from_slice(&at_offset(&batch, 3));
+        let d = decode(data.freeze(), "t", 0, 8).unwrap();
+        assert_eq!(d.records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![8]);
+        assert_eq!(d.next_offset, Some(9));
     }
 
     #[test]

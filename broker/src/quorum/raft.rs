@@ -960,7 +960,11 @@ impl<L: RaftLog> Raft<L> {
             return false;
         }
         if !own_epoch_covered && majority_offset > self.high_watermark {
-            tracing::debug!(node = self.config.node_id, majority_offset, "planted bug: committing an earlier epoch's entries by count");
+            tracing::debug!(
+                node = self.config.node_id,
+                majority_offset,
+                "planted bug: committing an earlier epoch's entries by count"
+            );
         }
         let moved = self.advance_hw(majority_offset);
         if moved {
