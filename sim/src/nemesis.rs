@@ -114,6 +114,10 @@ pub enum Fault {
     /// the grant leaves; the runner resolves it to a [`Fault::Crash`] then,
     /// ending at the strike's end. No vote, no crash.
     CrashAfterVote,
+    /// Crash the first voter reported taking the lead of a new epoch during
+    /// the strike, before its epoch's first entry can reach the others;
+    /// resolved like [`Fault::CrashAfterVote`].
+    CrashNewLeader,
 }
 
 impl fmt::Display for Fault {
@@ -134,6 +138,7 @@ impl fmt::Display for Fault {
             Fault::IsolateLeader => write!(f, "isolate-leader"),
             Fault::CrashLeader => write!(f, "crash-leader"),
             Fault::CrashAfterVote => write!(f, "crash-after-vote"),
+            Fault::CrashNewLeader => write!(f, "crash-new-leader"),
         }
     }
 }
@@ -301,7 +306,11 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
         NemesisKind::IsolateLeader if roles.voters.len() >= 2 => Fault::IsolateLeader,
         NemesisKind::CrashLeader if !roles.voters.is_empty() => Fault::CrashLeader,
         NemesisKind::CrashAfterVote if roles.voters.len() >= 2 => Fault::CrashAfterVote,
-        NemesisKind::IsolateLeader | NemesisKind::CrashLeader | NemesisKind::CrashAfterVote => return None,
+        NemesisKind::CrashNewLeader if roles.voters.len() >= 2 => Fault::CrashNewLeader,
+        NemesisKind::IsolateLeader
+        | NemesisKind::CrashLeader
+        | NemesisKind::CrashAfterVote
+        | NemesisKind::CrashNewLeader => return None,
         NemesisKind::QuorumLinkDrop { rate } => {
             let (a, b) = voter_link(rng, &roles.voters)?;
             Fault::LinkDrop { a, b, rate: *rate }
@@ -558,7 +567,7 @@ impl Injector {
                     node.set_skew(s);
                 }
             }
-            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote => {
+            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote | Fault::CrashNewLeader => {
                 unreachable!("the runner resolves {fault} to a concrete fault before applying it")
             }
             Fault::ClockDrift { host, ppm } => {

@@ -808,10 +808,13 @@ impl Aim<'_> {
     /// The concrete fault to start or end for strike `i`; `None` when there
     /// is nothing to do (an armed strike starting, or ending unfired).
     fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Option<Strike> {
-        if !matches!(strike.fault, Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote) {
+        if !matches!(
+            strike.fault,
+            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote | Fault::CrashNewLeader
+        ) {
             return Some(strike.clone());
         }
-        if strike.fault == Fault::CrashAfterVote {
+        if matches!(strike.fault, Fault::CrashAfterVote | Fault::CrashNewLeader) {
             if up {
                 if self.armed.is_empty() {
                     self.seen = trace.observation_count();
@@ -848,26 +851,41 @@ impl Aim<'_> {
         Some(concrete)
     }
 
-    /// If a strike is armed and a running voter reported a vote since the
-    /// last look, the crash of that voter, to start now.
+    /// If a strike is armed and a running voter reported what it waits for
+    /// (a vote granted, or its own lead of a new epoch) since the last look,
+    /// the crash of that voter, to start now.
     fn fire_on_vote(&mut self, trace: &Trace, down: &std::collections::BTreeSet<String>) -> Option<Strike> {
         if self.armed.is_empty() {
             return None;
         }
-        let fresh = trace.observations_from(self.seen);
+        let from = self.seen;
+        let fresh = trace.observations_from(from);
         self.seen += fresh.len();
-        let host = fresh.iter().find_map(|o| match o.event {
-            crate::history::ObservedEvent::VoteGranted { node, .. } => self
+        for (k, o) in fresh.iter().enumerate() {
+            let (node, fault) = match o.event {
+                crate::history::ObservedEvent::VoteGranted { node, .. } => (node, Fault::CrashAfterVote),
+                crate::history::ObservedEvent::QuorumLeader { node, leader: Some(l), .. } if l == node => {
+                    (node, Fault::CrashNewLeader)
+                }
+                _ => continue,
+            };
+            let Some(host) = self
                 .node_ids
                 .iter()
                 .find(|(h, id)| **id == node && self.voters.contains(h) && !down.contains(*h))
-                .map(|(h, _)| h.clone()),
-            _ => None,
-        })?;
-        let (i, strike) = self.armed.remove(0);
-        let concrete = Strike { fault: Fault::Crash { host }, ..strike };
-        self.resolved.insert(i, concrete.clone());
-        Some(concrete)
+                .map(|(h, _)| h.clone())
+            else {
+                continue;
+            };
+            let Some(armed) = self.armed.iter().position(|(_, s)| s.fault == fault) else { continue };
+            // What came after it waits for the next look.
+            self.seen = from + k + 1;
+            let (i, strike) = self.armed.remove(armed);
+            let concrete = Strike { fault: Fault::Crash { host }, ..strike };
+            self.resolved.insert(i, concrete.clone());
+            return Some(concrete);
+        }
+        None
     }
 }
 

@@ -351,6 +351,10 @@ pub enum NemesisKind {
     /// window loses power as the grant leaves, and restarts when the window
     /// ends. A vote acted on before it is durable is then forgotten.
     CrashAfterVote,
+    /// Arm for `duration_s`: the first voter that reports leading a new
+    /// epoch in that window loses power at once, before its epoch's first
+    /// entry reaches the others, and restarts when the window ends.
+    CrashNewLeader,
     /// Drop messages between two voters with this probability.
     QuorumLinkDrop { rate: f64 },
     /// Delay messages between two voters by this much.
@@ -391,7 +395,7 @@ fn is_certain(p: &f64) -> bool {
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
 crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
-isolate-leader, crash-leader, crash-after-vote, quorum-link-drop, quorum-link-delay, rolling-restart";
+isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -416,6 +420,7 @@ impl TryFrom<RawNemesis> for Nemesis {
             "isolate-leader" => NemesisKind::IsolateLeader,
             "crash-leader" => NemesisKind::CrashLeader,
             "crash-after-vote" => NemesisKind::CrashAfterVote,
+            "crash-new-leader" => NemesisKind::CrashNewLeader,
             "quorum-link-drop" => NemesisKind::QuorumLinkDrop { rate: r.rate.ok_or_else(|| need("rate"))? },
             "quorum-link-delay" => {
                 NemesisKind::QuorumLinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? }
@@ -493,6 +498,7 @@ impl NemesisKind {
             NemesisKind::IsolateLeader => "isolate-leader",
             NemesisKind::CrashLeader => "crash-leader",
             NemesisKind::CrashAfterVote => "crash-after-vote",
+            NemesisKind::CrashNewLeader => "crash-new-leader",
             NemesisKind::QuorumLinkDrop { .. } => "quorum-link-drop",
             NemesisKind::QuorumLinkDelay { .. } => "quorum-link-delay",
             NemesisKind::RollingRestart => "rolling-restart",
@@ -735,6 +741,7 @@ impl Scenario {
                 NemesisKind::IsolateLeader
                 | NemesisKind::CrashLeader
                 | NemesisKind::CrashAfterVote
+                | NemesisKind::CrashNewLeader
                 | NemesisKind::QuorumLinkDrop { .. }
                 | NemesisKind::QuorumLinkDelay { .. }
                     if !c.has_quorum() =>

@@ -117,7 +117,8 @@ pub enum Observation {
     /// (`None`: an election is under way).
     QuorumLeader { node: i32, epoch: i32, leader: Option<i32> },
     /// `node` applied the committed metadata record at `offset`, whose
-    /// bytes hash to `digest`.
+    /// bytes hash to `digest` (control records such as LeaderChange too:
+    /// nothing is applied, but the offset is observed).
     MetadataApplied { node: i32, offset: i64, digest: u64 },
     /// `node`'s controller became active in `epoch`.
     ControllerActivated { node: i32, epoch: i32, next_offset: i64 },
