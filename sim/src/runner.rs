@@ -652,7 +652,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
                 trace.record(after.as_nanos() as u64, name, EventKind::Disk, format_args!("{ev}"));
             }
         }
-        if let Some(strike) = aim.fire_on_vote(&trace, &injector.down_hosts()) {
+        if let Some(strike) = aim.fire_on_observation(&trace, &injector.down_hosts()) {
             apply(&mut sim, &mut injector, &nodes, &strike, true, after, &trace, &recorder, &mut timeline);
         }
         if let Some(outcome) = recorder.final_read_done() {
@@ -790,15 +790,17 @@ fn is_server(host: &str) -> bool {
 /// Aims the strikes whose target is the quorum leader: resolves each, when
 /// it starts, to a concrete fault against the leader of that moment (the
 /// last leader any server reported), and ends the same concrete fault.
-/// A crash-after-vote strike is armed when it starts and resolved when a
-/// voter reports a grant ([`Aim::fire_on_vote`]).
+/// A crash-after-vote or crash-new-leader strike is armed when it starts
+/// and resolved when a voter reports what it waits for
+/// ([`Aim::fire_on_observation`]).
 struct Aim<'a> {
     node_ids: &'a BTreeMap<String, i32>,
     voters: &'a [String],
     resolved: BTreeMap<usize, Strike>,
-    /// Crash-after-vote strikes waiting for a vote, in arming order.
+    /// Crash-after-vote and crash-new-leader strikes waiting for their
+    /// observation, in arming order.
     armed: Vec<(usize, Strike)>,
-    /// Observations already looked at for votes.
+    /// Observations already looked at for them.
     seen: usize,
     /// Picks a voter when no leader has been reported yet.
     rng: rand_chacha::ChaCha8Rng,
@@ -854,7 +856,7 @@ impl Aim<'_> {
     /// If a strike is armed and a running voter reported what it waits for
     /// (a vote granted, or its own lead of a new epoch) since the last look,
     /// the crash of that voter, to start now.
-    fn fire_on_vote(&mut self, trace: &Trace, down: &std::collections::BTreeSet<String>) -> Option<Strike> {
+    fn fire_on_observation(&mut self, trace: &Trace, down: &std::collections::BTreeSet<String>) -> Option<Strike> {
         if self.armed.is_empty() {
             return None;
         }
