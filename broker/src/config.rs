@@ -40,6 +40,14 @@ pub struct LogConfig {
     /// read of stored batches — so a small compression bomb costs at most
     /// this much memory. Broker-wide; Kafka has no such setting.
     pub max_decompressed_batch_bytes: usize,
+    /// `min.insync.replicas`: an acks=all produce needs an ISR at least this
+    /// large (else NOT_ENOUGH_REPLICAS, or NOT_ENOUGH_REPLICAS_AFTER_APPEND
+    /// if the ISR shrank while it waited).
+    pub min_insync_replicas: i32,
+    /// `durability.policy` (Faultline's): what an ISR member's
+    /// acknowledgement means, fsynced (`strict`, the default) or in memory
+    /// (`kafka`, Kafka's behaviour).
+    pub durability_policy: crate::replication::DurabilityPolicy,
 }
 
 /// Smallest `segment.bytes` a topic config or `faultline serve` accepts
@@ -71,6 +79,8 @@ impl Default for LogConfig {
             message_timestamp_type: "CreateTime".into(),
             producer_id_expiration_ms: 86_400_000,
             max_decompressed_batch_bytes: crate::compression::DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+            min_insync_replicas: 1,
+            durability_policy: crate::replication::DurabilityPolicy::Strict,
         }
     }
 }
@@ -117,6 +127,16 @@ pub struct PlantedBugs {
     /// Metadata quorum: a follower keeps a divergent log suffix instead of
     /// truncating it.
     pub quorum_keep_divergent_suffix: bool,
+    /// Replication (KAFKA-1211, before KIP-101): a follower truncates its
+    /// log to its own high watermark when it starts following, instead of
+    /// asking the leader where their logs diverge by leader epoch.
+    pub replica_truncate_to_high_watermark: bool,
+    /// Replication: an acks=all produce is answered once the leader has the
+    /// batch, before the ISR does.
+    pub replica_ack_before_isr: bool,
+    /// Replication: the high watermark moves when the leader and its
+    /// furthest follower, in the ISR or not, have a batch.
+    pub replica_high_watermark_outside_isr: bool,
 }
 
 impl PlantedBugs {
@@ -145,6 +165,9 @@ impl PlantedBugs {
             || self.group_generation_not_bumped
             || self.quorum().any()
             || self.group_stale_commit_accepted
+            || self.replica_truncate_to_high_watermark
+            || self.replica_ack_before_isr
+            || self.replica_high_watermark_outside_isr
     }
 }
 
@@ -226,6 +249,16 @@ pub struct BrokerConfig {
     /// partition replication (followers, ISR, high watermark) is served;
     /// until then such a request is refused with INVALID_REPLICATION_FACTOR.
     pub replication_enabled: bool,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with the
+    /// leader for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
+    /// `replica.fetch.wait.max.ms`: how long a leader holds a follower's
+    /// fetch when it has nothing new.
+    pub replica_fetch_wait_max_ms: u64,
+    /// `replica.fetch.max.bytes`: bytes a follower asks for per partition.
+    pub replica_fetch_max_bytes: usize,
+    /// `replica.fetch.backoff.ms`: pause after a failed replica fetch.
+    pub replica_fetch_backoff_ms: u64,
 }
 
 /// What a node does in cluster mode (`process.roles`).
@@ -384,6 +417,10 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 2000,
             controller_quorum_pre_vote: true,
             replication_enabled: false,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_backoff_ms: 1_000,
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`config`]: broker and topic configuration, and the planted-bug switches.
 //! - [`compression`]: bounded decompression of record batches, every codec.
 //! - [`quorum`]: the metadata quorum, a KRaft-style Raft core (sans IO).
+//! - [`replication`]: partition replication: the leader's ISR and high
+//!   watermark, the follower's fetcher.
 //! - [`record_batch`]: the one definition of the Kafka v2 record batch
 //!   layout, used by storage, wire and client alike.
 
@@ -28,6 +30,7 @@ pub mod fuzz_targets;
 pub mod io;
 pub mod quorum;
 pub mod record_batch;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod wire;

@@ -103,7 +103,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     // what is led now. Until it is published, nothing is served.
     for topic in node.topics.all() {
         for p in &topic.partitions {
-            let _ = p.assume_role(crate::server::partition::Role::Follower { leader_id: -1 }, p.leader_epoch());
+            p.restart_as_follower();
         }
     }
     let (link, calls) = ClusterLink::new(node_id);
@@ -117,6 +117,9 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
     }
     tracing::info!(node_id, roles = ?mode.roles, voters = ?voters, "joining the cluster");
     let driver = Driver { shell, link, peers, machine, state_file, replies: BTreeMap::new(), next_token: 0 };
+    if mode.roles.broker {
+        crate::replication::fetcher::start(driver.shell.clone(), driver.link.clone());
+    }
     io::spawn(&env, "cluster-driver", driver.run(calls, events));
     Ok(())
 }

@@ -5,11 +5,12 @@
 //!
 //! Every partition of such a topic gets a local log, led or not, so a
 //! partition whose leadership later moves here has its log ready; the ones
-//! not led refuse produce and fetch with NOT_LEADER_OR_FOLLOWER. (With one
-//! replica per partition the follower logs stay empty; replication will fill
-//! them.)
+//! not led refuse produce and consumer fetches with NOT_LEADER_OR_FOLLOWER,
+//! and the ones followed are filled by the replica fetcher. A leader also
+//! takes the replicas and ISR, which its high watermark is computed over.
 
 use crate::controller::image::{LocalChanges, MetadataImage, NO_LEADER};
+use crate::replication::Assignment;
 use crate::io::DiskScope;
 use crate::server::group::OFFSETS_TOPIC;
 use crate::server::node::{Clock, Node, Wake};
@@ -47,24 +48,26 @@ pub fn apply(node: &Node, disk: &DiskScope, clock: Clock, image: &MetadataImage,
                 continue;
             }
         };
-        for (i, reg) in t.partitions.iter().enumerate() {
-            let Some(p) = topic.partition(i as i32) else { continue };
-            let role = if reg.leader == me { Role::Leader } else { Role::Follower { leader_id: reg.leader } };
-            if p.role() == role && p.leader_epoch() == reg.leader_epoch {
-                continue;
-            }
-            match p.assume_role(role, reg.leader_epoch) {
-                Ok(()) => {
-                    tracing::info!(topic = %t.name, partition = i, ?role, epoch = reg.leader_epoch, "partition role");
-                    wake.push(Wake::HighWatermark(p.clone()));
-                    if role == Role::Leader && t.name == OFFSETS_TOPIC {
-                        if let Err(e) = node.groups.load(disk, p, clock) {
-                            tracing::error!(partition = i, error = %format!("{e:#}"), "cannot load group coordinator");
-                        }
+        let reg = &local.registration;
+        let Some(p) = topic.partition(local.partition) else { continue };
+        let role = if reg.leader == me { Role::Leader } else { Role::Follower { leader_id: reg.leader } };
+        let assignment =
+            Assignment { replicas: reg.replicas.clone(), isr: reg.isr.clone(), partition_epoch: reg.partition_epoch };
+        let mono_ms = clock.elapsed.as_millis() as i64;
+        match p.apply_registration(me, role, reg.leader_epoch, assignment, mono_ms) {
+            Ok(changed) => {
+                wake.push(Wake::HighWatermark(p.clone()));
+                if !changed {
+                    continue;
+                }
+                tracing::info!(topic = %t.name, partition = local.partition, ?role, epoch = reg.leader_epoch, isr = ?reg.isr, "partition role");
+                if role == Role::Leader && t.name == OFFSETS_TOPIC {
+                    if let Err(e) = node.groups.load(disk, p, clock) {
+                        tracing::error!(partition = local.partition, error = %format!("{e:#}"), "cannot load group coordinator");
                     }
                 }
-                Err(e) => tracing::warn!(topic = %t.name, partition = i, error = ?e, "stale partition role refused"),
             }
+            Err(e) => tracing::warn!(topic = %t.name, partition = local.partition, error = ?e, "stale partition role refused"),
         }
     }
     wake

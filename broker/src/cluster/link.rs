@@ -39,13 +39,15 @@ pub struct ClusterLink {
     pub node_id: i32,
     tx: mpsc::UnboundedSender<Call>,
     published: Mutex<Published>,
+    /// Signalled on every publish (the replica fetcher looks again).
+    changed: tokio::sync::Notify,
 }
 
 impl ClusterLink {
     pub fn new(node_id: i32) -> (Arc<ClusterLink>, mpsc::UnboundedReceiver<Call>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let published = Mutex::new(Published { image: Arc::new(MetadataImage::empty()), controller_id: -1 });
-        (Arc::new(ClusterLink { node_id, tx, published }), rx)
+        (Arc::new(ClusterLink { node_id, tx, published, changed: tokio::sync::Notify::new() }), rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -68,6 +70,13 @@ impl ClusterLink {
             p.image = image;
         }
         p.controller_id = controller_id;
+        drop(p);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next publish.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Hand `request` to the driver; resolves to its answer, or `None` if the

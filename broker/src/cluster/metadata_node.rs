@@ -326,6 +326,9 @@ impl<L: RaftLog> MetadataNode<L> {
             // Brokers hand DeleteTopics over in its v6 shape (names or ids
             // in `topics`).
             PeerRequest::DeleteTopics(r) => split(ctl.delete_topics(r, 6), PeerResponse::DeleteTopics),
+            PeerRequest::AlterPartition(_) => {
+                return self.answer(reply, error_response(&request, ResponseError::UnsupportedVersion))
+            }
             _ => unreachable!("quorum requests are routed before"),
         };
         if !records.is_empty() && !self.propose(&records) {
@@ -711,6 +714,9 @@ pub fn error_response(request: &PeerRequest, code: ResponseError) -> PeerRespons
                     })
                     .collect(),
             ),
+        ),
+        PeerRequest::AlterPartition(_) => PeerResponse::AlterPartition(
+            kafka_protocol::messages::AlterPartitionResponse::default().with_error_code(e),
         ),
         PeerRequest::DeleteTopics(r) => PeerResponse::DeleteTopics(
             DeleteTopicsResponse::default().with_responses(

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    BeginQuorumEpochRequest, BeginQuorumEpochResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    AlterPartitionRequest, AlterPartitionResponse, BeginQuorumEpochRequest, BeginQuorumEpochResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
     BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeQuorumRequest, DescribeQuorumResponse, EndQuorumEpochRequest,
     EndQuorumEpochResponse, FetchRequest, FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse,
@@ -113,6 +113,7 @@ peer_apis! {
     UnregisterBroker(UnregisterBrokerRequest, UnregisterBrokerResponse),
     CreateTopics(CreateTopicsRequest, CreateTopicsResponse),
     DeleteTopics(DeleteTopicsRequest, DeleteTopicsResponse),
+    AlterPartition(AlterPartitionRequest, AlterPartitionResponse),
 }
 
 /// The lowest version a request between nodes may go out at: pre-vote needs

@@ -287,10 +287,17 @@ impl Node {
     /// and when to tick again.
     pub fn tick(&self, disk: &DiskScope, clock: Clock) -> (Vec<Wake>, Duration) {
         let mut cx = Cx { node: self, disk, clock, wake: Vec::new() };
+        let mono_ms = clock.elapsed.as_millis() as i64;
+        let lag_max_ms = self.config.replica_lag_time_max_ms as i64;
         for topic in self.topics.all() {
             for p in &topic.partitions {
-                match p.tick(disk, clock.now_ms) {
-                    Ok(moved) => cx.advanced(p, moved),
+                match p.tick(disk, clock.now_ms, mono_ms, lag_max_ms) {
+                    Ok((moved, isr_change)) => {
+                        cx.advanced(p, moved);
+                        if let (Some(change), Some(link)) = (isr_change, self.cluster()) {
+                            crate::replication::fetcher::ask_isr_change(link, topic.id, p, change);
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(topic = %topic.name, partition = p.index, error = %e, "flush/roll failed")
                     }

@@ -25,11 +25,13 @@ pub struct ConfigEntry {
 
 /// The topic configs this broker understands, in the order they are listed.
 pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "durability.policy",
     "flush.messages",
     "flush.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "message.timestamp.type",
+    "min.insync.replicas",
     "segment.bytes",
     "segment.ms",
 ];
@@ -40,6 +42,10 @@ pub fn apply_overrides(base: &LogConfig, overrides: &BTreeMap<String, String>) -
     let mut c = base.clone();
     for (name, value) in overrides {
         match name.as_str() {
+            "durability.policy" => {
+                c.durability_policy = crate::replication::DurabilityPolicy::parse(value)
+                    .ok_or_else(|| format!("{name} must be strict or kafka, not {value:?}"))?
+            }
             "flush.messages" => c.flush_messages = positive(name, value)?,
             "flush.ms" => c.flush_ms = positive(name, value)?,
             "index.interval.bytes" => c.index_interval_bytes = positive(name, value)?,
@@ -48,6 +54,7 @@ pub fn apply_overrides(base: &LogConfig, overrides: &BTreeMap<String, String>) -
                 "CreateTime" | "LogAppendTime" => c.message_timestamp_type = value.clone(),
                 _ => return Err(format!("{name} must be CreateTime or LogAppendTime, not {value:?}")),
             },
+            "min.insync.replicas" => c.min_insync_replicas = positive(name, value)?,
             "segment.bytes" => {
                 c.segment_bytes = positive(name, value)?;
                 if c.segment_bytes < MIN_SEGMENT_BYTES {
@@ -72,11 +79,13 @@ pub fn describe(effective: &LogConfig, overrides: &BTreeMap<String, String>) -> 
         is_override: overrides.contains_key(name),
     };
     let out = vec![
+        entry("durability.policy", effective.durability_policy.name().to_string(), ConfigType::String),
         entry("flush.messages", effective.flush_messages.to_string(), ConfigType::Long),
         entry("flush.ms", effective.flush_ms.to_string(), ConfigType::Long),
         entry("index.interval.bytes", effective.index_interval_bytes.to_string(), ConfigType::Int),
         entry("max.message.bytes", effective.max_message_bytes.to_string(), ConfigType::Int),
         entry("message.timestamp.type", effective.message_timestamp_type.clone(), ConfigType::String),
+        entry("min.insync.replicas", effective.min_insync_replicas.to_string(), ConfigType::Int),
         entry("segment.bytes", effective.segment_bytes.to_string(), ConfigType::Int),
         entry("segment.ms", effective.segment_ms.to_string(), ConfigType::Long),
     ];

@@ -351,7 +351,7 @@ impl Topics {
             if report.truncated_bytes > 0 || report.indexes_rebuilt > 0 {
                 tracing::warn!(topic = %meta.name, partition = index, ?report, "partition log recovered");
             }
-            partitions.push(Arc::new(Partition::new(meta.name.clone(), index, log)));
+            partitions.push(Arc::new(Partition::new(meta.name.clone(), index, log, self.config.bugs)));
         }
         if fresh {
             self.fs.sync_dir(&self.config.data_dir)?;

@@ -847,6 +847,11 @@ impl PartitionLog {
         &self.producers
     }
 
+    /// The topic config this log runs with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         *self.segments.keys().next().expect("a log always has a segment")
     }

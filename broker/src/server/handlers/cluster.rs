@@ -55,5 +55,6 @@ fn encode(req: Request, response: PeerResponse) -> Step {
         PeerResponse::UnregisterBroker(r) => req.respond(&r),
         PeerResponse::CreateTopics(r) => req.respond(&r),
         PeerResponse::DeleteTopics(r) => req.respond(&r),
+        PeerResponse::AlterPartition(r) => req.respond(&r),
     }
 }

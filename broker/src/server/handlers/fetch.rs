@@ -6,11 +6,18 @@
 //! INVALID_REQUEST instead of being read twice. A waiting fetch is parked
 //! on the partitions it reads; the shell wakes it when one of their high
 //! watermarks moves, and drops it when its client disconnects.
+//!
+//! A fetch with a replica id is a follower's (replication): it reads up to
+//! the log end instead of the high watermark, may be told its log diverged,
+//! and tells the leader how far the follower has come.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use std::sync::Arc;
+
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
@@ -46,7 +53,7 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
 /// One pass over the requested partitions: the response, the record bytes it
 /// carries, and whether any partition failed (which ends the long poll).
 #[allow(clippy::type_complexity)]
-fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(Wake, u64)>) {
+fn read_once(cx: &mut Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(Wake, u64)>) {
     let mut watch = Vec::new();
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
@@ -55,6 +62,7 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(W
     let response_max = (req.max_bytes.max(0) as usize).min(cx.node.config.fetch_max_bytes);
     // A partition named twice would be read (and sent) twice: refused.
     let mut seen = std::collections::BTreeSet::new();
+    let replica = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
     for ft in &req.topics {
         let topic = cx.node.topics.get(&ft.topic);
         let mut tr = FetchableTopicResponse::default();
@@ -73,8 +81,10 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(W
                 Some(p) => {
                     // Read the version first: a move after this read is then never missed.
                     watch.push(Wake::HighWatermark(p.clone()).seen());
-                    check_leader_epoch(p, fp.current_leader_epoch)
-                        .and_then(|()| read_partition(cx, p, fp.fetch_offset, limit, total == 0, &mut pd))
+                    check_leader_epoch(p, fp.current_leader_epoch).and_then(|()| match replica {
+                        Some(r) => read_for_follower(cx, p, r, fp, limit, &mut pd, &mut failed),
+                        None => read_partition(cx, p, fp.fetch_offset, limit, total == 0, &mut pd),
+                    })
                 }
             };
             match result {
@@ -93,6 +103,37 @@ fn read_once(cx: &Cx, req: &FetchRequest) -> (FetchResponse, usize, bool, Vec<(W
         resp.responses.push(tr);
     }
     (resp, total, failed, watch)
+}
+
+/// Serve a follower: records up to the log end, the high watermark, or
+/// where its log diverged (which ends the long poll, so it truncates at
+/// once). Its progress may move the high watermark and the ISR.
+fn read_for_follower(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    replica: i32,
+    fp: &FetchPartition,
+    limit: usize,
+    pd: &mut PartitionData,
+    failed: &mut bool,
+) -> Result<Bytes, ResponseError> {
+    let mono_ms = cx.clock.elapsed.as_millis() as i64;
+    let lag = cx.node.config.replica_lag_time_max_ms as i64;
+    let read = p.read_for_follower(cx.disk, replica, fp.fetch_offset, fp.last_fetched_epoch, limit.max(1), mono_ms, lag)?;
+    pd.high_watermark = read.offsets.high_watermark;
+    pd.last_stable_offset = read.offsets.high_watermark;
+    pd.log_start_offset = read.offsets.log_start_offset;
+    if let Some((epoch, end)) = read.diverging {
+        pd.diverging_epoch.epoch = epoch;
+        pd.diverging_epoch.end_offset = end;
+        *failed = true;
+    }
+    cx.advanced(p, read.advanced);
+    if let (Some(change), Some(link)) = (read.isr_change, cx.node.cluster()) {
+        let topic_id = cx.node.topics.get(&p.topic).map(|t| t.id).unwrap_or_default();
+        crate::replication::fetcher::ask_isr_change(link, topic_id, p, change);
+    }
+    Ok(read.records)
 }
 
 /// Read one partition into `pd`'s offsets, returning its records. Only the

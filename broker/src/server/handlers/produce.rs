@@ -1,13 +1,16 @@
-//! Produce: validate each partition's record batches, append them, and, for
-//! acks=1/-1, answer only once they are below the high watermark (today:
-//! durable), so an acknowledged write survives a crash.
+//! Produce: validate each partition's record batches, append them, and
+//! answer as the acks ask.
 //!
 //! The acks contract: acks=0 is never answered (a failure closes the
-//! connection, the only signal such a producer gets); acks=1 and acks=-1 are
-//! answered when every appended batch of the request is below its
-//! partition's high watermark, or with REQUEST_TIMED_OUT for the partitions
-//! still short of it at `timeout_ms`. With one replica the two are the same;
-//! replication will make acks=1 answer at the leader's append.
+//! connection, the only signal such a producer gets); acks=1 is answered
+//! once the leader itself acknowledges the batches (fsynced under the strict
+//! durability policy, appended under Kafka's); acks=-1 once every appended
+//! batch is below its partition's high watermark, that is held by every ISR
+//! member, and only with an ISR of at least `min.insync.replicas`
+//! (NOT_ENOUGH_REPLICAS before appending, NOT_ENOUGH_REPLICAS_AFTER_APPEND if
+//! the ISR shrank below it meanwhile). Partitions still short of it at
+//! `timeout_ms` get REQUEST_TIMED_OUT. With one replica acks=1 and acks=-1
+//! are the same.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +31,12 @@ pub(crate) struct Waiting {
     pending: Vec<Pending>,
 }
 
-/// One appended partition waiting for its high watermark.
+/// One appended partition waiting for its acknowledgement.
 struct Pending {
     partition: Arc<Partition>,
     last_offset: i64,
+    /// acks=-1: wait for the high watermark; acks=1: for the leader's own.
+    all: bool,
     topic_slot: usize,
     partition_slot: usize,
 }
@@ -60,7 +65,8 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
                 // The coordinator's records: only it writes them.
                 Err((ResponseError::InvalidTopicException, format!("cannot append to internal topic {}", td.name.0)))
             } else if let (Some(p), Some(t)) = (partition, &topic) {
-                append(cx, p, pd.records.unwrap_or_default(), t.config.decompressed_batch_limit())
+                enough_replicas(p, acks)
+                    .and_then(|()| append(cx, p, pd.records.unwrap_or_default(), t.config.decompressed_batch_limit()))
             } else {
                 Err((cx.not_hosted(&td.name), "this broker hosts no such topic or partition".to_string()))
             };
@@ -71,7 +77,8 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
                     pr.log_start_offset = log_start;
                     if acks != 0 && !cx.node.config.bugs.ack_before_durable {
                         let partition = partition.expect("appended to a partition").clone();
-                        pending.push(Pending { partition, last_offset: last, topic_slot: ti, partition_slot: pi });
+                        let all = acks == -1;
+                        pending.push(Pending { partition, last_offset: last, all, topic_slot: ti, partition_slot: pi });
                     }
                 }
                 Err((code, message)) => {
@@ -106,9 +113,13 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
     for p in w.pending {
         // Read the version first: a move after this read is then never missed.
         let seen = Wake::HighWatermark(p.partition.clone()).seen();
-        let outcome = p.partition.offsets().map(|o| o.high_watermark > p.last_offset).map_err(|e| e.code());
+        let outcome = acknowledged(&p).map_err(|e| e.code());
         let pr = &mut w.response.responses[p.topic_slot].partition_responses[p.partition_slot];
         match outcome {
+            Ok(true) if p.all && !enough_isr(&p.partition) => {
+                pr.error_code = ResponseError::NotEnoughReplicasAfterAppend.code();
+                pr.base_offset = -1;
+            }
             Ok(true) => {}
             Ok(false) if !timed_out => {
                 watch.push(seen);
@@ -135,6 +146,36 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
     }
     w.pending = still;
     Step::Park(Parked { request: Parkable::Produce(w), deadline, watch })
+}
+
+/// Whether `p`'s batches are acknowledged as its acks ask.
+fn acknowledged(p: &Pending) -> Result<bool, crate::server::partition::PartitionError> {
+    let part = &p.partition;
+    if p.all && !part.bug_ack_before_isr() {
+        Ok(part.offsets()?.high_watermark > p.last_offset)
+    } else {
+        Ok(part.own_ack_offset()? > p.last_offset)
+    }
+}
+
+/// Whether the ISR is at least `min.insync.replicas`.
+fn enough_isr(p: &Partition) -> bool {
+    p.insync().is_ok_and(|(isr, min)| isr >= min)
+}
+
+/// acks=-1 refuses to append while the ISR is below `min.insync.replicas`.
+fn enough_replicas(p: &Partition, acks: i16) -> Result<(), (ResponseError, String)> {
+    if acks != -1 {
+        return Ok(());
+    }
+    let (isr, min) = p.insync().map_err(|e| (e.code(), e.to_string()))?;
+    if isr < min {
+        return Err((
+            ResponseError::NotEnoughReplicas,
+            format!("the ISR has {isr} replicas, fewer than min.insync.replicas {min}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validate and append one partition's record set. Returns (base offset,
