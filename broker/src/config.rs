@@ -245,9 +245,8 @@ pub struct BrokerConfig {
     /// timer runs out stands at once, so elections split more often. On by
     /// default; the simulator also draws it off.
     pub controller_quorum_pre_vote: bool,
-    /// Lets CreateTopics ask for a replication factor above 1. Off until
-    /// partition replication (followers, ISR, high watermark) is served;
-    /// until then such a request is refused with INVALID_REPLICATION_FACTOR.
+    /// Lets CreateTopics ask for a replication factor above 1 (on by
+    /// default; off refuses it with INVALID_REPLICATION_FACTOR).
     pub replication_enabled: bool,
     /// `replica.lag.time.max.ms`: a follower that has not caught up with the
     /// leader for this long leaves the ISR.
@@ -416,7 +415,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
             controller_quorum_pre_vote: true,
-            replication_enabled: false,
+            replication_enabled: true,
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,
