@@ -73,6 +73,7 @@ async fn check(b: &TestBroker, conn: &mut Conn, key: ApiKey, v: i16) -> Result<(
         ApiKey::Produce => produce_at(b, conn, v).await,
         ApiKey::Fetch => fetch_at(conn, v).await,
         ApiKey::ListOffsets => list_offsets_at(conn, v).await,
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch_at(conn, v).await,
         ApiKey::Metadata => metadata_at(conn, v).await,
         ApiKey::FindCoordinator => find_coordinator_at(conn, v).await,
         ApiKey::ApiVersions => api_versions_at(conn, v).await,
@@ -227,6 +228,26 @@ async fn list_offsets_at(conn: &mut Conn, v: i16) -> Result<(), String> {
     if v >= 4 {
         ensure!(parts[1].leader_epoch >= 0, "leader epoch {}", parts[1].leader_epoch);
     }
+    Ok(())
+}
+
+async fn offset_for_leader_epoch_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let partition = |index: i32, epoch: i32| {
+        OffsetForLeaderPartition::default().with_partition(index).with_current_leader_epoch(-1).with_leader_epoch(epoch)
+    };
+    let mut req = OffsetForLeaderEpochRequest::default();
+    req.replica_id = kafka_protocol::messages::BrokerId(-1);
+    req.topics = vec![OffsetForLeaderTopic::default()
+        .with_topic(name(TOPIC))
+        .with_partitions(vec![partition(0, 0), partition(7, 0)])];
+    let resp: OffsetForLeaderEpochResponse = try_call(conn, v, &req).await?;
+    let parts = &resp.topics[0].partitions;
+    ensure!(parts.len() == 2, "{} partition responses", parts.len());
+    // The single broker's log is written in epoch 0 and ends past offset 0.
+    ensure!(parts[0].error_code == 0 && parts[0].leader_epoch == 0 && parts[0].end_offset >= 1, "{:?}", parts[0]);
+    ensure!(parts[1].error_code == code(ResponseError::UnknownTopicOrPartition), "partition 7: {:?}", parts[1]);
     Ok(())
 }
 

@@ -527,9 +527,23 @@ impl Partition {
     }
 
     /// The end offset of `epoch` in this log, as OffsetForLeaderEpoch answers:
-    /// (the largest epoch ≤ `epoch` this log knows, where it ends).
+    /// (the largest epoch ≤ `epoch` this log knows, where it ends), counting
+    /// a leader's own epoch from its start even before its first batch.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64), PartitionError> {
-        Ok(self.live()?.log.end_offset_for_epoch(epoch))
+        let s = self.live()?;
+        Ok(if s.role == Role::Leader { end_offset_for_epoch(&s, epoch) } else { s.log.end_offset_for_epoch(epoch) })
+    }
+
+    /// KIP-207: a new leader's high watermark may trail the old one's until
+    /// its followers fetch again; until it reaches the start of this
+    /// leader's epoch, end offsets are not answered (OFFSET_NOT_AVAILABLE,
+    /// retriable), so no client sees the end go backwards.
+    pub fn high_watermark_settled(&self) -> Result<(), ResponseError> {
+        let s = self.live().map_err(|e| e.code())?;
+        match &s.leader_view {
+            Some(v) if s.high_watermark < v.epoch_start_offset() => Err(ResponseError::OffsetNotAvailable),
+            _ => Ok(()),
+        }
     }
 
     /// Read from `offset`, never at or past the high watermark.

@@ -40,7 +40,9 @@ pub fn handle(cx: &mut Cx, req: ListOffsetsRequest, version: i16) -> ListOffsets
                             )
                             .map(|hw| (hw, -1))
                             .map_err(|e| e.code()),
-                        LATEST => p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code()),
+                        LATEST => p
+                            .high_watermark_settled()
+                            .and_then(|()| p.offsets().map(|o| (o.high_watermark, -1)).map_err(|e| e.code())),
                         ts if ts >= 0 => p
                             .offset_for_timestamp(cx.disk, ts)
                             .map(|found| found.unwrap_or((-1, -1)))

@@ -9,6 +9,7 @@ pub(crate) mod fetch;
 pub(crate) mod group;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 pub(crate) mod produce;
 
 use bytes::Bytes;
@@ -106,6 +107,7 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
             cluster::forward(cx, PeerRequest::UnregisterBroker(body!()), Request { key, version, corr }, client_id)
         }
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(cx, body!(), v)),
+        ApiKey::OffsetForLeaderEpoch => respond(key, v, corr, &offset_for_leader_epoch::handle(cx, body!())),
         ApiKey::FindCoordinator => respond(key, v, corr, &group::find_coordinator(cx, body!(), v)),
         ApiKey::JoinGroup => group::join_group(cx, body!(), Request { key, version, corr }, client_id),
         ApiKey::SyncGroup => group::sync_group(cx, body!(), Request { key, version, corr }),
