@@ -283,6 +283,13 @@ impl Cluster {
         st.topics.get(&tp.topic)?.partitions.get(&tp.partition).map(|p| p.leader).filter(|l| *l >= 0)
     }
 
+    /// The leader epoch of `tp` by cached metadata, or -1 (unknown: the
+    /// broker then does not check it).
+    pub fn cached_leader_epoch(&self, tp: &TopicPartition) -> i32 {
+        let st = self.state();
+        st.topics.get(&tp.topic).and_then(|t| t.partitions.get(&tp.partition)).map_or(-1, |p| p.leader_epoch)
+    }
+
     /// The leader of `tp`, refreshing metadata if it is not known.
     pub async fn leader(&self, tp: &TopicPartition, allow_auto_create: bool) -> Result<i32, ClientError> {
         if let Some(l) = self.cached_leader(tp) {

@@ -788,8 +788,12 @@ impl Consumer {
         let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         for (tp, pos) in &parts {
             topics.entry(&tp.topic).or_default().push(
+                // The leader epoch as our metadata knows it: a deposed leader
+                // (older epoch) refuses with FENCED_LEADER_EPOCH instead of
+                // serving a log that may be truncated, and we refresh.
                 FetchPartition::default()
                     .with_partition(tp.partition)
+                    .with_current_leader_epoch(self.cluster.cached_leader_epoch(tp))
                     .with_fetch_offset(*pos)
                     .with_partition_max_bytes(self.config.max_partition_fetch_bytes),
             );
