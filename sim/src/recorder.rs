@@ -256,7 +256,7 @@ impl Recorder {
             OpKind::Committed { offsets } => format!("committed offsets read back: {offsets:?}"),
             OpKind::Crash => "crash".to_string(),
             OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
-            OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
+            OpKind::Metadata { broker, topics, .. } => format!("metadata from {broker}: [{}]", topics.join(" ")),
         };
         let outcome = match &op.outcome {
             Outcome::Ok => "ok".to_string(),

@@ -467,6 +467,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             .collect(),
         controllers: servers.iter().filter(|s| !s.broker).map(|s| s.host.clone()).collect(),
         voters: servers.iter().filter(|s| s.controller).map(|s| s.host.clone()).collect(),
+        partitions: scenario
+            .cluster
+            .topics
+            .iter()
+            .flat_map(|t| (0..t.partitions).map(|p| TopicPartition { topic: t.name.clone(), partition: p }))
+            .collect(),
     };
     let node_ids: BTreeMap<String, i32> = servers.iter().map(|s| (s.host.clone(), s.node_id)).collect();
     let voter_list = servers
@@ -508,6 +514,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             log: scenario.cluster.log.clone(),
             bugs: scenario.cluster.bugs,
             groups: sim_groups(),
+            replication_enabled: scenario.replication_factor() > 1,
             ..BrokerConfig::default()
         };
         let trace = trace.clone();
@@ -600,6 +607,8 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let mut aim = Aim {
         node_ids: &node_ids,
         voters: &roles.voters,
+        brokers: &roles.brokers,
+        servers: roles.servers(),
         resolved: BTreeMap::new(),
         armed: Vec::new(),
         seen: 0,
@@ -674,6 +683,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let (healed_at, wrote, read) = recorder.liveness();
     let mut history = recorder.finish(sim_time);
     history.observations = trace.observations();
+    if scenario.cluster.has_quorum() {
+        history.replicas = replica_logs(&nodes, &roles.brokers, &node_ids, &roles.partitions);
+    }
     let report = checker::check(&history, &check);
     let election = scenario.cluster.has_quorum().then(|| {
         let voters: BTreeMap<String, i32> =
@@ -778,6 +790,16 @@ fn apply(
             let incarnation = nodes.get(&host).map_or(0, |n| n.incarnation());
             trace.observe(now.as_nanos() as u64, &host, incarnation, crate::history::ObservedEvent::Stopped);
         }
+        HostChange::CrashedAll(hosts) => {
+            for host in hosts {
+                if is_server(&host) {
+                    let incarnation = nodes.get(&host).map_or(0, |n| n.incarnation());
+                    trace.observe(now.as_nanos() as u64, &host, incarnation, crate::history::ObservedEvent::Stopped);
+                } else {
+                    recorder.client_crashed(&host, now);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -796,6 +818,10 @@ fn is_server(host: &str) -> bool {
 struct Aim<'a> {
     node_ids: &'a BTreeMap<String, i32>,
     voters: &'a [String],
+    /// Partition leaders are brokers; a zombie leader is cut off from every
+    /// other server.
+    brokers: &'a [String],
+    servers: Vec<String>,
     resolved: BTreeMap<usize, Strike>,
     /// Crash-after-vote and crash-new-leader strikes waiting for their
     /// observation, in arming order.
@@ -810,10 +836,7 @@ impl Aim<'_> {
     /// The concrete fault to start or end for strike `i`; `None` when there
     /// is nothing to do (an armed strike starting, or ending unfired).
     fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Option<Strike> {
-        if !matches!(
-            strike.fault,
-            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote | Fault::CrashNewLeader
-        ) {
+        if !strike.fault.aims_at_a_leader() {
             return Some(strike.clone());
         }
         if matches!(strike.fault, Fault::CrashAfterVote | Fault::CrashNewLeader) {
@@ -829,6 +852,21 @@ impl Aim<'_> {
         }
         if !up {
             return Some(self.resolved.remove(&i).expect("a leader strike ends after it started"));
+        }
+        if let Fault::CrashPartitionLeader { topic, partition } | Fault::IsolatePartitionLeader { topic, partition } =
+            &strike.fault
+        {
+            let host = self.partition_leader(topic, *partition, trace);
+            let fault = match strike.fault {
+                Fault::IsolatePartitionLeader { .. } => Fault::Partition {
+                    a: vec![host.clone()],
+                    b: self.servers.iter().filter(|s| **s != host).cloned().collect(),
+                },
+                _ => Fault::Crash { host },
+            };
+            let concrete = Strike { fault, ..strike.clone() };
+            self.resolved.insert(i, concrete.clone());
+            return Some(concrete);
         }
         let leader = trace.observations().iter().rev().find_map(|o| match o.event {
             crate::history::ObservedEvent::QuorumLeader { leader: Some(l), .. } => Some(l),
@@ -851,6 +889,29 @@ impl Aim<'_> {
         let concrete = Strike { fault, ..strike.clone() };
         self.resolved.insert(i, concrete.clone());
         Some(concrete)
+    }
+
+    /// The broker that leads `topic`-`partition` now, as far as the
+    /// reports tell: the one that reported leading it at the highest leader
+    /// epoch (the latest such report on a tie). With no report yet, a
+    /// broker picked by the seed.
+    fn partition_leader(&mut self, topic: &str, partition: i32, trace: &Trace) -> String {
+        let mut best: Option<(i32, i32)> = None;
+        for o in trace.observations() {
+            if let crate::history::ObservedEvent::PartitionLeader { node, topic: t, partition: p, leader_epoch } =
+                &o.event
+            {
+                if t == topic && *p == partition && best.is_none_or(|(e, _)| *leader_epoch >= e) {
+                    best = Some((*leader_epoch, *node));
+                }
+            }
+        }
+        best.and_then(|(_, node)| self.node_ids.iter().find(|(_, id)| **id == node).map(|(h, _)| h.clone()))
+            .filter(|h| self.brokers.contains(h))
+            .unwrap_or_else(|| {
+                use rand::Rng;
+                self.brokers[self.rng.random_range(0..self.brokers.len())].clone()
+            })
     }
 
     /// If a strike is armed and a running voter reported what it waits for
@@ -889,6 +950,72 @@ impl Aim<'_> {
         }
         None
     }
+}
+
+/// Every broker's copy of every data partition, read from its simulated
+/// disk as the run left it: the files' current contents, which is what a
+/// clean stop would keep (the broker is up and its page cache is whole).
+/// Segment files (`<data_dir>/<topic>-<partition>/<base>.log`) are parsed
+/// batch by batch with the broker's own decoder, CRC checked; reading a
+/// copy stops at the first batch that does not parse, which a correct
+/// broker's recovery would cut at its next start. Read-only: nothing
+/// touches the disk's state or its fault RNG.
+fn replica_logs(
+    nodes: &BTreeMap<String, Arc<NodeState>>,
+    brokers: &[String],
+    node_ids: &BTreeMap<String, i32>,
+    partitions: &[TopicPartition],
+) -> Vec<crate::history::ReplicaLog> {
+    use faultline_broker::io::Fs;
+    use faultline_broker::record_batch::Batches;
+    let mut out = Vec::new();
+    for host in brokers {
+        let Some(node) = nodes.get(host) else { continue };
+        let disk = &node.disk;
+        for tp in partitions {
+            let dir = std::path::Path::new(DATA_DIR).join(format!("{}-{}", tp.topic, tp.partition));
+            if !disk.is_dir(&dir) {
+                continue;
+            }
+            let mut segments: Vec<std::path::PathBuf> = disk
+                .list_dir(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            // Zero-padded base offsets: name order is offset order.
+            segments.sort();
+            let mut log = crate::history::ReplicaLog {
+                host: host.clone(),
+                node: node_ids.get(host).copied().unwrap_or(-1),
+                partition: tp.clone(),
+                batches: Vec::new(),
+                stopped: None,
+            };
+            'segments: for seg in &segments {
+                let bytes = disk.contents(seg).unwrap_or_default();
+                for b in Batches::new(&bytes, true) {
+                    match b {
+                        Ok((_, h, raw)) => log.batches.push(crate::history::ReplicaBatch {
+                            base_offset: h.base_offset,
+                            last_offset: h.last_offset(),
+                            leader_epoch: h.partition_leader_epoch,
+                            crc: h.crc,
+                            size: raw.len() as u32,
+                            digest: crate::trace::fnv1a(raw),
+                        }),
+                        Err(e) => {
+                            let name = seg.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            log.stopped = Some(format!("{name}: {e}"));
+                            break 'segments;
+                        }
+                    }
+                }
+            }
+            out.push(log);
+        }
+    }
+    out
 }
 
 /// Restart every server whose software has stopped.

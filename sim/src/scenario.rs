@@ -13,6 +13,7 @@
 //! promises ([`crate::checker::promised`]), which is what the built-in
 //! scenarios do. Listing checkers overrides that.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -111,6 +112,25 @@ pub struct Topic {
     pub partitions: i32,
     #[serde(default = "one")]
     pub replication_factor: i16,
+    /// Topic-level configs passed in CreateTopics by their Kafka names
+    /// (`min.insync.replicas`, `flush.messages`, `durability.policy`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// `durability.policy`: what an acks=all acknowledgement waits for. Under
+/// `strict` (the default) every in-sync replica has fsynced the batch;
+/// under `kafka` (Kafka's own behaviour) every in-sync replica holds it in
+/// memory, and fsyncs follow `flush.messages` / `flush.ms`.
+pub const DURABILITY_POLICY: &str = "durability.policy";
+
+impl Topic {
+    /// Whether this topic's acks=all writes are only in memory when
+    /// acknowledged (`durability.policy = kafka` with more than one
+    /// replica): then losing power on every replica at once loses them.
+    pub fn acks_in_memory(&self) -> bool {
+        self.replication_factor > 1 && self.configs.get(DURABILITY_POLICY).is_some_and(|p| p == "kafka")
+    }
 }
 
 fn one() -> i16 {
@@ -362,6 +382,18 @@ pub enum NemesisKind {
     /// Restart every server in turn (process crash, down for `duration_s`,
     /// `interval_s` between one coming back and the next going down).
     RollingRestart,
+    /// Crash the broker currently leading a data partition (chosen by the
+    /// seed) with power loss, and restart it later: a partition failover.
+    CrashPartitionLeader,
+    /// Cut the broker currently leading a data partition (chosen by the
+    /// seed) off from every other server — the controllers and the
+    /// followers — while clients still reach it: a zombie leader, which
+    /// must acknowledge nothing with acks=all once it can no longer
+    /// replicate.
+    IsolatePartitionLeader,
+    /// Every server loses power at the same instant (unsynced writes are
+    /// lost on every disk) and all restart later.
+    PowerLossAll,
 }
 
 /// A nemesis as written: one flat table whose parameters depend on `kind`.
@@ -395,7 +427,8 @@ fn is_certain(p: &f64) -> bool {
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
 crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
-isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart";
+isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart, \
+crash-partition-leader, isolate-partition-leader, power-loss-all";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -426,6 +459,9 @@ impl TryFrom<RawNemesis> for Nemesis {
                 NemesisKind::QuorumLinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? }
             }
             "rolling-restart" => NemesisKind::RollingRestart,
+            "crash-partition-leader" => NemesisKind::CrashPartitionLeader,
+            "isolate-partition-leader" => NemesisKind::IsolatePartitionLeader,
+            "power-loss-all" => NemesisKind::PowerLossAll,
             other => return Err(format!("unknown nemesis kind {other:?}; known: {NEMESIS_KINDS}")),
         };
         let given = [
@@ -502,6 +538,9 @@ impl NemesisKind {
             NemesisKind::QuorumLinkDrop { .. } => "quorum-link-drop",
             NemesisKind::QuorumLinkDelay { .. } => "quorum-link-delay",
             NemesisKind::RollingRestart => "rolling-restart",
+            NemesisKind::CrashPartitionLeader => "crash-partition-leader",
+            NemesisKind::IsolatePartitionLeader => "isolate-partition-leader",
+            NemesisKind::PowerLossAll => "power-loss-all",
         }
     }
 }
@@ -580,6 +619,56 @@ impl Scenario {
                 }
                 _ => false,
             })
+    }
+
+    /// The most replicas any topic has (1 for a single broker).
+    pub fn replication_factor(&self) -> i16 {
+        self.cluster.topics.iter().map(|t| t.replication_factor).max().unwrap_or(1)
+    }
+
+    /// Whether acknowledged writes may be lost by a correct broker because
+    /// of how replication acknowledges them, not because of the medium:
+    /// - acks=1 with more than one replica: the leader answers on its own
+    ///   append, so a failover before the followers fetched the batch
+    ///   truncates it away (Kafka's documented acks=1 trade-off);
+    /// - acks=all under `durability.policy = kafka`: acknowledged batches
+    ///   may be only in the memory of the in-sync replicas, so when every
+    ///   replica holding one can lose power at once — a `power-loss-all`
+    ///   nemesis, or two power-loss nemeses whose strikes may overlap — they
+    ///   are gone.
+    ///
+    /// Returns why, for the report; `None` when acknowledged writes must
+    /// survive (acks=all under `strict`: every in-sync replica fsynced,
+    /// and at most RF - 1 of them can fail).
+    pub fn acked_writes_may_be_lost(&self) -> Option<String> {
+        let replicated = self.replication_factor() > 1;
+        if replicated && self.workload.acks == 1 {
+            return Some("acks=1 with replication: the leader acknowledges on its own append".into());
+        }
+        let in_memory = self.cluster.topics.iter().any(Topic::acks_in_memory);
+        let power_losses = self
+            .faults
+            .nemeses
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.kind,
+                    NemesisKind::CrashRestart
+                        | NemesisKind::CrashLeader
+                        | NemesisKind::CrashAfterVote
+                        | NemesisKind::CrashNewLeader
+                        | NemesisKind::CrashPartitionLeader
+                )
+            })
+            .count();
+        let all_at_once = self.faults.nemeses.iter().any(|n| n.kind == NemesisKind::PowerLossAll);
+        if in_memory && (all_at_once || power_losses >= 2) {
+            return Some(format!(
+                "{DURABILITY_POLICY}=kafka acknowledges what the in-sync replicas hold in memory, and every replica \
+                 may lose power at once"
+            ));
+        }
+        None
     }
 
     /// Refuse what is malformed, and what is well formed but not built yet.
@@ -662,12 +751,23 @@ impl Scenario {
             if t.replication_factor < 1 {
                 bail!("topic {}: replication_factor must be at least 1", t.name);
             }
-            if t.replication_factor > 1 {
+            if t.replication_factor > 1 && !c.has_quorum() {
                 bail!(
-                    "topic {}: replication_factor {} needs replication, which is not built yet; use 1",
+                    "topic {}: replication_factor {} needs a cluster (cluster.controllers) to replicate across",
                     t.name,
                     t.replication_factor
                 );
+            }
+            if t.replication_factor as u32 > c.brokers {
+                bail!(
+                    "topic {}: replication_factor {} exceeds the {} brokers",
+                    t.name,
+                    t.replication_factor,
+                    c.brokers
+                );
+            }
+            if let Some(p) = t.configs.get(DURABILITY_POLICY).filter(|p| !["strict", "kafka"].contains(&p.as_str())) {
+                bail!("topic {}: {DURABILITY_POLICY} must be strict or kafka, not {p:?}", t.name);
             }
         }
         let w = &self.workload;
@@ -747,6 +847,9 @@ impl Scenario {
                     if !c.has_quorum() =>
                 {
                     bail!("{what}: aims at the metadata quorum, so it needs cluster.controllers")
+                }
+                NemesisKind::CrashPartitionLeader | NemesisKind::IsolatePartitionLeader if !c.has_quorum() => {
+                    bail!("{what}: aims at a partition leader, which a cluster (cluster.controllers) reports")
                 }
                 NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
                 NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
@@ -851,7 +954,7 @@ mod tests {
     #[test]
     fn unbuilt_features_are_named() {
         let e = err(steady_with(|t| *t = t.replace("replication_factor = 1", "replication_factor = 3")));
-        assert!(e.contains("replication") && e.contains("not built yet"), "{e}");
+        assert!(e.contains("replication_factor") && e.contains("cluster"), "{e}");
         let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 3")));
         assert!(e.contains("cluster.controllers"), "{e}");
         let quorum = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 3\ncontrollers = 3");
