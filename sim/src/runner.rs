@@ -324,6 +324,18 @@ impl RunResult {
         if let Some(e) = &self.election {
             let _ = writeln!(out, "\n{}", e.summary());
         }
+        if !self.history.replicas.is_empty() {
+            let partitions: std::collections::BTreeSet<&TopicPartition> =
+                self.history.replicas.iter().map(|r| &r.partition).collect();
+            let batches: usize = self.history.replicas.iter().map(|r| r.batches.len()).sum();
+            let _ = writeln!(
+                out,
+                "replicas: {} copies of {} partitions read from the brokers' disks ({batches} batches), in-sync \
+                 copies compared below the committed offsets",
+                self.history.replicas.len(),
+                partitions.len()
+            );
+        }
         if !self.panics.is_empty() {
             let _ = writeln!(out, "\npanic: {} task(s) panicked; the run stopped at the first", self.panics.len());
             for p in &self.panics {
@@ -1069,4 +1081,53 @@ fn heal(
     restart_stopped_brokers(sim, roles, now, trace, timeline);
     timeline.push(TimelineEntry { at: now, what: "heal: all faults cleared".into() });
     trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("heal"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::ObservedEvent;
+
+    fn leads(trace: &Trace, node: i32, partition: i32, leader_epoch: i32) {
+        let event = ObservedEvent::PartitionLeader { node, topic: "events".into(), partition, leader_epoch };
+        trace.observe(0, &format!("broker-{node}"), 1, event);
+    }
+
+    #[test]
+    fn partition_leader_strikes_aim_at_the_highest_epoch_reported() {
+        let node_ids: BTreeMap<String, i32> = (0..3).map(|i| (format!("broker-{i}"), i)).collect();
+        let hosts: Vec<String> = node_ids.keys().cloned().collect();
+        let mut aim = Aim {
+            node_ids: &node_ids,
+            voters: &hosts,
+            brokers: &hosts,
+            servers: hosts.clone(),
+            resolved: BTreeMap::new(),
+            armed: Vec::new(),
+            seen: 0,
+            rng: seed::rng(1, "aim"),
+        };
+        let trace = Trace::new(false);
+        leads(&trace, 0, 1, 0);
+        leads(&trace, 2, 1, 2);
+        // A late report of an older epoch does not win.
+        leads(&trace, 1, 1, 1);
+        leads(&trace, 1, 0, 5);
+        let strike = |fault| Strike { start: Duration::ZERO, end: Duration::from_secs(1), fault };
+        let crash = strike(Fault::CrashPartitionLeader { topic: "events".into(), partition: 1 });
+        let got = aim.resolve(0, &crash, true, &trace).unwrap();
+        assert_eq!(got.fault, Fault::Crash { host: "broker-2".into() });
+        assert_eq!(aim.resolve(0, &crash, false, &trace).unwrap(), got, "the end heals what the start did");
+        // The zombie: cut off from every other server, clients untouched.
+        let isolate = strike(Fault::IsolatePartitionLeader { topic: "events".into(), partition: 0 });
+        let got = aim.resolve(1, &isolate, true, &trace).unwrap();
+        assert_eq!(
+            got.fault,
+            Fault::Partition { a: vec!["broker-1".into()], b: vec!["broker-0".into(), "broker-2".into()] }
+        );
+        // No report yet: a broker the seed picks.
+        let unknown = strike(Fault::CrashPartitionLeader { topic: "events".into(), partition: 3 });
+        let got = aim.resolve(2, &unknown, true, &trace).unwrap();
+        assert!(matches!(&got.fault, Fault::Crash { host } if hosts.contains(host)));
+    }
 }

@@ -911,6 +911,20 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("quorum-elections.toml", include_str!("../../scenarios/quorum-elections.toml")),
 ];
 
+/// Scenarios of replicated partitions (replication factor 3), written
+/// ahead of partition replication: they parse and validate, and the
+/// simulator builds them, but they join [`BUILTIN`] (and the CI sweeps)
+/// only once brokers replicate. Run one from its file:
+/// `faultline sim --scenario scenarios/replication-crash.toml --seed 1`.
+pub const REPLICATION: &[(&str, &str)] = &[
+    ("replication-crash.toml", include_str!("../../scenarios/replication-crash.toml")),
+    ("replication-zombie.toml", include_str!("../../scenarios/replication-zombie.toml")),
+    ("replication-lag.toml", include_str!("../../scenarios/replication-lag.toml")),
+    ("replication-rolling.toml", include_str!("../../scenarios/replication-rolling.toml")),
+    ("replication-durability-kafka.toml", include_str!("../../scenarios/replication-durability-kafka.toml")),
+    ("replication-durability-strict.toml", include_str!("../../scenarios/replication-durability-strict.toml")),
+];
+
 /// Parse every built-in scenario.
 pub fn builtin() -> anyhow::Result<Vec<Scenario>> {
     BUILTIN.iter().map(|(file, text)| Scenario::parse(text, file)).collect()
@@ -943,6 +957,59 @@ mod tests {
 
     fn err(r: anyhow::Result<Scenario>) -> String {
         format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn replication_scenarios_parse_and_promise_by_policy() {
+        use crate::checker::AnomalyKind;
+        for (file, text) in REPLICATION {
+            let s = Scenario::parse(text, file).unwrap();
+            assert_eq!(format!("{}.toml", s.name), *file);
+            assert_eq!(s.replication_factor(), 3, "{file}");
+            assert!(s.cluster.topics.iter().all(|t| t.configs.get("min.insync.replicas").is_some_and(|v| v == "2")));
+            for seed in 1..=5 {
+                let (r, _) = s.resolve(seed);
+                r.validate().unwrap();
+                let fatal = r.check_options().unwrap().invalid_on;
+                assert!(fatal.contains(&AnomalyKind::ReplicaDivergence), "{file}");
+                let lost_fatal = fatal.contains(&AnomalyKind::LostWrite);
+                match s.name.as_str() {
+                    "replication-durability-kafka" => assert!(!lost_fatal, "kafka policy under power-loss-all"),
+                    "replication-durability-strict" => assert!(lost_fatal, "strict policy"),
+                    _ => assert_eq!(lost_fatal, r.workload.acks == -1, "{file} acks {}", r.workload.acks),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn acks_one_with_replicas_may_lose_writes() {
+        let mut s = Scenario::parse(REPLICATION[0].1, "replication-crash").unwrap();
+        s.swarm = None;
+        assert!(s.acked_writes_may_be_lost().is_none());
+        s.workload.acks = 1;
+        assert!(s.acked_writes_may_be_lost().unwrap().contains("acks=1"));
+        // One replica: acks=1 waits for the leader's fsync like acks=all.
+        for t in &mut s.cluster.topics {
+            t.replication_factor = 1;
+        }
+        assert!(s.acked_writes_may_be_lost().is_none());
+    }
+
+    #[test]
+    fn topic_configs_and_replication_are_checked() {
+        let quorum = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 3\ncontrollers = 3");
+        let rf = |n: u32, cfg: &'static str| {
+            move |t: &mut String| {
+                quorum(t);
+                *t = t.replace("replication_factor = 1", &format!("replication_factor = {n}, configs = {{ {cfg} }}"));
+            }
+        };
+        assert!(steady_with(rf(3, "\"durability.policy\" = \"kafka\"")).is_ok());
+        let e = err(steady_with(rf(4, "")));
+        assert!(e.contains("exceeds the 3 brokers"), "{e}");
+        let e = err(steady_with(rf(3, "\"durability.policy\" = \"lazy\"")));
+        assert!(e.contains("strict or kafka"), "{e}");
     }
 
     #[test]

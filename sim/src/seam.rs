@@ -198,7 +198,8 @@ impl Io for SimIo {
     }
 
     /// Every report goes to the trace (so the hash covers it) and to the
-    /// run's observations, which the quorum checkers judge.
+    /// run's observations, which the quorum checkers judge and the runner
+    /// aims leader faults with.
     fn observe(&self, event: &faultline_broker::io::Observation) {
         let at = sim_now().as_nanos() as u64;
         self.trace.observe(at, &self.node.name, self.node.incarnation(), event.into());

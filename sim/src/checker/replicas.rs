@@ -112,11 +112,12 @@ pub(super) fn compare(tp: &TopicPartition, h: i64, members: &BTreeSet<i32>, copi
         let end = log.end_offset();
         if end < h {
             let why = log.stopped.as_ref().map_or(String::new(), |s| format!(" (reading stopped at {s})"));
+            let holds = if end == 0 { "holds no offsets".to_string() } else { format!("holds offsets only below {end}") };
             out.push(anomaly(
                 vec![end, h - 1],
                 format!(
-                    "{} (node {}) is in the final ISR of {name} but holds offsets only below {end}{why}; the final \
-                     read saw committed offsets up to {}",
+                    "{} (node {}) is in the final ISR of {name} but {holds}{why}; the final read saw committed \
+                     offsets up to {}",
                     log.host,
                     log.node,
                     h - 1
