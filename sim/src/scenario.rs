@@ -125,11 +125,19 @@ pub struct Topic {
 pub const DURABILITY_POLICY: &str = "durability.policy";
 
 impl Topic {
-    /// Whether this topic's acks=all writes are only in memory when
-    /// acknowledged (`durability.policy = kafka` with more than one
-    /// replica): then losing power on every replica at once loses them.
+    /// Whether this topic's acknowledged writes may be only in memory
+    /// (`durability.policy = kafka`): then losing power on every in-sync
+    /// replica at once loses them.
     pub fn acks_in_memory(&self) -> bool {
-        self.replication_factor > 1 && self.configs.get(DURABILITY_POLICY).is_some_and(|p| p == "kafka")
+        self.configs.get(DURABILITY_POLICY).is_some_and(|p| p == "kafka")
+    }
+
+    /// The fewest replicas an acknowledged write can be on:
+    /// `min.insync.replicas` (Kafka's default 1), never more than the
+    /// replication factor — the ISR may shrink to it.
+    pub fn min_insync(&self) -> u32 {
+        let min = self.configs.get("min.insync.replicas").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+        min.clamp(1, self.replication_factor.max(1) as u32)
     }
 }
 
@@ -631,11 +639,12 @@ impl Scenario {
     /// - acks=1 with more than one replica: the leader answers on its own
     ///   append, so a failover before the followers fetched the batch
     ///   truncates it away (Kafka's documented acks=1 trade-off);
-    /// - acks=all under `durability.policy = kafka`: acknowledged batches
-    ///   may be only in the memory of the in-sync replicas, so when every
-    ///   replica holding one can lose power at once — a `power-loss-all`
-    ///   nemesis, or two power-loss nemeses whose strikes may overlap — they
-    ///   are gone.
+    /// - under `durability.policy = kafka`: acknowledged batches may be
+    ///   only in the memory of the in-sync replicas, and the ISR may shrink
+    ///   to `min.insync.replicas`; when that many replicas can lose power at
+    ///   once — a `power-loss-all` nemesis, or as many power-loss nemeses,
+    ///   whose strikes may overlap (one nemesis never overlaps itself) —
+    ///   they are gone.
     ///
     /// Returns why, for the report; `None` when acknowledged writes must
     /// survive (acks=all under `strict`: every in-sync replica fsynced,
@@ -645,7 +654,6 @@ impl Scenario {
         if replicated && self.workload.acks == 1 {
             return Some("acks=1 with replication: the leader acknowledges on its own append".into());
         }
-        let in_memory = self.cluster.topics.iter().any(Topic::acks_in_memory);
         let power_losses = self
             .faults
             .nemeses
@@ -662,10 +670,11 @@ impl Scenario {
             })
             .count();
         let all_at_once = self.faults.nemeses.iter().any(|n| n.kind == NemesisKind::PowerLossAll);
-        if in_memory && (all_at_once || power_losses >= 2) {
+        let exposed = |t: &Topic| t.acks_in_memory() && (all_at_once || power_losses >= t.min_insync() as usize);
+        if self.cluster.topics.iter().any(exposed) {
             return Some(format!(
-                "{DURABILITY_POLICY}=kafka acknowledges what the in-sync replicas hold in memory, and every replica \
-                 may lose power at once"
+                "{DURABILITY_POLICY}=kafka acknowledges what the in-sync replicas hold in memory, and as many \
+                 replicas as an acknowledgement needs may lose power at once"
             ));
         }
         None
@@ -914,8 +923,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
 /// Scenarios of replicated partitions (replication factor 3), written
 /// ahead of partition replication: they parse and validate, and the
 /// simulator builds them, but they join [`BUILTIN`] (and the CI sweeps)
-/// only once brokers replicate. Run one from its file:
-/// `faultline sim --scenario scenarios/replication-crash.toml --seed 1`.
+/// only once brokers replicate. They run by name all the same:
+/// `faultline sim --scenario replication-crash --seed 1`.
 pub const REPLICATION: &[(&str, &str)] = &[
     ("replication-crash.toml", include_str!("../../scenarios/replication-crash.toml")),
     ("replication-zombie.toml", include_str!("../../scenarios/replication-zombie.toml")),
@@ -930,10 +939,11 @@ pub fn builtin() -> anyhow::Result<Vec<Scenario>> {
     BUILTIN.iter().map(|(file, text)| Scenario::parse(text, file)).collect()
 }
 
-/// A built-in scenario by name ("steady") or file name ("steady.toml").
+/// A built-in scenario by name ("steady") or file name ("steady.toml"),
+/// or one of the [`REPLICATION`] scenarios, which run by name too.
 pub fn builtin_named(name: &str) -> Option<Scenario> {
     let file = if name.ends_with(".toml") { name.to_string() } else { format!("{name}.toml") };
-    BUILTIN.iter().find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
+    BUILTIN.iter().chain(REPLICATION).find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
 }
 
 #[cfg(test)]
@@ -993,6 +1003,25 @@ mod tests {
         for t in &mut s.cluster.topics {
             t.replication_factor = 1;
         }
+        assert!(s.acked_writes_may_be_lost().is_none());
+    }
+
+    #[test]
+    fn kafka_policy_loses_writes_only_when_enough_replicas_lose_power() {
+        let strict = Scenario::parse(REPLICATION[5].1, "replication-durability-strict").unwrap();
+        assert!(strict.acked_writes_may_be_lost().is_none());
+        let mut s = Scenario::parse(REPLICATION[4].1, "replication-durability-kafka").unwrap();
+        assert!(s.acked_writes_may_be_lost().unwrap().contains("kafka"));
+        let power_loss = |kind| Nemesis { kind, interval_s: 1.0, duration_s: 0.5, probability: 1.0 };
+        // One power loss at a time cannot take both replicas an
+        // acknowledgement waits for (min.insync.replicas 2).
+        s.faults.nemeses = vec![power_loss(NemesisKind::CrashPartitionLeader)];
+        assert!(s.acked_writes_may_be_lost().is_none());
+        // Two may overlap.
+        s.faults.nemeses.push(power_loss(NemesisKind::CrashRestart));
+        assert!(s.acked_writes_may_be_lost().is_some());
+        // A killed process leaves the page cache: nothing unsynced is lost.
+        s.faults.nemeses = vec![power_loss(NemesisKind::ProcessCrash), power_loss(NemesisKind::RollingRestart)];
         assert!(s.acked_writes_may_be_lost().is_none());
     }
 

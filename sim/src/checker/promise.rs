@@ -22,11 +22,12 @@
 //! Replication adds a second way for a correct broker to lose acknowledged
 //! writes ([`Scenario::acked_writes_may_be_lost`]): acks=1 with more than
 //! one replica (the leader answers on its own append, and a failover before
-//! the followers fetched truncates the batch), and acks=all under
-//! `durability.policy = kafka` when every replica holding a batch may lose
-//! power at once (`power-loss-all`, or two power-loss nemeses that may
-//! overlap). Then the offset-reuse anomalies below are informational just
-//! as under a corrupting medium, and a lost write is reported as
+//! the followers fetched truncates the batch), and `durability.policy =
+//! kafka` when as many replicas as an acknowledgement needs
+//! (`min.insync.replicas`) may lose power at once (`power-loss-all`, or
+//! that many power-loss nemeses, whose strikes may overlap). Then the
+//! offset-reuse anomalies (next paragraph) are informational just as under
+//! a corrupting medium, and a lost write is reported as
 //! `lost-write` for what it is — the cost of that policy — without failing
 //! the run. Under `strict` (every in-sync replica fsynced before the
 //! acknowledgement) an acks=all write survives any failure of at most

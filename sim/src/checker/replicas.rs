@@ -112,7 +112,8 @@ pub(super) fn compare(tp: &TopicPartition, h: i64, members: &BTreeSet<i32>, copi
         let end = log.end_offset();
         if end < h {
             let why = log.stopped.as_ref().map_or(String::new(), |s| format!(" (reading stopped at {s})"));
-            let holds = if end == 0 { "holds no offsets".to_string() } else { format!("holds offsets only below {end}") };
+            let holds =
+                if end == 0 { "holds no offsets".to_string() } else { format!("holds offsets only below {end}") };
             out.push(anomaly(
                 vec![end, h - 1],
                 format!(
