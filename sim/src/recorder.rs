@@ -162,8 +162,7 @@ impl Recorder {
     ) {
         let mut s = self.lock();
         let Some(p) = s.pending.remove(&(node.to_string(), slot)) else {
-            assert!(false, "{node} completed an operation it never invoked in slot {slot}");
-            return;
+            panic!("{node} completed an operation it never invoked in slot {slot}");
         };
         if let Some(healed) = s.healed_at {
             let started_after = Duration::from_nanos(p.invoke_ns) >= healed;

@@ -114,6 +114,9 @@ pub struct SimIo {
 
 impl SimIo {
     /// Build the environment for a host whose software is (re)starting now.
+    /// It returns the shared handle every broker component takes, not the
+    /// bare value.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(node: Arc<NodeState>, trace: Trace, epoch_ms: i64) -> Env {
         Arc::new(SimIo { node, trace, epoch_ms })
     }
