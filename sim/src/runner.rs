@@ -634,6 +634,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             next += 1;
             match aim.resolve(i, &strikes[i], up, &trace) {
                 Some(strike) => {
+                    if up && strikes[i].fault.aims_at_a_leader() {
+                        // The concrete fault names a host; say whom it was aimed at.
+                        let what = format!("aim {} at {}", strikes[i].fault, strike.fault);
+                        trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+                        timeline.push(TimelineEntry { at: now, what });
+                    }
                     apply(&mut sim, &mut injector, &nodes, &strike, up, now, &trace, &recorder, &mut timeline)
                 }
                 None => {
