@@ -141,7 +141,7 @@ pub fn op_line(op: &Op) -> String {
         }
         OpKind::Crash => "crash".into(),
         OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
-        OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
+        OpKind::Metadata { broker, topics, .. } => format!("metadata from {broker}: [{}]", topics.join(" ")),
     };
     format!(
         "#{} {} (process {}) {}–{}: {what} ⇒ {outcome}",

@@ -112,6 +112,10 @@ pub enum OpKind {
         broker: String,
         #[serde(default)]
         topics: Vec<String>,
+        /// Each partition's in-sync replicas (`topic-partition` → node ids)
+        /// as the broker listed them.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        isr: BTreeMap<String, Vec<i32>>,
     },
 }
 
@@ -145,6 +149,47 @@ pub struct History {
     /// Not part of the JSON-lines form, which holds client operations only.
     #[serde(default, skip)]
     pub observations: Vec<Observed>,
+    /// Every broker's copy of every data partition's log as it stood when
+    /// the run ended (empty for a history read back from JSON lines, whose
+    /// runs kept no disks): what the replica checker compares.
+    #[serde(default, skip)]
+    pub replicas: Vec<ReplicaLog>,
+}
+
+/// One broker's copy of one partition's log, batch by batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLog {
+    /// The broker's host and node id.
+    pub host: String,
+    pub node: i32,
+    pub partition: TopicPartition,
+    /// Its batches in offset order, up to the first one that did not parse
+    /// or pass its CRC check (a torn tail recovery has not cut yet).
+    pub batches: Vec<ReplicaBatch>,
+    /// Why reading stopped before the end of the files, if it did.
+    pub stopped: Option<String>,
+}
+
+impl ReplicaLog {
+    /// The offset after its last readable batch (0 when empty).
+    pub fn end_offset(&self) -> i64 {
+        self.batches.last().map_or(0, |b| b.last_offset + 1)
+    }
+}
+
+/// One stored record batch, as much of it as comparing copies needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaBatch {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The partition leader epoch stamped in the batch header.
+    pub leader_epoch: i32,
+    /// The batch's CRC-32C as stored (it covers attributes onwards).
+    pub crc: u32,
+    pub size: u32,
+    /// FNV-1a of every byte of the batch, base offset and leader epoch
+    /// included (both lie outside the CRC).
+    pub digest: u64,
 }
 
 /// One [`faultline_broker::io::Observation`] as the simulator saw it.
@@ -190,18 +235,28 @@ pub enum ObservedEvent {
         epoch: i32,
         candidate: i32,
     },
+    /// Broker `node` took the lead of a data partition at `leader_epoch`.
+    PartitionLeader {
+        node: i32,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+    },
 }
 
 impl From<&faultline_broker::io::Observation> for ObservedEvent {
     fn from(o: &faultline_broker::io::Observation) -> Self {
         use faultline_broker::io::Observation as O;
-        match *o {
+        match o.clone() {
             O::QuorumLeader { node, epoch, leader } => ObservedEvent::QuorumLeader { node, epoch, leader },
             O::MetadataApplied { node, offset, digest } => ObservedEvent::MetadataApplied { node, offset, digest },
             O::ControllerActivated { node, epoch, next_offset } => {
                 ObservedEvent::ControllerActivated { node, epoch, next_offset }
             }
             O::VoteGranted { node, epoch, candidate } => ObservedEvent::VoteGranted { node, epoch, candidate },
+            O::PartitionLeader { node, topic, partition, leader_epoch } => {
+                ObservedEvent::PartitionLeader { node, topic, partition, leader_epoch }
+            }
         }
     }
 }
@@ -225,6 +280,9 @@ impl std::fmt::Display for ObservedEvent {
             }
             ObservedEvent::VoteGranted { node, epoch, candidate } => {
                 write!(f, "node {node}: voted for {candidate} in epoch {epoch}")
+            }
+            ObservedEvent::PartitionLeader { node, topic, partition, leader_epoch } => {
+                write!(f, "node {node}: leads {topic}-{partition} at leader epoch {leader_epoch}")
             }
         }
     }

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::disk::DiskFaults;
+use crate::history::TopicPartition;
 use crate::scenario::{Nemesis, NemesisKind, Network};
 use crate::seam::{ClockSkew, NodeState};
 
@@ -33,6 +34,9 @@ pub struct Roles {
     pub controllers: Vec<String>,
     /// Voters of the metadata quorum (empty for a single broker).
     pub voters: Vec<String>,
+    /// Every partition of the data topics, which partition-leader faults
+    /// choose from.
+    pub partitions: Vec<TopicPartition>,
 }
 
 impl Roles {
@@ -118,6 +122,40 @@ pub enum Fault {
     /// the strike, before its epoch's first entry can reach the others;
     /// resolved like [`Fault::CrashAfterVote`].
     CrashNewLeader,
+    /// Crash whichever broker leads `topic`-`partition` when the strike
+    /// starts (the highest leader epoch any broker reported leading it at);
+    /// the runner resolves it to a [`Fault::Crash`] then.
+    CrashPartitionLeader {
+        topic: String,
+        partition: i32,
+    },
+    /// Cut whichever broker leads `topic`-`partition` when the strike starts
+    /// off from every other server, clients still reaching it; the runner
+    /// resolves it to a [`Fault::Partition`] then.
+    IsolatePartitionLeader {
+        topic: String,
+        partition: i32,
+    },
+    /// Every one of `hosts` loses power at once; all restart at the end.
+    PowerLossAll {
+        hosts: Vec<String>,
+    },
+}
+
+impl Fault {
+    /// Whether the runner must resolve this fault to a concrete one against
+    /// the leader of the moment before it can be applied.
+    pub fn aims_at_a_leader(&self) -> bool {
+        matches!(
+            self,
+            Fault::IsolateLeader
+                | Fault::CrashLeader
+                | Fault::CrashAfterVote
+                | Fault::CrashNewLeader
+                | Fault::CrashPartitionLeader { .. }
+                | Fault::IsolatePartitionLeader { .. }
+        )
+    }
 }
 
 impl fmt::Display for Fault {
@@ -139,6 +177,13 @@ impl fmt::Display for Fault {
             Fault::CrashLeader => write!(f, "crash-leader"),
             Fault::CrashAfterVote => write!(f, "crash-after-vote"),
             Fault::CrashNewLeader => write!(f, "crash-new-leader"),
+            Fault::CrashPartitionLeader { topic, partition } => {
+                write!(f, "crash-partition-leader {topic}-{partition}")
+            }
+            Fault::IsolatePartitionLeader { topic, partition } => {
+                write!(f, "isolate-partition-leader {topic}-{partition}")
+            }
+            Fault::PowerLossAll { hosts } => write!(f, "power-loss-all [{}]", hosts.join(" ")),
         }
     }
 }
@@ -320,6 +365,22 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::LinkDelay { a, b, latency_ms: *latency_ms }
         }
         NemesisKind::RollingRestart => return None,
+        NemesisKind::CrashPartitionLeader => {
+            let tp = pick_partition(rng, &roles.partitions)?;
+            Fault::CrashPartitionLeader { topic: tp.topic.clone(), partition: tp.partition }
+        }
+        NemesisKind::IsolatePartitionLeader if roles.servers().len() >= 2 => {
+            let tp = pick_partition(rng, &roles.partitions)?;
+            Fault::IsolatePartitionLeader { topic: tp.topic.clone(), partition: tp.partition }
+        }
+        NemesisKind::IsolatePartitionLeader => return None,
+        NemesisKind::PowerLossAll => {
+            let hosts = roles.servers();
+            if hosts.is_empty() {
+                return None;
+            }
+            Fault::PowerLossAll { hosts }
+        }
         NemesisKind::ClockJump { max_ms } => {
             let host = pick(rng, &roles.all())?.clone();
             Fault::ClockJump { host, ms: rng.random_range(-*max_ms..=*max_ms) }
@@ -329,6 +390,14 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::ClockDrift { host, ppm: rng.random_range(-*max_ppm..=*max_ppm) }
         }
     })
+}
+
+fn pick_partition<'a>(rng: &mut ChaCha8Rng, xs: &'a [TopicPartition]) -> Option<&'a TopicPartition> {
+    if xs.is_empty() {
+        None
+    } else {
+        Some(&xs[rng.random_range(0..xs.len())])
+    }
 }
 
 /// Two distinct voters, in a seeded order.
@@ -411,6 +480,8 @@ pub enum HostChange {
     None,
     Crashed(String),
     Restarted(String),
+    /// Several hosts went down at once (power loss of them all).
+    CrashedAll(Vec<String>),
 }
 
 /// Applies and heals faults, counting overlaps.
@@ -520,32 +591,18 @@ impl Injector {
             Fault::Crash { host }
             | Fault::ProcessCrash { host }
             | Fault::CrashClient { host }
-            | Fault::CrashCorrupt { host } => {
-                let n = self.down.entry(host.clone()).or_default();
-                if up {
-                    *n += 1;
-                    if *n == 1 {
-                        sim.crash(host.as_str());
-                        if let Some(node) = nodes.get(host) {
-                            if matches!(fault, Fault::ProcessCrash { .. }) {
-                                node.disk.process_crash();
-                            } else {
-                                node.disk.crash();
-                            }
-                            if matches!(fault, Fault::CrashCorrupt { .. }) {
-                                flip_one_bit(&node.disk, &mut self.rng);
-                            }
-                        }
-                        return HostChange::Crashed(host.clone());
+            | Fault::CrashCorrupt { host } => return self.take_down(sim, nodes, host, fault, up),
+            Fault::PowerLossAll { hosts } => {
+                // One instant for all: every disk drops its unsynced writes
+                // before any host comes back.
+                let mut crashed = Vec::new();
+                for host in hosts {
+                    if let HostChange::Crashed(h) = self.take_down(sim, nodes, host, fault, up) {
+                        crashed.push(h);
                     }
-                } else {
-                    assert!(*n > 0, "restarting {host}, which no strike crashed");
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.down.remove(host);
-                        sim.bounce(host.as_str());
-                        return HostChange::Restarted(host.clone());
-                    }
+                }
+                if !crashed.is_empty() {
+                    return HostChange::CrashedAll(crashed);
                 }
             }
             Fault::Disk { host, faults } => {
@@ -567,7 +624,12 @@ impl Injector {
                     node.set_skew(s);
                 }
             }
-            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote | Fault::CrashNewLeader => {
+            Fault::IsolateLeader
+            | Fault::CrashLeader
+            | Fault::CrashAfterVote
+            | Fault::CrashNewLeader
+            | Fault::CrashPartitionLeader { .. }
+            | Fault::IsolatePartitionLeader { .. } => {
                 unreachable!("the runner resolves {fault} to a concrete fault before applying it")
             }
             Fault::ClockDrift { host, ppm } => {
@@ -579,6 +641,47 @@ impl Injector {
                     let drift_ppm = s.drift_ppm + if up { *ppm } else { -*ppm };
                     node.set_skew(ClockSkew { offset_ms, drift_ppm, drift_since: now });
                 }
+            }
+        }
+        HostChange::None
+    }
+
+    /// Crash (`up`) or restart `host` for a strike of `fault`, counting
+    /// overlapping strikes: the host goes down with the first and comes
+    /// back with the last. Power loss unless `fault` is a process crash;
+    /// a crash-corrupt strike also flips a bit while the host is down.
+    fn take_down(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        nodes: &BTreeMap<String, Arc<NodeState>>,
+        host: &String,
+        fault: &Fault,
+        up: bool,
+    ) -> HostChange {
+        let n = self.down.entry(host.clone()).or_default();
+        if up {
+            *n += 1;
+            if *n == 1 {
+                sim.crash(host.as_str());
+                if let Some(node) = nodes.get(host) {
+                    if matches!(fault, Fault::ProcessCrash { .. }) {
+                        node.disk.process_crash();
+                    } else {
+                        node.disk.crash();
+                    }
+                    if matches!(fault, Fault::CrashCorrupt { .. }) {
+                        flip_one_bit(&node.disk, &mut self.rng);
+                    }
+                }
+                return HostChange::Crashed(host.clone());
+            }
+        } else {
+            assert!(*n > 0, "restarting {host}, which no strike crashed");
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.down.remove(host);
+                sim.bounce(host.as_str());
+                return HostChange::Restarted(host.clone());
             }
         }
         HostChange::None
@@ -625,6 +728,7 @@ mod tests {
             clients: vec!["producer-0".into()],
             controllers: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
             voters: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
+            partitions: Vec::new(),
         }
     }
 
@@ -662,6 +766,53 @@ mod tests {
         }
         // Without a quorum there is no leader to aim at.
         assert!(plan(&ns[1..], &roles(), Duration::from_secs(10), &mut seed::rng(6, "nemesis")).is_empty());
+    }
+
+    fn replicated_roles() -> Roles {
+        let brokers: Vec<String> = (0..3).map(|i| format!("broker-{i}")).collect();
+        Roles {
+            brokers: brokers.clone(),
+            clients: vec!["producer-0".into(), "consumer-0".into()],
+            controllers: Vec::new(),
+            voters: brokers,
+            partitions: (0..4).map(|p| TopicPartition { topic: "events".into(), partition: p }).collect(),
+        }
+    }
+
+    #[test]
+    fn partition_leader_faults_name_a_data_partition() {
+        let ns = vec![nemesis(NemesisKind::CrashPartitionLeader), nemesis(NemesisKind::IsolatePartitionLeader)];
+        let r = replicated_roles();
+        let s = plan(&ns, &r, Duration::from_secs(10), &mut seed::rng(7, "nemesis"));
+        let mut chosen = BTreeSet::new();
+        for st in &s {
+            match &st.fault {
+                Fault::CrashPartitionLeader { topic, partition }
+                | Fault::IsolatePartitionLeader { topic, partition } => {
+                    assert!(r.partitions.contains(&TopicPartition { topic: topic.clone(), partition: *partition }));
+                    chosen.insert(*partition);
+                    assert!(st.fault.aims_at_a_leader());
+                }
+                other => panic!("unexpected fault {other}"),
+            }
+        }
+        assert!(s.iter().any(|s| matches!(s.fault, Fault::CrashPartitionLeader { .. })));
+        assert!(s.iter().any(|s| matches!(s.fault, Fault::IsolatePartitionLeader { .. })));
+        assert!(chosen.len() > 1, "the seed spreads the strikes over partitions: {s:?}");
+        // No data partitions, no target.
+        let none = Roles { partitions: Vec::new(), ..r };
+        assert!(plan(&ns, &none, Duration::from_secs(10), &mut seed::rng(7, "nemesis")).is_empty());
+    }
+
+    #[test]
+    fn power_loss_all_takes_every_server_and_no_client() {
+        let r = replicated_roles();
+        let s = plan(&[nemesis(NemesisKind::PowerLossAll)], &r, Duration::from_secs(10), &mut seed::rng(8, "nemesis"));
+        assert!(!s.is_empty());
+        for st in &s {
+            assert_eq!(st.fault, Fault::PowerLossAll { hosts: r.servers() });
+            assert!(!st.fault.aims_at_a_leader());
+        }
     }
 
     fn nemesis(kind: NemesisKind) -> Nemesis {

@@ -162,8 +162,7 @@ impl Recorder {
     ) {
         let mut s = self.lock();
         let Some(p) = s.pending.remove(&(node.to_string(), slot)) else {
-            assert!(false, "{node} completed an operation it never invoked in slot {slot}");
-            return;
+            panic!("{node} completed an operation it never invoked in slot {slot}");
         };
         if let Some(healed) = s.healed_at {
             let started_after = Duration::from_nanos(p.invoke_ns) >= healed;
@@ -256,7 +255,7 @@ impl Recorder {
             OpKind::Committed { offsets } => format!("committed offsets read back: {offsets:?}"),
             OpKind::Crash => "crash".to_string(),
             OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
-            OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
+            OpKind::Metadata { broker, topics, .. } => format!("metadata from {broker}: [{}]", topics.join(" ")),
         };
         let outcome = match &op.outcome {
             Outcome::Ok => "ok".to_string(),

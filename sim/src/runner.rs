@@ -324,6 +324,18 @@ impl RunResult {
         if let Some(e) = &self.election {
             let _ = writeln!(out, "\n{}", e.summary());
         }
+        if !self.history.replicas.is_empty() {
+            let partitions: std::collections::BTreeSet<&TopicPartition> =
+                self.history.replicas.iter().map(|r| &r.partition).collect();
+            let batches: usize = self.history.replicas.iter().map(|r| r.batches.len()).sum();
+            let _ = writeln!(
+                out,
+                "replicas: {} copies of {} partitions read from the brokers' disks ({batches} batches), in-sync \
+                 copies compared below the committed offsets",
+                self.history.replicas.len(),
+                partitions.len()
+            );
+        }
         if !self.panics.is_empty() {
             let _ = writeln!(out, "\npanic: {} task(s) panicked; the run stopped at the first", self.panics.len());
             for p in &self.panics {
@@ -467,6 +479,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             .collect(),
         controllers: servers.iter().filter(|s| !s.broker).map(|s| s.host.clone()).collect(),
         voters: servers.iter().filter(|s| s.controller).map(|s| s.host.clone()).collect(),
+        partitions: scenario
+            .cluster
+            .topics
+            .iter()
+            .flat_map(|t| (0..t.partitions).map(|p| TopicPartition { topic: t.name.clone(), partition: p }))
+            .collect(),
     };
     let node_ids: BTreeMap<String, i32> = servers.iter().map(|s| (s.host.clone(), s.node_id)).collect();
     let voter_list = servers
@@ -508,6 +526,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             log: scenario.cluster.log.clone(),
             bugs: scenario.cluster.bugs,
             groups: sim_groups(),
+            replication_enabled: scenario.replication_factor() > 1,
             ..BrokerConfig::default()
         };
         let trace = trace.clone();
@@ -600,6 +619,8 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let mut aim = Aim {
         node_ids: &node_ids,
         voters: &roles.voters,
+        brokers: &roles.brokers,
+        servers: roles.servers(),
         resolved: BTreeMap::new(),
         armed: Vec::new(),
         seen: 0,
@@ -613,6 +634,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             next += 1;
             match aim.resolve(i, &strikes[i], up, &trace) {
                 Some(strike) => {
+                    if up && strikes[i].fault.aims_at_a_leader() {
+                        // The concrete fault names a host; say whom it was aimed at.
+                        let what = format!("aim {} at {}", strikes[i].fault, strike.fault);
+                        trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("{what}"));
+                        timeline.push(TimelineEntry { at: now, what });
+                    }
                     apply(&mut sim, &mut injector, &nodes, &strike, up, now, &trace, &recorder, &mut timeline)
                 }
                 None => {
@@ -674,6 +701,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let (healed_at, wrote, read) = recorder.liveness();
     let mut history = recorder.finish(sim_time);
     history.observations = trace.observations();
+    if scenario.cluster.has_quorum() {
+        history.replicas = replica_logs(&nodes, &roles.brokers, &node_ids, &roles.partitions);
+    }
     let report = checker::check(&history, &check);
     let election = scenario.cluster.has_quorum().then(|| {
         let voters: BTreeMap<String, i32> =
@@ -778,6 +808,16 @@ fn apply(
             let incarnation = nodes.get(&host).map_or(0, |n| n.incarnation());
             trace.observe(now.as_nanos() as u64, &host, incarnation, crate::history::ObservedEvent::Stopped);
         }
+        HostChange::CrashedAll(hosts) => {
+            for host in hosts {
+                if is_server(&host) {
+                    let incarnation = nodes.get(&host).map_or(0, |n| n.incarnation());
+                    trace.observe(now.as_nanos() as u64, &host, incarnation, crate::history::ObservedEvent::Stopped);
+                } else {
+                    recorder.client_crashed(&host, now);
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -796,6 +836,10 @@ fn is_server(host: &str) -> bool {
 struct Aim<'a> {
     node_ids: &'a BTreeMap<String, i32>,
     voters: &'a [String],
+    /// Partition leaders are brokers; a zombie leader is cut off from every
+    /// other server.
+    brokers: &'a [String],
+    servers: Vec<String>,
     resolved: BTreeMap<usize, Strike>,
     /// Crash-after-vote and crash-new-leader strikes waiting for their
     /// observation, in arming order.
@@ -810,10 +854,7 @@ impl Aim<'_> {
     /// The concrete fault to start or end for strike `i`; `None` when there
     /// is nothing to do (an armed strike starting, or ending unfired).
     fn resolve(&mut self, i: usize, strike: &Strike, up: bool, trace: &Trace) -> Option<Strike> {
-        if !matches!(
-            strike.fault,
-            Fault::IsolateLeader | Fault::CrashLeader | Fault::CrashAfterVote | Fault::CrashNewLeader
-        ) {
+        if !strike.fault.aims_at_a_leader() {
             return Some(strike.clone());
         }
         if matches!(strike.fault, Fault::CrashAfterVote | Fault::CrashNewLeader) {
@@ -829,6 +870,21 @@ impl Aim<'_> {
         }
         if !up {
             return Some(self.resolved.remove(&i).expect("a leader strike ends after it started"));
+        }
+        if let Fault::CrashPartitionLeader { topic, partition } | Fault::IsolatePartitionLeader { topic, partition } =
+            &strike.fault
+        {
+            let host = self.partition_leader(topic, *partition, trace);
+            let fault = match strike.fault {
+                Fault::IsolatePartitionLeader { .. } => Fault::Partition {
+                    a: vec![host.clone()],
+                    b: self.servers.iter().filter(|s| **s != host).cloned().collect(),
+                },
+                _ => Fault::Crash { host },
+            };
+            let concrete = Strike { fault, ..strike.clone() };
+            self.resolved.insert(i, concrete.clone());
+            return Some(concrete);
         }
         let leader = trace.observations().iter().rev().find_map(|o| match o.event {
             crate::history::ObservedEvent::QuorumLeader { leader: Some(l), .. } => Some(l),
@@ -851,6 +907,29 @@ impl Aim<'_> {
         let concrete = Strike { fault, ..strike.clone() };
         self.resolved.insert(i, concrete.clone());
         Some(concrete)
+    }
+
+    /// The broker that leads `topic`-`partition` now, as far as the
+    /// reports tell: the one that reported leading it at the highest leader
+    /// epoch (the latest such report on a tie). With no report yet, a
+    /// broker picked by the seed.
+    fn partition_leader(&mut self, topic: &str, partition: i32, trace: &Trace) -> String {
+        let mut best: Option<(i32, i32)> = None;
+        for o in trace.observations() {
+            if let crate::history::ObservedEvent::PartitionLeader { node, topic: t, partition: p, leader_epoch } =
+                &o.event
+            {
+                if t == topic && *p == partition && best.is_none_or(|(e, _)| *leader_epoch >= e) {
+                    best = Some((*leader_epoch, *node));
+                }
+            }
+        }
+        best.and_then(|(_, node)| self.node_ids.iter().find(|(_, id)| **id == node).map(|(h, _)| h.clone()))
+            .filter(|h| self.brokers.contains(h))
+            .unwrap_or_else(|| {
+                use rand::Rng;
+                self.brokers[self.rng.random_range(0..self.brokers.len())].clone()
+            })
     }
 
     /// If a strike is armed and a running voter reported what it waits for
@@ -889,6 +968,72 @@ impl Aim<'_> {
         }
         None
     }
+}
+
+/// Every broker's copy of every data partition, read from its simulated
+/// disk as the run left it: the files' current contents, which is what a
+/// clean stop would keep (the broker is up and its page cache is whole).
+/// Segment files (`<data_dir>/<topic>-<partition>/<base>.log`) are parsed
+/// batch by batch with the broker's own decoder, CRC checked; reading a
+/// copy stops at the first batch that does not parse, which a correct
+/// broker's recovery would cut at its next start. Read-only: nothing
+/// touches the disk's state or its fault RNG.
+fn replica_logs(
+    nodes: &BTreeMap<String, Arc<NodeState>>,
+    brokers: &[String],
+    node_ids: &BTreeMap<String, i32>,
+    partitions: &[TopicPartition],
+) -> Vec<crate::history::ReplicaLog> {
+    use faultline_broker::io::Fs;
+    use faultline_broker::record_batch::Batches;
+    let mut out = Vec::new();
+    for host in brokers {
+        let Some(node) = nodes.get(host) else { continue };
+        let disk = &node.disk;
+        for tp in partitions {
+            let dir = std::path::Path::new(DATA_DIR).join(format!("{}-{}", tp.topic, tp.partition));
+            if !disk.is_dir(&dir) {
+                continue;
+            }
+            let mut segments: Vec<std::path::PathBuf> = disk
+                .list_dir(&dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            // Zero-padded base offsets: name order is offset order.
+            segments.sort();
+            let mut log = crate::history::ReplicaLog {
+                host: host.clone(),
+                node: node_ids.get(host).copied().unwrap_or(-1),
+                partition: tp.clone(),
+                batches: Vec::new(),
+                stopped: None,
+            };
+            'segments: for seg in &segments {
+                let bytes = disk.contents(seg).unwrap_or_default();
+                for b in Batches::new(&bytes, true) {
+                    match b {
+                        Ok((_, h, raw)) => log.batches.push(crate::history::ReplicaBatch {
+                            base_offset: h.base_offset,
+                            last_offset: h.last_offset(),
+                            leader_epoch: h.partition_leader_epoch,
+                            crc: h.crc,
+                            size: raw.len() as u32,
+                            digest: crate::trace::fnv1a(raw),
+                        }),
+                        Err(e) => {
+                            let name = seg.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            log.stopped = Some(format!("{name}: {e}"));
+                            break 'segments;
+                        }
+                    }
+                }
+            }
+            out.push(log);
+        }
+    }
+    out
 }
 
 /// Restart every server whose software has stopped.
@@ -942,4 +1087,53 @@ fn heal(
     restart_stopped_brokers(sim, roles, now, trace, timeline);
     timeline.push(TimelineEntry { at: now, what: "heal: all faults cleared".into() });
     trace.record(now.as_nanos() as u64, "nemesis", EventKind::Fault, format_args!("heal"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::ObservedEvent;
+
+    fn leads(trace: &Trace, node: i32, partition: i32, leader_epoch: i32) {
+        let event = ObservedEvent::PartitionLeader { node, topic: "events".into(), partition, leader_epoch };
+        trace.observe(0, &format!("broker-{node}"), 1, event);
+    }
+
+    #[test]
+    fn partition_leader_strikes_aim_at_the_highest_epoch_reported() {
+        let node_ids: BTreeMap<String, i32> = (0..3).map(|i| (format!("broker-{i}"), i)).collect();
+        let hosts: Vec<String> = node_ids.keys().cloned().collect();
+        let mut aim = Aim {
+            node_ids: &node_ids,
+            voters: &hosts,
+            brokers: &hosts,
+            servers: hosts.clone(),
+            resolved: BTreeMap::new(),
+            armed: Vec::new(),
+            seen: 0,
+            rng: seed::rng(1, "aim"),
+        };
+        let trace = Trace::new(false);
+        leads(&trace, 0, 1, 0);
+        leads(&trace, 2, 1, 2);
+        // A late report of an older epoch does not win.
+        leads(&trace, 1, 1, 1);
+        leads(&trace, 1, 0, 5);
+        let strike = |fault| Strike { start: Duration::ZERO, end: Duration::from_secs(1), fault };
+        let crash = strike(Fault::CrashPartitionLeader { topic: "events".into(), partition: 1 });
+        let got = aim.resolve(0, &crash, true, &trace).unwrap();
+        assert_eq!(got.fault, Fault::Crash { host: "broker-2".into() });
+        assert_eq!(aim.resolve(0, &crash, false, &trace).unwrap(), got, "the end heals what the start did");
+        // The zombie: cut off from every other server, clients untouched.
+        let isolate = strike(Fault::IsolatePartitionLeader { topic: "events".into(), partition: 0 });
+        let got = aim.resolve(1, &isolate, true, &trace).unwrap();
+        assert_eq!(
+            got.fault,
+            Fault::Partition { a: vec!["broker-1".into()], b: vec!["broker-0".into(), "broker-2".into()] }
+        );
+        // No report yet: a broker the seed picks.
+        let unknown = strike(Fault::CrashPartitionLeader { topic: "events".into(), partition: 3 });
+        let got = aim.resolve(2, &unknown, true, &trace).unwrap();
+        assert!(matches!(&got.fault, Fault::Crash { host } if hosts.contains(host)));
+    }
 }

@@ -13,6 +13,7 @@
 //! promises ([`crate::checker::promised`]), which is what the built-in
 //! scenarios do. Listing checkers overrides that.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -111,6 +112,33 @@ pub struct Topic {
     pub partitions: i32,
     #[serde(default = "one")]
     pub replication_factor: i16,
+    /// Topic-level configs passed in CreateTopics by their Kafka names
+    /// (`min.insync.replicas`, `flush.messages`, `durability.policy`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// `durability.policy`: what an acks=all acknowledgement waits for. Under
+/// `strict` (the default) every in-sync replica has fsynced the batch;
+/// under `kafka` (Kafka's own behaviour) every in-sync replica holds it in
+/// memory, and fsyncs follow `flush.messages` / `flush.ms`.
+pub const DURABILITY_POLICY: &str = "durability.policy";
+
+impl Topic {
+    /// Whether this topic's acknowledged writes may be only in memory
+    /// (`durability.policy = kafka`): then losing power on every in-sync
+    /// replica at once loses them.
+    pub fn acks_in_memory(&self) -> bool {
+        self.configs.get(DURABILITY_POLICY).is_some_and(|p| p == "kafka")
+    }
+
+    /// The fewest replicas an acknowledged write can be on:
+    /// `min.insync.replicas` (Kafka's default 1), never more than the
+    /// replication factor — the ISR may shrink to it.
+    pub fn min_insync(&self) -> u32 {
+        let min = self.configs.get("min.insync.replicas").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+        min.clamp(1, self.replication_factor.max(1) as u32)
+    }
 }
 
 fn one() -> i16 {
@@ -362,6 +390,18 @@ pub enum NemesisKind {
     /// Restart every server in turn (process crash, down for `duration_s`,
     /// `interval_s` between one coming back and the next going down).
     RollingRestart,
+    /// Crash the broker currently leading a data partition (chosen by the
+    /// seed) with power loss, and restart it later: a partition failover.
+    CrashPartitionLeader,
+    /// Cut the broker currently leading a data partition (chosen by the
+    /// seed) off from every other server — the controllers and the
+    /// followers — while clients still reach it: a zombie leader, which
+    /// must acknowledge nothing with acks=all once it can no longer
+    /// replicate.
+    IsolatePartitionLeader,
+    /// Every server loses power at the same instant (unsynced writes are
+    /// lost on every disk) and all restart later.
+    PowerLossAll,
 }
 
 /// A nemesis as written: one flat table whose parameters depend on `kind`.
@@ -395,7 +435,8 @@ fn is_certain(p: &f64) -> bool {
 
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
 crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
-isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart";
+isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart, \
+crash-partition-leader, isolate-partition-leader, power-loss-all";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -426,6 +467,9 @@ impl TryFrom<RawNemesis> for Nemesis {
                 NemesisKind::QuorumLinkDelay { latency_ms: r.latency_ms.ok_or_else(|| need("latency_ms"))? }
             }
             "rolling-restart" => NemesisKind::RollingRestart,
+            "crash-partition-leader" => NemesisKind::CrashPartitionLeader,
+            "isolate-partition-leader" => NemesisKind::IsolatePartitionLeader,
+            "power-loss-all" => NemesisKind::PowerLossAll,
             other => return Err(format!("unknown nemesis kind {other:?}; known: {NEMESIS_KINDS}")),
         };
         let given = [
@@ -502,6 +546,9 @@ impl NemesisKind {
             NemesisKind::QuorumLinkDrop { .. } => "quorum-link-drop",
             NemesisKind::QuorumLinkDelay { .. } => "quorum-link-delay",
             NemesisKind::RollingRestart => "rolling-restart",
+            NemesisKind::CrashPartitionLeader => "crash-partition-leader",
+            NemesisKind::IsolatePartitionLeader => "isolate-partition-leader",
+            NemesisKind::PowerLossAll => "power-loss-all",
         }
     }
 }
@@ -580,6 +627,57 @@ impl Scenario {
                 }
                 _ => false,
             })
+    }
+
+    /// The most replicas any topic has (1 for a single broker).
+    pub fn replication_factor(&self) -> i16 {
+        self.cluster.topics.iter().map(|t| t.replication_factor).max().unwrap_or(1)
+    }
+
+    /// Whether acknowledged writes may be lost by a correct broker because
+    /// of how replication acknowledges them, not because of the medium:
+    /// - acks=1 with more than one replica: the leader answers on its own
+    ///   append, so a failover before the followers fetched the batch
+    ///   truncates it away (Kafka's documented acks=1 trade-off);
+    /// - under `durability.policy = kafka`: acknowledged batches may be
+    ///   only in the memory of the in-sync replicas, and the ISR may shrink
+    ///   to `min.insync.replicas`; when that many replicas can lose power at
+    ///   once — a `power-loss-all` nemesis, or as many power-loss nemeses,
+    ///   whose strikes may overlap (one nemesis never overlaps itself) —
+    ///   they are gone.
+    ///
+    /// Returns why, for the report; `None` when acknowledged writes must
+    /// survive (acks=all under `strict`: every in-sync replica fsynced,
+    /// and at most RF - 1 of them can fail).
+    pub fn acked_writes_may_be_lost(&self) -> Option<String> {
+        let replicated = self.replication_factor() > 1;
+        if replicated && self.workload.acks == 1 {
+            return Some("acks=1 with replication: the leader acknowledges on its own append".into());
+        }
+        let power_losses = self
+            .faults
+            .nemeses
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.kind,
+                    NemesisKind::CrashRestart
+                        | NemesisKind::CrashLeader
+                        | NemesisKind::CrashAfterVote
+                        | NemesisKind::CrashNewLeader
+                        | NemesisKind::CrashPartitionLeader
+                )
+            })
+            .count();
+        let all_at_once = self.faults.nemeses.iter().any(|n| n.kind == NemesisKind::PowerLossAll);
+        let exposed = |t: &Topic| t.acks_in_memory() && (all_at_once || power_losses >= t.min_insync() as usize);
+        if self.cluster.topics.iter().any(exposed) {
+            return Some(format!(
+                "{DURABILITY_POLICY}=kafka acknowledges what the in-sync replicas hold in memory, and as many \
+                 replicas as an acknowledgement needs may lose power at once"
+            ));
+        }
+        None
     }
 
     /// Refuse what is malformed, and what is well formed but not built yet.
@@ -662,12 +760,23 @@ impl Scenario {
             if t.replication_factor < 1 {
                 bail!("topic {}: replication_factor must be at least 1", t.name);
             }
-            if t.replication_factor > 1 {
+            if t.replication_factor > 1 && !c.has_quorum() {
                 bail!(
-                    "topic {}: replication_factor {} needs replication, which is not built yet; use 1",
+                    "topic {}: replication_factor {} needs a cluster (cluster.controllers) to replicate across",
                     t.name,
                     t.replication_factor
                 );
+            }
+            if t.replication_factor as u32 > c.brokers {
+                bail!(
+                    "topic {}: replication_factor {} exceeds the {} brokers",
+                    t.name,
+                    t.replication_factor,
+                    c.brokers
+                );
+            }
+            if let Some(p) = t.configs.get(DURABILITY_POLICY).filter(|p| !["strict", "kafka"].contains(&p.as_str())) {
+                bail!("topic {}: {DURABILITY_POLICY} must be strict or kafka, not {p:?}", t.name);
             }
         }
         let w = &self.workload;
@@ -748,6 +857,9 @@ impl Scenario {
                 {
                     bail!("{what}: aims at the metadata quorum, so it needs cluster.controllers")
                 }
+                NemesisKind::CrashPartitionLeader | NemesisKind::IsolatePartitionLeader if !c.has_quorum() => {
+                    bail!("{what}: aims at a partition leader, which a cluster (cluster.controllers) reports")
+                }
                 NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
                 NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
                     bail!("clock-drift: max_ppm must be in 1..=1000000")
@@ -808,15 +920,30 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("quorum-elections.toml", include_str!("../../scenarios/quorum-elections.toml")),
 ];
 
+/// Scenarios of replicated partitions (replication factor 3), written
+/// ahead of partition replication: they parse and validate, and the
+/// simulator builds them, but they join [`BUILTIN`] (and the CI sweeps)
+/// only once brokers replicate. They run by name all the same:
+/// `faultline sim --scenario replication-crash --seed 1`.
+pub const REPLICATION: &[(&str, &str)] = &[
+    ("replication-crash.toml", include_str!("../../scenarios/replication-crash.toml")),
+    ("replication-zombie.toml", include_str!("../../scenarios/replication-zombie.toml")),
+    ("replication-lag.toml", include_str!("../../scenarios/replication-lag.toml")),
+    ("replication-rolling.toml", include_str!("../../scenarios/replication-rolling.toml")),
+    ("replication-durability-kafka.toml", include_str!("../../scenarios/replication-durability-kafka.toml")),
+    ("replication-durability-strict.toml", include_str!("../../scenarios/replication-durability-strict.toml")),
+];
+
 /// Parse every built-in scenario.
 pub fn builtin() -> anyhow::Result<Vec<Scenario>> {
     BUILTIN.iter().map(|(file, text)| Scenario::parse(text, file)).collect()
 }
 
-/// A built-in scenario by name ("steady") or file name ("steady.toml").
+/// A built-in scenario by name ("steady") or file name ("steady.toml"),
+/// or one of the [`REPLICATION`] scenarios, which run by name too.
 pub fn builtin_named(name: &str) -> Option<Scenario> {
     let file = if name.ends_with(".toml") { name.to_string() } else { format!("{name}.toml") };
-    BUILTIN.iter().find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
+    BUILTIN.iter().chain(REPLICATION).find(|(f, _)| *f == file).and_then(|(f, text)| Scenario::parse(text, f).ok())
 }
 
 #[cfg(test)]
@@ -843,6 +970,78 @@ mod tests {
     }
 
     #[test]
+    fn replication_scenarios_parse_and_promise_by_policy() {
+        use crate::checker::AnomalyKind;
+        for (file, text) in REPLICATION {
+            let s = Scenario::parse(text, file).unwrap();
+            assert_eq!(format!("{}.toml", s.name), *file);
+            assert_eq!(s.replication_factor(), 3, "{file}");
+            assert!(s.cluster.topics.iter().all(|t| t.configs.get("min.insync.replicas").is_some_and(|v| v == "2")));
+            for seed in 1..=5 {
+                let (r, _) = s.resolve(seed);
+                r.validate().unwrap();
+                let fatal = r.check_options().unwrap().invalid_on;
+                assert!(fatal.contains(&AnomalyKind::ReplicaDivergence), "{file}");
+                let lost_fatal = fatal.contains(&AnomalyKind::LostWrite);
+                match s.name.as_str() {
+                    "replication-durability-kafka" => assert!(!lost_fatal, "kafka policy under power-loss-all"),
+                    "replication-durability-strict" => assert!(lost_fatal, "strict policy"),
+                    _ => assert_eq!(lost_fatal, r.workload.acks == -1, "{file} acks {}", r.workload.acks),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn acks_one_with_replicas_may_lose_writes() {
+        let mut s = Scenario::parse(REPLICATION[0].1, "replication-crash").unwrap();
+        s.swarm = None;
+        assert!(s.acked_writes_may_be_lost().is_none());
+        s.workload.acks = 1;
+        assert!(s.acked_writes_may_be_lost().unwrap().contains("acks=1"));
+        // One replica: acks=1 waits for the leader's fsync like acks=all.
+        for t in &mut s.cluster.topics {
+            t.replication_factor = 1;
+        }
+        assert!(s.acked_writes_may_be_lost().is_none());
+    }
+
+    #[test]
+    fn kafka_policy_loses_writes_only_when_enough_replicas_lose_power() {
+        let strict = Scenario::parse(REPLICATION[5].1, "replication-durability-strict").unwrap();
+        assert!(strict.acked_writes_may_be_lost().is_none());
+        let mut s = Scenario::parse(REPLICATION[4].1, "replication-durability-kafka").unwrap();
+        assert!(s.acked_writes_may_be_lost().unwrap().contains("kafka"));
+        let power_loss = |kind| Nemesis { kind, interval_s: 1.0, duration_s: 0.5, probability: 1.0 };
+        // One power loss at a time cannot take both replicas an
+        // acknowledgement waits for (min.insync.replicas 2).
+        s.faults.nemeses = vec![power_loss(NemesisKind::CrashPartitionLeader)];
+        assert!(s.acked_writes_may_be_lost().is_none());
+        // Two may overlap.
+        s.faults.nemeses.push(power_loss(NemesisKind::CrashRestart));
+        assert!(s.acked_writes_may_be_lost().is_some());
+        // A killed process leaves the page cache: nothing unsynced is lost.
+        s.faults.nemeses = vec![power_loss(NemesisKind::ProcessCrash), power_loss(NemesisKind::RollingRestart)];
+        assert!(s.acked_writes_may_be_lost().is_none());
+    }
+
+    #[test]
+    fn topic_configs_and_replication_are_checked() {
+        let quorum = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 3\ncontrollers = 3");
+        let rf = |n: u32, cfg: &'static str| {
+            move |t: &mut String| {
+                quorum(t);
+                *t = t.replace("replication_factor = 1", &format!("replication_factor = {n}, configs = {{ {cfg} }}"));
+            }
+        };
+        assert!(steady_with(rf(3, "\"durability.policy\" = \"kafka\"")).is_ok());
+        let e = err(steady_with(rf(4, "")));
+        assert!(e.contains("exceeds the 3 brokers"), "{e}");
+        let e = err(steady_with(rf(3, "\"durability.policy\" = \"lazy\"")));
+        assert!(e.contains("strict or kafka"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = err(steady_with(|t| t.push_str("\n[network]\nmin_latency = 3\n")));
         assert!(e.contains("unknown field"), "{e}");
@@ -851,7 +1050,7 @@ mod tests {
     #[test]
     fn unbuilt_features_are_named() {
         let e = err(steady_with(|t| *t = t.replace("replication_factor = 1", "replication_factor = 3")));
-        assert!(e.contains("replication") && e.contains("not built yet"), "{e}");
+        assert!(e.contains("replication_factor") && e.contains("cluster"), "{e}");
         let e = err(steady_with(|t| *t = t.replace("brokers = 1", "brokers = 3")));
         assert!(e.contains("cluster.controllers"), "{e}");
         let quorum = |t: &mut String| *t = t.replace("brokers = 1", "brokers = 3\ncontrollers = 3");

@@ -114,6 +114,9 @@ pub struct SimIo {
 
 impl SimIo {
     /// Build the environment for a host whose software is (re)starting now.
+    /// It returns the shared handle every broker component takes, not the
+    /// bare value.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(node: Arc<NodeState>, trace: Trace, epoch_ms: i64) -> Env {
         Arc::new(SimIo { node, trace, epoch_ms })
     }
@@ -198,7 +201,8 @@ impl Io for SimIo {
     }
 
     /// Every report goes to the trace (so the hash covers it) and to the
-    /// run's observations, which the quorum checkers judge.
+    /// run's observations, which the quorum checkers judge and the runner
+    /// aims leader faults with.
     fn observe(&self, event: &faultline_broker::io::Observation) {
         let at = sim_now().as_nanos() as u64;
         self.trace.observe(at, &self.node.name, self.node.incarnation(), event.into());

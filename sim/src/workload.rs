@@ -611,8 +611,15 @@ async fn create_topics(ctx: &ClientCtx, env: &Env) {
             return;
         }
     };
-    let topics: Vec<NewTopic> =
-        ctx.topics.iter().map(|t| NewTopic::new(t.name.clone(), t.partitions, t.replication_factor)).collect();
+    let topics: Vec<NewTopic> = ctx
+        .topics
+        .iter()
+        .map(|t| {
+            let mut n = NewTopic::new(t.name.clone(), t.partitions, t.replication_factor);
+            n.configs = t.configs.clone();
+            n
+        })
+        .collect();
     // Each attempt is a recorded operation, so the quorum checker can hold
     // every acknowledged one to the Metadata answers after the heal. A
     // cluster still electing its controller answers NOT_CONTROLLER (or
@@ -667,6 +674,7 @@ async fn final_metadata(ctx: &ClientCtx, env: &Env) {
         let invoke = sim_now();
         let mut last_error = String::from("no attempt within the final read's budget");
         let mut listed = None;
+        let mut isr = BTreeMap::new();
         while sim_now() < ctx.final_deadline {
             let answer = match cluster.connection(addr).await {
                 Ok(conn) => cluster.send(&conn, |_| MetadataRequest::default().with_topics(None)).await,
@@ -682,6 +690,19 @@ async fn final_metadata(ctx: &ClientCtx, env: &Env) {
                         .collect();
                     let complete = ctx.topics.iter().all(|t| topics.contains(&t.name));
                     listed = Some(topics);
+                    // The in-sync replicas, which the replica checker holds
+                    // to every committed offset.
+                    isr = resp
+                        .topics
+                        .iter()
+                        .filter(|t| t.error_code == 0)
+                        .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), &t.partitions)))
+                        .flat_map(|(name, ps)| {
+                            ps.iter().map(move |p| {
+                                (format!("{name}-{}", p.partition_index), p.isr_nodes.iter().map(|b| b.0).collect())
+                            })
+                        })
+                        .collect();
                     // Metadata reaches a broker by its fetching the log: a
                     // broker still catching up may lag for a moment, which
                     // is not a lost topic. Ask again until it lists every
@@ -701,7 +722,7 @@ async fn final_metadata(ctx: &ClientCtx, env: &Env) {
             Some(t) => (t, Outcome::Ok),
             None => (Vec::new(), Outcome::Info { error: last_error }),
         };
-        let kind = OpKind::Metadata { broker, topics };
+        let kind = OpKind::Metadata { broker, topics, isr };
         ctx.recorder.span(ctx.name(), process, invoke, sim_now(), kind, outcome, true);
     }
 }

@@ -212,7 +212,7 @@ impl Driver {
                     let link = &self.link;
                     self.shell
                         .core(|node, disk, clock| {
-                            let wake = hosting::apply(node, disk, clock, &image, &changes);
+                            let wake = hosting::apply(node, disk, clock, &image, &changes, &env);
                             link.publish(Some(image.clone()), controller_id.unwrap_or(-1));
                             ((), wake)
                         })

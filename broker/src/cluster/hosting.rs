@@ -10,15 +10,23 @@
 //! takes the replicas and ISR, which its high watermark is computed over.
 
 use crate::controller::image::{LocalChanges, MetadataImage, NO_LEADER};
+use crate::io::{DiskScope, Env, Observation};
 use crate::replication::Assignment;
-use crate::io::DiskScope;
 use crate::server::group::OFFSETS_TOPIC;
 use crate::server::node::{Clock, Node, Wake};
 use crate::server::partition::Role;
 
 /// Apply `changes` (the difference between the previous image and `image`
-/// for this node). Returns what waiting requests must re-check.
-pub fn apply(node: &Node, disk: &DiskScope, clock: Clock, image: &MetadataImage, changes: &LocalChanges) -> Vec<Wake> {
+/// for this node). Returns what waiting requests must re-check. Each
+/// partition this node takes the lead of is reported through `env`.
+pub fn apply(
+    node: &Node,
+    disk: &DiskScope,
+    clock: Clock,
+    image: &MetadataImage,
+    changes: &LocalChanges,
+    env: &Env,
+) -> Vec<Wake> {
     let me = node.config.node_id;
     let mut wake = Vec::new();
     for d in &changes.deletes {
@@ -61,6 +69,10 @@ pub fn apply(node: &Node, disk: &DiskScope, clock: Clock, image: &MetadataImage,
                     continue;
                 }
                 tracing::info!(topic = %t.name, partition = local.partition, ?role, epoch = reg.leader_epoch, isr = ?reg.isr, "partition role");
+                if role == Role::Leader {
+                    let (topic, partition, leader_epoch) = (t.name.clone(), local.partition, reg.leader_epoch);
+                    env.observe(&Observation::PartitionLeader { node: me, topic, partition, leader_epoch });
+                }
                 if role == Role::Leader && t.name == OFFSETS_TOPIC {
                     if let Err(e) = node.groups.load(disk, p, clock) {
                         tracing::error!(partition = local.partition, error = %format!("{e:#}"), "cannot load group coordinator");

@@ -124,6 +124,10 @@ pub enum Observation {
     ControllerActivated { node: i32, epoch: i32, next_offset: i64 },
     /// Voter `node`'s vote for `candidate` in `epoch` is on its way.
     VoteGranted { node: i32, epoch: i32, candidate: i32 },
+    /// Broker `node` now leads `topic`-`partition` at `leader_epoch`, as
+    /// the published metadata image tells it (the simulator aims its
+    /// partition-leader faults with these).
+    PartitionLeader { node: i32, topic: String, partition: i32, leader_epoch: i32 },
 }
 
 /// Shared handle to the seam, passed to every component.

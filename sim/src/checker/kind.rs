@@ -59,10 +59,13 @@ pub enum AnomalyKind {
     MetadataOrder,
     /// An acknowledged CreateTopics missing from a broker's Metadata after the heal.
     TopicLost,
+    /// Two in-sync copies of a partition holding different batches below
+    /// what the final read saw committed, or an in-sync copy missing some.
+    ReplicaDivergence,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 21] = [
+    pub const ALL: [AnomalyKind; 22] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -84,6 +87,7 @@ impl AnomalyKind {
         AnomalyKind::MetadataDivergence,
         AnomalyKind::MetadataOrder,
         AnomalyKind::TopicLost,
+        AnomalyKind::ReplicaDivergence,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -112,6 +116,7 @@ impl AnomalyKind {
             AnomalyKind::MetadataDivergence => "metadata-divergence",
             AnomalyKind::MetadataOrder => "metadata-order",
             AnomalyKind::TopicLost => "topic-lost",
+            AnomalyKind::ReplicaDivergence => "replica-divergence",
         }
     }
 
@@ -154,6 +159,9 @@ impl AnomalyKind {
             }
             AnomalyKind::TopicLost => {
                 "a topic whose CreateTopics was acknowledged is missing from a broker's Metadata after the heal"
+            }
+            AnomalyKind::ReplicaDivergence => {
+                "in-sync replicas of a partition hold different batches below the committed offsets, or one lacks some"
             }
         }
     }
@@ -220,6 +228,10 @@ pub struct CheckOptions {
     /// Why the configuration does not promise linearizability, when it
     /// does not (then `nonlinearizable` is informational).
     pub lin_caveat: Option<String>,
+    /// Why a correct broker may lose acknowledged writes under this
+    /// configuration, when it may (then `lost-write` is informational and
+    /// says why).
+    pub loss_caveat: Option<String>,
 }
 
 impl Default for CheckOptions {
@@ -239,7 +251,12 @@ impl CheckOptions {
 
     /// These kinds fatal, the default linearizability budget.
     pub fn with(invalid_on: BTreeSet<AnomalyKind>) -> Self {
-        CheckOptions { invalid_on, lin_budget: crate::linearizability::DEFAULT_BUDGET, lin_caveat: None }
+        CheckOptions {
+            invalid_on,
+            lin_budget: crate::linearizability::DEFAULT_BUDGET,
+            lin_caveat: None,
+            loss_caveat: None,
+        }
     }
 
     /// The kinds a scenario names, e.g. `["lost-write", "duplicate"]`.

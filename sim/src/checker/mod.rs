@@ -16,6 +16,10 @@
 //! A cluster with a metadata quorum adds the quorum checks (`quorum`): one
 //! leader per epoch, committed metadata that never changes and applied in
 //! order, and acknowledged topics that every broker lists after the heal.
+//!
+//! A cluster run also hands the checkers every broker's copy of every data
+//! partition's log (`replicas`): in-sync copies must be identical below what
+//! the final read saw committed.
 
 mod groups;
 mod index;
@@ -25,6 +29,7 @@ mod placement;
 mod polls;
 mod promise;
 mod quorum;
+mod replicas;
 mod report;
 mod sends;
 mod values;
@@ -73,6 +78,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     }));
     groups::group_checks(history, &mut found);
     quorum::quorum_checks(history, &mut found);
+    replicas::replica_checks(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 
@@ -80,6 +86,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     let mut report = Report::new(found, stats, &opts.invalid_on, &history.ops);
     report.linearizability = lin;
     report.lin_caveat = opts.lin_caveat.clone();
+    report.loss_caveat = opts.loss_caveat.clone();
     report
 }
 

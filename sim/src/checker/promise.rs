@@ -17,6 +17,21 @@
 //! | `quorum-two-leaders`, `metadata-divergence`, `metadata-order` | always, even when the medium corrupts: the metadata log is checksummed and replicated on every voter, and these judge only what nodes report they applied |
 //! | `topic-lost` | always (the quorum keeps acknowledged metadata on a majority) |
 //! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
+//! | `replica-divergence` | always, unless the medium corrupts: in-sync copies of a partition are identical below what the final read saw committed |
+//!
+//! Replication adds a second way for a correct broker to lose acknowledged
+//! writes ([`Scenario::acked_writes_may_be_lost`]): acks=1 with more than
+//! one replica (the leader answers on its own append, and a failover before
+//! the followers fetched truncates the batch), and `durability.policy =
+//! kafka` when as many replicas as an acknowledgement needs
+//! (`min.insync.replicas`) may lose power at once (`power-loss-all`, or
+//! that many power-loss nemeses, whose strikes may overlap). Then the
+//! offset-reuse anomalies (next paragraph) are informational just as under
+//! a corrupting medium, and a lost write is reported as
+//! `lost-write` for what it is — the cost of that policy — without failing
+//! the run. Under `strict` (every in-sync replica fsynced before the
+//! acknowledgement) an acks=all write survives any failure of at most
+//! RF − 1 replicas, and every power loss of them all.
 //!
 //! "The medium may corrupt fsynced data" means bit rot, crash-corrupt, lost
 //! or misdirected writes, or fsync failures that drop pages: one replica
@@ -38,7 +53,9 @@ use crate::scenario::Scenario;
 /// The anomaly kinds `scenario` (resolved: no swarm ranges left) promises.
 pub fn promised(scenario: &Scenario) -> CheckOptions {
     let w = &scenario.workload;
-    let rot = scenario.medium_may_corrupt();
+    // Offsets handed out again after acknowledged data vanished: by the
+    // medium, or by replication's own acknowledgement rules.
+    let rot = scenario.medium_may_corrupt() || scenario.acked_writes_may_be_lost().is_some();
     let lin = crate::linearizability::kafka::promised(scenario);
     let invalid_on = AnomalyKind::ALL
         .into_iter()
@@ -52,11 +69,13 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::QuorumTwoLeaders
             | AnomalyKind::MetadataDivergence
             | AnomalyKind::MetadataOrder => true,
+            AnomalyKind::ReplicaDivergence => !scenario.medium_may_corrupt(),
             _ if rot => false,
             AnomalyKind::Duplicate | AnomalyKind::ReorderedSend => w.idempotence || w.retries == 0,
             AnomalyKind::NonLinearizable => lin.is_ok(),
             _ => true,
         })
         .collect();
-    CheckOptions { lin_caveat: lin.err(), ..CheckOptions::with(invalid_on) }
+    let loss_caveat = if scenario.medium_may_corrupt() { None } else { scenario.acked_writes_may_be_lost() };
+    CheckOptions { lin_caveat: lin.err(), loss_caveat, ..CheckOptions::with(invalid_on) }
 }

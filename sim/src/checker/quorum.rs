@@ -128,7 +128,7 @@ fn topics(history: &History, found: &mut Vec<Anomaly>) {
         })
         .collect();
     for op in &history.ops {
-        let (OpKind::Metadata { broker, topics }, Outcome::Ok) = (&op.kind, &op.outcome) else { continue };
+        let (OpKind::Metadata { broker, topics, .. }, Outcome::Ok) = (&op.kind, &op.outcome) else { continue };
         if !op.final_read {
             continue;
         }
@@ -296,7 +296,8 @@ mod tests {
     fn an_acknowledged_topic_missing_from_metadata_is_caught() {
         let mut h = History::default();
         h.push(op(0, 10, 20, OpKind::CreateTopic { topic: "events".into(), partitions: 2 }, Outcome::Ok));
-        let meta = |topics: Vec<String>| OpKind::Metadata { broker: "broker-1".into(), topics };
+        let meta =
+            |topics: Vec<String>| OpKind::Metadata { broker: "broker-1".into(), topics, isr: Default::default() };
         h.push(op(1, 5000, 5001, meta(vec!["events".into()]), Outcome::Ok));
         assert!(kinds(&h).is_empty());
         h.push(op(2, 5002, 5003, meta(vec![]), Outcome::Ok));

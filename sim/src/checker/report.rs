@@ -72,6 +72,10 @@ pub struct Report {
     /// Why the configuration does not promise linearizability, if it does
     /// not: then a `nonlinearizable` finding is informational.
     pub lin_caveat: Option<String>,
+    /// Why this configuration lets a correct broker lose acknowledged
+    /// writes, if it does: `lost-write` is then the measured cost of the
+    /// configuration, reported but not fatal.
+    pub loss_caveat: Option<String>,
 }
 
 impl Report {
@@ -103,6 +107,7 @@ impl Report {
             example_ops,
             linearizability,
             lin_caveat: None,
+            loss_caveat: None,
         }
     }
 
@@ -149,6 +154,11 @@ impl fmt::Display for Report {
             }
             let role = if self.invalid_kinds.contains(&kind) { "" } else { " (informational)" };
             writeln!(f, "\n{kind}{role}: {n} — {}", kind.description())?;
+            if let (AnomalyKind::LostWrite, Some(why), false) =
+                (kind, &self.loss_caveat, self.invalid_kinds.contains(&kind))
+            {
+                writeln!(f, "  acknowledged writes this configuration may lose: {why}")?;
+            }
             for a in self.of_kind(kind).take(EXAMPLES_PER_KIND) {
                 self.fmt_anomaly(f, a)?;
             }
@@ -264,7 +274,7 @@ fn render_op(op: &Op, a: &Anomaly) -> String {
         OpKind::Committed { offsets } => format!("committed offsets read back {offsets:?}"),
         OpKind::Crash => "crash".to_string(),
         OpKind::CreateTopic { topic, partitions } => format!("create topic {topic} ({partitions} partitions)"),
-        OpKind::Metadata { broker, topics } => format!("metadata from {broker}: [{}]", topics.join(" ")),
+        OpKind::Metadata { broker, topics, .. } => format!("metadata from {broker}: [{}]", topics.join(" ")),
     };
     format!("{head}: {body} => {outcome}")
 }

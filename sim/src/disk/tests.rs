@@ -248,7 +248,7 @@ fn the_first_block_of_a_write_can_be_the_hole() {
         f.write_at(&[2u8; 2048], 0).unwrap();
         disk.crash();
         let after = disk.contents(&p("d/f")).unwrap();
-        after.len() == 2048 && after[..512].iter().all(|&b| b == 0) && after[512..].iter().any(|&b| b == 2)
+        after.len() == 2048 && after[..512].iter().all(|&b| b == 0) && after[512..].contains(&2)
     });
     assert!(lost_head, "no seed lost the head of a write and kept its tail");
 }

@@ -153,7 +153,7 @@ pub fn jepsen_edn(history: &History) -> String {
                 let v = format!("{{:topic {} :partitions {partitions}}}", edn_str(topic));
                 (":create-topic", v.clone(), v)
             }
-            OpKind::Metadata { broker, topics } => {
+            OpKind::Metadata { broker, topics, .. } => {
                 let ts: Vec<String> = topics.iter().map(|t| edn_str(t)).collect();
                 (":metadata", edn_str(broker), format!("[{}]", ts.join(" ")))
             }
