@@ -56,6 +56,14 @@ const BROKER_PORT: u16 = 9092;
 /// unfencing happen within a run of a few seconds.
 const SIM_HEARTBEAT_MS: u64 = 200;
 const SIM_SESSION_TIMEOUT_MS: u64 = 900;
+/// Replication in a simulated cluster, scaled like the sessions: a follower
+/// that has not caught up for `replica.lag.time.max.ms` leaves the ISR
+/// (Kafka: 30 s), followers long-poll for `replica.fetch.wait.max.ms`
+/// (Kafka: 500 ms) and pause `replica.fetch.backoff.ms` after a failure
+/// (Kafka: 1 s).
+const SIM_REPLICA_LAG_MS: u64 = 1_000;
+const SIM_REPLICA_FETCH_WAIT_MS: u64 = 100;
+const SIM_REPLICA_FETCH_BACKOFF_MS: u64 = 50;
 /// Where each broker keeps its log on its simulated disk.
 pub const DATA_DIR: &str = "/var/lib/faultline";
 
@@ -527,6 +535,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             bugs: scenario.cluster.bugs,
             groups: sim_groups(),
             replication_enabled: scenario.replication_factor() > 1,
+            replica_lag_time_max_ms: SIM_REPLICA_LAG_MS,
+            replica_fetch_wait_max_ms: SIM_REPLICA_FETCH_WAIT_MS,
+            replica_fetch_backoff_ms: SIM_REPLICA_FETCH_BACKOFF_MS,
             ..BrokerConfig::default()
         };
         let trace = trace.clone();
