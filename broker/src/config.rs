@@ -40,6 +40,10 @@ pub struct LogConfig {
     /// read of stored batches — so a small compression bomb costs at most
     /// this much memory. Broker-wide; Kafka has no such setting.
     pub max_decompressed_batch_bytes: usize,
+    /// `unclean.leader.election.enable`: when no ISR member of a partition
+    /// can lead, the controller may elect a replica outside the ISR, which
+    /// loses whatever only the ISR had. Read by the controller only.
+    pub unclean_leader_election_enable: bool,
 }
 
 /// Smallest `segment.bytes` a topic config or `faultline serve` accepts
@@ -71,6 +75,7 @@ impl Default for LogConfig {
             message_timestamp_type: "CreateTime".into(),
             producer_id_expiration_ms: 86_400_000,
             max_decompressed_batch_bytes: crate::compression::DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
+            unclean_leader_election_enable: false,
         }
     }
 }
@@ -117,6 +122,11 @@ pub struct PlantedBugs {
     /// Metadata quorum: a follower keeps a divergent log suffix instead of
     /// truncating it.
     pub quorum_keep_divergent_suffix: bool,
+    /// Controller: every partition whose ISR has no usable member gets a
+    /// leader from outside the ISR, as if `unclean.leader.election.enable`
+    /// were set on every topic, so acknowledged records only the ISR held
+    /// can be lost.
+    pub unclean_election_always: bool,
 }
 
 impl PlantedBugs {
@@ -145,6 +155,7 @@ impl PlantedBugs {
             || self.group_generation_not_bumped
             || self.quorum().any()
             || self.group_stale_commit_accepted
+            || self.unclean_election_always
     }
 }
 
@@ -222,10 +233,13 @@ pub struct BrokerConfig {
     /// timer runs out stands at once, so elections split more often. On by
     /// default; the simulator also draws it off.
     pub controller_quorum_pre_vote: bool,
-    /// Lets CreateTopics ask for a replication factor above 1. Off until
-    /// partition replication (followers, ISR, high watermark) is served;
-    /// until then such a request is refused with INVALID_REPLICATION_FACTOR.
-    pub replication_enabled: bool,
+    /// `auto.leader.rebalance.enable`: the active controller moves
+    /// leadership back to each partition's preferred replica (the first)
+    /// when it is in the ISR and usable, every
+    /// `leader_imbalance_check_interval_seconds`.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (Kafka: 300).
+    pub leader_imbalance_check_interval_seconds: u64,
 }
 
 /// What a node does in cluster mode (`process.roles`).
@@ -383,7 +397,8 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
             controller_quorum_pre_vote: true,
-            replication_enabled: false,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
         }
     }
 }
@@ -398,6 +413,12 @@ pub struct GroupConfig {
     /// fixed when the broker first creates it (a group's coordinator is the
     /// leader of partition `abs(hashCode(group.id)) % this`).
     pub offsets_topic_num_partitions: i32,
+    /// `offsets.topic.replication.factor` (cluster mode): replicas of each
+    /// `__consumer_offsets` partition. As in Kafka, the controller refuses
+    /// to create the topic until this many brokers are usable, and
+    /// FindCoordinator answers COORDINATOR_NOT_AVAILABLE meanwhile. A single
+    /// broker ignores it (one replica).
+    pub offsets_topic_replication_factor: i16,
     /// `group.min.session.timeout.ms`: smallest `session.timeout.ms` a member may ask for.
     pub group_min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`: largest `session.timeout.ms` a member may ask for.
@@ -453,6 +474,7 @@ impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,

@@ -8,7 +8,9 @@
 //! from peers and ticks, and performs what it returns, in order. Everything
 //! here is deterministic: time comes in as `now_ms`.
 //!
-//! How a controller operation flows (Kafka's): a CreateTopics reaches any
+//! How a controller operation flows (Kafka's): a CreateTopics (likewise
+//! DeleteTopics, ElectLeaders, a leader's AlterPartition, a broker's
+//! registration and heartbeats) reaches any
 //! node; a node whose controller is not active forwards it to the quorum
 //! leader; the active controller turns it into records and a response
 //! ([`ControllerResult`]); the records are proposed to the quorum as one
@@ -326,6 +328,8 @@ impl<L: RaftLog> MetadataNode<L> {
             // Brokers hand DeleteTopics over in its v6 shape (names or ids
             // in `topics`).
             PeerRequest::DeleteTopics(r) => split(ctl.delete_topics(r, 6), PeerResponse::DeleteTopics),
+            PeerRequest::AlterPartition(r) => split(ctl.alter_partition(r), PeerResponse::AlterPartition),
+            PeerRequest::ElectLeaders(r) => split(ctl.elect_leaders(r), PeerResponse::ElectLeaders),
             _ => unreachable!("quorum requests are routed before"),
         };
         if !records.is_empty() && !self.propose(&records) {
@@ -712,6 +716,10 @@ pub fn error_response(request: &PeerRequest, code: ResponseError) -> PeerRespons
                     .collect(),
             ),
         ),
+        PeerRequest::AlterPartition(_) => {
+            PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
+        }
+        PeerRequest::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
         PeerRequest::DeleteTopics(r) => PeerResponse::DeleteTopics(
             DeleteTopicsResponse::default().with_responses(
                 r.topics
@@ -751,6 +759,13 @@ fn error_from_response(response: &PeerResponse, code: ResponseError) -> PeerResp
         }
         PeerResponse::BrokerHeartbeat(r) => PeerResponse::BrokerHeartbeat(r.with_error_code(e)),
         PeerResponse::UnregisterBroker(r) => PeerResponse::UnregisterBroker(r.with_error_code(e)),
+        // The records behind these answers may never commit: the whole
+        // request is refused, so the leader retries against the new
+        // controller.
+        PeerResponse::AlterPartition(_) => {
+            PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
+        }
+        PeerResponse::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
         other => other,
     }
 }

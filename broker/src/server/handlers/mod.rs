@@ -71,6 +71,10 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
             let body = admin::delete_topics_v6(body!(), v);
             cluster::forward(cx, PeerRequest::DeleteTopics(body), Request { key, version, corr }, client_id)
         }
+        ApiKey::ElectLeaders if cx.node.cluster().is_some() => {
+            cluster::forward(cx, PeerRequest::ElectLeaders(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::ElectLeaders => respond(key, v, corr, &cluster::elect_leaders_single(cx, body!())),
         ApiKey::CreateTopics => respond(key, v, corr, &admin::create_topics(cx, body!(), v)),
         ApiKey::DeleteTopics => respond(key, v, corr, &admin::delete_topics(cx, body!(), v)),
         ApiKey::DescribeConfigs => respond(key, v, corr, &admin::describe_configs(cx, body!(), v)),
@@ -104,6 +108,9 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         }
         ApiKey::UnregisterBroker => {
             cluster::forward(cx, PeerRequest::UnregisterBroker(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::AlterPartition => {
+            cluster::forward(cx, PeerRequest::AlterPartition(body!()), Request { key, version, corr }, client_id)
         }
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(cx, body!(), v)),
         ApiKey::FindCoordinator => respond(key, v, corr, &group::find_coordinator(cx, body!(), v)),
