@@ -99,6 +99,7 @@ async fn check(b: &TestBroker, conn: &mut Conn, key: ApiKey, v: i16) -> Result<(
         ApiKey::BrokerHeartbeat => not_routed_at::<BrokerHeartbeatRequest>(conn, v, |r| r.error_code).await,
         ApiKey::UnregisterBroker => not_routed_at::<UnregisterBrokerRequest>(conn, v, |r| r.error_code).await,
         ApiKey::AlterPartition => not_routed_at::<AlterPartitionRequest>(conn, v, |r| r.error_code).await,
+        ApiKey::AllocateProducerIds => not_routed_at::<AllocateProducerIdsRequest>(conn, v, |r| r.error_code).await,
         ApiKey::ElectLeaders => elect_leaders_at(conn, v).await,
         ApiKey::ConsumerGroupHeartbeat => consumer_group_heartbeat_at(conn, v).await,
         ApiKey::ConsumerGroupDescribe => consumer_group_describe_at(conn, v).await,

@@ -79,8 +79,9 @@ enum Reply {
 /// Why one of this machine's own sends was made.
 #[derive(Debug, Clone)]
 enum Route {
-    /// A request forwarded to the leader on behalf of a connection.
-    Forward { token: u64, request: PeerRequest },
+    /// A request forwarded to the leader on behalf of a connection (boxed:
+    /// a request is large next to the other routes).
+    Forward { token: u64, request: Box<PeerRequest> },
     /// A registration or heartbeat of the broker life cycle.
     Lifecycle(u64),
 }
@@ -330,6 +331,9 @@ impl<L: RaftLog> MetadataNode<L> {
             PeerRequest::DeleteTopics(r) => split(ctl.delete_topics(r, 6), PeerResponse::DeleteTopics),
             PeerRequest::AlterPartition(r) => split(ctl.alter_partition(r), PeerResponse::AlterPartition),
             PeerRequest::ElectLeaders(r) => split(ctl.elect_leaders(r), PeerResponse::ElectLeaders),
+            PeerRequest::AllocateProducerIds(r) => {
+                split(ctl.allocate_producer_ids(r), PeerResponse::AllocateProducerIds)
+            }
             _ => unreachable!("quorum requests are routed before"),
         };
         if !records.is_empty() && !self.propose(&records) {
@@ -385,7 +389,7 @@ impl<L: RaftLog> MetadataNode<L> {
             return self.answer(reply, error_response(&request, ResponseError::ThrottlingQuotaExceeded));
         }
         let id = self.own_id();
-        self.routes.insert(id, Route::Forward { token, request: request.clone() });
+        self.routes.insert(id, Route::Forward { token, request: Box::new(request.clone()) });
         self.out.push(Output::Send { to, request_id: id, request });
     }
 
@@ -720,6 +724,9 @@ pub fn error_response(request: &PeerRequest, code: ResponseError) -> PeerRespons
             PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
         }
         PeerRequest::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
+        PeerRequest::AllocateProducerIds(_) => PeerResponse::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(e).with_producer_id_start((-1).into()),
+        ),
         PeerRequest::DeleteTopics(r) => PeerResponse::DeleteTopics(
             DeleteTopicsResponse::default().with_responses(
                 r.topics
@@ -766,6 +773,9 @@ fn error_from_response(response: &PeerResponse, code: ResponseError) -> PeerResp
             PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
         }
         PeerResponse::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
+        PeerResponse::AllocateProducerIds(_) => PeerResponse::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(e).with_producer_id_start((-1).into()),
+        ),
         other => other,
     }
 }

@@ -34,12 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    AlterPartitionRequest, AlterPartitionResponse, BeginQuorumEpochRequest, BeginQuorumEpochResponse,
-    BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerRegistrationRequest, BrokerRegistrationResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeQuorumRequest,
-    DescribeQuorumResponse, ElectLeadersRequest, ElectLeadersResponse, EndQuorumEpochRequest, EndQuorumEpochResponse,
-    FetchRequest, FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse, UnregisterBrokerRequest,
-    UnregisterBrokerResponse, VoteRequest, VoteResponse,
+    AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest, AlterPartitionResponse,
+    BeginQuorumEpochRequest, BeginQuorumEpochResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest,
+    ElectLeadersResponse, EndQuorumEpochRequest, EndQuorumEpochResponse, FetchRequest, FetchResponse,
+    FetchSnapshotRequest, FetchSnapshotResponse, UnregisterBrokerRequest, UnregisterBrokerResponse, VoteRequest,
+    VoteResponse,
 };
 use kafka_protocol::protocol::Request as _;
 use tokio::sync::{mpsc, oneshot};
@@ -116,6 +117,7 @@ peer_apis! {
     DeleteTopics(DeleteTopicsRequest, DeleteTopicsResponse),
     AlterPartition(AlterPartitionRequest, AlterPartitionResponse),
     ElectLeaders(ElectLeadersRequest, ElectLeadersResponse),
+    AllocateProducerIds(AllocateProducerIdsRequest, AllocateProducerIdsResponse),
 }
 
 /// The lowest version a request between nodes may go out at: pre-vote needs

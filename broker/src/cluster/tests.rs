@@ -49,8 +49,7 @@ struct Net {
 }
 
 fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs) -> MetadataNodeConfig {
-    let mut broker_config = BrokerConfig::default();
-    broker_config.node_id = node_id;
+    let broker_config = BrokerConfig { node_id, ..BrokerConfig::default() };
     let is_voter = voters.contains(&node_id);
     MetadataNodeConfig {
         node_id,
@@ -320,6 +319,27 @@ fn alter_partition_from_a_leader_is_forwarded_and_committed_everywhere() {
         let now = n.image().partition(t.id, index as i32).unwrap();
         assert_eq!((now.isr.clone(), now.partition_epoch), (shrunk.clone(), p.partition_epoch + 1), "node {id}");
     }
+}
+
+#[test]
+fn producer_id_blocks_asked_of_any_node_are_disjoint() {
+    use kafka_protocol::messages::{AllocateProducerIdsRequest, BrokerId};
+    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 21);
+    net.run(6000);
+    let mut starts = Vec::new();
+    for id in [4, 2, 4, 1] {
+        let epoch = net.nodes[&id].image().broker(id).unwrap().epoch;
+        let ask = AllocateProducerIdsRequest::default().with_broker_id(BrokerId(id)).with_broker_epoch(epoch);
+        let token = net.client(id, PeerRequest::AllocateProducerIds(ask));
+        net.run(500);
+        let Some(PeerResponse::AllocateProducerIds(r)) = net.client_answers.remove(&(id, token)) else { panic!() };
+        assert_eq!((r.error_code, r.producer_id_len), (0, 1000), "{r:?}");
+        starts.push(r.producer_id_start.0);
+    }
+    assert_eq!(starts, [0, 1000, 2000, 3000]);
+    // Followers learn the last commit on their next fetch.
+    net.run(1000);
+    assert!(net.nodes.values().all(|n| n.image().next_producer_id() == 4000));
 }
 
 #[test]

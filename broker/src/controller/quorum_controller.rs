@@ -8,7 +8,8 @@
 //! quorum is leader is made active ([`QuorumController::activate`]) and
 //! answers BrokerRegistration, BrokerHeartbeat, UnregisterBroker,
 //! CreateTopics, DeleteTopics, AlterPartition (a leader's ISR changes,
-//! KIP-497) and ElectLeaders (preferred and unclean elections), fences
+//! KIP-497), ElectLeaders (preferred and unclean elections) and
+//! AllocateProducerIds (blocks of producer ids, KIP-730), fences
 //! brokers whose session lapsed and moves leadership back to preferred
 //! replicas (`auto.leader.rebalance.enable`) in [`QuorumController::tick`].
 //!
@@ -42,10 +43,10 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
-    alter_partition_response, AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest,
-    BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, ElectLeadersRequest, ElectLeadersResponse,
-    TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
+    alter_partition_response, AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest,
+    BrokerRegistrationResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ElectLeadersRequest, ElectLeadersResponse, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
@@ -54,7 +55,8 @@ use uuid::Uuid;
 
 use super::image::{partition_change, MetadataImage, PartitionRegistration, TopicImage, NO_LEADER};
 use super::records::{
-    BrokerRef, Endpoint, MetadataRecord, PartitionChange, PartitionRecord, RegisterBroker, TopicRecord,
+    BrokerRef, Endpoint, MetadataRecord, PartitionChange, PartitionRecord, ProducerIdsRecord, RegisterBroker,
+    TopicRecord,
 };
 use crate::config::{BrokerConfig, LogConfig};
 use crate::server::group::OFFSETS_TOPIC;
@@ -68,6 +70,8 @@ pub const METADATA_VERSION: i16 = 1;
 /// Most brokers that may be registered at once: each has a session the
 /// active controller checks on every tick.
 pub const MAX_BROKERS: usize = 1024;
+/// Producer ids per AllocateProducerIds block, as Kafka's controller hands out.
+pub const PRODUCER_ID_BLOCK_SIZE: i32 = 1000;
 /// Most listeners one broker may register.
 pub const MAX_LISTENERS: usize = 16;
 /// Longest host name, rack or listener name a registration may carry (DNS: 253).
@@ -782,6 +786,47 @@ impl QuorumController {
             }
             resp.topics.push(out);
         }
+        self.result(records, resp)
+    }
+
+    /// AllocateProducerIds (KIP-730): the next [`PRODUCER_ID_BLOCK_SIZE`]
+    /// producer ids for a registered broker at its current epoch
+    /// (STALE_BROKER_EPOCH otherwise), written as one `ProducerIds` record
+    /// and answered once it commits, so no two brokers — nor one broker
+    /// before and after a controller failover — are given the same id.
+    pub fn allocate_producer_ids(
+        &mut self,
+        req: &AllocateProducerIdsRequest,
+    ) -> ControllerResult<AllocateProducerIdsResponse> {
+        let error = |code: ResponseError| {
+            Self::now(
+                AllocateProducerIdsResponse::default().with_error_code(code.code()).with_producer_id_start((-1).into()),
+            )
+        };
+        let Some(a) = self.active.as_mut() else { return error(ResponseError::NotController) };
+        let node_id = req.broker_id.0;
+        if a.image.broker(node_id).is_none_or(|b| b.epoch != req.broker_epoch) {
+            tracing::info!(broker = node_id, epoch = req.broker_epoch, "AllocateProducerIds from a stale broker epoch");
+            return error(ResponseError::StaleBrokerEpoch);
+        }
+        let start = a.image.next_producer_id();
+        let Some(next) = start.checked_add(PRODUCER_ID_BLOCK_SIZE as i64) else {
+            tracing::error!(start, "producer ids are exhausted");
+            return error(ResponseError::UnknownServerError);
+        };
+        let mut records = Vec::new();
+        a.append(
+            &mut records,
+            MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: node_id,
+                broker_epoch: req.broker_epoch,
+                next_producer_id: next,
+            }),
+        );
+        tracing::debug!(broker = node_id, start, "producer id block allocated");
+        let resp = AllocateProducerIdsResponse::default()
+            .with_producer_id_start(start.into())
+            .with_producer_id_len(PRODUCER_ID_BLOCK_SIZE);
         self.result(records, resp)
     }
 

@@ -1099,14 +1099,12 @@ fn unclean_election_elects_a_replica_outside_the_isr_when_the_topic_allows_it() 
 
 #[test]
 fn the_broker_default_and_the_planted_bug_enable_unclean_election_too() {
-    let mut log = LogConfig::default();
-    log.unclean_leader_election_enable = true;
+    let log = LogConfig { unclean_leader_election_enable: true, ..Default::default() };
     let mut h = Harness::with_config(config_from(BrokerConfig { log, ..Default::default() }));
     let (_, _, other, p) = leader_lost_with_isr_of_one(&mut h, &[]);
     assert_eq!(p.leader, other);
     // A topic may still refuse it.
-    let mut log = LogConfig::default();
-    log.unclean_leader_election_enable = true;
+    let log = LogConfig { unclean_leader_election_enable: true, ..Default::default() };
     let mut h = Harness::with_config(config_from(BrokerConfig { log, ..Default::default() }));
     let (_, _, _, p) = leader_lost_with_isr_of_one(&mut h, &[("unclean.leader.election.enable", "false")]);
     assert_eq!(p.leader, NO_LEADER);
@@ -1253,4 +1251,48 @@ fn broker_config_turns_the_rebalance_on_by_default() {
     assert_eq!(c.leader_rebalance_interval_ms, Some(300_000));
     let off = BrokerConfig { auto_leader_rebalance_enable: false, ..Default::default() };
     assert_eq!(ControllerConfig::from_broker_config(&off).leader_rebalance_interval_ms, None);
+}
+
+// ---- AllocateProducerIds ------------------------------------------------------------
+
+#[test]
+fn producer_id_blocks_never_overlap_across_brokers_failovers_and_snapshots() {
+    let mut h = Harness::new();
+    let epochs = h.brokers(&[1, 2]);
+    let ask = |node: i32, epoch: i64| {
+        AllocateProducerIdsRequest::default().with_broker_id(BrokerId(node)).with_broker_epoch(epoch)
+    };
+    let r = h.ctl.allocate_producer_ids(&ask(1, epochs[&1]));
+    assert_eq!(r.records.len(), 1);
+    assert_eq!(r.commit_offset, Some(h.next_offset), "answered once the block is committed");
+    let a = h.run(r);
+    let r = h.ctl.allocate_producer_ids(&ask(2, epochs[&2]));
+    let b = h.run(r);
+    assert_eq!((a.error_code, a.producer_id_start.0, a.producer_id_len), (0, 0, PRODUCER_ID_BLOCK_SIZE));
+    assert_eq!((b.error_code, b.producer_id_start.0), (0, PRODUCER_ID_BLOCK_SIZE as i64));
+    assert_eq!(h.image().next_producer_id(), 2 * PRODUCER_ID_BLOCK_SIZE as i64);
+    // Stale or unknown brokers get nothing.
+    for req in [ask(1, epochs[&1] + 1), ask(9, 0)] {
+        let r = h.ctl.allocate_producer_ids(&req);
+        assert!(r.records.is_empty());
+        assert_eq!(r.response.error_code, code(ResponseError::StaleBrokerEpoch));
+    }
+    // A snapshot keeps the counter; a new controller continues after it.
+    let snap = MetadataImage::from_snapshot(&h.image().to_snapshot()).unwrap();
+    assert_eq!(snap.next_producer_id(), h.image().next_producer_id());
+    let mut next = QuorumController::new(config(), 3);
+    next.load_snapshot(snap);
+    h.ctl.resign();
+    h.next_offset += 1;
+    h.ctl = next;
+    let r = h.ctl.activate(h.next_offset, h.now);
+    h.run(r);
+    let r = h.ctl.allocate_producer_ids(&ask(1, epochs[&1]));
+    let c = h.run(r);
+    assert_eq!(c.producer_id_start.0, 2 * PRODUCER_ID_BLOCK_SIZE as i64);
+    h.ctl.resign();
+    assert_eq!(
+        h.ctl.allocate_producer_ids(&ask(1, epochs[&1])).response.error_code,
+        code(ResponseError::NotController)
+    );
 }

@@ -7,8 +7,9 @@
 //!
 //! The inner-cluster APIs (the quorum's Vote, BeginQuorumEpoch,
 //! EndQuorumEpoch, DescribeQuorum and FetchSnapshot; the controller's
-//! BrokerRegistration, BrokerHeartbeat, UnregisterBroker and AlterPartition,
-//! the last from v2, the first that names topics by id) are served over
+//! BrokerRegistration, BrokerHeartbeat, UnregisterBroker, AllocateProducerIds
+//! and AlterPartition, the last from v2, the first that names topics by id)
+//! are served over
 //! the same listener, at every version `kafka-protocol` speaks: the quorum
 //! core and the controller build their responses without the endpoint and
 //! node lists the later versions add, so each version encodes. The quorum's
@@ -53,6 +54,7 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::BrokerRegistration, 0, 4),
     (ApiKey::BrokerHeartbeat, 0, 1),
     (ApiKey::UnregisterBroker, 0, 0),
+    (ApiKey::AllocateProducerIds, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
@@ -69,6 +71,7 @@ pub const CLUSTER_APIS: &[ApiKey] = &[
     ApiKey::BrokerHeartbeat,
     ApiKey::UnregisterBroker,
     ApiKey::AlterPartition,
+    ApiKey::AllocateProducerIds,
 ];
 
 /// Produce v0–v2 are advertised but refused, exactly as Kafka 4.0 does

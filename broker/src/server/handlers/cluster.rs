@@ -2,7 +2,7 @@
 //! RPCs (Vote, BeginQuorumEpoch, EndQuorumEpoch, Fetch of
 //! `__cluster_metadata`, FetchSnapshot, DescribeQuorum), the controller's
 //! (BrokerRegistration, BrokerHeartbeat, UnregisterBroker, AlterPartition
-//! from partition leaders) and, in cluster mode, the admin requests the
+//! from partition leaders, AllocateProducerIds) and, in cluster mode, the admin requests the
 //! controller answers (CreateTopics, DeleteTopics, ElectLeaders). They are
 //! handed to the cluster
 //! driver and answered when it answers; the connection waits meanwhile, as
@@ -91,5 +91,6 @@ fn encode(req: Request, response: PeerResponse) -> Step {
         PeerResponse::DeleteTopics(r) => req.respond(&r),
         PeerResponse::AlterPartition(r) => req.respond(&r),
         PeerResponse::ElectLeaders(r) => req.respond(&r),
+        PeerResponse::AllocateProducerIds(r) => req.respond(&r),
     }
 }

@@ -109,6 +109,9 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::UnregisterBroker => {
             cluster::forward(cx, PeerRequest::UnregisterBroker(body!()), Request { key, version, corr }, client_id)
         }
+        ApiKey::AllocateProducerIds => {
+            cluster::forward(cx, PeerRequest::AllocateProducerIds(body!()), Request { key, version, corr }, client_id)
+        }
         ApiKey::AlterPartition => {
             cluster::forward(cx, PeerRequest::AlterPartition(body!()), Request { key, version, corr }, client_id)
         }
@@ -129,11 +132,12 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
             group::consumer_group_heartbeat(cx, body!(), Request { key, version, corr }, &client_id)
         }
         ApiKey::ConsumerGroupDescribe => respond(key, v, corr, &group::consumer_group_describe(cx, body!(), v)),
-        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
-        other => {
-            assert!(false, "{other:?} is in the version table but has no handler");
-            Step::Close(format!("{other:?} has no handler"))
+        ApiKey::InitProducerId if cx.node.cluster().is_some() => {
+            coordinator::init_producer_id_cluster(cx, body!(), Request { key, version, corr })
         }
+        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
+        // Every API in the version table has a handler; `broker_versions` sends each.
+        other => panic!("{other:?} is in the version table but has no handler"),
     }
 }
 
