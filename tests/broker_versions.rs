@@ -99,6 +99,9 @@ async fn check(b: &TestBroker, conn: &mut Conn, key: ApiKey, v: i16) -> Result<(
         ApiKey::BrokerRegistration => not_routed_at::<BrokerRegistrationRequest>(conn, v, |r| r.error_code).await,
         ApiKey::BrokerHeartbeat => not_routed_at::<BrokerHeartbeatRequest>(conn, v, |r| r.error_code).await,
         ApiKey::UnregisterBroker => not_routed_at::<UnregisterBrokerRequest>(conn, v, |r| r.error_code).await,
+        ApiKey::AlterPartition => not_routed_at::<AlterPartitionRequest>(conn, v, |r| r.error_code).await,
+        ApiKey::AllocateProducerIds => not_routed_at::<AllocateProducerIdsRequest>(conn, v, |r| r.error_code).await,
+        ApiKey::ElectLeaders => elect_leaders_at(conn, v).await,
         ApiKey::ConsumerGroupHeartbeat => consumer_group_heartbeat_at(conn, v).await,
         ApiKey::ConsumerGroupDescribe => consumer_group_describe_at(conn, v).await,
         other => panic!("{other:?} is advertised but this test has no request builder for it; add one"),
@@ -729,6 +732,26 @@ async fn delete_groups_at(conn: &mut Conn, v: i16) -> Result<(), String> {
     ensure!(r[1].error_code == code(ResponseError::NonEmptyGroup), "busy: {:?}", r[1]);
     ensure!(r[2].error_code == code(ResponseError::GroupIdNotFound), "absent: {:?}", r[2]);
     ensure!(committed(conn, &empty).await? == -1, "deleted group's offset still served");
+    Ok(())
+}
+
+/// A single broker leads every partition it has: ElectLeaders has nothing to do.
+async fn elect_leaders_at(conn: &mut Conn, v: i16) -> Result<(), String> {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let req = ElectLeadersRequest::default().with_election_type(0).with_topic_partitions(Some(vec![
+        TopicPartitions::default().with_topic(name(TOPIC)).with_partitions(vec![0, 99]),
+    ]));
+    let resp: ElectLeadersResponse = try_call(conn, v, &req).await?;
+    ensure!(resp.error_code == 0, "error {}", resp.error_code);
+    let r = &resp.replica_election_results;
+    ensure!(r.len() == 1 && r[0].partition_result.len() == 2, "{resp:?}");
+    let codes: Vec<i16> = r[0].partition_result.iter().map(|p| p.error_code).collect();
+    ensure!(
+        codes == [code(ResponseError::ElectionNotNeeded), code(ResponseError::UnknownTopicOrPartition)],
+        "{codes:?}"
+    );
+    let all: ElectLeadersResponse = try_call(conn, v, &ElectLeadersRequest::default().with_election_type(1)).await?;
+    ensure!(all.error_code == 0 && all.replica_election_results.is_empty(), "{all:?}");
     Ok(())
 }
 

@@ -48,6 +48,10 @@ pub struct LogConfig {
     /// acknowledgement means, fsynced (`strict`, the default) or in memory
     /// (`kafka`, Kafka's behaviour).
     pub durability_policy: crate::replication::DurabilityPolicy,
+    /// `unclean.leader.election.enable`: when no ISR member of a partition
+    /// can lead, the controller may elect a replica outside the ISR, which
+    /// loses whatever only the ISR had. Read by the controller only.
+    pub unclean_leader_election_enable: bool,
 }
 
 /// Smallest `segment.bytes` a topic config or `faultline serve` accepts
@@ -81,6 +85,7 @@ impl Default for LogConfig {
             max_decompressed_batch_bytes: crate::compression::DEFAULT_MAX_DECOMPRESSED_BATCH_BYTES,
             min_insync_replicas: 1,
             durability_policy: crate::replication::DurabilityPolicy::Strict,
+            unclean_leader_election_enable: false,
         }
     }
 }
@@ -137,6 +142,11 @@ pub struct PlantedBugs {
     /// Replication: the high watermark moves when the leader and its
     /// furthest follower, in the ISR or not, have a batch.
     pub replica_high_watermark_outside_isr: bool,
+    /// Controller: every partition whose ISR has no usable member gets a
+    /// leader from outside the ISR, as if `unclean.leader.election.enable`
+    /// were set on every topic, so acknowledged records only the ISR held
+    /// can be lost.
+    pub unclean_election_always: bool,
 }
 
 impl PlantedBugs {
@@ -168,6 +178,7 @@ impl PlantedBugs {
             || self.replica_truncate_to_high_watermark
             || self.replica_ack_before_isr
             || self.replica_high_watermark_outside_isr
+            || self.unclean_election_always
     }
 }
 
@@ -245,9 +256,6 @@ pub struct BrokerConfig {
     /// timer runs out stands at once, so elections split more often. On by
     /// default; the simulator also draws it off.
     pub controller_quorum_pre_vote: bool,
-    /// Lets CreateTopics ask for a replication factor above 1 (on by
-    /// default; off refuses it with INVALID_REPLICATION_FACTOR).
-    pub replication_enabled: bool,
     /// `replica.lag.time.max.ms`: a follower that has not caught up with the
     /// leader for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
@@ -258,6 +266,13 @@ pub struct BrokerConfig {
     pub replica_fetch_max_bytes: usize,
     /// `replica.fetch.backoff.ms`: pause after a failed replica fetch.
     pub replica_fetch_backoff_ms: u64,
+    /// `auto.leader.rebalance.enable`: the active controller moves
+    /// leadership back to each partition's preferred replica (the first)
+    /// when it is in the ISR and usable, every
+    /// `leader_imbalance_check_interval_seconds`.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (Kafka: 300).
+    pub leader_imbalance_check_interval_seconds: u64,
 }
 
 /// What a node does in cluster mode (`process.roles`).
@@ -415,11 +430,12 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9000,
             broker_heartbeat_interval_ms: 2000,
             controller_quorum_pre_vote: true,
-            replication_enabled: true,
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_backoff_ms: 1_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
         }
     }
 }
@@ -434,6 +450,12 @@ pub struct GroupConfig {
     /// fixed when the broker first creates it (a group's coordinator is the
     /// leader of partition `abs(hashCode(group.id)) % this`).
     pub offsets_topic_num_partitions: i32,
+    /// `offsets.topic.replication.factor` (cluster mode): replicas of each
+    /// `__consumer_offsets` partition. As in Kafka, the controller refuses
+    /// to create the topic until this many brokers are usable, and
+    /// FindCoordinator answers COORDINATOR_NOT_AVAILABLE meanwhile. A single
+    /// broker ignores it (one replica).
+    pub offsets_topic_replication_factor: i16,
     /// `group.min.session.timeout.ms`: smallest `session.timeout.ms` a member may ask for.
     pub group_min_session_timeout_ms: i32,
     /// `group.max.session.timeout.ms`: largest `session.timeout.ms` a member may ask for.
@@ -489,6 +511,7 @@ impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             offsets_topic_num_partitions: 50,
+            offsets_topic_replication_factor: 3,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_initial_rebalance_delay_ms: 3_000,

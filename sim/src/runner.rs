@@ -534,7 +534,6 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             log: scenario.cluster.log.clone(),
             bugs: scenario.cluster.bugs,
             groups: sim_groups(),
-            replication_enabled: scenario.replication_factor() > 1,
             replica_lag_time_max_ms: SIM_REPLICA_LAG_MS,
             replica_fetch_wait_max_ms: SIM_REPLICA_FETCH_WAIT_MS,
             replica_fetch_backoff_ms: SIM_REPLICA_FETCH_BACKOFF_MS,

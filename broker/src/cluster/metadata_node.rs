@@ -8,7 +8,9 @@
 //! from peers and ticks, and performs what it returns, in order. Everything
 //! here is deterministic: time comes in as `now_ms`.
 //!
-//! How a controller operation flows (Kafka's): a CreateTopics reaches any
+//! How a controller operation flows (Kafka's): a CreateTopics (likewise
+//! DeleteTopics, ElectLeaders, a leader's AlterPartition, a broker's
+//! registration and heartbeats) reaches any
 //! node; a node whose controller is not active forwards it to the quorum
 //! leader; the active controller turns it into records and a response
 //! ([`ControllerResult`]); the records are proposed to the quorum as one
@@ -77,8 +79,9 @@ enum Reply {
 /// Why one of this machine's own sends was made.
 #[derive(Debug, Clone)]
 enum Route {
-    /// A request forwarded to the leader on behalf of a connection.
-    Forward { token: u64, request: PeerRequest },
+    /// A request forwarded to the leader on behalf of a connection (boxed:
+    /// a request is large next to the other routes).
+    Forward { token: u64, request: Box<PeerRequest> },
     /// A registration or heartbeat of the broker life cycle.
     Lifecycle(u64),
 }
@@ -326,8 +329,10 @@ impl<L: RaftLog> MetadataNode<L> {
             // Brokers hand DeleteTopics over in its v6 shape (names or ids
             // in `topics`).
             PeerRequest::DeleteTopics(r) => split(ctl.delete_topics(r, 6), PeerResponse::DeleteTopics),
-            PeerRequest::AlterPartition(_) => {
-                return self.answer(reply, error_response(&request, ResponseError::UnsupportedVersion))
+            PeerRequest::AlterPartition(r) => split(ctl.alter_partition(r), PeerResponse::AlterPartition),
+            PeerRequest::ElectLeaders(r) => split(ctl.elect_leaders(r), PeerResponse::ElectLeaders),
+            PeerRequest::AllocateProducerIds(r) => {
+                split(ctl.allocate_producer_ids(r), PeerResponse::AllocateProducerIds)
             }
             _ => unreachable!("quorum requests are routed before"),
         };
@@ -384,7 +389,7 @@ impl<L: RaftLog> MetadataNode<L> {
             return self.answer(reply, error_response(&request, ResponseError::ThrottlingQuotaExceeded));
         }
         let id = self.own_id();
-        self.routes.insert(id, Route::Forward { token, request: request.clone() });
+        self.routes.insert(id, Route::Forward { token, request: Box::new(request.clone()) });
         self.out.push(Output::Send { to, request_id: id, request });
     }
 
@@ -715,8 +720,12 @@ pub fn error_response(request: &PeerRequest, code: ResponseError) -> PeerRespons
                     .collect(),
             ),
         ),
-        PeerRequest::AlterPartition(_) => PeerResponse::AlterPartition(
-            kafka_protocol::messages::AlterPartitionResponse::default().with_error_code(e),
+        PeerRequest::AlterPartition(_) => {
+            PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
+        }
+        PeerRequest::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
+        PeerRequest::AllocateProducerIds(_) => PeerResponse::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(e).with_producer_id_start((-1).into()),
         ),
         PeerRequest::DeleteTopics(r) => PeerResponse::DeleteTopics(
             DeleteTopicsResponse::default().with_responses(
@@ -757,6 +766,16 @@ fn error_from_response(response: &PeerResponse, code: ResponseError) -> PeerResp
         }
         PeerResponse::BrokerHeartbeat(r) => PeerResponse::BrokerHeartbeat(r.with_error_code(e)),
         PeerResponse::UnregisterBroker(r) => PeerResponse::UnregisterBroker(r.with_error_code(e)),
+        // The records behind these answers may never commit: the whole
+        // request is refused, so the leader retries against the new
+        // controller.
+        PeerResponse::AlterPartition(_) => {
+            PeerResponse::AlterPartition(AlterPartitionResponse::default().with_error_code(e))
+        }
+        PeerResponse::ElectLeaders(_) => PeerResponse::ElectLeaders(ElectLeadersResponse::default().with_error_code(e)),
+        PeerResponse::AllocateProducerIds(_) => PeerResponse::AllocateProducerIds(
+            AllocateProducerIdsResponse::default().with_error_code(e).with_producer_id_start((-1).into()),
+        ),
         other => other,
     }
 }

@@ -34,11 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    AlterPartitionRequest, AlterPartitionResponse, BeginQuorumEpochRequest, BeginQuorumEpochResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest, AlterPartitionResponse,
+    BeginQuorumEpochRequest, BeginQuorumEpochResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
     BrokerRegistrationRequest, BrokerRegistrationResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeQuorumRequest, DescribeQuorumResponse, EndQuorumEpochRequest,
-    EndQuorumEpochResponse, FetchRequest, FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse,
-    UnregisterBrokerRequest, UnregisterBrokerResponse, VoteRequest, VoteResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeQuorumRequest, DescribeQuorumResponse, ElectLeadersRequest,
+    ElectLeadersResponse, EndQuorumEpochRequest, EndQuorumEpochResponse, FetchRequest, FetchResponse,
+    FetchSnapshotRequest, FetchSnapshotResponse, UnregisterBrokerRequest, UnregisterBrokerResponse, VoteRequest,
+    VoteResponse,
 };
 use kafka_protocol::protocol::Request as _;
 use tokio::sync::{mpsc, oneshot};
@@ -114,15 +116,22 @@ peer_apis! {
     CreateTopics(CreateTopicsRequest, CreateTopicsResponse),
     DeleteTopics(DeleteTopicsRequest, DeleteTopicsResponse),
     AlterPartition(AlterPartitionRequest, AlterPartitionResponse),
+    ElectLeaders(ElectLeadersRequest, ElectLeadersResponse),
+    AllocateProducerIds(AllocateProducerIdsRequest, AllocateProducerIdsResponse),
 }
 
 /// The lowest version a request between nodes may go out at: pre-vote needs
 /// Vote v2; the quorum's Fetch needs v12 (`last_fetched_epoch`, and the
-/// diverging epoch and snapshot id in the answer).
+/// diverging epoch and snapshot id in the answer); AlterPartition needs v3,
+/// whose ISR carries broker epochs (`new_isr_with_epochs`, the only ISR
+/// field the controller reads when it is set; v3 cannot carry `new_isr`);
+/// ElectLeaders v1, the first with an election type.
 fn min_version(key: i16) -> i16 {
     match key {
         k if k == VoteRequest::KEY => 2,
         k if k == FetchRequest::KEY => 12,
+        k if k == AlterPartitionRequest::KEY => 3,
+        k if k == ElectLeadersRequest::KEY => 1,
         _ => 0,
     }
 }

@@ -49,8 +49,7 @@ struct Net {
 }
 
 fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs) -> MetadataNodeConfig {
-    let mut broker_config = BrokerConfig::default();
-    broker_config.node_id = node_id;
+    let broker_config = BrokerConfig { node_id, ..BrokerConfig::default() };
     let is_voter = voters.contains(&node_id);
     MetadataNodeConfig {
         node_id,
@@ -269,6 +268,78 @@ fn create_topics_is_forwarded_committed_and_seen_everywhere() {
     leaders.sort();
     leaders.dedup();
     assert_eq!(leaders, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn alter_partition_from_a_leader_is_forwarded_and_committed_everywhere() {
+    use kafka_protocol::messages::alter_partition_request::{BrokerState, PartitionData, TopicData};
+    use kafka_protocol::messages::{AlterPartitionRequest, BrokerId};
+    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 8);
+    net.run(6000);
+    let quorum_leader = net.leader().unwrap();
+    let token = net.client(
+        quorum_leader,
+        PeerRequest::CreateTopics(CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("r3")))
+            .with_num_partitions(4)
+            .with_replication_factor(3)])),
+    );
+    net.run(1000);
+    let Some(PeerResponse::CreateTopics(r)) = net.client_answers.remove(&(quorum_leader, token)) else { panic!() };
+    assert_eq!(r.topics[0].error_code, 0, "{r:?}");
+    // A partition led by a broker other than the quorum leader, which asks
+    // its own node: the node forwards to the active controller.
+    let image = net.nodes[&quorum_leader].image().clone();
+    let t = image.topic_by_name("r3").unwrap();
+    let (index, p) = t.partitions.iter().enumerate().find(|(_, p)| p.leader != quorum_leader).unwrap();
+    let leader = p.leader;
+    let shrunk = vec![leader, p.isr.iter().copied().find(|r| *r != leader).unwrap()];
+    let req = AlterPartitionRequest::default()
+        .with_broker_id(BrokerId(leader))
+        .with_broker_epoch(image.broker(leader).unwrap().epoch)
+        .with_topics(vec![TopicData::default().with_topic_id(t.id).with_partitions(vec![PartitionData::default()
+            .with_partition_index(index as i32)
+            .with_leader_epoch(p.leader_epoch)
+            .with_partition_epoch(p.partition_epoch)
+            .with_new_isr_with_epochs(
+                shrunk
+                    .iter()
+                    .map(|b| BrokerState::default().with_broker_id(BrokerId(*b)).with_broker_epoch(-1))
+                    .collect(),
+            )])]);
+    let token = net.client(leader, PeerRequest::AlterPartition(req));
+    net.run(1000);
+    let answer = net.client_answers.remove(&(leader, token)).expect("answered");
+    let PeerResponse::AlterPartition(r) = answer else { panic!("{answer:?}") };
+    assert_eq!(r.error_code, 0, "{r:?}");
+    let answered = &r.topics[0].partitions[0];
+    assert_eq!(answered.error_code, 0, "{r:?}");
+    assert_eq!(answered.partition_epoch, p.partition_epoch + 1);
+    for (id, n) in &net.nodes {
+        let now = n.image().partition(t.id, index as i32).unwrap();
+        assert_eq!((now.isr.clone(), now.partition_epoch), (shrunk.clone(), p.partition_epoch + 1), "node {id}");
+    }
+}
+
+#[test]
+fn producer_id_blocks_asked_of_any_node_are_disjoint() {
+    use kafka_protocol::messages::{AllocateProducerIdsRequest, BrokerId};
+    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 21);
+    net.run(6000);
+    let mut starts = Vec::new();
+    for id in [4, 2, 4, 1] {
+        let epoch = net.nodes[&id].image().broker(id).unwrap().epoch;
+        let ask = AllocateProducerIdsRequest::default().with_broker_id(BrokerId(id)).with_broker_epoch(epoch);
+        let token = net.client(id, PeerRequest::AllocateProducerIds(ask));
+        net.run(500);
+        let Some(PeerResponse::AllocateProducerIds(r)) = net.client_answers.remove(&(id, token)) else { panic!() };
+        assert_eq!((r.error_code, r.producer_id_len), (0, 1000), "{r:?}");
+        starts.push(r.producer_id_start.0);
+    }
+    assert_eq!(starts, [0, 1000, 2000, 3000]);
+    // Followers learn the last commit on their next fetch.
+    net.run(1000);
+    assert!(net.nodes.values().all(|n| n.image().next_producer_id() == 4000));
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //! `count` times (`length: u32`, a record as in [`super::records`]), then a
 //! CRC-32C (Castagnoli, big-endian `u32`) of every byte before it. The
 //! records rebuild the image from empty: the cluster id, feature levels,
-//! each broker's registration (followed by `ControlledShutdown` if it is
+//! the producer id counter (a `ProducerIds` record of broker -1), each broker's registration (followed by `ControlledShutdown` if it is
 //! shutting down), then each topic followed by its partitions in order.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,8 +24,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
 use super::records::{
-    BrokerRef, DecodeError, Endpoint, MetadataRecord, PartitionChange, PartitionRecord, Reader, RegisterBroker,
-    TopicRecord,
+    BrokerRef, DecodeError, Endpoint, MetadataRecord, PartitionChange, PartitionRecord, ProducerIdsRecord, Reader,
+    RegisterBroker, TopicRecord,
 };
 use crate::server::topics::{validate_topic_name, MAX_PARTITIONS};
 
@@ -105,6 +105,8 @@ pub struct MetadataImage {
     /// Derived from `topics`, kept as records apply so placement costs no scan.
     partition_count: usize,
     replica_load: BTreeMap<i32, usize>,
+    /// The first producer id no broker has been given (KIP-730).
+    next_producer_id: i64,
 }
 
 impl Default for MetadataImage {
@@ -125,6 +127,7 @@ impl MetadataImage {
             names: BTreeMap::new(),
             partition_count: 0,
             replica_load: BTreeMap::new(),
+            next_producer_id: 0,
         }
     }
 
@@ -184,6 +187,11 @@ impl MetadataImage {
     /// Partitions in the cluster, all topics together.
     pub fn partition_count(&self) -> usize {
         self.partition_count
+    }
+
+    /// The first producer id not yet given to any broker.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// Replicas each broker holds, for every broker that holds one.
@@ -322,6 +330,17 @@ impl MetadataImage {
             MetadataRecord::FeatureLevel { name, level } => {
                 self.features.insert(name.clone(), *level);
             }
+            // Blocks only move forward, so no id is given twice; the broker
+            // is not checked, since a snapshot writes the counter alone.
+            MetadataRecord::ProducerIds(p) => {
+                if p.next_producer_id <= self.next_producer_id {
+                    return Err(format!(
+                        "next producer id {} does not pass the current {}",
+                        p.next_producer_id, self.next_producer_id
+                    ));
+                }
+                self.next_producer_id = p.next_producer_id;
+            }
             MetadataRecord::ClusterId { cluster_id } => match &self.cluster_id {
                 Some(old) if old != cluster_id => {
                     return Err(format!("cluster id {cluster_id:?} replaces {old:?}"));
@@ -348,6 +367,13 @@ impl MetadataImage {
         }
         for (name, level) in &self.features {
             out.push(MetadataRecord::FeatureLevel { name: name.clone(), level: *level });
+        }
+        if self.next_producer_id > 0 {
+            out.push(MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: -1,
+                broker_epoch: -1,
+                next_producer_id: self.next_producer_id,
+            }));
         }
         for b in self.brokers.values() {
             out.push(MetadataRecord::RegisterBroker(RegisterBroker {
@@ -816,6 +842,11 @@ mod tests {
             (0u128..3).prop_map(|t| MetadataRecord::RemoveTopic { topic_id: tid(t) }),
             (0i16..3).prop_map(|level| MetadataRecord::FeatureLevel { name: "metadata.version".into(), level }),
             (0u8..2).prop_map(|c| MetadataRecord::ClusterId { cluster_id: format!("c{c}") }),
+            (0i64..5000).prop_map(|next_producer_id| MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: 1,
+                broker_epoch: 0,
+                next_producer_id,
+            })),
         ]
     }
 

@@ -7,8 +7,17 @@
 //! committed metadata log ([`QuorumController::replay`]); the one whose
 //! quorum is leader is made active ([`QuorumController::activate`]) and
 //! answers BrokerRegistration, BrokerHeartbeat, UnregisterBroker,
-//! CreateTopics and DeleteTopics, and fences brokers whose session lapsed
-//! ([`QuorumController::tick`]).
+//! CreateTopics, DeleteTopics, AlterPartition (a leader's ISR changes,
+//! KIP-497), ElectLeaders (preferred and unclean elections) and
+//! AllocateProducerIds (blocks of producer ids, KIP-730), fences
+//! brokers whose session lapsed and moves leadership back to preferred
+//! replicas (`auto.leader.rebalance.enable`) in [`QuorumController::tick`].
+//!
+//! Leader elections (Kafka's `PartitionChangeBuilder`): a partition whose
+//! leader can no longer lead gets the first usable ISR member in replica
+//! order; if there is none it stays offline, its last ISR member kept in the
+//! ISR, unless `unclean.leader.election.enable` holds for its topic, in which
+//! case the first usable replica leads with an ISR of itself alone.
 //!
 //! Each operation returns a [`ControllerResult`]: the records to propose and
 //! the response to send once the log has committed through
@@ -32,19 +41,25 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
-    BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerRegistrationRequest, BrokerRegistrationResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
-    UnregisterBrokerRequest, UnregisterBrokerResponse,
+    alter_partition_response, AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
+    AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest,
+    BrokerRegistrationResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ElectLeadersRequest, ElectLeadersResponse, TopicName, UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
 
-use super::image::{partition_change, MetadataImage, NO_LEADER};
-use super::records::{BrokerRef, Endpoint, MetadataRecord, PartitionRecord, RegisterBroker, TopicRecord};
+use super::image::{partition_change, MetadataImage, PartitionRegistration, TopicImage, NO_LEADER};
+use super::records::{
+    BrokerRef, Endpoint, MetadataRecord, PartitionChange, PartitionRecord, ProducerIdsRecord, RegisterBroker,
+    TopicRecord,
+};
 use crate::config::{BrokerConfig, LogConfig};
+use crate::server::group::OFFSETS_TOPIC;
 use crate::server::topic_config::{apply_overrides, creatable_configs};
 use crate::server::topics::{check_new_topic, TopicError, TopicSpec};
 
@@ -55,6 +70,8 @@ pub const METADATA_VERSION: i16 = 1;
 /// Most brokers that may be registered at once: each has a session the
 /// active controller checks on every tick.
 pub const MAX_BROKERS: usize = 1024;
+/// Producer ids per AllocateProducerIds block, as Kafka's controller hands out.
+pub const PRODUCER_ID_BLOCK_SIZE: i32 = 1000;
 /// Most listeners one broker may register.
 pub const MAX_LISTENERS: usize = 16;
 /// Longest host name, rack or listener name a registration may carry (DNS: 253).
@@ -67,11 +84,14 @@ pub struct ControllerConfig {
     pub cluster_id: String,
     /// `broker.session.timeout.ms`.
     pub session_timeout_ms: i64,
-    /// Lets CreateTopics ask for a replication factor above 1.
-    pub replication_enabled: bool,
     /// Used for `-1` and for topic-level defaults: `num.partitions`,
-    /// `default.replication.factor`, the log settings.
+    /// `default.replication.factor`, `offsets.topic.replication.factor`, the
+    /// log settings (`unclean.leader.election.enable` among them), and the
+    /// planted `unclean_election_always`.
     pub defaults: BrokerConfig,
+    /// `leader.imbalance.check.interval.seconds` in ms when
+    /// `auto.leader.rebalance.enable`; `None`: no periodic rebalance.
+    pub leader_rebalance_interval_ms: Option<i64>,
     /// Most partition replicas one broker may be assigned (the brokers'
     /// `max_partitions`); CreateTopics beyond it is a POLICY_VIOLATION.
     pub max_replicas_per_broker: usize,
@@ -83,8 +103,10 @@ impl ControllerConfig {
             node_id: c.node_id,
             cluster_id: DEFAULT_CLUSTER_ID.into(),
             session_timeout_ms: c.broker_session_timeout_ms as i64,
-            replication_enabled: c.replication_enabled,
             defaults: c.clone(),
+            leader_rebalance_interval_ms: c
+                .auto_leader_rebalance_enable
+                .then(|| (c.leader_imbalance_check_interval_seconds.max(1) as i64).saturating_mul(1000)),
             max_replicas_per_broker: c.max_partitions,
         }
     }
@@ -117,6 +139,27 @@ struct Active {
     /// The offset the next proposed record will get.
     next_offset: i64,
     sessions: BTreeMap<i32, Session>,
+    /// Whether a topic may elect a leader from outside its ISR.
+    unclean: UncleanPolicy,
+    /// When `tick` next moves leadership back to preferred replicas.
+    next_rebalance_ms: Option<i64>,
+}
+
+/// Where unclean leader election is allowed: topics whose effective
+/// `unclean.leader.election.enable` is true, or every topic under the
+/// planted `unclean_election_always`.
+#[derive(Debug, Clone)]
+struct UncleanPolicy {
+    defaults: LogConfig,
+    always: bool,
+}
+
+impl UncleanPolicy {
+    fn allows(&self, t: &TopicImage) -> bool {
+        // A topic's configs were checked when it was created; one that no
+        // longer parses falls back to the clean default.
+        self.always || apply_overrides(&self.defaults, &t.configs).is_ok_and(|c| c.unclean_leader_election_enable)
+    }
 }
 
 impl Active {
@@ -132,11 +175,13 @@ impl Active {
     /// Records taking `node_id` out of ISRs and leadership after it became
     /// unusable in the working image (fenced, shutting down, unregistered):
     /// each partition it leads moves to the first usable ISR member in
-    /// replica order, or goes offline. The last ISR member stays in the ISR,
-    /// as in Kafka, so the partition knows whom to wait for.
+    /// replica order, or (unclean election allowed) the first usable
+    /// replica, or goes offline. The last ISR member stays in the ISR, as in
+    /// Kafka, so the partition knows whom to wait for.
     fn move_away(&mut self, out: &mut Vec<MetadataRecord>, node_id: i32) {
         let mut changes = Vec::new();
         for t in self.image.topics() {
+            let unclean = self.unclean.allows(t);
             for (i, p) in t.partitions.iter().enumerate() {
                 if !p.replicas.contains(&node_id) {
                     continue;
@@ -146,10 +191,10 @@ impl Active {
                 } else {
                     p.isr.iter().copied().filter(|r| *r != node_id).collect()
                 };
-                let leader = if p.leader == node_id || p.leader == NO_LEADER {
-                    elect_leader(&p.replicas, &isr, &self.image)
+                let (leader, isr) = if p.leader == node_id || p.leader == NO_LEADER {
+                    elect(&p.replicas, isr, &self.image, unclean)
                 } else {
-                    p.leader
+                    (p.leader, isr)
                 };
                 changes.extend(partition_change(t.id, i as i32, p, leader, isr));
             }
@@ -160,17 +205,40 @@ impl Active {
     }
 
     /// Records giving every offline partition a leader again where a usable
-    /// ISR member exists (after a broker is unfenced).
+    /// ISR member exists, or (unclean election allowed) a usable replica
+    /// (after a broker is unfenced).
     fn elect_offline_leaders(&mut self, out: &mut Vec<MetadataRecord>) {
         let mut changes = Vec::new();
         for t in self.image.topics() {
+            let unclean = self.unclean.allows(t);
             for (i, p) in t.partitions.iter().enumerate() {
                 if p.leader != NO_LEADER {
                     continue;
                 }
-                let leader = elect_leader(&p.replicas, &p.isr, &self.image);
-                changes.extend(partition_change(t.id, i as i32, p, leader, p.isr.clone()));
+                let (leader, isr) = elect(&p.replicas, p.isr.clone(), &self.image, unclean);
+                changes.extend(partition_change(t.id, i as i32, p, leader, isr));
             }
+        }
+        for c in changes {
+            self.append(out, MetadataRecord::PartitionChange(c));
+        }
+    }
+
+    /// Records moving leadership back to the preferred replica of every
+    /// partition whose preferred replica is in the ISR, usable, and not
+    /// leading (Kafka's auto leader rebalance, without its per-broker
+    /// imbalance threshold: every such partition moves).
+    fn rebalance_leaders(&mut self, out: &mut Vec<MetadataRecord>) {
+        let mut changes = Vec::new();
+        for t in self.image.topics() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if let Ok(c) = preferred_change(t.id, i as i32, p, &self.image) {
+                    changes.push(c);
+                }
+            }
+        }
+        if !changes.is_empty() {
+            tracing::info!(partitions = changes.len(), "leadership moved back to preferred replicas");
         }
         for c in changes {
             self.append(out, MetadataRecord::PartitionChange(c));
@@ -182,6 +250,112 @@ impl Active {
         self.move_away(out, b.node_id);
     }
 
+    /// One partition of an AlterPartition request: its new registration,
+    /// with the record written if the ISR changed.
+    fn alter_one(
+        &mut self,
+        out: &mut Vec<MetadataRecord>,
+        node_id: i32,
+        topic_id: Uuid,
+        pd: &kafka_protocol::messages::alter_partition_request::PartitionData,
+    ) -> Result<PartitionRegistration, ResponseError> {
+        if self.image.topic(topic_id).is_none() {
+            return Err(ResponseError::UnknownTopicId);
+        }
+        let p = self.image.partition(topic_id, pd.partition_index).ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if p.leader != node_id {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        if pd.leader_epoch != p.leader_epoch {
+            return Err(ResponseError::FencedLeaderEpoch);
+        }
+        if pd.partition_epoch != p.partition_epoch {
+            return Err(ResponseError::InvalidUpdateVersion);
+        }
+        // No replica here is ever RECOVERING (that needs an unclean election
+        // with KIP-704's recovery, which this controller does not track).
+        if pd.leader_recovery_state != 0 {
+            return Err(ResponseError::InvalidRequest);
+        }
+        let new: Vec<(i32, i64)> = if pd.new_isr_with_epochs.is_empty() {
+            pd.new_isr.iter().map(|b| (b.0, -1)).collect()
+        } else {
+            pd.new_isr_with_epochs.iter().map(|b| (b.broker_id.0, b.broker_epoch)).collect()
+        };
+        let isr: Vec<i32> = new.iter().map(|(b, _)| *b).collect();
+        let distinct: BTreeSet<i32> = isr.iter().copied().collect();
+        if isr.is_empty()
+            || distinct.len() != isr.len()
+            || !isr.contains(&p.leader)
+            || isr.iter().any(|b| !p.replicas.contains(b))
+        {
+            tracing::info!(broker = node_id, %topic_id, partition = pd.partition_index, ?isr, replicas = ?p.replicas,
+                "AlterPartition refused: the ISR must be distinct replicas including the leader");
+            return Err(ResponseError::InvalidRequest);
+        }
+        for (b, epoch) in &new {
+            if p.isr.contains(b) {
+                continue;
+            }
+            let eligible =
+                self.image.broker(*b).is_some_and(|reg| reg.is_usable() && (*epoch == -1 || *epoch == reg.epoch));
+            if !eligible {
+                tracing::info!(broker = node_id, %topic_id, partition = pd.partition_index, added = b,
+                    "AlterPartition refused: the added replica is fenced, shutting down or not registered");
+                return Err(ResponseError::IneligibleReplica);
+            }
+        }
+        if distinct == p.isr.iter().copied().collect::<BTreeSet<i32>>() {
+            return Ok(p.clone());
+        }
+        let change = partition_change(topic_id, pd.partition_index, p, p.leader, isr)
+            .expect("the ISR differs, so the partition changes");
+        tracing::info!(%topic_id, partition = pd.partition_index, from = ?p.isr, to = ?change.isr,
+            partition_epoch = change.partition_epoch, "ISR changed");
+        self.append(out, MetadataRecord::PartitionChange(change));
+        Ok(self.image.partition(topic_id, pd.partition_index).expect("just changed").clone())
+    }
+
+    /// One partition of an ElectLeaders request: the record electing its
+    /// leader, or why none was written.
+    fn elect_one(
+        &mut self,
+        out: &mut Vec<MetadataRecord>,
+        name: &str,
+        index: i32,
+        unclean: bool,
+    ) -> Result<(), (ResponseError, String)> {
+        let unknown = || (ResponseError::UnknownTopicOrPartition, format!("{name}-{index} does not exist"));
+        let t = self.image.topic_by_name(name).ok_or_else(unknown)?;
+        let p = usize::try_from(index).ok().and_then(|i| t.partitions.get(i)).ok_or_else(unknown)?;
+        let change = if unclean {
+            if p.leader != NO_LEADER && self.image.is_usable(p.leader) {
+                return Err((ResponseError::ElectionNotNeeded, format!("{name}-{index} has a leader")));
+            }
+            let (leader, isr) = elect(&p.replicas, p.isr.clone(), &self.image, true);
+            if leader == NO_LEADER {
+                return Err((
+                    ResponseError::EligibleLeadersNotAvailable,
+                    format!("no replica of {name}-{index} ({:?}) is usable", p.replicas),
+                ));
+            }
+            partition_change(t.id, index, p, leader, isr)
+                .ok_or_else(|| (ResponseError::ElectionNotNeeded, format!("{name}-{index} has a leader")))?
+        } else {
+            preferred_change(t.id, index, p, &self.image).map_err(|code| {
+                let why = if code == ResponseError::ElectionNotNeeded {
+                    format!("the preferred replica {} already leads {name}-{index}", p.replicas[0])
+                } else {
+                    format!("the preferred replica {} of {name}-{index} is not in the ISR or not usable", p.replicas[0])
+                };
+                (code, why)
+            })?
+        };
+        tracing::info!(topic = name, partition = index, leader = change.leader, unclean, "leader elected on request");
+        self.append(out, MetadataRecord::PartitionChange(change));
+        Ok(())
+    }
+
     fn has_valid_session(&self, node_id: i32, now_ms: i64, timeout_ms: i64) -> bool {
         let unfenced = self.image.broker(node_id).is_some_and(|b| !b.fenced);
         unfenced && self.sessions.get(&node_id).is_some_and(|s| now_ms <= s.last_contact_ms + timeout_ms)
@@ -191,6 +365,44 @@ impl Active {
 /// The first replica, in preference order, that is in `isr` and usable.
 fn elect_leader(replicas: &[i32], isr: &[i32], image: &MetadataImage) -> i32 {
     replicas.iter().copied().find(|r| isr.contains(r) && image.is_usable(*r)).unwrap_or(NO_LEADER)
+}
+
+/// The leader and ISR after an election: the first usable ISR member in
+/// replica order, the ISR unchanged; failing that, with `unclean` election
+/// allowed, the first usable replica with an ISR of itself alone (what only
+/// the old ISR held is lost, which is why it is off by default); failing
+/// that, no leader and the ISR unchanged.
+fn elect(replicas: &[i32], isr: Vec<i32>, image: &MetadataImage, unclean: bool) -> (i32, Vec<i32>) {
+    let leader = elect_leader(replicas, &isr, image);
+    if leader != NO_LEADER || !unclean {
+        return (leader, isr);
+    }
+    match replicas.iter().copied().find(|r| image.is_usable(*r)) {
+        Some(r) => {
+            tracing::warn!(leader = r, ?isr, "unclean leader election: a replica outside the ISR leads");
+            (r, vec![r])
+        }
+        None => (NO_LEADER, isr),
+    }
+}
+
+/// The change making `p`'s preferred replica (its first) the leader, or why
+/// not: ELECTION_NOT_NEEDED if it leads already, PREFERRED_LEADER_NOT_AVAILABLE
+/// if it is outside the ISR or not usable.
+fn preferred_change(
+    topic_id: Uuid,
+    partition: i32,
+    p: &PartitionRegistration,
+    image: &MetadataImage,
+) -> Result<PartitionChange, ResponseError> {
+    let preferred = p.replicas[0];
+    if p.leader == preferred {
+        return Err(ResponseError::ElectionNotNeeded);
+    }
+    if !p.isr.contains(&preferred) || !image.is_usable(preferred) {
+        return Err(ResponseError::PreferredLeaderNotAvailable);
+    }
+    partition_change(topic_id, partition, p, preferred, p.isr.clone()).ok_or(ResponseError::ElectionNotNeeded)
 }
 
 /// Kafka's rack-unaware replica placement: partition `p`'s first replica is
@@ -301,7 +513,12 @@ impl QuorumController {
             .brokers()
             .map(|b| (b.node_id, Session { last_contact_ms: now_ms, shutdown_offset: None }))
             .collect();
-        let mut active = Active { image: self.committed.clone(), next_offset, sessions };
+        let unclean = UncleanPolicy {
+            defaults: self.config.defaults.log.clone(),
+            always: self.config.defaults.bugs.unclean_election_always,
+        };
+        let next_rebalance_ms = self.config.leader_rebalance_interval_ms.map(|i| now_ms.saturating_add(i));
+        let mut active = Active { image: self.committed.clone(), next_offset, sessions, unclean, next_rebalance_ms };
         let mut records = Vec::new();
         if active.image.cluster_id().is_none() {
             active.append(&mut records, MetadataRecord::ClusterId { cluster_id: self.config.cluster_id.clone() });
@@ -333,7 +550,8 @@ impl QuorumController {
     }
 
     /// When [`Self::tick`] next has work: the earliest moment a broker's
-    /// session can lapse. `None` when not active or no broker is unfenced.
+    /// session can lapse, or the next leader rebalance. `None` when not
+    /// active, or when no broker is unfenced and no rebalance is due.
     pub fn next_deadline(&self) -> Option<i64> {
         let a = self.active.as_ref()?;
         a.image
@@ -341,13 +559,17 @@ impl QuorumController {
             .filter(|b| !b.fenced)
             .filter_map(|b| a.sessions.get(&b.node_id))
             .map(|s| s.last_contact_ms + self.config.session_timeout_ms + 1)
+            .chain(a.next_rebalance_ms)
             .min()
     }
 
     /// Fence every unfenced broker that has not heartbeated for longer than
-    /// `broker.session.timeout.ms`, moving its partition leadership away.
+    /// `broker.session.timeout.ms`, moving its partition leadership away;
+    /// every `leader.imbalance.check.interval.seconds`, move leadership back
+    /// to preferred replicas.
     pub fn tick(&mut self, now_ms: i64) -> ControllerResult<()> {
         let timeout = self.config.session_timeout_ms;
+        let interval = self.config.leader_rebalance_interval_ms;
         let Some(a) = self.active.as_mut() else { return Self::now(()) };
         let mut records = Vec::new();
         let unfenced: Vec<BrokerRef> = a
@@ -361,6 +583,12 @@ impl QuorumController {
             if now_ms > s.last_contact_ms + timeout {
                 tracing::info!(broker = b.node_id, epoch = b.broker_epoch, "broker session expired; fencing");
                 a.fence(&mut records, b);
+            }
+        }
+        if let (Some(due), Some(interval)) = (a.next_rebalance_ms, interval) {
+            if now_ms >= due {
+                a.next_rebalance_ms = Some(now_ms.saturating_add(interval));
+                a.rebalance_leaders(&mut records);
             }
         }
         self.result(records, ())
@@ -520,6 +748,135 @@ impl QuorumController {
         self.result(records, UnregisterBrokerResponse::default())
     }
 
+    /// AlterPartition (KIP-497): a partition leader asks to change its ISR.
+    /// Validated per partition as Kafka does — the sender must lead at the
+    /// leader epoch and partition epoch the controller has, the new ISR must
+    /// be a set of replicas holding the leader, and a broker it adds must be
+    /// registered (at the epoch given, v3), unfenced and not shutting down
+    /// (INELIGIBLE_REPLICA, KIP-841) — then written as one PartitionChange
+    /// (partition epoch +1, leader epoch unchanged) and answered with the
+    /// partition's new state once it commits. An ISR equal to the current
+    /// one is answered with the current state and writes nothing. A v3
+    /// request carries the ISR in `new_isr_with_epochs`, v2 in `new_isr`.
+    pub fn alter_partition(&mut self, req: &AlterPartitionRequest) -> ControllerResult<AlterPartitionResponse> {
+        let top = |code: ResponseError| Self::now(AlterPartitionResponse::default().with_error_code(code.code()));
+        let Some(a) = self.active.as_mut() else { return top(ResponseError::NotController) };
+        let node_id = req.broker_id.0;
+        // -1 skips the epoch check, as Kafka allows.
+        if req.broker_epoch != -1 && a.image.broker(node_id).is_none_or(|b| b.epoch != req.broker_epoch) {
+            tracing::info!(broker = node_id, epoch = req.broker_epoch, "AlterPartition from a stale broker epoch");
+            return top(ResponseError::StaleBrokerEpoch);
+        }
+        let mut resp = AlterPartitionResponse::default();
+        let mut records = Vec::new();
+        for t in &req.topics {
+            let mut out = alter_partition_response::TopicData::default().with_topic_id(t.topic_id);
+            for pd in &t.partitions {
+                let mut r = alter_partition_response::PartitionData::default().with_partition_index(pd.partition_index);
+                match a.alter_one(&mut records, node_id, t.topic_id, pd) {
+                    Ok(p) => {
+                        r.leader_id = BrokerId(p.leader);
+                        r.leader_epoch = p.leader_epoch;
+                        r.isr = p.isr.iter().copied().map(BrokerId).collect();
+                        r.partition_epoch = p.partition_epoch;
+                    }
+                    Err(code) => r.error_code = code.code(),
+                }
+                out.partitions.push(r);
+            }
+            resp.topics.push(out);
+        }
+        self.result(records, resp)
+    }
+
+    /// AllocateProducerIds (KIP-730): the next [`PRODUCER_ID_BLOCK_SIZE`]
+    /// producer ids for a registered broker at its current epoch
+    /// (STALE_BROKER_EPOCH otherwise), written as one `ProducerIds` record
+    /// and answered once it commits, so no two brokers — nor one broker
+    /// before and after a controller failover — are given the same id.
+    pub fn allocate_producer_ids(
+        &mut self,
+        req: &AllocateProducerIdsRequest,
+    ) -> ControllerResult<AllocateProducerIdsResponse> {
+        let error = |code: ResponseError| {
+            Self::now(
+                AllocateProducerIdsResponse::default().with_error_code(code.code()).with_producer_id_start((-1).into()),
+            )
+        };
+        let Some(a) = self.active.as_mut() else { return error(ResponseError::NotController) };
+        let node_id = req.broker_id.0;
+        if a.image.broker(node_id).is_none_or(|b| b.epoch != req.broker_epoch) {
+            tracing::info!(broker = node_id, epoch = req.broker_epoch, "AllocateProducerIds from a stale broker epoch");
+            return error(ResponseError::StaleBrokerEpoch);
+        }
+        let start = a.image.next_producer_id();
+        let Some(next) = start.checked_add(PRODUCER_ID_BLOCK_SIZE as i64) else {
+            tracing::error!(start, "producer ids are exhausted");
+            return error(ResponseError::UnknownServerError);
+        };
+        let mut records = Vec::new();
+        a.append(
+            &mut records,
+            MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: node_id,
+                broker_epoch: req.broker_epoch,
+                next_producer_id: next,
+            }),
+        );
+        tracing::debug!(broker = node_id, start, "producer id block allocated");
+        let resp = AllocateProducerIdsResponse::default()
+            .with_producer_id_start(start.into())
+            .with_producer_id_len(PRODUCER_ID_BLOCK_SIZE);
+        self.result(records, resp)
+    }
+
+    /// ElectLeaders: PREFERRED (0) makes each partition's first replica its
+    /// leader if that replica is in the ISR and usable
+    /// (ELECTION_NOT_NEEDED if it leads already, else
+    /// PREFERRED_LEADER_NOT_AVAILABLE); UNCLEAN (1) gives a leader to a
+    /// partition that has none usable (ELECTION_NOT_NEEDED if its leader is
+    /// usable), from the ISR if it can, else the first usable replica with an
+    /// ISR of itself alone (ELIGIBLE_LEADERS_NOT_AVAILABLE if no replica is
+    /// usable). With no partitions named, every partition is a candidate and,
+    /// as in Kafka, only those that elected someone are listed.
+    pub fn elect_leaders(&mut self, req: &ElectLeadersRequest) -> ControllerResult<ElectLeadersResponse> {
+        let top = |code: ResponseError| Self::now(ElectLeadersResponse::default().with_error_code(code.code()));
+        let Some(a) = self.active.as_mut() else { return top(ResponseError::NotController) };
+        let unclean = match req.election_type {
+            0 => false,
+            1 => true,
+            _ => return top(ResponseError::InvalidRequest),
+        };
+        // (name, partitions asked for) — every partition when none is named.
+        let wanted: Vec<(String, Vec<i32>, bool)> = match &req.topic_partitions {
+            Some(list) => list.iter().map(|t| (t.topic.to_string(), t.partitions.clone(), true)).collect(),
+            None => {
+                a.image.topics().map(|t| (t.name.clone(), (0..t.partitions.len() as i32).collect(), false)).collect()
+            }
+        };
+        let mut resp = ElectLeadersResponse::default();
+        let mut records = Vec::new();
+        for (name, partitions, named) in wanted {
+            let mut out = ReplicaElectionResult::default().with_topic(TopicName(str_bytes(name.clone())));
+            for index in partitions {
+                let outcome = a.elect_one(&mut records, &name, index, unclean);
+                if !named && outcome.is_err() {
+                    continue;
+                }
+                let mut r = PartitionResult::default().with_partition_id(index);
+                if let Err((code, message)) = outcome {
+                    r.error_code = code.code();
+                    r.error_message = Some(str_bytes(message));
+                }
+                out.partition_result.push(r);
+            }
+            if named || !out.partition_result.is_empty() {
+                resp.replica_election_results.push(out);
+            }
+        }
+        self.result(records, resp)
+    }
+
     /// CreateTopics: validate each topic as Kafka does, place its
     /// partitions over the usable brokers, and write a topic record and a
     /// partition record per partition.
@@ -580,13 +937,16 @@ impl QuorumController {
                 "with replica assignments, num_partitions and replication_factor must be -1",
             ));
         }
+        // Kafka gives its internal offsets topic its own factor.
+        let offsets_rf = (t.name.as_str() == OFFSETS_TOPIC && t.replication_factor == -1)
+            .then_some(self.config.defaults.groups.offsets_topic_replication_factor);
         let spec = TopicSpec {
             name: t.name.to_string(),
             num_partitions: if manual { t.assignments.len() as i32 } else { t.num_partitions },
             replication_factor: if manual {
                 i16::try_from(t.assignments[0].broker_ids.len()).unwrap_or(i16::MAX)
             } else {
-                t.replication_factor
+                offsets_rf.unwrap_or(t.replication_factor)
             },
             configs,
         };
@@ -595,15 +955,6 @@ impl QuorumController {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicationFactor,
                 format!("replication factor must be at least 1, or -1 for the default; not {rf}"),
-            ));
-        }
-        if rf > 1 && !self.config.replication_enabled {
-            return Err(TopicError::new(
-                ResponseError::InvalidReplicationFactor,
-                format!(
-                    "replication factor {rf} is refused: partition replication is not enabled on this cluster \
-                     (replication_enabled = false), so every partition has one replica"
-                ),
             ));
         }
         let placement = if manual {
@@ -617,11 +968,13 @@ impl QuorumController {
                 ));
             }
             if rf as usize > usable.len() {
+                let setting = if offsets_rf.is_some() { " (offsets.topic.replication.factor)" } else { "" };
                 return Err(TopicError::new(
                     ResponseError::InvalidReplicationFactor,
                     format!(
-                        "unable to replicate the partition {rf} time(s): the target replication factor of {rf} \
-                         cannot be reached because only {} broker(s) are registered and unfenced",
+                        "unable to replicate the partition {rf} time(s): the target replication factor of {rf}\
+                         {setting} cannot be reached because only {} broker(s) are registered, unfenced and \
+                         not shutting down",
                         usable.len()
                     ),
                 ));

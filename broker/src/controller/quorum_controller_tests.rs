@@ -22,26 +22,26 @@ struct Harness {
     now: i64,
 }
 
-fn config(replication_enabled: bool) -> ControllerConfig {
-    let mut c = ControllerConfig::from_broker_config(&BrokerConfig {
-        node_id: 100,
-        replication_enabled,
-        num_partitions: 3,
-        ..BrokerConfig::default()
-    });
+fn config() -> ControllerConfig {
+    config_from(BrokerConfig::default())
+}
+
+/// The controller's config from a broker config with node id 100 and
+/// `num.partitions` 3 (the rebalance off: tests that want it set it).
+fn config_from(b: BrokerConfig) -> ControllerConfig {
+    let mut c = ControllerConfig::from_broker_config(&BrokerConfig { node_id: 100, num_partitions: 3, ..b });
     c.session_timeout_ms = SESSION;
+    c.leader_rebalance_interval_ms = None;
     c
 }
 
 impl Harness {
-    fn new(replication_enabled: bool) -> Harness {
-        let mut h = Harness {
-            ctl: QuorumController::new(config(replication_enabled), 7),
-            log: vec![],
-            committed: 0,
-            next_offset: 0,
-            now: 1_000,
-        };
+    fn new() -> Harness {
+        Harness::with_config(config())
+    }
+
+    fn with_config(c: ControllerConfig) -> Harness {
+        let mut h = Harness { ctl: QuorumController::new(c, 7), log: vec![], committed: 0, next_offset: 0, now: 1_000 };
         // The quorum's leader-change control record takes offset 0.
         h.next_offset = 1;
         let r = h.ctl.activate(h.next_offset, h.now);
@@ -171,12 +171,12 @@ fn code(e: ResponseError) -> i16 {
 
 #[test]
 fn activation_bootstraps_a_new_cluster() {
-    let h = Harness::new(false);
+    let h = Harness::new();
     assert_eq!(h.image().cluster_id(), Some(DEFAULT_CLUSTER_ID));
     assert_eq!(h.image().feature_level("metadata.version"), Some(METADATA_VERSION));
     assert_eq!(h.image().last_offset(), 2);
     // A second activation over that log writes nothing.
-    let mut other = QuorumController::new(config(false), 1);
+    let mut other = QuorumController::new(config(), 1);
     for (o, r) in &h.log {
         other.replay(*o, r).unwrap();
     }
@@ -186,7 +186,7 @@ fn activation_bootstraps_a_new_cluster() {
 
 #[test]
 fn registration_epoch_is_the_record_offset_and_unfencing_waits_for_catch_up() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let req = registration(1, 11);
     let r = h.ctl.register_broker(&req, h.now);
     let offset = h.next_offset;
@@ -224,7 +224,7 @@ fn registration_epoch_is_the_record_offset_and_unfencing_waits_for_catch_up() {
 
 #[test]
 fn registrations_are_checked() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let mut bad = registration(1, 1);
     bad.cluster_id = StrBytes::from_static_str("other");
     let check = |h: &mut Harness, req: &BrokerRegistrationRequest, want: ResponseError| {
@@ -256,7 +256,7 @@ fn registrations_are_checked() {
 
 #[test]
 fn the_session_timeout_fences_and_moves_leadership_then_the_return_restores_it() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1, 2, 3]);
     let created = h.create("t", 3, 1);
     assert_eq!(created.error_code, 0, "{created:?}");
@@ -303,7 +303,7 @@ fn the_session_timeout_fences_and_moves_leadership_then_the_return_restores_it()
 
 #[test]
 fn re_registering_while_unfenced_takes_leadership_away_first() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1]);
     h.create("t", 2, 1);
     assert_eq!(h.leaders("t"), [1, 1]);
@@ -319,7 +319,7 @@ fn re_registering_while_unfenced_takes_leadership_away_first() {
 
 #[test]
 fn create_topics_spreads_leaders_round_robin_with_a_rotating_start() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1, 2, 3]);
     let r = h.create("six", 6, 1);
     assert_eq!((r.error_code, r.num_partitions, r.replication_factor), (0, 6, 1));
@@ -345,7 +345,7 @@ fn create_topics_spreads_leaders_round_robin_with_a_rotating_start() {
 
 #[test]
 fn create_topics_validates_like_kafka() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     // No brokers yet.
     let r = h.create("t", 1, 1);
     assert_eq!(r.error_code, code(ResponseError::InvalidReplicationFactor));
@@ -360,7 +360,8 @@ fn create_topics_validates_like_kafka() {
         (topic("zero", 0, 1), ResponseError::InvalidPartitions.code(), "between 1 and"),
         (topic("huge", MAX_PARTITIONS + 1, 1), ResponseError::InvalidPartitions.code(), "between 1 and"),
         (topic("rf0", 1, 0), ResponseError::InvalidReplicationFactor.code(), "at least 1"),
-        (topic("rf3", 1, 3), ResponseError::InvalidReplicationFactor.code(), "replication_enabled"),
+        (topic("rf3", 1, 3), OK, ""),
+        (topic("rf4", 1, 4), ResponseError::InvalidReplicationFactor.code(), "only 3 broker(s)"),
         (
             topic("cfg", 1, 1).with_configs(vec![CreatableTopicConfig::default()
                 .with_name(StrBytes::from_static_str("retention.bogus"))
@@ -391,9 +392,9 @@ fn create_topics_validates_like_kafka() {
 
 #[test]
 fn the_per_broker_replica_limit_is_a_policy_violation() {
-    let mut c = config(false);
+    let mut c = config();
     c.max_replicas_per_broker = 4;
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.ctl = QuorumController::new(c, 1);
     h.log.clear();
     h.committed = 0;
@@ -409,7 +410,7 @@ fn the_per_broker_replica_limit_is_a_policy_violation() {
 
 #[test]
 fn replication_factor_three_places_distinct_replicas_and_moves_leaders_within_the_isr() {
-    let mut h = Harness::new(true);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1, 2, 3, 4]);
     assert_eq!(h.create("too-many", 1, 5).error_code, code(ResponseError::InvalidReplicationFactor));
     let r = h.create("r3", 8, 3);
@@ -446,7 +447,7 @@ fn replication_factor_three_places_distinct_replicas_and_moves_leaders_within_th
 
 #[test]
 fn the_last_isr_member_keeps_its_place_and_the_partition_goes_offline() {
-    let mut h = Harness::new(true);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1, 2]);
     h.create("r2", 1, 2);
     let id = h.image().topic_by_name("r2").unwrap().id;
@@ -469,7 +470,7 @@ fn the_last_isr_member_keeps_its_place_and_the_partition_goes_offline() {
 
 #[test]
 fn controlled_shutdown_moves_leadership_then_lets_the_broker_go() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1, 2]);
     h.create("t", 2, 1);
     let leaders = h.leaders("t");
@@ -506,7 +507,7 @@ fn controlled_shutdown_moves_leadership_then_lets_the_broker_go() {
 
 #[test]
 fn delete_topics_by_name_and_id() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1]);
     let a = h.create("a", 1, 1);
     h.create("b", 1, 1);
@@ -546,7 +547,7 @@ fn delete_topics_by_name_and_id() {
 
 #[test]
 fn manual_assignments_are_checked() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1, 2]);
     let assign = |parts: &[(i32, &[i32])]| {
         topic("m", -1, -1).with_assignments(
@@ -563,7 +564,7 @@ fn manual_assignments_are_checked() {
     let cases: Vec<(CreatableTopic, i16)> = vec![
         (assign(&[(0, &[1]), (2, &[2])]), ResponseError::InvalidReplicaAssignment.code()),
         (assign(&[(0, &[7])]), ResponseError::InvalidReplicaAssignment.code()),
-        (assign(&[(0, &[1, 2])]), ResponseError::InvalidReplicationFactor.code()),
+        (assign(&[(0, &[1, 2])]).with_name(TopicName(StrBytes::from_static_str("m2"))), OK),
         (assign(&[(0, &[1])]).with_num_partitions(1), ResponseError::InvalidRequest.code()),
         (assign(&[(0, &[2]), (1, &[2]), (2, &[1])]), OK),
     ];
@@ -578,7 +579,7 @@ fn manual_assignments_are_checked() {
 
 #[test]
 fn unregistering_a_broker_moves_its_leadership() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1, 2]);
     h.create("t", 2, 1);
     let r = h.ctl.unregister_broker(&UnregisterBrokerRequest::default().with_broker_id(BrokerId(1)));
@@ -591,7 +592,7 @@ fn unregistering_a_broker_moves_its_leadership() {
 
 #[test]
 fn a_standby_answers_not_controller_and_resigning_drops_what_is_uncommitted() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1]);
     // Proposed, never committed; leadership lost.
     let r = h.ctl.create_topics(&CreateTopicsRequest::default().with_topics(vec![topic("lost", 1, 1)]));
@@ -620,7 +621,7 @@ fn a_standby_answers_not_controller_and_resigning_drops_what_is_uncommitted() {
 
 #[test]
 fn an_answer_read_from_uncommitted_records_waits_for_them() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     h.brokers(&[1]);
     let first = h.ctl.create_topics(&CreateTopicsRequest::default().with_topics(vec![topic("t", 1, 1)]));
     let (wait, _) = h.propose(first);
@@ -637,11 +638,11 @@ fn an_answer_read_from_uncommitted_records_waits_for_them() {
 
 #[test]
 fn a_new_active_controller_takes_over_with_fresh_sessions() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let epochs = h.brokers(&[1, 2]);
     h.create("t", 2, 1);
     // Another controller has replayed the same committed log.
-    let mut next = QuorumController::new(config(false), 99);
+    let mut next = QuorumController::new(config(), 99);
     for (o, r) in &h.log {
         next.replay(*o, r).unwrap();
     }
@@ -670,7 +671,7 @@ fn a_new_active_controller_takes_over_with_fresh_sessions() {
 
 #[test]
 fn a_record_written_by_another_leader_makes_the_active_controller_resign() {
-    let mut h = Harness::new(false);
+    let mut h = Harness::new();
     let rec = MetadataRecord::FeatureLevel { name: "x".into(), level: 1 };
     h.ctl.replay(h.next_offset + 3, &rec).unwrap();
     assert!(!h.ctl.is_active());
@@ -775,7 +776,7 @@ proptest! {
 
     #[test]
     fn random_timelines_keep_leaders_usable_and_replicas_agree(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut h = Harness::new(true);
+        let mut h = Harness::new();
         h.brokers(&[0, 1, 2]);
         let mut previous = h.image().clone();
         for op in ops {
@@ -811,7 +812,7 @@ proptest! {
                     // Lost before commit: the new leader's log ends at the commit point.
                     h.log.truncate(h.committed);
                     h.next_offset = h.log.last().map_or(1, |(o, _)| o + 1) + 1;
-                    let mut next = QuorumController::new(config(true), name as u64);
+                    let mut next = QuorumController::new(config(), name as u64);
                     for (o, r) in &h.log {
                         next.replay(*o, r).unwrap();
                     }
@@ -835,4 +836,463 @@ proptest! {
             previous = h.image().clone();
         }
     }
+}
+
+// ---- replication factor defaults -------------------------------------------
+
+#[test]
+fn minus_one_takes_default_replication_factor() {
+    let mut h = Harness::with_config(config_from(BrokerConfig { default_replication_factor: 2, ..Default::default() }));
+    h.brokers(&[1, 2, 3]);
+    let r = h.create("d", 4, -1);
+    assert_eq!((r.error_code, r.replication_factor), (0, 2), "{r:?}");
+    let t = h.image().topic_by_name("d").unwrap();
+    assert!(t.partitions.iter().all(|p| p.replicas.len() == 2 && p.isr == p.replicas));
+}
+
+#[test]
+fn the_offsets_topic_waits_for_offsets_topic_replication_factor_brokers() {
+    let mut h = Harness::new();
+    assert_eq!(config().defaults.groups.offsets_topic_replication_factor, 3, "Kafka's default");
+    h.brokers(&[1, 2]);
+    let r = h.create(OFFSETS_TOPIC, 5, -1);
+    assert_eq!(r.error_code, code(ResponseError::InvalidReplicationFactor));
+    let message = r.error_message.unwrap();
+    assert!(message.contains("offsets.topic.replication.factor") && message.contains("only 2"), "{message}");
+    // Other topics' -1 still means default.replication.factor.
+    assert_eq!(h.create("plain", 1, -1).replication_factor, 1);
+    h.brokers(&[3]);
+    let r = h.create(OFFSETS_TOPIC, 5, -1);
+    assert_eq!((r.error_code, r.replication_factor), (0, 3), "{r:?}");
+    let t = h.image().topic_by_name(OFFSETS_TOPIC).unwrap();
+    assert!(t.partitions.iter().all(|p| p.replicas.len() == 3));
+}
+
+// ---- AlterPartition ----------------------------------------------------------
+
+use kafka_protocol::messages::alter_partition_request::{BrokerState as IsrMember, PartitionData, TopicData};
+
+/// A v3 AlterPartition from `broker` for one partition, at the epochs the
+/// committed image has.
+fn alter_request(
+    h: &Harness,
+    broker: i32,
+    epoch: i64,
+    topic_id: Uuid,
+    partition: i32,
+    isr: &[i32],
+) -> AlterPartitionRequest {
+    let p = h.image().partition(topic_id, partition).cloned();
+    let data = PartitionData::default()
+        .with_partition_index(partition)
+        .with_leader_epoch(p.as_ref().map_or(0, |p| p.leader_epoch))
+        .with_partition_epoch(p.as_ref().map_or(0, |p| p.partition_epoch))
+        .with_new_isr_with_epochs(
+            isr.iter().map(|b| IsrMember::default().with_broker_id(BrokerId(*b)).with_broker_epoch(-1)).collect(),
+        );
+    AlterPartitionRequest::default()
+        .with_broker_id(BrokerId(broker))
+        .with_broker_epoch(epoch)
+        .with_topics(vec![TopicData::default().with_topic_id(topic_id).with_partitions(vec![data])])
+}
+
+impl Harness {
+    /// Send `req`; the partition answer (or the top-level error as one).
+    fn alter(&mut self, req: &AlterPartitionRequest) -> alter_partition_response::PartitionData {
+        let r = self.ctl.alter_partition(req);
+        let resp = self.run(r);
+        if resp.error_code != 0 {
+            return alter_partition_response::PartitionData::default().with_error_code(resp.error_code);
+        }
+        resp.topics[0].partitions[0].clone()
+    }
+}
+
+/// Three brokers, one partition on all three; (topic id, leader, followers, epochs).
+fn replicated() -> (Harness, Uuid, i32, Vec<i32>, BTreeMap<i32, i64>) {
+    let mut h = Harness::new();
+    let epochs = h.brokers(&[1, 2, 3, 4]);
+    let r = h.create_with("r", 1, 3, &[]);
+    assert_eq!(r.error_code, 0);
+    let p = h.image().partition(r.topic_id, 0).unwrap().clone();
+    let followers = p.replicas[1..].to_vec();
+    (h, r.topic_id, p.leader, followers, epochs)
+}
+
+impl Harness {
+    fn create_with(&mut self, name: &str, partitions: i32, rf: i16, configs: &[(&str, &str)]) -> CreatableTopicResult {
+        let t = topic(name, partitions, rf).with_configs(
+            configs
+                .iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(k.to_string()))
+                        .with_value(Some(StrBytes::from_string(v.to_string())))
+                })
+                .collect(),
+        );
+        let r = self.ctl.create_topics(&CreateTopicsRequest::default().with_topics(vec![t]));
+        self.run(r).topics.remove(0)
+    }
+}
+
+#[test]
+fn alter_partition_shrinks_and_expands_the_isr_after_commit() {
+    let (mut h, id, leader, followers, epochs) = replicated();
+    let before = h.image().partition(id, 0).unwrap().clone();
+    let req = alter_request(&h, leader, epochs[&leader], id, 0, &[leader, followers[0]]);
+    let r = h.ctl.alter_partition(&req);
+    assert_eq!(r.records.len(), 1, "one PartitionChange");
+    assert_eq!(r.commit_offset, Some(h.next_offset), "answered once the change commits");
+    let resp = h.run(r);
+    let p = &resp.topics[0].partitions[0];
+    assert_eq!(resp.topics[0].topic_id, id);
+    assert_eq!(p.error_code, 0, "{p:?}");
+    assert_eq!(p.isr, [BrokerId(leader), BrokerId(followers[0])]);
+    assert_eq!(
+        (p.leader_id.0, p.leader_epoch, p.partition_epoch),
+        (leader, before.leader_epoch, before.partition_epoch + 1)
+    );
+    let now = h.image().partition(id, 0).unwrap();
+    assert_eq!(
+        (now.isr.clone(), now.leader, now.leader_epoch),
+        (vec![leader, followers[0]], leader, before.leader_epoch)
+    );
+
+    // The same ISR (in any order): the current state, nothing written.
+    let req = alter_request(&h, leader, epochs[&leader], id, 0, &[followers[0], leader]);
+    let r = h.ctl.alter_partition(&req);
+    assert!(r.records.is_empty() && r.commit_offset.is_none());
+    assert_eq!(r.response.topics[0].partitions[0].partition_epoch, before.partition_epoch + 1);
+
+    // Back to all three, as v2 would send it (new_isr, no epochs); -1 skips the broker epoch check.
+    let mut req = alter_request(&h, leader, -1, id, 0, &[]);
+    let all: Vec<BrokerId> = before.replicas.iter().copied().map(BrokerId).collect();
+    req.topics[0].partitions[0].new_isr = all.clone();
+    let p = h.alter(&req);
+    assert_eq!((p.error_code, p.isr.clone(), p.partition_epoch), (0, all, before.partition_epoch + 2));
+}
+
+#[test]
+fn alter_partition_refuses_like_kafka() {
+    let (mut h, id, leader, followers, epochs) = replicated();
+    let e = epochs[&leader];
+    let (f0, f1) = (followers[0], followers[1]);
+    let outsider = *[1, 2, 3, 4].iter().find(|b| ![leader, f0, f1].contains(b)).unwrap();
+    let cases: Vec<(&str, AlterPartitionRequest, ResponseError)> = vec![
+        ("stale broker epoch", alter_request(&h, leader, e + 100, id, 0, &[leader]), ResponseError::StaleBrokerEpoch),
+        ("unregistered sender", alter_request(&h, 9, 3, id, 0, &[leader]), ResponseError::StaleBrokerEpoch),
+        (
+            "unknown topic id",
+            alter_request(&h, leader, e, Uuid::from_u128(77), 0, &[leader]),
+            ResponseError::UnknownTopicId,
+        ),
+        ("unknown partition", alter_request(&h, leader, e, id, 5, &[leader]), ResponseError::UnknownTopicOrPartition),
+        ("a follower", alter_request(&h, f0, epochs[&f0], id, 0, &[f0]), ResponseError::NotLeaderOrFollower),
+        ("empty ISR", alter_request(&h, leader, e, id, 0, &[]), ResponseError::InvalidRequest),
+        ("repeated member", alter_request(&h, leader, e, id, 0, &[leader, f0, f0]), ResponseError::InvalidRequest),
+        ("leader left out", alter_request(&h, leader, e, id, 0, &[f0, f1]), ResponseError::InvalidRequest),
+        ("not a replica", alter_request(&h, leader, e, id, 0, &[leader, outsider]), ResponseError::InvalidRequest),
+    ];
+    let mut fenced_epoch = alter_request(&h, leader, e, id, 0, &[leader]);
+    fenced_epoch.topics[0].partitions[0].leader_epoch += 1;
+    let mut stale_version = alter_request(&h, leader, e, id, 0, &[leader]);
+    stale_version.topics[0].partitions[0].partition_epoch -= 1;
+    let mut recovering = alter_request(&h, leader, e, id, 0, &[leader]);
+    recovering.topics[0].partitions[0].leader_recovery_state = 1;
+    let cases = cases.into_iter().chain([
+        ("leader epoch differs", fenced_epoch, ResponseError::FencedLeaderEpoch),
+        ("partition epoch differs", stale_version, ResponseError::InvalidUpdateVersion),
+        ("leader recovering", recovering, ResponseError::InvalidRequest),
+    ]);
+    let before = h.image().clone();
+    for (what, req, want) in cases {
+        let r = h.ctl.alter_partition(&req);
+        assert!(r.records.is_empty(), "{what}");
+        let got = if r.response.error_code != 0 {
+            r.response.error_code
+        } else {
+            r.response.topics[0].partitions[0].error_code
+        };
+        assert_eq!(got, want.code(), "{what}: {:?}", r.response);
+    }
+    assert_eq!(h.image(), &before);
+
+    // Not the active controller.
+    h.ctl.resign();
+    let r = h.ctl.alter_partition(&alter_request(&h, leader, e, id, 0, &[leader]));
+    assert_eq!(r.response.error_code, code(ResponseError::NotController));
+}
+
+#[test]
+fn alter_partition_refuses_to_add_an_ineligible_replica() {
+    let (mut h, id, leader, followers, epochs) = replicated();
+    let (f0, f1) = (followers[0], followers[1]);
+    let p = h.alter(&alter_request(&h, leader, epochs[&leader], id, 0, &[leader]));
+    assert_eq!(p.error_code, 0);
+    // f0 is fenced: it may not come back into the ISR.
+    let last = h.image().last_offset();
+    h.heartbeat_with(f0, epochs[&f0], last, true, false);
+    let p = h.alter(&alter_request(&h, leader, epochs[&leader], id, 0, &[leader, f0]));
+    assert_eq!(p.error_code, code(ResponseError::IneligibleReplica));
+    // f1 is shutting down: likewise.
+    let last = h.image().last_offset();
+    h.heartbeat_with(f1, epochs[&f1], last, false, true);
+    let p = h.alter(&alter_request(&h, leader, epochs[&leader], id, 0, &[leader, f1]));
+    assert_eq!(p.error_code, code(ResponseError::IneligibleReplica));
+    // f0 unfenced, but named at an epoch that is not its registration's (v3).
+    let last = h.image().last_offset();
+    assert!(!h.heartbeat(f0, epochs[&f0], last).is_fenced);
+    let mut req = alter_request(&h, leader, epochs[&leader], id, 0, &[leader, f0]);
+    req.topics[0].partitions[0].new_isr_with_epochs[1].broker_epoch = epochs[&f0] + 1;
+    assert_eq!(h.alter(&req).error_code, code(ResponseError::IneligibleReplica));
+    // At its epoch: back in.
+    req.topics[0].partitions[0].new_isr_with_epochs[1].broker_epoch = epochs[&f0];
+    let p = h.alter(&req);
+    assert_eq!((p.error_code, p.isr.len()), (0, 2));
+    // A member already in the ISR is kept whatever its state (shrinks never fail on it).
+    let last = h.image().last_offset();
+    h.heartbeat_with(f0, epochs[&f0], last, true, false);
+    let p = h.image().partition(id, 0).unwrap().clone();
+    assert_eq!(p.isr, [leader], "fencing took f0 out again");
+}
+
+// ---- unclean leader election --------------------------------------------------
+
+/// Two brokers, a two-replica partition whose ISR is just its leader; then
+/// the leader is fenced. Returns the partition afterwards.
+fn leader_lost_with_isr_of_one(h: &mut Harness, configs: &[(&str, &str)]) -> (Uuid, i32, i32, PartitionRegistration) {
+    let epochs = h.brokers(&[1, 2]);
+    let r = h.create_with("u", 1, 2, configs);
+    assert_eq!(r.error_code, 0, "{r:?}");
+    let p = h.image().partition(r.topic_id, 0).unwrap().clone();
+    let (leader, other) = (p.replicas[0], p.replicas[1]);
+    assert_eq!(h.alter(&alter_request(h, leader, epochs[&leader], r.topic_id, 0, &[leader])).error_code, 0);
+    let last = h.image().last_offset();
+    h.heartbeat_with(leader, epochs[&leader], last, true, false);
+    (r.topic_id, leader, other, h.image().partition(r.topic_id, 0).unwrap().clone())
+}
+
+#[test]
+fn without_unclean_election_a_partition_whose_isr_is_gone_stays_offline() {
+    let mut h = Harness::new();
+    let (_, leader, _, p) = leader_lost_with_isr_of_one(&mut h, &[]);
+    assert_eq!((p.leader, p.isr), (NO_LEADER, vec![leader]));
+}
+
+#[test]
+fn unclean_election_elects_a_replica_outside_the_isr_when_the_topic_allows_it() {
+    let mut h = Harness::new();
+    let (id, leader, other, p) = leader_lost_with_isr_of_one(&mut h, &[("unclean.leader.election.enable", "true")]);
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (other, vec![other], 1), "{p:?}");
+    // Now the other goes too, and the old leader returns: it is not in the
+    // ISR, but unclean election gives it the partition on its unfencing.
+    let epochs: BTreeMap<i32, i64> = h.image().brokers().map(|b| (b.node_id, b.epoch)).collect();
+    let last = h.image().last_offset();
+    h.heartbeat_with(other, epochs[&other], last, true, false);
+    assert_eq!(h.image().partition(id, 0).unwrap().leader, NO_LEADER);
+    let last = h.image().last_offset();
+    assert!(!h.heartbeat(leader, epochs[&leader], last).is_fenced);
+    let p = h.image().partition(id, 0).unwrap();
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (leader, vec![leader], 3));
+}
+
+#[test]
+fn the_broker_default_and_the_planted_bug_enable_unclean_election_too() {
+    let log = LogConfig { unclean_leader_election_enable: true, ..Default::default() };
+    let mut h = Harness::with_config(config_from(BrokerConfig { log, ..Default::default() }));
+    let (_, _, other, p) = leader_lost_with_isr_of_one(&mut h, &[]);
+    assert_eq!(p.leader, other);
+    // A topic may still refuse it.
+    let log = LogConfig { unclean_leader_election_enable: true, ..Default::default() };
+    let mut h = Harness::with_config(config_from(BrokerConfig { log, ..Default::default() }));
+    let (_, _, _, p) = leader_lost_with_isr_of_one(&mut h, &[("unclean.leader.election.enable", "false")]);
+    assert_eq!(p.leader, NO_LEADER);
+    // The planted bug overrides every topic.
+    let bugs = crate::config::PlantedBugs { unclean_election_always: true, ..Default::default() };
+    let mut h = Harness::with_config(config_from(BrokerConfig { bugs, ..Default::default() }));
+    let (_, _, other, p) = leader_lost_with_isr_of_one(&mut h, &[("unclean.leader.election.enable", "false")]);
+    assert_eq!((p.leader, p.isr), (other, vec![other]));
+}
+
+// ---- ElectLeaders and the auto leader rebalance ---------------------------------
+
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+
+impl Harness {
+    fn elect(&mut self, election_type: i8, partitions: Option<&[(&str, &[i32])]>) -> ElectLeadersResponse {
+        let req = ElectLeadersRequest::default().with_election_type(election_type).with_topic_partitions(
+            partitions.map(|ps| {
+                ps.iter()
+                    .map(|(t, p)| {
+                        TopicPartitions::default()
+                            .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                            .with_partitions(p.to_vec())
+                    })
+                    .collect()
+            }),
+        );
+        let r = self.ctl.elect_leaders(&req);
+        self.run(r)
+    }
+}
+
+fn election_codes(r: &ElectLeadersResponse) -> Vec<(String, i32, i16)> {
+    r.replica_election_results
+        .iter()
+        .flat_map(|t| t.partition_result.iter().map(|p| (t.topic.to_string(), p.partition_id, p.error_code)))
+        .collect()
+}
+
+/// The preferred replica of a three-replica partition was fenced, came
+/// back, and is in the ISR again, following.
+fn preferred_replica_back_as_follower(h: &mut Harness) -> (Uuid, i32) {
+    let epochs = h.brokers(&[1, 2, 3]);
+    let r = h.create("p", 1, 3);
+    let id = r.topic_id;
+    let preferred = h.image().partition(id, 0).unwrap().replicas[0];
+    let last = h.image().last_offset();
+    h.heartbeat_with(preferred, epochs[&preferred], last, true, false);
+    let last = h.image().last_offset();
+    assert!(!h.heartbeat(preferred, epochs[&preferred], last).is_fenced);
+    let p = h.image().partition(id, 0).unwrap().clone();
+    assert!(p.leader != preferred && !p.isr.contains(&preferred), "{p:?}");
+    assert_eq!(
+        election_codes(&h.elect(0, Some(&[("p", &[0])]))),
+        [("p".into(), 0, code(ResponseError::PreferredLeaderNotAvailable))]
+    );
+    let mut isr = p.isr.clone();
+    isr.push(preferred);
+    assert_eq!(h.alter(&alter_request(h, p.leader, -1, id, 0, &isr)).error_code, 0);
+    (id, preferred)
+}
+
+#[test]
+fn preferred_election_moves_leadership_back_to_the_first_replica() {
+    let mut h = Harness::new();
+    let (id, preferred) = preferred_replica_back_as_follower(&mut h);
+    let before = h.image().partition(id, 0).unwrap().clone();
+    let r = h.elect(0, Some(&[("p", &[0, 7]), ("nope", &[0])]));
+    assert_eq!(
+        election_codes(&r),
+        [
+            ("p".into(), 0, 0),
+            ("p".into(), 7, code(ResponseError::UnknownTopicOrPartition)),
+            ("nope".into(), 0, code(ResponseError::UnknownTopicOrPartition)),
+        ]
+    );
+    let p = h.image().partition(id, 0).unwrap();
+    assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (preferred, before.leader_epoch + 1, before.isr.clone()));
+    assert_eq!(
+        election_codes(&h.elect(0, Some(&[("p", &[0])]))),
+        [("p".into(), 0, code(ResponseError::ElectionNotNeeded))]
+    );
+    // Asked for every partition: only elections that happened are listed.
+    assert!(h.elect(0, None).replica_election_results.is_empty());
+    assert_eq!(h.elect(9, None).error_code, code(ResponseError::InvalidRequest));
+}
+
+#[test]
+fn unclean_election_on_request_ignores_the_topic_config() {
+    let mut h = Harness::new();
+    let (id, _, other, p) = leader_lost_with_isr_of_one(&mut h, &[]);
+    assert_eq!(p.leader, NO_LEADER);
+    // Preferred cannot help: the preferred replica is fenced.
+    assert_eq!(
+        election_codes(&h.elect(0, Some(&[("u", &[0])]))),
+        [("u".into(), 0, code(ResponseError::PreferredLeaderNotAvailable))]
+    );
+    let r = h.elect(1, None);
+    assert_eq!(election_codes(&r), [("u".into(), 0, 0)]);
+    let p = h.image().partition(id, 0).unwrap();
+    assert_eq!((p.leader, p.isr.clone()), (other, vec![other]));
+    assert_eq!(
+        election_codes(&h.elect(1, Some(&[("u", &[0])]))),
+        [("u".into(), 0, code(ResponseError::ElectionNotNeeded))]
+    );
+    // No usable replica at all.
+    let epoch = h.image().broker(other).unwrap().epoch;
+    let last = h.image().last_offset();
+    h.heartbeat_with(other, epoch, last, true, false);
+    assert_eq!(
+        election_codes(&h.elect(1, Some(&[("u", &[0])]))),
+        [("u".into(), 0, code(ResponseError::EligibleLeadersNotAvailable))]
+    );
+    h.ctl.resign();
+    let r = h.ctl.elect_leaders(&ElectLeadersRequest::default());
+    assert_eq!(r.response.error_code, code(ResponseError::NotController));
+}
+
+#[test]
+fn the_auto_leader_rebalance_moves_leaders_back_every_interval() {
+    let mut c = config();
+    c.leader_rebalance_interval_ms = Some(5_000);
+    let mut h = Harness::with_config(c);
+    let (id, preferred) = preferred_replica_back_as_follower(&mut h);
+    let start = h.now;
+    assert_eq!(h.ctl.next_deadline(), Some(start + 5_000), "the rebalance is due before any session lapses");
+    h.tick();
+    assert_ne!(h.image().partition(id, 0).unwrap().leader, preferred, "not before the interval");
+    h.now = start + 5_000;
+    h.tick();
+    assert_eq!(h.image().partition(id, 0).unwrap().leader, preferred);
+    assert_eq!(h.ctl.next_deadline(), Some(start + SESSION + 1));
+    // Off: never.
+    let mut h = Harness::new();
+    let (id, preferred) = preferred_replica_back_as_follower(&mut h);
+    h.now += 8_000;
+    h.tick();
+    assert_ne!(h.image().partition(id, 0).unwrap().leader, preferred);
+}
+
+#[test]
+fn broker_config_turns_the_rebalance_on_by_default() {
+    let c = ControllerConfig::from_broker_config(&BrokerConfig::default());
+    assert_eq!(c.leader_rebalance_interval_ms, Some(300_000));
+    let off = BrokerConfig { auto_leader_rebalance_enable: false, ..Default::default() };
+    assert_eq!(ControllerConfig::from_broker_config(&off).leader_rebalance_interval_ms, None);
+}
+
+// ---- AllocateProducerIds ------------------------------------------------------------
+
+#[test]
+fn producer_id_blocks_never_overlap_across_brokers_failovers_and_snapshots() {
+    let mut h = Harness::new();
+    let epochs = h.brokers(&[1, 2]);
+    let ask = |node: i32, epoch: i64| {
+        AllocateProducerIdsRequest::default().with_broker_id(BrokerId(node)).with_broker_epoch(epoch)
+    };
+    let r = h.ctl.allocate_producer_ids(&ask(1, epochs[&1]));
+    assert_eq!(r.records.len(), 1);
+    assert_eq!(r.commit_offset, Some(h.next_offset), "answered once the block is committed");
+    let a = h.run(r);
+    let r = h.ctl.allocate_producer_ids(&ask(2, epochs[&2]));
+    let b = h.run(r);
+    assert_eq!((a.error_code, a.producer_id_start.0, a.producer_id_len), (0, 0, PRODUCER_ID_BLOCK_SIZE));
+    assert_eq!((b.error_code, b.producer_id_start.0), (0, PRODUCER_ID_BLOCK_SIZE as i64));
+    assert_eq!(h.image().next_producer_id(), 2 * PRODUCER_ID_BLOCK_SIZE as i64);
+    // Stale or unknown brokers get nothing.
+    for req in [ask(1, epochs[&1] + 1), ask(9, 0)] {
+        let r = h.ctl.allocate_producer_ids(&req);
+        assert!(r.records.is_empty());
+        assert_eq!(r.response.error_code, code(ResponseError::StaleBrokerEpoch));
+    }
+    // A snapshot keeps the counter; a new controller continues after it.
+    let snap = MetadataImage::from_snapshot(&h.image().to_snapshot()).unwrap();
+    assert_eq!(snap.next_producer_id(), h.image().next_producer_id());
+    let mut next = QuorumController::new(config(), 3);
+    next.load_snapshot(snap);
+    h.ctl.resign();
+    h.next_offset += 1;
+    h.ctl = next;
+    let r = h.ctl.activate(h.next_offset, h.now);
+    h.run(r);
+    let r = h.ctl.allocate_producer_ids(&ask(1, epochs[&1]));
+    let c = h.run(r);
+    assert_eq!(c.producer_id_start.0, 2 * PRODUCER_ID_BLOCK_SIZE as i64);
+    h.ctl.resign();
+    assert_eq!(
+        h.ctl.allocate_producer_ids(&ask(1, epochs[&1])).response.error_code,
+        code(ResponseError::NotController)
+    );
 }

@@ -30,6 +30,7 @@
 //! | 9 | `RemoveTopic` | topic id UUID |
 //! | 10 | `FeatureLevel` | name string, level i16 |
 //! | 11 | `ClusterId` | cluster id string |
+//! | 12 | `ProducerIds` | broker id i32, broker epoch i64, next producer id i64 |
 //!
 //! A change to a record's fields takes a new version byte; a decoder refuses
 //! versions and types it does not know rather than guess. Decoding never
@@ -146,6 +147,18 @@ pub enum MetadataRecord {
     ClusterId {
         cluster_id: String,
     },
+    /// A block of producer ids given to a broker (KIP-730): every id below
+    /// `next_producer_id` has been handed out. A snapshot writes it with
+    /// broker id and epoch -1.
+    ProducerIds(ProducerIdsRecord),
+}
+
+/// Kafka's `ProducerIdsRecord`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdsRecord {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub next_producer_id: i64,
 }
 
 /// Bytes that are not a record this code can read.
@@ -171,6 +184,7 @@ impl MetadataRecord {
             MetadataRecord::RemoveTopic { .. } => 9,
             MetadataRecord::FeatureLevel { .. } => 10,
             MetadataRecord::ClusterId { .. } => 11,
+            MetadataRecord::ProducerIds(_) => 12,
         }
     }
 
@@ -239,6 +253,11 @@ impl MetadataRecord {
                 w.put_i16(*level);
             }
             MetadataRecord::ClusterId { cluster_id } => put_str(w, cluster_id),
+            MetadataRecord::ProducerIds(p) => {
+                w.put_i32(p.broker_id);
+                w.put_i64(p.broker_epoch);
+                w.put_i64(p.next_producer_id);
+            }
         }
     }
 
@@ -320,6 +339,11 @@ impl MetadataRecord {
             9 => MetadataRecord::RemoveTopic { topic_id: r.uuid()? },
             10 => MetadataRecord::FeatureLevel { name: r.string()?, level: r.i16()? },
             11 => MetadataRecord::ClusterId { cluster_id: r.string()? },
+            12 => MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: r.i32()?,
+                broker_epoch: r.i64()?,
+                next_producer_id: r.i64()?,
+            }),
             other => return err(format!("unknown record type {other}")),
         };
         if !r.buf.is_empty() {
@@ -495,6 +519,9 @@ pub(crate) mod tests {
             broker_ref.clone().prop_map(MetadataRecord::FenceBroker),
             broker_ref.clone().prop_map(MetadataRecord::UnfenceBroker),
             broker_ref.prop_map(MetadataRecord::ControlledShutdown),
+            (any::<i32>(), any::<i64>(), any::<i64>()).prop_map(|(broker_id, broker_epoch, next_producer_id)| {
+                MetadataRecord::ProducerIds(ProducerIdsRecord { broker_id, broker_epoch, next_producer_id })
+            }),
             (text(), uuid(), proptest::collection::btree_map(text(), text(), 0..3))
                 .prop_map(|(name, topic_id, configs)| MetadataRecord::Topic(TopicRecord { name, topic_id, configs })),
             (uuid(), any::<i32>(), ids(), ids(), any::<i32>(), any::<i32>(), any::<i32>()).prop_map(

@@ -56,7 +56,7 @@ pub fn ask_isr_change(link: &ClusterLink, topic_id: Uuid, p: &Partition, change:
     part.partition_index = p.index;
     part.leader_epoch = p.leader_epoch();
     part.partition_epoch = change.partition_epoch;
-    part.new_isr = change.isr.iter().map(|r| BrokerId(*r)).collect();
+    // Peers speak AlterPartition v3, which carries the ISR with epochs only.
     part.new_isr_with_epochs = change
         .isr
         .iter()

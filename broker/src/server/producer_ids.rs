@@ -12,6 +12,13 @@
 //! end, and loaded as the larger valid one: a medium that rots one copy (the
 //! simulator's bit rot found this) neither stops the broker from starting nor
 //! makes it hand out an id twice.
+//!
+//! In a cluster the reservation is the active controller's (KIP-730): a
+//! broker asks for a block with AllocateProducerIds, whose answer is sent
+//! only once the controller's `ProducerIds` record is committed, and hands
+//! ids out of it ([`ControllerBlocks`]). Nothing is kept on the broker's
+//! disk then: a restarted broker asks for a new block, skipping the rest of
+//! the old one, never repeating it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,26 +28,6 @@ use serde::{Deserialize, Serialize};
 
 use super::topics::write_atomically;
 use crate::io::{DiskScope, Fs, OpenOptions};
-
-/// In a cluster every broker hands out ids, so each owns a stripe: its node
-/// id in the bits above [`CLUSTER_ID_BITS`], its own counter below. (Kafka's
-/// brokers ask the controller for blocks with AllocateProducerIds; striping
-/// needs no round trip and is as unique, at the price of these bounds.)
-pub const CLUSTER_ID_BITS: u32 = 40;
-
-/// A broker-local id made unique across the cluster (see [`CLUSTER_ID_BITS`]).
-pub fn cluster_wide(node_id: i32, local: i64) -> std::io::Result<i64> {
-    if !(0..1 << (62 - CLUSTER_ID_BITS)).contains(&node_id) {
-        return Err(std::io::Error::other(format!(
-            "node_id {node_id} is too large to stripe producer ids (below {})",
-            1i64 << (62 - CLUSTER_ID_BITS)
-        )));
-    }
-    if local >= 1 << CLUSTER_ID_BITS {
-        return Err(std::io::Error::other("this broker's producer ids are exhausted"));
-    }
-    Ok((node_id as i64) << CLUSTER_ID_BITS | local)
-}
 
 /// Ids reserved per write; Kafka's controller hands out blocks of 1000.
 pub const BLOCK_SIZE: i64 = 1000;
@@ -68,6 +55,51 @@ impl Reserved {
     }
 }
 
+/// Cluster mode: the block of producer ids the active controller last gave
+/// this broker. Cheap to clone; clones share the block, so a request that
+/// awaits a new block can install it.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerBlocks {
+    block: Arc<Mutex<Block>>,
+}
+
+/// `[next, end)`: ids of a controller's block not yet handed out.
+#[derive(Debug, Default)]
+struct Block {
+    next: i64,
+    end: i64,
+}
+
+impl ControllerBlocks {
+    /// The next id of the current block; `None` when it is used up (ask the
+    /// controller for another).
+    pub fn take(&self) -> Option<i64> {
+        let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
+        invariant!(b.next <= b.end, "a producer id outside the controller's block");
+        (b.next < b.end).then(|| {
+            b.next += 1;
+            b.next - 1
+        })
+    }
+
+    /// A block `[start, start + len)` from the controller: hand out its
+    /// first id and keep the rest, unless the current block still has ids
+    /// (two requests fetched blocks at once); then the new block's rest is
+    /// skipped, which costs ids but never repeats one. `None` for a block
+    /// that is empty or negative.
+    pub fn install_and_take(&self, start: i64, len: i32) -> Option<i64> {
+        let end = start.checked_add(len as i64)?;
+        if start < 0 || len <= 0 {
+            return None;
+        }
+        let mut b = self.block.lock().unwrap_or_else(|p| p.into_inner());
+        if b.next >= b.end {
+            *b = Block { next: start + 1, end };
+        }
+        Some(start)
+    }
+}
+
 struct State {
     /// The next id to hand out.
     next: i64,
@@ -81,6 +113,7 @@ pub struct ProducerIds {
     /// The reservation and its copy.
     paths: [PathBuf; 2],
     state: Mutex<State>,
+    controller_blocks: ControllerBlocks,
 }
 
 impl ProducerIds {
@@ -111,7 +144,17 @@ impl ProducerIds {
         );
         let block_end = found.into_iter().max().unwrap_or(0);
         tracing::info!(next_producer_id = block_end, "producer ids loaded");
-        Ok(ProducerIds { fs, paths, state: Mutex::new(State { next: block_end, block_end }) })
+        Ok(ProducerIds {
+            fs,
+            paths,
+            state: Mutex::new(State { next: block_end, block_end }),
+            controller_blocks: ControllerBlocks::default(),
+        })
+    }
+
+    /// Cluster mode: the blocks the controller gives this broker.
+    pub fn controller_blocks(&self) -> ControllerBlocks {
+        self.controller_blocks.clone()
     }
 
     /// A producer id never handed out before, reserving a new block on disk
@@ -209,17 +252,22 @@ mod tests {
 }
 
 #[cfg(test)]
-mod striping_tests {
+mod controller_block_tests {
     use super::*;
 
     #[test]
-    fn brokers_of_one_cluster_never_share_an_id() {
-        let a = cluster_wide(1, 0).unwrap();
-        let b = cluster_wide(2, 0).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(cluster_wide(0, 5).unwrap(), 5);
-        assert!(cluster_wide(1, 1 << CLUSTER_ID_BITS).is_err());
-        assert!(cluster_wide(1 << 22, 0).is_err());
-        assert!(cluster_wide((1 << 22) - 1, (1 << CLUSTER_ID_BITS) - 1).unwrap() > 0);
+    fn ids_come_from_the_controllers_blocks_only() {
+        let blocks = ControllerBlocks::default();
+        assert_eq!(blocks.take(), None, "no block yet");
+        assert_eq!(blocks.install_and_take(3000, 3), Some(3000));
+        let shared = blocks.clone();
+        assert_eq!((shared.take(), blocks.take(), blocks.take()), (Some(3001), Some(3002), None));
+        // Two blocks fetched at once: the second's rest is skipped while the first lasts.
+        assert_eq!(blocks.install_and_take(5000, 2), Some(5000));
+        assert_eq!(blocks.install_and_take(7000, 2), Some(7000));
+        assert_eq!((blocks.take(), blocks.take()), (Some(5001), None));
+        assert_eq!(blocks.install_and_take(-1, 1000), None);
+        assert_eq!(blocks.install_and_take(9000, 0), None);
+        assert_eq!(blocks.install_and_take(i64::MAX, 10), None);
     }
 }

@@ -8,6 +8,7 @@ use crate::config::{LogConfig, MIN_SEGMENT_BYTES};
 /// Kafka's `ConfigType` codes as DescribeConfigs reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigType {
+    Boolean = 1,
     String = 2,
     Int = 3,
     Long = 5,
@@ -34,6 +35,7 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "min.insync.replicas",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 /// The effective log config of a topic: `base` with `overrides` applied. The
@@ -62,6 +64,7 @@ pub fn apply_overrides(base: &LogConfig, overrides: &BTreeMap<String, String>) -
                 }
             }
             "segment.ms" => c.segment_ms = positive(name, value)?,
+            "unclean.leader.election.enable" => c.unclean_leader_election_enable = boolean(name, value)?,
             _ => {
                 return Err(format!("unknown topic config {name:?}; supported: {}", TOPIC_CONFIG_NAMES.join(", ")));
             }
@@ -88,6 +91,11 @@ pub fn describe(effective: &LogConfig, overrides: &BTreeMap<String, String>) -> 
         entry("min.insync.replicas", effective.min_insync_replicas.to_string(), ConfigType::Int),
         entry("segment.bytes", effective.segment_bytes.to_string(), ConfigType::Int),
         entry("segment.ms", effective.segment_ms.to_string(), ConfigType::Long),
+        entry(
+            "unclean.leader.election.enable",
+            effective.unclean_leader_election_enable.to_string(),
+            ConfigType::Boolean,
+        ),
     ];
     assert!(out.iter().map(|e| e.name).eq(TOPIC_CONFIG_NAMES.iter().copied()));
     out
@@ -129,6 +137,15 @@ pub fn creatable_configs(
         .collect()
 }
 
+/// Kafka's boolean parsing: "true" or "false", any case.
+fn boolean(name: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{name} must be true or false, not {value:?}")),
+    }
+}
+
 fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, value: &str) -> Result<T, String> {
     match value.trim().parse::<T>() {
         Ok(v) if v > T::default() => Ok(v),
@@ -157,6 +174,17 @@ mod tests {
     }
 
     #[test]
+    fn unclean_leader_election_is_a_topic_boolean() {
+        let d = describe(&LogConfig::default(), &BTreeMap::new());
+        let e = d.iter().find(|e| e.name == "unclean.leader.election.enable").unwrap();
+        assert_eq!((e.value.as_str(), e.config_type, config_source(e)), ("false", ConfigType::Boolean, SOURCE_DEFAULT));
+        let o = map(&[("unclean.leader.election.enable", "TRUE")]);
+        let c = apply_overrides(&LogConfig::default(), &o).unwrap();
+        assert!(c.unclean_leader_election_enable);
+        assert!(describe(&c, &o).iter().any(|e| e.name == "unclean.leader.election.enable" && e.is_override));
+    }
+
+    #[test]
     fn bad_configs_are_named() {
         for (k, v) in [
             ("segment.bytes", "-1"),
@@ -167,6 +195,7 @@ mod tests {
             ("flush.ms", "0"),
             ("message.timestamp.type", "Now"),
             ("retention.ms", "1"),
+            ("unclean.leader.election.enable", "yes"),
         ] {
             let err = apply_overrides(&LogConfig::default(), &map(&[(k, v)])).unwrap_err();
             assert!(err.contains(k), "{err}");

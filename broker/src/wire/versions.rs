@@ -2,11 +2,14 @@
 //! versions. The ranges follow a Kafka 3.x broker (with the pre-3.0 versions
 //! Kafka 4.0 dropped left out), capped where a later version would need a
 //! feature not built yet (Fetch by topic id from v13, ListOffsets max-timestamp
-//! from v7).
+//! from v7). ElectLeaders starts at v1, the first with an election type
+//! (Kafka 4.0 dropped v0).
 //!
 //! The inner-cluster APIs (the quorum's Vote, BeginQuorumEpoch,
 //! EndQuorumEpoch, DescribeQuorum and FetchSnapshot; the controller's
-//! BrokerRegistration, BrokerHeartbeat and UnregisterBroker) are served over
+//! BrokerRegistration, BrokerHeartbeat, UnregisterBroker, AllocateProducerIds
+//! and AlterPartition, the last from v2, the first that names topics by id)
+//! are served over
 //! the same listener, at every version `kafka-protocol` speaks: the quorum
 //! core and the controller build their responses without the endpoint and
 //! node lists the later versions add, so each version encodes. The quorum's
@@ -41,15 +44,18 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::ElectLeaders, 1, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::Vote, 0, 2),
     (ApiKey::BeginQuorumEpoch, 0, 1),
     (ApiKey::EndQuorumEpoch, 0, 1),
     (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AlterPartition, 2, 3),
     (ApiKey::FetchSnapshot, 0, 1),
     (ApiKey::BrokerRegistration, 0, 4),
     (ApiKey::BrokerHeartbeat, 0, 1),
     (ApiKey::UnregisterBroker, 0, 0),
+    (ApiKey::AllocateProducerIds, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
@@ -65,6 +71,8 @@ pub const CLUSTER_APIS: &[ApiKey] = &[
     ApiKey::BrokerRegistration,
     ApiKey::BrokerHeartbeat,
     ApiKey::UnregisterBroker,
+    ApiKey::AlterPartition,
+    ApiKey::AllocateProducerIds,
 ];
 
 /// Produce v0–v2 are advertised but refused, exactly as Kafka 4.0 does

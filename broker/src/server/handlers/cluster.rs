@@ -1,13 +1,16 @@
 //! Requests that belong to the cluster's metadata machinery: the quorum's
 //! RPCs (Vote, BeginQuorumEpoch, EndQuorumEpoch, Fetch of
 //! `__cluster_metadata`, FetchSnapshot, DescribeQuorum), the controller's
-//! (BrokerRegistration, BrokerHeartbeat, UnregisterBroker) and, in cluster
-//! mode, CreateTopics and DeleteTopics. They are handed to the cluster
+//! (BrokerRegistration, BrokerHeartbeat, UnregisterBroker, AlterPartition
+//! from partition leaders, AllocateProducerIds) and, in cluster mode, the admin requests the
+//! controller answers (CreateTopics, DeleteTopics, ElectLeaders). They are
+//! handed to the cluster
 //! driver and answered when it answers; the connection waits meanwhile, as
 //! it does for any request.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, FetchRequest};
 
 use super::Request;
 use crate::cluster::metadata_node::error_response;
@@ -41,6 +44,37 @@ pub(crate) fn forward(cx: &mut Cx, request: PeerRequest, req: Request, client_id
     }))
 }
 
+/// ElectLeaders on a single broker (no `process_roles`): every partition
+/// has one replica, this broker, which leads it already, so every existing
+/// partition named is ELECTION_NOT_NEEDED and, asked for all partitions,
+/// nothing is elected (Kafka lists only partitions that elected someone).
+pub(crate) fn elect_leaders_single(cx: &Cx, req: ElectLeadersRequest) -> ElectLeadersResponse {
+    let mut resp = ElectLeadersResponse::default();
+    if !matches!(req.election_type, 0 | 1) {
+        return resp.with_error_code(ResponseError::InvalidRequest.code());
+    }
+    for t in req.topic_partitions.unwrap_or_default() {
+        let hosted = cx.node.topics.get(t.topic.as_str());
+        let mut out = ReplicaElectionResult::default().with_topic(t.topic.clone());
+        for index in t.partitions {
+            let exists = hosted.as_ref().is_some_and(|h| h.partition(index).is_some());
+            let (code, message) = if exists {
+                (ResponseError::ElectionNotNeeded, "a single broker leads every partition it has")
+            } else {
+                (ResponseError::UnknownTopicOrPartition, "no such partition")
+            };
+            out.partition_result.push(
+                PartitionResult::default()
+                    .with_partition_id(index)
+                    .with_error_code(code.code())
+                    .with_error_message(Some(super::str_bytes(message))),
+            );
+        }
+        resp.replica_election_results.push(out);
+    }
+    resp
+}
+
 /// Encode `response` for the request it answers.
 fn encode(req: Request, response: PeerResponse) -> Step {
     match response {
@@ -56,5 +90,7 @@ fn encode(req: Request, response: PeerResponse) -> Step {
         PeerResponse::CreateTopics(r) => req.respond(&r),
         PeerResponse::DeleteTopics(r) => req.respond(&r),
         PeerResponse::AlterPartition(r) => req.respond(&r),
+        PeerResponse::ElectLeaders(r) => req.respond(&r),
+        PeerResponse::AllocateProducerIds(r) => req.respond(&r),
     }
 }

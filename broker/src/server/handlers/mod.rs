@@ -72,6 +72,10 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
             let body = admin::delete_topics_v6(body!(), v);
             cluster::forward(cx, PeerRequest::DeleteTopics(body), Request { key, version, corr }, client_id)
         }
+        ApiKey::ElectLeaders if cx.node.cluster().is_some() => {
+            cluster::forward(cx, PeerRequest::ElectLeaders(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::ElectLeaders => respond(key, v, corr, &cluster::elect_leaders_single(cx, body!())),
         ApiKey::CreateTopics => respond(key, v, corr, &admin::create_topics(cx, body!(), v)),
         ApiKey::DeleteTopics => respond(key, v, corr, &admin::delete_topics(cx, body!(), v)),
         ApiKey::DescribeConfigs => respond(key, v, corr, &admin::describe_configs(cx, body!(), v)),
@@ -106,6 +110,12 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
         ApiKey::UnregisterBroker => {
             cluster::forward(cx, PeerRequest::UnregisterBroker(body!()), Request { key, version, corr }, client_id)
         }
+        ApiKey::AllocateProducerIds => {
+            cluster::forward(cx, PeerRequest::AllocateProducerIds(body!()), Request { key, version, corr }, client_id)
+        }
+        ApiKey::AlterPartition => {
+            cluster::forward(cx, PeerRequest::AlterPartition(body!()), Request { key, version, corr }, client_id)
+        }
         ApiKey::ListOffsets => respond(key, v, corr, &list_offsets::handle(cx, body!(), v)),
         ApiKey::OffsetForLeaderEpoch => respond(key, v, corr, &offset_for_leader_epoch::handle(cx, body!())),
         ApiKey::FindCoordinator => respond(key, v, corr, &group::find_coordinator(cx, body!(), v)),
@@ -124,11 +134,12 @@ pub(crate) fn dispatch(cx: &mut Cx, mut frame: Bytes) -> Step {
             group::consumer_group_heartbeat(cx, body!(), Request { key, version, corr }, &client_id)
         }
         ApiKey::ConsumerGroupDescribe => respond(key, v, corr, &group::consumer_group_describe(cx, body!(), v)),
-        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
-        other => {
-            assert!(false, "{other:?} is in the version table but has no handler");
-            Step::Close(format!("{other:?} has no handler"))
+        ApiKey::InitProducerId if cx.node.cluster().is_some() => {
+            coordinator::init_producer_id_cluster(cx, body!(), Request { key, version, corr })
         }
+        ApiKey::InitProducerId => respond(key, v, corr, &coordinator::init_producer_id(cx, body!(), v)),
+        // Every API in the version table has a handler; `broker_versions` sends each.
+        other => panic!("{other:?} is in the version table but has no handler"),
     }
 }
 
