@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BeginQuorumEpochRequest, BrokerHeartbeatRequest,
+    AllocateProducerIdsRequest, AlterPartitionRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BeginQuorumEpochRequest, BrokerHeartbeatRequest,
     BrokerRegistrationRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, DescribeQuorumRequest, EndQuorumEpochRequest, FetchRequest, FetchSnapshotRequest,
+    DescribeGroupsRequest, DescribeQuorumRequest, ElectLeadersRequest, EndQuorumEpochRequest, FetchRequest, FetchSnapshotRequest,
     FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest, OffsetForLeaderEpochRequest,
     OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, UnregisterBrokerRequest, VoteRequest,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
@@ -69,6 +69,10 @@ pub fn client_versions(key: i16) -> Option<(i16, i16)> {
         .or_else(|| r(BrokerRegistrationRequest::KEY, 0, 4))
         .or_else(|| r(BrokerHeartbeatRequest::KEY, 0, 1))
         .or_else(|| r(UnregisterBrokerRequest::KEY, 0, 0))
+        .or_else(|| r(AlterPartitionRequest::KEY, 2, 3))
+        .or_else(|| r(ElectLeadersRequest::KEY, 1, 2))
+        .or_else(|| r(AllocateProducerIdsRequest::KEY, 0, 0))
+        .or_else(|| r(OffsetForLeaderEpochRequest::KEY, 2, 4))
 }
 
 fn api_name(key: i16) -> String {
