@@ -49,7 +49,7 @@ pub struct PendingIsr {
 
 /// How long an ISR change may go unanswered before it is asked again (the
 /// request or its answer was lost; the controller refuses a stale repeat).
-pub const ISR_CHANGE_RETRY_MS: i64 = 2_000;
+pub const ISR_CHANGE_RETRY_MS: i64 = 500;
 
 /// The leader's replica state for one partition.
 #[derive(Debug, Clone)]

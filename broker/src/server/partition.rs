@@ -245,6 +245,11 @@ impl Partition {
         let before = s.log.log_end_offset();
         let epoch = s.leader_epoch;
         let info = s.log.append_as_leader(batches, now_ms, epoch)?;
+        if s.policy() == DurabilityPolicy::Strict && s.leader_view.is_some() {
+            // The strict policy acknowledges only what every ISR member has
+            // fsynced, the leader included, whatever flush.messages says.
+            s.log.flush()?;
+        }
         invariant!(
             info.base_offset == before || (info.duplicate && info.last_offset < before),
             "offsets are assigned densely from the log end ({before}), or are an earlier batch's: {info:?}"
