@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BeginQuorumEpochRequest, BrokerHeartbeatRequest,
-    BrokerRegistrationRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, DescribeQuorumRequest, EndQuorumEpochRequest, FetchRequest, FetchSnapshotRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, UnregisterBrokerRequest, VoteRequest,
+    AlterPartitionRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BeginQuorumEpochRequest,
+    BrokerHeartbeatRequest, BrokerRegistrationRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeQuorumRequest, EndQuorumEpochRequest, FetchRequest,
+    FetchSnapshotRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, SyncGroupRequest, UnregisterBrokerRequest,
+    VoteRequest,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::io::{ReadHalf, WriteHalf};
@@ -69,6 +70,7 @@ pub fn client_versions(key: i16) -> Option<(i16, i16)> {
         .or_else(|| r(BrokerRegistrationRequest::KEY, 0, 4))
         .or_else(|| r(BrokerHeartbeatRequest::KEY, 0, 1))
         .or_else(|| r(UnregisterBrokerRequest::KEY, 0, 0))
+        .or_else(|| r(AlterPartitionRequest::KEY, 0, 3))
 }
 
 fn api_name(key: i16) -> String {
