@@ -8,12 +8,18 @@
 //!   share a 6-partition topic through a rebalance and a leave, a restarted
 //!   consumer resumes at the committed offsets, commits survive SIGKILL, and
 //!   kcat -G, kafka-python, aiokafka and kafkajs each consume through a group
-//!   and commit.
+//!   and commit;
+//! - `tests/interop/replication.py`: `faultline cluster --nodes 3`, topics of
+//!   replication factor 3 with min.insync.replicas=2; kcat streams acks=all
+//!   records while the leader of a partition is SIGKILLed, and every
+//!   acknowledged record is read back from the survivors at its offset, in
+//!   order, with no gap; then two confluent-kafka idempotent producers stream
+//!   across another leader's SIGKILL and every value is read back exactly once.
 //!
 //! When a client tool is missing, a test prints a SKIPPED line and passes,
 //! unless `FAULTLINE_REQUIRE_INTEROP=1` (set by `.ci/run`), which turns a
 //! missing tool into a failure. `FAULTLINE_PYTHON` picks the interpreter
-//! (default `python3`). The two scripts run one at a time.
+//! (default `python3`). The scripts run one at a time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,7 +53,7 @@ fn skip_or_fail(script: &str, why: &str) {
     ));
 }
 
-/// One broker and its clients at a time: both scripts are heavy on a small machine.
+/// One broker (or cluster) and its clients at a time: the scripts are heavy on a small machine.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -58,6 +64,11 @@ fn real_kafka_clients_interoperate() {
 #[test]
 fn real_kafka_clients_use_consumer_groups() {
     run_script("groups.py");
+}
+
+#[test]
+fn real_kafka_clients_survive_a_leader_sigkill_in_a_three_node_cluster() {
+    run_script("replication.py");
 }
 
 fn run_script(name: &str) {

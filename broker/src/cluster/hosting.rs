@@ -79,7 +79,9 @@ pub fn apply(
                     }
                 }
             }
-            Err(e) => tracing::warn!(topic = %t.name, partition = local.partition, error = ?e, "stale partition role refused"),
+            Err(e) => {
+                tracing::warn!(topic = %t.name, partition = local.partition, error = ?e, "stale partition role refused")
+            }
         }
     }
     wake

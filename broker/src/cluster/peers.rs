@@ -484,6 +484,32 @@ mod tests {
         assert_eq!(PeerRequest::BrokerHeartbeat(BrokerHeartbeatRequest::default()).lane(), Lane::Control);
     }
 
+    /// Unlike `every_peer_api_is_one_the_client_can_send`, this covers peer
+    /// requests the brokers do not serve yet (AlterPartition): one with no
+    /// client version range made `Connection::version` panic inside the lane
+    /// task, which took the node's heartbeats with it (a leader asking for an
+    /// ISR change got itself fenced).
+    #[test]
+    fn every_peer_request_has_a_client_version_range() {
+        let all = [
+            PeerRequest::Vote(VoteRequest::default()),
+            PeerRequest::BeginQuorumEpoch(BeginQuorumEpochRequest::default()),
+            PeerRequest::EndQuorumEpoch(EndQuorumEpochRequest::default()),
+            PeerRequest::Fetch(FetchRequest::default()),
+            PeerRequest::FetchSnapshot(FetchSnapshotRequest::default()),
+            PeerRequest::DescribeQuorum(DescribeQuorumRequest::default()),
+            PeerRequest::BrokerRegistration(BrokerRegistrationRequest::default()),
+            PeerRequest::BrokerHeartbeat(BrokerHeartbeatRequest::default()),
+            PeerRequest::UnregisterBroker(UnregisterBrokerRequest::default()),
+            PeerRequest::CreateTopics(CreateTopicsRequest::default()),
+            PeerRequest::DeleteTopics(DeleteTopicsRequest::default()),
+            PeerRequest::AlterPartition(AlterPartitionRequest::default()),
+        ];
+        for req in all {
+            assert!(crate::client::connection::client_versions(req.api_key()).is_some(), "{req:?}");
+        }
+    }
+
     #[test]
     fn backoff_grows_to_its_cap() {
         let mut b = Backoff::default();

@@ -121,7 +121,8 @@ impl Fetcher {
                         self.apply(from, resp).await;
                     }
                 }
-                Some(PeerEvent::Response { from, request_id, .. }) | Some(PeerEvent::Failed { to: from, request_id, .. }) => {
+                Some(PeerEvent::Response { from, request_id, .. })
+                | Some(PeerEvent::Failed { to: from, request_id, .. }) => {
                     if self.in_flight.get(&from) == Some(&request_id) {
                         self.in_flight.remove(&from);
                         self.back_off(from);

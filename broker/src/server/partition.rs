@@ -455,7 +455,8 @@ impl Partition {
         if last_fetched_epoch >= 0 {
             let (epoch, end) = end_offset_for_epoch(&s, last_fetched_epoch);
             if epoch < last_fetched_epoch || end < fetch_offset {
-                let offsets = Offsets { log_start_offset: start, high_watermark: s.high_watermark, log_end_offset: leo };
+                let offsets =
+                    Offsets { log_start_offset: start, high_watermark: s.high_watermark, log_end_offset: leo };
                 return Ok(ReplicaRead {
                     records: bytes::Bytes::new(),
                     offsets,

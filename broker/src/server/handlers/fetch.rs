@@ -119,7 +119,8 @@ fn read_for_follower(
 ) -> Result<Bytes, ResponseError> {
     let mono_ms = cx.clock.elapsed.as_millis() as i64;
     let lag = cx.node.config.replica_lag_time_max_ms as i64;
-    let read = p.read_for_follower(cx.disk, replica, fp.fetch_offset, fp.last_fetched_epoch, limit.max(1), mono_ms, lag)?;
+    let read =
+        p.read_for_follower(cx.disk, replica, fp.fetch_offset, fp.last_fetched_epoch, limit.max(1), mono_ms, lag)?;
     pd.high_watermark = read.offsets.high_watermark;
     pd.last_stable_offset = read.offsets.high_watermark;
     pd.log_start_offset = read.offsets.log_start_offset;
