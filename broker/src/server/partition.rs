@@ -276,6 +276,11 @@ impl Partition {
     /// replica is an ISR of one.
     pub fn insync(&self) -> Result<(usize, usize), PartitionError> {
         let s = self.live()?;
+        // Only the leader counts its ISR; anyone else sends the client to
+        // refresh its metadata (NOT_LEADER_OR_FOLLOWER), never to retry here.
+        if s.role != Role::Leader {
+            return Err(PartitionError::NotLeader);
+        }
         let isr = s.leader_view.as_ref().map_or(1, |v| v.isr_len());
         Ok((isr, s.log.config().min_insync_replicas.max(1) as usize))
     }
