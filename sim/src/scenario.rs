@@ -918,18 +918,20 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("quorum-partition.toml", include_str!("../../scenarios/quorum-partition.toml")),
     ("quorum-rolling.toml", include_str!("../../scenarios/quorum-rolling.toml")),
     ("quorum-elections.toml", include_str!("../../scenarios/quorum-elections.toml")),
-];
-
-/// Scenarios of replicated partitions (replication factor 3), written
-/// ahead of partition replication: they parse and validate, and the
-/// simulator builds them, but they join [`BUILTIN`] (and the CI sweeps)
-/// only once brokers replicate. They run by name all the same:
-/// `faultline sim --scenario replication-crash --seed 1`.
-pub const REPLICATION: &[(&str, &str)] = &[
     ("replication-crash.toml", include_str!("../../scenarios/replication-crash.toml")),
     ("replication-zombie.toml", include_str!("../../scenarios/replication-zombie.toml")),
     ("replication-lag.toml", include_str!("../../scenarios/replication-lag.toml")),
     ("replication-rolling.toml", include_str!("../../scenarios/replication-rolling.toml")),
+];
+
+/// The durability-policy comparison (replication factor 3, every node
+/// losing power at once): the same scenario under `durability.policy`
+/// kafka and strict. A demonstration rather than a pass/fail sweep — under
+/// kafka acknowledged writes are lost by design, and under strict the
+/// repeated total power losses leave some seeds short of the liveness bar —
+/// so they are not among [`BUILTIN`]; they run by name:
+/// `faultline sim sweep --scenario replication-durability-kafka --seeds 1..=50`.
+pub const REPLICATION: &[(&str, &str)] = &[
     ("replication-durability-kafka.toml", include_str!("../../scenarios/replication-durability-kafka.toml")),
     ("replication-durability-strict.toml", include_str!("../../scenarios/replication-durability-strict.toml")),
 ];
@@ -972,7 +974,7 @@ mod tests {
     #[test]
     fn replication_scenarios_parse_and_promise_by_policy() {
         use crate::checker::AnomalyKind;
-        for (file, text) in REPLICATION {
+        for (file, text) in BUILTIN.iter().chain(REPLICATION).filter(|(f, _)| f.starts_with("replication-")) {
             let s = Scenario::parse(text, file).unwrap();
             assert_eq!(format!("{}.toml", s.name), *file);
             assert_eq!(s.replication_factor(), 3, "{file}");
@@ -994,7 +996,7 @@ mod tests {
 
     #[test]
     fn acks_one_with_replicas_may_lose_writes() {
-        let mut s = Scenario::parse(REPLICATION[0].1, "replication-crash").unwrap();
+        let mut s = builtin_named("replication-crash").unwrap();
         s.swarm = None;
         assert!(s.acked_writes_may_be_lost().is_none());
         s.workload.acks = 1;
@@ -1008,9 +1010,9 @@ mod tests {
 
     #[test]
     fn kafka_policy_loses_writes_only_when_enough_replicas_lose_power() {
-        let strict = Scenario::parse(REPLICATION[5].1, "replication-durability-strict").unwrap();
+        let strict = Scenario::parse(REPLICATION[1].1, "replication-durability-strict").unwrap();
         assert!(strict.acked_writes_may_be_lost().is_none());
-        let mut s = Scenario::parse(REPLICATION[4].1, "replication-durability-kafka").unwrap();
+        let mut s = Scenario::parse(REPLICATION[0].1, "replication-durability-kafka").unwrap();
         assert!(s.acked_writes_may_be_lost().unwrap().contains("kafka"));
         let power_loss = |kind| Nemesis { kind, interval_s: 1.0, duration_s: 0.5, probability: 1.0 };
         // One power loss at a time cannot take both replicas an

@@ -334,3 +334,70 @@ fn quorum_keep_divergent_suffix_applies_uncommitted_metadata() {
     let bugs = PlantedBugs { quorum_keep_divergent_suffix: true, ..PlantedBugs::default() };
     first_quorum_failure("quorum_keep_divergent_suffix", &["quorum-partition"], bugs);
 }
+
+/// A replication scenario with one planted bug and no swarm draw.
+fn replication_planted(name: &str, bugs: PlantedBugs) -> Scenario {
+    let mut s = scenario::builtin_named(name).unwrap();
+    s.name = format!("planted-{name}");
+    s.cluster.bugs = bugs;
+    s.validate().unwrap();
+    s
+}
+
+/// A safety failure: a fatal anomaly (lost-write, replica-divergence,
+/// inconsistent-offsets and the like, as the configuration promises them)
+/// or a failed invariant. Liveness is left out: a correct broker can miss
+/// it on an unlucky seed, which would make the control runs flaky.
+fn unsafe_run(r: &RunResult) -> bool {
+    !r.report.valid || !r.panics.is_empty()
+}
+
+/// Sweep `scenarios` until one seed shows the bug; the same seeds with no
+/// bug planted must be safe. Prints the first failing seed.
+fn first_replication_failure(what: &str, scenarios: &[&str], bugs: PlantedBugs) {
+    for name in scenarios {
+        let s = replication_planted(name, bugs);
+        if let Some(seed) = first_failing_within(&s, 30, unsafe_run) {
+            let r = run_scenario(&s, seed, &RunOptions::default()).unwrap();
+            println!("{what}: first failure in {name} at seed {seed}: {}", r.verdict());
+            assert!(!r.passed(), "an unsafe run must fail: {}", r.verdict());
+            assert_control_clean(&s, seed, unsafe_run);
+            return;
+        }
+    }
+    panic!("{what}: no safety failure in {scenarios:?} within 30 seeds each");
+}
+
+/// acks=all answered once the leader alone has the batch: a leader that
+/// dies before its followers fetch takes acknowledged records with it.
+#[test]
+fn replica_ack_before_isr_loses_acknowledged_writes() {
+    let bugs = PlantedBugs { replica_ack_before_isr: true, ..PlantedBugs::default() };
+    first_replication_failure("replica_ack_before_isr", &["replication-crash", "replication-lag"], bugs);
+}
+
+/// The high watermark moved by the furthest follower, in the ISR or not:
+/// an ISR member without the records can be elected.
+#[test]
+fn replica_high_watermark_outside_isr_loses_acknowledged_writes() {
+    let bugs = PlantedBugs { replica_high_watermark_outside_isr: true, ..PlantedBugs::default() };
+    first_replication_failure("replica_high_watermark_outside_isr", &["replication-crash", "replication-lag"], bugs);
+}
+
+/// KAFKA-1211, before KIP-101: a follower cuts its log to its own high
+/// watermark when it starts following, then may be elected without records
+/// the old leader acknowledged.
+#[test]
+fn replica_truncate_to_high_watermark_loses_acknowledged_writes() {
+    let bugs = PlantedBugs { replica_truncate_to_high_watermark: true, ..PlantedBugs::default() };
+    first_replication_failure("replica_truncate_to_high_watermark", &["replication-crash", "replication-lag"], bugs);
+}
+
+/// Unclean leader election everywhere: a replica outside the ISR leads and
+/// the ISR's acknowledged records are gone (or a follower must truncate
+/// below its high watermark, which the strict policy's invariant forbids).
+#[test]
+fn unclean_election_always_loses_acknowledged_writes() {
+    let bugs = PlantedBugs { unclean_election_always: true, ..PlantedBugs::default() };
+    first_replication_failure("unclean_election_always", &["replication-lag", "replication-crash"], bugs);
+}
