@@ -845,11 +845,13 @@ impl Sender {
                         let e =
                             ClientError::broker(format!("produce to {tp}"), a.error_code, a.error_message.as_deref());
                         // These codes mean the leader appended the batch but
-                        // could not confirm replication in time.
+                        // could not confirm replication in time (or lost the
+                        // lead meanwhile: the batch may survive or not).
                         let appended = matches!(
                             e.broker_error(),
                             Some(
                                 ResponseError::RequestTimedOut
+                                    | ResponseError::NotLeaderOrFollower
                                     | ResponseError::NotEnoughReplicasAfterAppend
                                     | ResponseError::UnknownServerError
                             )

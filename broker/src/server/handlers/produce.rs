@@ -37,6 +37,10 @@ struct Pending {
     last_offset: i64,
     /// acks=-1: wait for the high watermark; acks=1: for the leader's own.
     all: bool,
+    /// The leader epoch the batches were appended in: once this replica
+    /// stops leading it, its high watermark says nothing about them (a new
+    /// leader may have put other records at those offsets).
+    leader_epoch: i32,
     topic_slot: usize,
     partition_slot: usize,
 }
@@ -78,7 +82,9 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
                     if acks != 0 && !cx.node.config.bugs.ack_before_durable {
                         let partition = partition.expect("appended to a partition").clone();
                         let all = acks == -1;
-                        pending.push(Pending { partition, last_offset: last, all, topic_slot: ti, partition_slot: pi });
+                        let leader_epoch = partition.leader_epoch();
+                        let (topic_slot, partition_slot) = (ti, pi);
+                        pending.push(Pending { partition, last_offset: last, all, leader_epoch, topic_slot, partition_slot });
                     }
                 }
                 Err((code, message)) => {
@@ -151,6 +157,9 @@ pub(crate) fn resume(cx: &mut Cx, mut w: Waiting, deadline: Duration) -> Step {
 /// Whether `p`'s batches are acknowledged as its acks ask.
 fn acknowledged(p: &Pending) -> Result<bool, crate::server::partition::PartitionError> {
     let part = &p.partition;
+    if part.role() != crate::server::partition::Role::Leader || part.leader_epoch() != p.leader_epoch {
+        return Err(crate::server::partition::PartitionError::NotLeader);
+    }
     if p.all && !part.bug_ack_before_isr() {
         Ok(part.offsets()?.high_watermark > p.last_offset)
     } else {
