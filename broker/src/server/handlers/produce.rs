@@ -84,7 +84,14 @@ pub(crate) fn handle(cx: &mut Cx, req: ProduceRequest, request: Request) -> Step
                         let all = acks == -1;
                         let leader_epoch = partition.leader_epoch();
                         let (topic_slot, partition_slot) = (ti, pi);
-                        pending.push(Pending { partition, last_offset: last, all, leader_epoch, topic_slot, partition_slot });
+                        pending.push(Pending {
+                            partition,
+                            last_offset: last,
+                            all,
+                            leader_epoch,
+                            topic_slot,
+                            partition_slot,
+                        });
                     }
                 }
                 Err((code, message)) => {
