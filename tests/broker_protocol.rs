@@ -135,7 +135,7 @@ async fn create_describe_and_delete_topics() {
             code(ResponseError::InvalidPartitions),
         ]
     );
-    assert!(resp.topics[2].error_message.as_deref().unwrap().contains("replication is not built yet"));
+    assert!(resp.topics[2].error_message.as_deref().unwrap().contains("a single broker holds one replica"));
     assert_eq!(resp.topics[4].num_partitions, 1);
     let again: CreateTopicsResponse = c.call(7, &req).await;
     assert_eq!(again.topics[0].error_code, code(ResponseError::TopicAlreadyExists));

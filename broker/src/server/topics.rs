@@ -328,7 +328,7 @@ impl Topics {
         if rf != 1 {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {rf} is not possible: replication is not built yet, so it must be 1"),
+                format!("replication factor {rf} is not possible: a single broker holds one replica of each partition (run a cluster, `process_roles`, for more)"),
             ));
         }
         let config = apply_overrides(&self.config.log, &spec.configs)

@@ -92,7 +92,7 @@ fn spec_of(cx: &Cx, t: CreatableTopic) -> Result<TopicSpec, TopicError> {
             return Err(TopicError {
                 code: ResponseError::InvalidReplicaAssignment,
                 message: format!(
-                    "every partition must be assigned to broker {} alone: replication is not built yet",
+                    "every partition must be assigned to broker {} alone: a single broker holds one replica of each partition",
                     cx.node.config.node_id
                 ),
             });
