@@ -159,6 +159,12 @@ pub struct MetadataNode<L: RaftLog> {
     image: MetadataImage,
     /// The image last published, to compute what changed locally.
     published: Arc<MetadataImage>,
+    /// Whether this node has caught up with the metadata log since it
+    /// started: a leader is known and everything it has committed is
+    /// applied here. Nothing is published before, so a restarted broker
+    /// replaying its log does not act on an image long gone (lead a
+    /// partition at an old epoch, answer Metadata with old leaders).
+    caught_up: bool,
     pending: Vec<Pending>,
     routes: BTreeMap<u64, Route>,
     next_own_id: u64,
@@ -189,6 +195,7 @@ impl<L: RaftLog> MetadataNode<L> {
             lifecycle,
             image: MetadataImage::empty(),
             published: Arc::new(MetadataImage::empty()),
+            caught_up: false,
             pending: Vec::new(),
             routes: BTreeMap::new(),
             next_own_id: 0,
@@ -239,6 +246,10 @@ impl<L: RaftLog> MetadataNode<L> {
         self.sync_leader();
         self.tick_controller();
         self.poll_lifecycle();
+        if !self.caught_up {
+            // Catching up may complete with no new record to apply.
+            self.publish();
+        }
         self.maybe_snapshot();
         self.check_invariants();
         std::mem::take(&mut self.out)
@@ -608,6 +619,17 @@ impl<L: RaftLog> MetadataNode<L> {
     }
 
     fn publish(&mut self) {
+        if !self.caught_up {
+            if self.raft.leader_id().is_none() || self.raft.delivered_offset() < self.raft.high_watermark() {
+                return;
+            }
+            self.caught_up = true;
+            tracing::info!(
+                node = self.config.node_id,
+                offset = self.raft.delivered_offset(),
+                "metadata caught up; publishing images"
+            );
+        }
         if *self.published == self.image {
             return;
         }
