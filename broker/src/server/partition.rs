@@ -263,7 +263,10 @@ impl Partition {
         );
         let advanced = s.update_high_watermark();
         s.check_invariants();
-        let grew = s.log.log_end_offset() > before;
+        // Followers long-poll on the log end; with none, only the high
+        // watermark wakes anyone.
+        let has_followers = s.leader_view.as_ref().is_some_and(|v| v.assignment().replicas.len() > 1);
+        let grew = has_followers && s.log.log_end_offset() > before;
         Ok((info, self.moved(advanced || grew)))
     }
 
