@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::hosting;
-use super::link::{Call, ClusterLink, LISTENER};
+use super::link::{Call, ClusterLink, Reply, LISTENER};
 use super::metadata_node::{Event, Input, MetadataNode, MetadataNodeConfig, Output};
-use super::peers::{PeerEvent, PeerRequest, PeerResponse, Peers, Timeouts};
+use super::peers::{PeerEvent, PeerRequest, Peers, Timeouts};
 use crate::config::ClusterMode;
 use crate::controller::broker_lifecycle::LifecycleConfig;
 use crate::controller::quorum_controller::{ControllerConfig, DEFAULT_CLUSTER_ID};
@@ -137,7 +137,7 @@ struct Driver {
     machine: MetadataNode<DiskLog>,
     state_file: QuorumStateFile,
     /// Who waits for the answer to each request handed to the machine.
-    replies: BTreeMap<u64, Option<oneshot::Sender<PeerResponse>>>,
+    replies: BTreeMap<u64, Option<Reply>>,
     next_token: u64,
 }
 
@@ -158,7 +158,7 @@ impl Driver {
                     if self.replies.len() >= MAX_PENDING {
                         // Drop entries whose caller gave up (connection
                         // closed) or never waited (auto-creation).
-                        self.replies.retain(|_, tx| tx.as_ref().is_some_and(|t| !t.is_closed()));
+                        self.replies.retain(|_, reply| reply.as_ref().is_some_and(|r| !r.is_closed()));
                     }
                     self.replies.insert(token, call.reply);
                     Input::Request { token, request: call.request, from_peer: call.from_peer }
@@ -234,8 +234,8 @@ impl Driver {
                     self.peers.send(to, request_id, request)
                 }
                 Output::Respond { token, response } => {
-                    if let Some(Some(tx)) = self.replies.remove(&token) {
-                        let _ = tx.send(response);
+                    if let Some(Some(reply)) = self.replies.remove(&token) {
+                        reply.send(response);
                     }
                 }
                 Output::Event(e) => {

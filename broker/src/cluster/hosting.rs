@@ -68,7 +68,9 @@ pub fn apply(
                 if !changed {
                     continue;
                 }
-                tracing::info!(topic = %t.name, partition = local.partition, ?role, epoch = reg.leader_epoch, isr = ?reg.isr, "partition role");
+                let o = p.offsets().ok();
+                tracing::info!(topic = %t.name, partition = local.partition, ?role, epoch = reg.leader_epoch, isr = ?reg.isr,
+                    leo = o.map(|o| o.log_end_offset), hw = o.map(|o| o.high_watermark), "partition role");
                 if role == Role::Leader {
                     let (topic, partition, leader_epoch) = (t.name.clone(), local.partition, reg.leader_epoch);
                     env.observe(&Observation::PartitionLeader { node: me, topic, partition, leader_epoch });

@@ -20,7 +20,34 @@ pub struct Call {
     /// Sent by another node (never forwarded again).
     pub from_peer: bool,
     /// Where the answer goes; `None` when nobody waits (auto-creation).
-    pub reply: Option<oneshot::Sender<PeerResponse>>,
+    pub reply: Option<Reply>,
+}
+
+/// Where a call's answer goes.
+pub enum Reply {
+    /// To a caller awaiting it.
+    Wait(oneshot::Sender<PeerResponse>),
+    /// Into a function run by the driver task (it must not block).
+    Then(Box<dyn FnOnce(PeerResponse) + Send>),
+}
+
+impl Reply {
+    /// Whether the answer can no longer reach anyone.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Reply::Wait(tx) => tx.is_closed(),
+            Reply::Then(_) => false,
+        }
+    }
+
+    pub fn send(self, response: PeerResponse) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(response);
+            }
+            Reply::Then(f) => f(response),
+        }
+    }
 }
 
 /// What handlers read: the image last published and the active controller.
@@ -83,7 +110,7 @@ impl ClusterLink {
     /// driver has stopped (the node is shutting down).
     pub fn call(&self, request: PeerRequest, from_peer: bool) -> BoxFuture<'static, Option<PeerResponse>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Call { request, from_peer, reply: Some(reply) }).is_ok();
+        let sent = self.tx.send(Call { request, from_peer, reply: Some(Reply::Wait(reply)) }).is_ok();
         Box::pin(async move {
             if !sent {
                 return None;
@@ -95,5 +122,10 @@ impl ClusterLink {
     /// Hand `request` over with nobody waiting for the answer.
     pub fn submit(&self, request: PeerRequest) {
         let _ = self.tx.send(Call { request, from_peer: false, reply: None });
+    }
+
+    /// Hand `request` over; the driver task passes its answer to `then`.
+    pub fn submit_then(&self, request: PeerRequest, then: impl FnOnce(PeerResponse) + Send + 'static) {
+        let _ = self.tx.send(Call { request, from_peer: false, reply: Some(Reply::Then(Box::new(then))) });
     }
 }

@@ -49,7 +49,7 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// Ask the controller (through the driver) to change `p`'s ISR, as its
 /// leader. Nobody waits for the answer: the metadata image carries it.
-pub fn ask_isr_change(link: &ClusterLink, topic_id: Uuid, p: &Partition, change: PendingIsr) {
+pub fn ask_isr_change(link: &ClusterLink, topic_id: Uuid, p: &Arc<Partition>, change: PendingIsr) {
     let me = link.node_id;
     let broker_epoch = link.image().broker(me).map_or(-1, |b| b.epoch);
     let mut part = AlterPartitionData::default();
@@ -75,7 +75,20 @@ pub fn ask_isr_change(link: &ClusterLink, topic_id: Uuid, p: &Partition, change:
     req.broker_epoch = broker_epoch;
     req.topics.push(topic);
     tracing::info!(topic = %p.topic, partition = p.index, isr = ?change.isr, "asking the controller for an ISR change");
-    link.submit(PeerRequest::AlterPartition(req));
+    let p = p.clone();
+    link.submit_then(PeerRequest::AlterPartition(req), move |answer| {
+        let PeerResponse::AlterPartition(r) = answer else { return };
+        let code = r.topics.first().and_then(|t| t.partitions.first()).map_or(r.error_code, |p| p.error_code);
+        // Only these say both that the change was not applied and that the
+        // partition epoch it was based on is current; after any other
+        // error the controller may have applied it (a retry of a change
+        // already committed is refused as stale), so it stays in flight
+        // until the image shows the outcome.
+        if code == ResponseError::IneligibleReplica.code() || code == ResponseError::OperationNotAttempted.code() {
+            tracing::info!(topic = %p.topic, partition = p.index, isr = ?change.isr, code, "ISR change refused");
+            p.isr_change_refused(&change);
+        }
+    });
 }
 
 /// Start the node's replica fetcher task.

@@ -102,6 +102,15 @@ impl LeaderView {
         self.assignment.replicas.contains(&id)
     }
 
+    /// The controller answered that `change` was not applied and the
+    /// partition epoch it was based on is current (INELIGIBLE_REPLICA): the
+    /// committed ISR stands, and the next change is computed afresh.
+    pub fn refused(&mut self, change: &PendingIsr) {
+        if self.pending.as_ref().is_some_and(|p| p.isr == change.isr && p.partition_epoch == change.partition_epoch) {
+            self.pending = None;
+        }
+    }
+
     /// Take the image's word for the replicas and ISR (same leader epoch).
     /// A pending change is settled once the image has a later partition
     /// epoch (whether the change won or something else did).
@@ -185,9 +194,21 @@ impl LeaderView {
     /// the ISR that have not caught up for `lag_max_ms` leave; replicas that
     /// have reached `high_watermark` (and this epoch's start) join. The
     /// leader never leaves its own ISR. One change at a time.
+    ///
+    /// A change in flight is asked again, unchanged, every
+    /// [`ISR_CHANGE_RETRY_MS`] until it is settled: the controller may have
+    /// committed it already, with the answer or the image lost on the way,
+    /// so the leader must go on counting the replicas it adds (Kafka's
+    /// `PendingExpandIsr`). Only the image ([`Self::update_assignment`]) or
+    /// the controller's word that it was not applied ([`Self::refused`])
+    /// settles it.
     pub fn isr_change_due(&mut self, high_watermark: i64, now_ms: i64, lag_max_ms: i64) -> Option<PendingIsr> {
-        if self.pending.as_ref().is_some_and(|p| now_ms < p.sent_ms + ISR_CHANGE_RETRY_MS) {
-            return None;
+        if let Some(p) = &mut self.pending {
+            if now_ms < p.sent_ms + ISR_CHANGE_RETRY_MS {
+                return None;
+            }
+            p.sent_ms = now_ms;
+            return Some(p.clone());
         }
         let isr = &self.assignment.isr;
         let mut next: Vec<i32> = isr
@@ -280,6 +301,29 @@ mod tests {
         v.on_fetch(1, 20, 20, 2_000 + ISR_CHANGE_RETRY_MS);
         let again = v.isr_change_due(20, 2_000 + ISR_CHANGE_RETRY_MS, 500).expect("asked again");
         assert_eq!(first.isr, again.isr);
+    }
+
+    /// The controller may commit an expansion whose answer never arrives.
+    /// A retry must not recompute the change from the stale image: the
+    /// joining follower, meanwhile lagging, would be dropped from the
+    /// maximal ISR and the watermark would pass it, though the controller
+    /// counts it in sync and may elect it.
+    #[test]
+    fn an_expansion_in_flight_counts_until_settled() {
+        let mut v = view(&[0, 2]);
+        v.on_fetch(2, 30, 30, 1_000);
+        v.on_fetch(1, 30, 30, 1_000);
+        let p = v.isr_change_due(30, 1_000, 500).expect("1 caught up");
+        assert_eq!(p.isr, vec![0, 1, 2]);
+        // Follower 1 stops fetching; the leader and follower 2 go on.
+        v.on_fetch(2, 60, 60, 2_000);
+        let again = v.isr_change_due(30, 2_000, 500).expect("asked again");
+        assert_eq!(again.isr, vec![0, 1, 2], "the same change, not one without follower 1");
+        assert_eq!(v.acknowledged_offset(60, false), Some(30), "follower 1 still holds the watermark back");
+        // INELIGIBLE_REPLICA: not applied, the committed ISR stands.
+        v.refused(&again);
+        assert!(v.pending().is_none());
+        assert_eq!(v.acknowledged_offset(60, false), Some(60));
     }
 
     proptest! {

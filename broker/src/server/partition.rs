@@ -317,6 +317,14 @@ impl Partition {
         Ok(info)
     }
 
+    /// The controller refused the ISR change `change` without applying it.
+    pub fn isr_change_refused(&self, change: &PendingIsr) {
+        let Ok(mut s) = self.live() else { return };
+        if let Some(v) = s.leader_view.as_mut() {
+            v.refused(change);
+        }
+    }
+
     /// A follower takes the leader's high watermark, bounded by what it holds.
     /// Returns whether it advanced.
     pub fn follow_high_watermark(&self, leader_hw: i64) -> Result<bool, PartitionError> {
@@ -460,6 +468,8 @@ impl Partition {
         }
         let leo = s.log.log_end_offset();
         let start = s.log.log_start_offset();
+        tracing::trace!(topic = %self.topic, partition = self.index, replica, fetch_offset, last_fetched_epoch, leo,
+            hw = s.high_watermark, epoch = s.leader_epoch, "replica fetch");
         if last_fetched_epoch >= 0 {
             let (epoch, end) = end_offset_for_epoch(&s, last_fetched_epoch);
             if epoch < last_fetched_epoch || end < fetch_offset {
