@@ -14,6 +14,8 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::{Request, StrBytes};
 
+use uuid::Uuid;
+
 use super::connection::Connection;
 use super::{ClientError, TopicPartition};
 use crate::io::Env;
@@ -70,6 +72,10 @@ struct State {
     brokers: BTreeMap<i32, String>,
     controller_id: i32,
     topics: BTreeMap<String, TopicMetadata>,
+    /// The newest leader epoch seen per partition, kept across
+    /// invalidations, with the topic id it belongs to (a topic deleted and
+    /// created again starts its epochs afresh).
+    last_seen_epochs: BTreeMap<(String, i32), (Uuid, i32)>,
     /// Where the next "any broker" search starts, so that a dead broker does
     /// not stay first in line forever.
     rotation: usize,
@@ -241,6 +247,10 @@ impl Cluster {
                     })
                     .collect(),
             };
+            let mut meta = meta;
+            for pm in meta.partitions.values_mut() {
+                fence_stale_leader(&mut st.last_seen_epochs, &name, t.topic_id, pm);
+            }
             if meta.error_code == 0 && !meta.partitions.is_empty() {
                 st.topics.insert(name.clone(), meta.clone());
             } else {
@@ -311,5 +321,76 @@ impl Cluster {
     /// Forget `topic`'s metadata so the next lookup fetches it again.
     pub fn invalidate(&self, topic: &str) {
         self.state().topics.remove(topic);
+    }
+}
+
+/// KIP-320: metadata is not allowed to take a partition's leader epoch
+/// back. A broker that has not yet heard of a newer leader (a deposed leader
+/// cut off from the controller, or one replaying its metadata log after a
+/// restart) still names itself; fetching from it would meet a log that may
+/// lack what this client already read, and an OFFSET_OUT_OF_RANGE there
+/// would reset the position. Such a partition is given no leader, so the
+/// client asks again.
+fn fence_stale_leader(
+    seen: &mut BTreeMap<(String, i32), (Uuid, i32)>,
+    topic: &str,
+    topic_id: Uuid,
+    pm: &mut PartitionMetadata,
+) {
+    if pm.leader_epoch < 0 {
+        return;
+    }
+    let key = (topic.to_string(), pm.partition);
+    match seen.get(&key) {
+        Some(&(id, epoch)) if id == topic_id && epoch > pm.leader_epoch => {
+            tracing::debug!(
+                topic,
+                partition = pm.partition,
+                stale = pm.leader_epoch,
+                seen = epoch,
+                "metadata names a leader of an older epoch; ignored"
+            );
+            pm.leader = -1;
+            pm.leader_epoch = epoch;
+        }
+        _ => {
+            seen.insert(key, (topic_id, pm.leader_epoch));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pm(leader: i32, leader_epoch: i32) -> PartitionMetadata {
+        PartitionMetadata {
+            partition: 0,
+            error_code: 0,
+            leader,
+            leader_epoch,
+            replicas: vec![0, 1, 2],
+            isr: vec![0, 1, 2],
+            offline_replicas: vec![],
+        }
+    }
+
+    #[test]
+    fn a_leader_of_an_older_epoch_is_not_taken() {
+        let (mut seen, id) = (BTreeMap::new(), Uuid::from_u128(7));
+        let mut new = pm(1, 4);
+        fence_stale_leader(&mut seen, "t", id, &mut new);
+        assert_eq!((new.leader, new.leader_epoch), (1, 4));
+        // A deposed leader still names itself at epoch 3.
+        let mut stale = pm(2, 3);
+        fence_stale_leader(&mut seen, "t", id, &mut stale);
+        assert_eq!((stale.leader, stale.leader_epoch), (-1, 4), "no leader: ask again");
+        let mut newer = pm(0, 5);
+        fence_stale_leader(&mut seen, "t", id, &mut newer);
+        assert_eq!(newer.leader, 0);
+        // The topic was deleted and created again: its epochs start afresh.
+        let mut recreated = pm(2, 0);
+        fence_stale_leader(&mut seen, "t", Uuid::from_u128(8), &mut recreated);
+        assert_eq!((recreated.leader, recreated.leader_epoch), (2, 0));
     }
 }
