@@ -266,6 +266,13 @@ pub struct BrokerConfig {
     pub replica_fetch_max_bytes: usize,
     /// `replica.fetch.backoff.ms`: pause after a failed replica fetch.
     pub replica_fetch_backoff_ms: u64,
+    /// `replica.socket.timeout.ms`: how long a replica fetch may go
+    /// unanswered beyond the leader's `replica.fetch.wait.max.ms` before the
+    /// follower gives up on it and fetches again (Kafka's default, 30 s).
+    /// The simulator, whose network can lose a message on a live
+    /// connection, keeps it below `replica.lag.time.max.ms` so that one lost
+    /// fetch does not cost a follower its place in the ISR.
+    pub replica_socket_timeout_ms: u64,
     /// `auto.leader.rebalance.enable`: the active controller moves
     /// leadership back to each partition's preferred replica (the first)
     /// when it is in the ISR and usable, every
@@ -434,6 +441,7 @@ impl Default for BrokerConfig {
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_backoff_ms: 1_000,
+            replica_socket_timeout_ms: 30_000,
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_seconds: 300,
         }

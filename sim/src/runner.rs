@@ -64,6 +64,10 @@ const SIM_SESSION_TIMEOUT_MS: u64 = 900;
 const SIM_REPLICA_LAG_MS: u64 = 1_000;
 const SIM_REPLICA_FETCH_WAIT_MS: u64 = 100;
 const SIM_REPLICA_FETCH_BACKOFF_MS: u64 = 50;
+/// A replica fetch lost on the simulated network (a message dropped on a
+/// live connection, which real TCP would resend) is given up after this
+/// long beyond its wait: well inside the replica lag bound.
+const SIM_REPLICA_SOCKET_TIMEOUT_MS: u64 = 400;
 /// Where each broker keeps its log on its simulated disk.
 pub const DATA_DIR: &str = "/var/lib/faultline";
 
@@ -537,6 +541,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             replica_lag_time_max_ms: SIM_REPLICA_LAG_MS,
             replica_fetch_wait_max_ms: SIM_REPLICA_FETCH_WAIT_MS,
             replica_fetch_backoff_ms: SIM_REPLICA_FETCH_BACKOFF_MS,
+            replica_socket_timeout_ms: SIM_REPLICA_SOCKET_TIMEOUT_MS,
             ..BrokerConfig::default()
         };
         let trace = trace.clone();

@@ -60,8 +60,13 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
         pre_vote: config.controller_quorum_pre_vote,
         ..QuorumConfig::new(node_id, voters.iter().copied())
     };
+    // A heartbeat lost on the way must be sent again before the broker's
+    // session runs out, or one dropped message fences it (and, under
+    // min.insync.replicas, stalls every partition it holds); so requests
+    // on the control lane wait at most half a session.
+    let control_timeout = PEER_REQUEST_TIMEOUT.min(Duration::from_millis(config.broker_session_timeout_ms / 2));
     let peer_timeouts =
-        Timeouts { quorum: Duration::from_millis(quorum.request_timeout_ms as u64), request: PEER_REQUEST_TIMEOUT };
+        Timeouts { quorum: Duration::from_millis(quorum.request_timeout_ms as u64), request: control_timeout };
     let log_config = config.log.clone();
     let max_snapshot = quorum.max_snapshot_bytes as usize;
     let (log, persisted) = io::on_disk(&env, |_disk| -> anyhow::Result<_> {
@@ -86,7 +91,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
         }],
         rack: None,
         heartbeat_interval_ms: config.broker_heartbeat_interval_ms as i64,
-        request_timeout_ms: PEER_REQUEST_TIMEOUT.as_millis() as i64,
+        request_timeout_ms: control_timeout.as_millis() as i64,
         retry_backoff_ms: 100,
     });
     let machine_config = MetadataNodeConfig {

@@ -227,6 +227,7 @@ impl BrokerLifecycle {
         let id = self.next_id;
         self.next_id += 1;
         self.in_flight = Some(InFlight { id, deadline_ms: now_ms + self.config.request_timeout_ms });
+        tracing::trace!(node = self.config.node_id, id, controller_id, state = ?self.state, "to the controller");
         Some(Outgoing { id, controller_id, request })
     }
 
@@ -284,6 +285,7 @@ impl BrokerLifecycle {
 
     /// The answer to request `id`.
     pub fn on_response(&mut self, id: u64, response: LifecycleResponse, now_ms: i64) {
+        tracing::trace!(node = self.config.node_id, id, ?response, "from the controller");
         if self.in_flight.is_none_or(|f| f.id != id) {
             return;
         }

@@ -41,8 +41,6 @@ use crate::server::shell::Shell;
 /// Client id of replica fetches (the leader tells them from consumers by
 /// the request's replica id, not by this).
 const CLIENT_ID_PREFIX: &str = "faultline-replica-";
-/// How long a replica fetch may go unanswered beyond its `max_wait_ms`.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the task looks for new partitions to follow when nothing else
 /// wakes it (images are also announced, this is the backstop).
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -96,7 +94,10 @@ pub(crate) fn start(shell: Arc<Shell>, link: Arc<ClusterLink>) {
     let env = shell.env.clone();
     let node_id = link.node_id;
     let (events_tx, events) = mpsc::unbounded_channel();
-    let timeouts = Timeouts { quorum: FETCH_TIMEOUT, request: FETCH_TIMEOUT };
+    // A replica fetch may go unanswered for `replica.socket.timeout.ms`
+    // beyond its `max_wait_ms` (the peers' Fetch timeout adds the wait).
+    let timeout = Duration::from_millis(shell.node.config.replica_socket_timeout_ms.max(1));
+    let timeouts = Timeouts { quorum: timeout, request: timeout };
     let peers = Peers::new(env.clone(), format!("{CLIENT_ID_PREFIX}{node_id}"), timeouts, events_tx);
     let task = Fetcher { shell, link, peers, in_flight: BTreeMap::new(), backoff_until: BTreeMap::new(), next_id: 0 };
     io::spawn(&env, "replica-fetcher", task.run(events));

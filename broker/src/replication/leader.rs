@@ -45,6 +45,11 @@ pub struct PendingIsr {
     /// once it shows a later one.
     pub partition_epoch: i32,
     pub sent_ms: i64,
+    /// The controller said it was not applied: it no longer counts, and
+    /// stays only to space the next request [`ISR_CHANGE_RETRY_MS`] after
+    /// this one (a follower the controller will not take yet, fenced say,
+    /// would otherwise be proposed again at its every fetch).
+    pub refused: bool,
 }
 
 /// How long an ISR change may go unanswered before it is asked again (the
@@ -106,8 +111,10 @@ impl LeaderView {
     /// partition epoch it was based on is current (INELIGIBLE_REPLICA): the
     /// committed ISR stands, and the next change is computed afresh.
     pub fn refused(&mut self, change: &PendingIsr) {
-        if self.pending.as_ref().is_some_and(|p| p.isr == change.isr && p.partition_epoch == change.partition_epoch) {
-            self.pending = None;
+        if let Some(p) =
+            self.pending.as_mut().filter(|p| p.isr == change.isr && p.partition_epoch == change.partition_epoch)
+        {
+            p.refused = true;
         }
     }
 
@@ -151,7 +158,7 @@ impl LeaderView {
     /// The ISR plus whatever a pending change adds.
     pub fn maximal_isr(&self) -> Vec<i32> {
         let mut isr = self.assignment.isr.clone();
-        if let Some(p) = &self.pending {
+        if let Some(p) = self.pending.as_ref().filter(|p| !p.refused) {
             for r in &p.isr {
                 if !isr.contains(r) {
                     isr.push(*r);
@@ -207,8 +214,11 @@ impl LeaderView {
             if now_ms < p.sent_ms + ISR_CHANGE_RETRY_MS {
                 return None;
             }
-            p.sent_ms = now_ms;
-            return Some(p.clone());
+            if !p.refused {
+                p.sent_ms = now_ms;
+                return Some(p.clone());
+            }
+            self.pending = None;
         }
         let isr = &self.assignment.isr;
         let mut next: Vec<i32> = isr
@@ -235,7 +245,8 @@ impl LeaderView {
             self.pending = None;
             return None;
         }
-        let p = PendingIsr { isr: next, partition_epoch: self.assignment.partition_epoch, sent_ms: now_ms };
+        let p =
+            PendingIsr { isr: next, partition_epoch: self.assignment.partition_epoch, sent_ms: now_ms, refused: false };
         self.pending = Some(p.clone());
         Some(p)
     }
@@ -322,8 +333,11 @@ mod tests {
         assert_eq!(v.acknowledged_offset(60, false), Some(30), "follower 1 still holds the watermark back");
         // INELIGIBLE_REPLICA: not applied, the committed ISR stands.
         v.refused(&again);
-        assert!(v.pending().is_none());
         assert_eq!(v.acknowledged_offset(60, false), Some(60));
+        v.on_fetch(1, 60, 60, 2_100);
+        assert_eq!(v.isr_change_due(60, 2_100, 500), None, "not asked again at once");
+        let next = v.isr_change_due(60, 2_000 + ISR_CHANGE_RETRY_MS, 500).expect("asked afresh");
+        assert!(!next.refused);
     }
 
     proptest! {
