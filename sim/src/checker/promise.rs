@@ -17,7 +17,7 @@
 //! | `quorum-two-leaders`, `metadata-divergence`, `metadata-order` | always, even when the medium corrupts: the metadata log is checksummed and replicated on every voter, and these judge only what nodes report they applied |
 //! | `topic-lost` | always (the quorum keeps acknowledged metadata on a majority) |
 //! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
-//! | `replica-divergence` | always, unless the medium corrupts: in-sync copies of a partition are identical below what the final read saw committed |
+//! | `replica-divergence` | always, unless the medium corrupts or in-memory acknowledgements (`durability.policy = kafka`) meet power losses of as many replicas as they need: in-sync copies of a partition are identical below what the final read saw committed |
 //!
 //! Replication adds a second way for a correct broker to lose acknowledged
 //! writes ([`Scenario::acked_writes_may_be_lost`]): acks=1 with more than
@@ -69,7 +69,7 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::QuorumTwoLeaders
             | AnomalyKind::MetadataDivergence
             | AnomalyKind::MetadataOrder => true,
-            AnomalyKind::ReplicaDivergence => !scenario.medium_may_corrupt(),
+            AnomalyKind::ReplicaDivergence => !scenario.medium_may_corrupt() && !scenario.in_memory_acks_exposed(),
             _ if rot => false,
             AnomalyKind::Duplicate | AnomalyKind::ReorderedSend => w.idempotence || w.retries == 0,
             AnomalyKind::NonLinearizable => lin.is_ok(),
