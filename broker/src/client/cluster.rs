@@ -70,6 +70,9 @@ struct State {
     brokers: BTreeMap<i32, String>,
     controller_id: i32,
     topics: BTreeMap<String, TopicMetadata>,
+    /// The highest leader epoch seen per partition (by topic id, so a
+    /// recreated topic starts afresh), kept across invalidations (KIP-320).
+    last_seen_epochs: BTreeMap<(uuid::Uuid, i32), i32>,
     /// Where the next "any broker" search starts, so that a dead broker does
     /// not stay first in line forever.
     rotation: usize,
@@ -220,27 +223,37 @@ impl Cluster {
         st.controller_id = resp.controller_id.0;
         for t in resp.topics {
             let Some(name) = t.name.map(|n| n.0.to_string()) else { continue };
-            let meta = TopicMetadata {
-                name: name.clone(),
-                error_code: t.error_code,
-                is_internal: t.is_internal,
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let pm = PartitionMetadata {
-                            partition: p.partition_index,
-                            error_code: p.error_code,
-                            leader: p.leader_id.0,
-                            leader_epoch: p.leader_epoch,
-                            replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
-                            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-                            offline_replicas: p.offline_replicas.iter().map(|b| b.0).collect(),
-                        };
-                        (p.partition_index, pm)
-                    })
-                    .collect(),
-            };
+            let mut partitions = BTreeMap::new();
+            for p in &t.partitions {
+                let mut pm = PartitionMetadata {
+                    partition: p.partition_index,
+                    error_code: p.error_code,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                    offline_replicas: p.offline_replicas.iter().map(|b| b.0).collect(),
+                };
+                // KIP-320: a broker that has not caught up with the
+                // cluster's metadata may name a deposed leader. Metadata
+                // older than an epoch already seen is not taken: the cached
+                // leader stays, or the leader is unknown at the epoch seen,
+                // so a fetch carries that epoch and a stale leader refuses it.
+                let key = (t.topic_id, p.partition_index);
+                let seen = if t.topic_id.is_nil() { -1 } else { st.last_seen_epochs.get(&key).copied().unwrap_or(-1) };
+                if p.leader_epoch >= 0 && p.leader_epoch < seen {
+                    tracing::debug!(topic = %name, partition = p.partition_index, epoch = p.leader_epoch, seen, "stale partition metadata ignored");
+                    let cached = st.topics.get(&name).and_then(|c| c.partitions.get(&p.partition_index));
+                    pm = match cached.filter(|c| c.leader_epoch >= seen) {
+                        Some(c) => c.clone(),
+                        None => PartitionMetadata { leader: -1, leader_epoch: seen, ..pm },
+                    };
+                } else if !t.topic_id.is_nil() && p.leader_epoch > seen {
+                    st.last_seen_epochs.insert(key, p.leader_epoch);
+                }
+                partitions.insert(p.partition_index, pm);
+            }
+            let meta = TopicMetadata { name: name.clone(), error_code: t.error_code, is_internal: t.is_internal, partitions };
             if meta.error_code == 0 && !meta.partitions.is_empty() {
                 st.topics.insert(name.clone(), meta.clone());
             } else {

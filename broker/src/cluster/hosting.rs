@@ -8,6 +8,12 @@
 //! not led refuse produce and consumer fetches with NOT_LEADER_OR_FOLLOWER,
 //! and the ones followed are filled by the replica fetcher. A leader also
 //! takes the replicas and ISR, which its high watermark is computed over.
+//!
+//! A `__consumer_offsets` partition whose role or leader epoch changes drops
+//! its group coordinator here; a leader loads it again on the first group
+//! request once its high watermark has caught up (`Groups` in
+//! `server::group`), and members parked on the dropped one are woken to
+//! hear NOT_COORDINATOR.
 
 use crate::controller::image::{LocalChanges, MetadataImage, NO_LEADER};
 use crate::io::{DiskScope, Env, Observation};
@@ -33,6 +39,9 @@ pub fn apply(
         let Some(local) = node.topics.get(&d.topic_name) else { continue };
         if local.id != d.topic_id {
             continue;
+        }
+        if d.topic_name == OFFSETS_TOPIC {
+            wake.extend(node.groups.unload(d.partition).into_iter().map(Wake::Group));
         }
         if d.topic_removed {
             match node.topics.delete(disk, &d.topic_name) {
@@ -73,10 +82,10 @@ pub fn apply(
                     let (topic, partition, leader_epoch) = (t.name.clone(), local.partition, reg.leader_epoch);
                     env.observe(&Observation::PartitionLeader { node: me, topic, partition, leader_epoch });
                 }
-                if role == Role::Leader && t.name == OFFSETS_TOPIC {
-                    if let Err(e) = node.groups.load(disk, p, clock) {
-                        tracing::error!(partition = local.partition, error = %format!("{e:#}"), "cannot load group coordinator");
-                    }
+                if t.name == OFFSETS_TOPIC {
+                    // Whatever this node served in its last role is not the
+                    // new epoch's: a leader loads afresh once caught up.
+                    wake.extend(node.groups.unload(local.partition).into_iter().map(Wake::Group));
                 }
             }
             Err(e) => {
