@@ -800,7 +800,8 @@ mod tests {
         assert!(!s.is_empty());
         for st in &s {
             match &st.fault {
-                Fault::CrashPartitionLeader { topic, partition } | Fault::IsolatePartitionLeader { topic, partition } => {
+                Fault::CrashPartitionLeader { topic, partition }
+                | Fault::IsolatePartitionLeader { topic, partition } => {
                     assert_eq!((topic.as_str(), *partition), ("__consumer_offsets", 2))
                 }
                 other => panic!("not a coordinator fault: {other}"),

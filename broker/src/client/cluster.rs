@@ -253,7 +253,8 @@ impl Cluster {
                 }
                 partitions.insert(p.partition_index, pm);
             }
-            let meta = TopicMetadata { name: name.clone(), error_code: t.error_code, is_internal: t.is_internal, partitions };
+            let meta =
+                TopicMetadata { name: name.clone(), error_code: t.error_code, is_internal: t.is_internal, partitions };
             if meta.error_code == 0 && !meta.partitions.is_empty() {
                 st.topics.insert(name.clone(), meta.clone());
             } else {

@@ -119,6 +119,7 @@ impl Locked<'_> {
             self.0.remove(&index);
             match partition.high_watermark_settled() {
                 Ok(()) => {}
+                Err(ResponseError::OffsetNotAvailable) if self.1.bugs.group_load_before_caught_up => {}
                 Err(ResponseError::OffsetNotAvailable) => return Err(ResponseError::CoordinatorLoadInProgress),
                 Err(_) => return Err(ResponseError::NotCoordinator),
             }
