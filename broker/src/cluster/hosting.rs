@@ -58,6 +58,10 @@ pub fn apply(
     }
     for local in changes.leaders.iter().chain(&changes.followers) {
         let Some(t) = image.topic(local.topic_id) else { continue };
+        // A partition created here just now starts as leader at epoch 0,
+        // which the image may confirm without a change of role: its lead is
+        // reported all the same.
+        let fresh = node.topics.get(&t.name).is_none_or(|h| h.id != t.id);
         let topic = match node.topics.ensure(disk, &t.name, t.id, t.partitions.len() as i32, &t.configs, clock.now_ms) {
             Ok(topic) => topic,
             Err(e) => {
@@ -74,7 +78,7 @@ pub fn apply(
         match p.apply_registration(me, role, reg.leader_epoch, assignment, mono_ms) {
             Ok(changed) => {
                 wake.push(Wake::HighWatermark(p.clone()));
-                if !changed {
+                if !changed && !fresh {
                     continue;
                 }
                 tracing::info!(topic = %t.name, partition = local.partition, ?role, epoch = reg.leader_epoch, isr = ?reg.isr, "partition role");
