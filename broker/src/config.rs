@@ -123,6 +123,12 @@ pub struct PlantedBugs {
     /// earlier generation (or one already removed from the group) instead of
     /// answering ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID.
     pub group_stale_commit_accepted: bool,
+    /// A new leader of a `__consumer_offsets` partition loads its group
+    /// coordinator at once from the records below its high watermark,
+    /// which right after the election may trail what the last coordinator
+    /// acknowledged, instead of answering COORDINATOR_LOAD_IN_PROGRESS
+    /// until the high watermark reaches the start of its epoch.
+    pub group_load_before_caught_up: bool,
     /// Metadata quorum: a voter answers "vote granted" before its vote is
     /// durable, so a crash in between lets it vote twice in one epoch.
     pub quorum_vote_before_persist: bool,
@@ -175,6 +181,7 @@ impl PlantedBugs {
             || self.group_generation_not_bumped
             || self.quorum().any()
             || self.group_stale_commit_accepted
+            || self.group_load_before_caught_up
             || self.replica_truncate_to_high_watermark
             || self.replica_ack_before_isr
             || self.replica_high_watermark_outside_isr

@@ -37,6 +37,9 @@ pub struct Roles {
     /// Every partition of the data topics, which partition-leader faults
     /// choose from.
     pub partitions: Vec<TopicPartition>,
+    /// The `__consumer_offsets` partition coordinating the workload's group
+    /// (with consumer groups in a cluster), which coordinator faults aim at.
+    pub coordinator: Option<TopicPartition>,
 }
 
 impl Roles {
@@ -374,6 +377,15 @@ fn target(kind: &NemesisKind, roles: &Roles, rng: &mut ChaCha8Rng) -> Option<Fau
             Fault::IsolatePartitionLeader { topic: tp.topic.clone(), partition: tp.partition }
         }
         NemesisKind::IsolatePartitionLeader => return None,
+        NemesisKind::CrashCoordinator => {
+            let tp = roles.coordinator.as_ref()?;
+            Fault::CrashPartitionLeader { topic: tp.topic.clone(), partition: tp.partition }
+        }
+        NemesisKind::IsolateCoordinator if roles.servers().len() >= 2 => {
+            let tp = roles.coordinator.as_ref()?;
+            Fault::IsolatePartitionLeader { topic: tp.topic.clone(), partition: tp.partition }
+        }
+        NemesisKind::IsolateCoordinator => return None,
         NemesisKind::PowerLossAll => {
             let hosts = roles.servers();
             if hosts.is_empty() {
@@ -729,6 +741,7 @@ mod tests {
             controllers: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
             voters: vec!["controller-0".into(), "controller-1".into(), "controller-2".into()],
             partitions: Vec::new(),
+            coordinator: None,
         }
     }
 
@@ -776,7 +789,26 @@ mod tests {
             controllers: Vec::new(),
             voters: brokers,
             partitions: (0..4).map(|p| TopicPartition { topic: "events".into(), partition: p }).collect(),
+            coordinator: Some(TopicPartition { topic: "__consumer_offsets".into(), partition: 2 }),
         }
+    }
+
+    #[test]
+    fn coordinator_faults_aim_at_the_groups_offsets_partition() {
+        let ns = vec![nemesis(NemesisKind::CrashCoordinator), nemesis(NemesisKind::IsolateCoordinator)];
+        let s = plan(&ns, &replicated_roles(), Duration::from_secs(10), &mut seed::rng(9, "nemesis"));
+        assert!(!s.is_empty());
+        for st in &s {
+            match &st.fault {
+                Fault::CrashPartitionLeader { topic, partition }
+                | Fault::IsolatePartitionLeader { topic, partition } => {
+                    assert_eq!((topic.as_str(), *partition), ("__consumer_offsets", 2))
+                }
+                other => panic!("not a coordinator fault: {other}"),
+            }
+        }
+        let none = Roles { coordinator: None, ..replicated_roles() };
+        assert!(plan(&ns, &none, Duration::from_secs(10), &mut seed::rng(9, "nemesis")).is_empty());
     }
 
     #[test]

@@ -497,6 +497,14 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             .iter()
             .flat_map(|t| (0..t.partitions).map(|p| TopicPartition { topic: t.name.clone(), partition: p }))
             .collect(),
+        coordinator: (scenario.cluster.consumer_groups && scenario.cluster.has_quorum()).then(|| {
+            use faultline_broker::server::group::{partition_for, OFFSETS_TOPIC};
+            let partitions = sim_groups().offsets_topic_num_partitions;
+            TopicPartition {
+                topic: OFFSETS_TOPIC.to_string(),
+                partition: partition_for(workload::GROUP_ID, partitions),
+            }
+        }),
     };
     let node_ids: BTreeMap<String, i32> = servers.iter().map(|s| (s.host.clone(), s.node_id)).collect();
     let voter_list = servers

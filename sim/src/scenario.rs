@@ -399,6 +399,15 @@ pub enum NemesisKind {
     /// must acknowledge nothing with acks=all once it can no longer
     /// replicate.
     IsolatePartitionLeader,
+    /// Crash, with power loss, the broker currently leading the
+    /// `__consumer_offsets` partition of the workload's group — its group
+    /// coordinator — and restart it later: a coordinator failover.
+    CrashCoordinator,
+    /// Cut the workload group's coordinator (the leader of its
+    /// `__consumer_offsets` partition) off from every other server while
+    /// clients still reach it: a deposed coordinator that must accept no
+    /// commit it cannot replicate.
+    IsolateCoordinator,
     /// Every server loses power at the same instant (unsynced writes are
     /// lost on every disk) and all restart later.
     PowerLossAll,
@@ -436,7 +445,7 @@ fn is_certain(p: &f64) -> bool {
 const NEMESIS_KINDS: &str = "partition-random-halves, isolate-one, partition-oneway, link-drop, link-delay, \
 crash-restart, process-crash, crash-corrupt, crash-client, pause, disk-faults, clock-jump, clock-drift, \
 isolate-leader, crash-leader, crash-after-vote, crash-new-leader, quorum-link-drop, quorum-link-delay, rolling-restart, \
-crash-partition-leader, isolate-partition-leader, power-loss-all";
+crash-partition-leader, isolate-partition-leader, crash-coordinator, isolate-coordinator, power-loss-all";
 
 impl TryFrom<RawNemesis> for Nemesis {
     type Error = String;
@@ -469,6 +478,8 @@ impl TryFrom<RawNemesis> for Nemesis {
             "rolling-restart" => NemesisKind::RollingRestart,
             "crash-partition-leader" => NemesisKind::CrashPartitionLeader,
             "isolate-partition-leader" => NemesisKind::IsolatePartitionLeader,
+            "crash-coordinator" => NemesisKind::CrashCoordinator,
+            "isolate-coordinator" => NemesisKind::IsolateCoordinator,
             "power-loss-all" => NemesisKind::PowerLossAll,
             other => return Err(format!("unknown nemesis kind {other:?}; known: {NEMESIS_KINDS}")),
         };
@@ -548,6 +559,8 @@ impl NemesisKind {
             NemesisKind::RollingRestart => "rolling-restart",
             NemesisKind::CrashPartitionLeader => "crash-partition-leader",
             NemesisKind::IsolatePartitionLeader => "isolate-partition-leader",
+            NemesisKind::CrashCoordinator => "crash-coordinator",
+            NemesisKind::IsolateCoordinator => "isolate-coordinator",
             NemesisKind::PowerLossAll => "power-loss-all",
         }
     }
@@ -680,6 +693,7 @@ impl Scenario {
                         | NemesisKind::CrashAfterVote
                         | NemesisKind::CrashNewLeader
                         | NemesisKind::CrashPartitionLeader
+                        | NemesisKind::CrashCoordinator
                 )
             })
             .count();
@@ -728,9 +742,6 @@ impl Scenario {
                 c.brokers,
                 c.controllers
             );
-        }
-        if c.has_quorum() && c.consumer_groups {
-            bail!("cluster.consumer_groups with a metadata quorum: the group coordinator is not built for cluster mode yet");
         }
         if c.consumer_groups {
             let w = &self.workload;
@@ -868,6 +879,14 @@ impl Scenario {
                 NemesisKind::CrashPartitionLeader | NemesisKind::IsolatePartitionLeader if !c.has_quorum() => {
                     bail!("{what}: aims at a partition leader, which a cluster (cluster.controllers) reports")
                 }
+                NemesisKind::CrashCoordinator | NemesisKind::IsolateCoordinator
+                    if !c.has_quorum() || !c.consumer_groups =>
+                {
+                    bail!(
+                        "{what}: aims at the group coordinator, a __consumer_offsets partition leader, which needs \
+                         cluster.controllers and cluster.consumer_groups"
+                    )
+                }
                 NemesisKind::ClockJump { max_ms } if *max_ms <= 0 => bail!("clock-jump: max_ms must be positive"),
                 NemesisKind::ClockDrift { max_ppm } if *max_ppm <= 0 || *max_ppm > 1_000_000 => {
                     bail!("clock-drift: max_ppm must be in 1..=1000000")
@@ -930,6 +949,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("replication-zombie.toml", include_str!("../../scenarios/replication-zombie.toml")),
     ("replication-lag.toml", include_str!("../../scenarios/replication-lag.toml")),
     ("replication-rolling.toml", include_str!("../../scenarios/replication-rolling.toml")),
+    ("groups-failover.toml", include_str!("../../scenarios/groups-failover.toml")),
 ];
 
 /// The durability-policy comparison (replication factor 3, every node

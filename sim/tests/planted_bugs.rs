@@ -258,6 +258,40 @@ fn group_stale_commit_accepted_moves_committed_offsets_back() {
     assert_control_clean(&s, seed.max(3), has(AnomalyKind::CommitRegression));
 }
 
+/// The `groups-failover` scenario (a replicated `__consumer_offsets` whose
+/// leader crashes and is cut off) with a group coordinator bug planted.
+fn groups_failover_with(bugs: PlantedBugs) -> Scenario {
+    let mut s = scenario::builtin_named("groups-failover").unwrap();
+    s.name = "planted-groups-failover".into();
+    s.cluster.bugs = bugs;
+    s.validate().unwrap();
+    s
+}
+
+#[test]
+fn group_bugs_are_caught_across_coordinator_failovers() {
+    let cases = [
+        (PlantedBugs { group_generation_not_bumped: true, ..PlantedBugs::default() }, AnomalyKind::GroupDoubleOwner),
+        (PlantedBugs { group_stale_commit_accepted: true, ..PlantedBugs::default() }, AnomalyKind::CommitRegression),
+    ];
+    for (bugs, kind) in cases {
+        let s = groups_failover_with(bugs);
+        let seed =
+            first_failing(&s, has(kind)).unwrap_or_else(|| panic!("no {kind:?} within the seed budget: {bugs:?}"));
+        println!("groups-failover {bugs:?}: first {kind:?} at seed {seed}");
+        assert_control_clean(&s, seed.max(3), has(kind));
+    }
+}
+
+#[test]
+fn group_load_before_caught_up_hands_a_generation_out_twice() {
+    let s = groups_failover_with(PlantedBugs { group_load_before_caught_up: true, ..PlantedBugs::default() });
+    let seed =
+        first_failing(&s, has(AnomalyKind::GroupDoubleOwner)).expect("no group-double-owner within the seed budget");
+    println!("group_load_before_caught_up: first group-double-owner at seed {seed}");
+    assert_control_clean(&s, seed.max(3), has(AnomalyKind::GroupDoubleOwner));
+}
+
 /// A quorum scenario without its swarm table, with `bugs` planted in every
 /// node.
 fn quorum_planted(name: &str, bugs: PlantedBugs) -> Scenario {

@@ -742,6 +742,7 @@ impl Consumer {
                         records.extend(decoded.records);
                     }
                     Err(e) if e.broker_error() == Some(ResponseError::OffsetOutOfRange) => {
+                        tracing::debug!(%tp, fetched_at, "fetch position out of range");
                         if self.config.auto_offset_reset == AutoOffsetReset::None {
                             failure.get_or_insert(e);
                             continue;

@@ -8,6 +8,12 @@
 //! not led refuse produce and consumer fetches with NOT_LEADER_OR_FOLLOWER,
 //! and the ones followed are filled by the replica fetcher. A leader also
 //! takes the replicas and ISR, which its high watermark is computed over.
+//!
+//! A `__consumer_offsets` partition whose role or leader epoch changes drops
+//! its group coordinator here; a leader loads it again on the first group
+//! request once its high watermark has caught up (`Groups` in
+//! `server::group`), and members parked on the dropped one are woken to
+//! hear NOT_COORDINATOR.
 
 use crate::controller::image::{LocalChanges, MetadataImage, NO_LEADER};
 use crate::io::{DiskScope, Env, Observation};
@@ -34,6 +40,9 @@ pub fn apply(
         if local.id != d.topic_id {
             continue;
         }
+        if d.topic_name == OFFSETS_TOPIC {
+            wake.extend(node.groups.unload(d.partition).into_iter().map(Wake::Group));
+        }
         if d.topic_removed {
             match node.topics.delete(disk, &d.topic_name) {
                 Ok(t) => wake.extend(t.partitions.iter().cloned().map(Wake::HighWatermark)),
@@ -49,6 +58,10 @@ pub fn apply(
     }
     for local in changes.leaders.iter().chain(&changes.followers) {
         let Some(t) = image.topic(local.topic_id) else { continue };
+        // A partition created here just now starts as leader at epoch 0,
+        // which the image may confirm without a change of role: its lead is
+        // reported all the same.
+        let fresh = node.topics.get(&t.name).is_none_or(|h| h.id != t.id);
         let topic = match node.topics.ensure(disk, &t.name, t.id, t.partitions.len() as i32, &t.configs, clock.now_ms) {
             Ok(topic) => topic,
             Err(e) => {
@@ -65,7 +78,7 @@ pub fn apply(
         match p.apply_registration(me, role, reg.leader_epoch, assignment, mono_ms) {
             Ok(changed) => {
                 wake.push(Wake::HighWatermark(p.clone()));
-                if !changed {
+                if !changed && !fresh {
                     continue;
                 }
                 let o = p.offsets().ok();
@@ -75,10 +88,10 @@ pub fn apply(
                     let (topic, partition, leader_epoch) = (t.name.clone(), local.partition, reg.leader_epoch);
                     env.observe(&Observation::PartitionLeader { node: me, topic, partition, leader_epoch });
                 }
-                if role == Role::Leader && t.name == OFFSETS_TOPIC {
-                    if let Err(e) = node.groups.load(disk, p, clock) {
-                        tracing::error!(partition = local.partition, error = %format!("{e:#}"), "cannot load group coordinator");
-                    }
+                if t.name == OFFSETS_TOPIC {
+                    // Whatever this node served in its last role is not the
+                    // new epoch's: a leader loads afresh once caught up.
+                    wake.extend(node.groups.unload(local.partition).into_iter().map(Wake::Group));
                 }
             }
             Err(e) => {

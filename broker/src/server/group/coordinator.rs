@@ -144,7 +144,9 @@ pub(super) struct Group {
     /// SyncGroup answers waiting for the generation's record to be durable,
     /// and the offset it must be below the high watermark past (unknown
     /// until the record is appended).
-    held: Vec<(u64, SyncGroupResponse)>,
+    /// Each is (ticket, member, answer); a member with a held answer waits
+    /// on the coordinator, so its session does not expire meanwhile.
+    held: Vec<(u64, String, SyncGroupResponse)>,
     release_after: Option<i64>,
     /// The current generation's record is not known durable yet: every
     /// SyncGroup answer of this generation is held.
@@ -932,7 +934,7 @@ impl GroupCoordinator {
     pub fn fail_held(&mut self, group: &str, clock: Clock, fx: &mut Effects) {
         let Some(g) = self.groups.get_mut(group) else { return };
         let generation = g.generation;
-        for (t, _) in std::mem::take(&mut g.held) {
+        for (t, _, _) in std::mem::take(&mut g.held) {
             let resp = g.sync_response(Some(ResponseError::RebalanceInProgress), Bytes::new());
             g.ready.insert(t, (generation, Ready::Sync(resp)));
             fx.woken.insert(group.to_string());
@@ -943,12 +945,15 @@ impl GroupCoordinator {
     }
 
     /// The partition is durable below `high_watermark`: release the answers
-    /// that waited for it.
-    pub fn release_durable(&mut self, high_watermark: i64, fx: &mut Effects) {
+    /// that waited for it. Their members' sessions start again now.
+    pub fn release_durable(&mut self, high_watermark: i64, clock: Clock, fx: &mut Effects) {
         for g in self.groups.values_mut() {
             if g.release_after.is_some_and(|o| o < high_watermark) {
                 let generation = g.generation;
-                for (t, resp) in std::mem::take(&mut g.held) {
+                for (t, member, resp) in std::mem::take(&mut g.held) {
+                    if let Some(m) = g.members.get_mut(&member) {
+                        m.session_deadline = clock.elapsed + m.session_timeout;
+                    }
                     g.ready.insert(t, (generation, Ready::Sync(resp)));
                     fx.woken.insert(g.id.clone());
                 }
@@ -964,7 +969,7 @@ impl GroupCoordinator {
     pub fn ticket_alive(&self, ticket: &Ticket) -> bool {
         self.groups.get(&ticket.group).is_some_and(|g| {
             g.ready.contains_key(&ticket.id)
-                || g.held.iter().any(|(t, _)| *t == ticket.id)
+                || g.held.iter().any(|(t, _, _)| *t == ticket.id)
                 || g.members.values().any(|m| m.awaiting_join == Some(ticket.id) || m.awaiting_sync == Some(ticket.id))
         })
     }
@@ -973,7 +978,7 @@ impl GroupCoordinator {
     pub fn abandon(&mut self, ticket: &Ticket) {
         if let Some(g) = self.groups.get_mut(&ticket.group) {
             g.ready.remove(&ticket.id);
-            g.held.retain(|(t, _)| *t != ticket.id);
+            g.held.retain(|(t, _, _)| *t != ticket.id);
             for m in g.members.values_mut() {
                 if m.awaiting_join == Some(ticket.id) {
                     m.awaiting_join = None;
@@ -1020,7 +1025,7 @@ impl GroupCoordinator {
                 let resp = g.sync_response(None, assignment);
                 if g.unreleased {
                     // Its generation's record is not durable yet: wait with the others.
-                    g.held.push((ticket, resp));
+                    g.held.push((ticket, member_id.to_string(), resp));
                     return Answer::Wait(Ticket { group: group_id.to_string(), id: ticket });
                 }
                 Answer::Now(resp)
@@ -1051,7 +1056,7 @@ impl GroupCoordinator {
                         let assignment = g.members[&id].assignment.clone();
                         let resp = g.sync_response(None, assignment);
                         if let Some(t) = g.members.get_mut(&id).expect("member").awaiting_sync.take() {
-                            g.held.push((t, resp));
+                            g.held.push((t, id, resp));
                         }
                     }
                     g.release_after = None;
@@ -1440,7 +1445,12 @@ impl GroupCoordinator {
             let expired: Vec<String> = g
                 .members
                 .values()
-                .filter(|m| m.awaiting_join.is_none() && m.awaiting_sync.is_none() && m.session_deadline <= now)
+                .filter(|m| {
+                    m.awaiting_join.is_none()
+                        && m.awaiting_sync.is_none()
+                        && !g.held.iter().any(|(_, id, _)| *id == m.id)
+                        && m.session_deadline <= now
+                })
                 .map(|m| m.id.clone())
                 .collect();
             let mut removed = !expired.is_empty();
@@ -1546,6 +1556,13 @@ fn remove_member(g: &mut Group, id: &str, error: ResponseError, fx: &mut Effects
         fx.woken.insert(g.id.clone());
     }
     if let Some(t) = m.awaiting_sync {
+        g.ready.insert(t, (generation, Ready::Sync(g.sync_response(Some(error), Bytes::new()))));
+        fx.woken.insert(g.id.clone());
+    }
+    // A held answer of a removed member must never be released as a success.
+    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut g.held).into_iter().partition(|(_, who, _)| who == id);
+    g.held = kept;
+    for (t, _, _) in gone {
         g.ready.insert(t, (generation, Ready::Sync(g.sync_response(Some(error), Bytes::new()))));
         fx.woken.insert(g.id.clone());
     }

@@ -7,10 +7,18 @@
 //! `String.hashCode`, as every Kafka client and tool computes it). Each
 //! partition has one [`GroupCoordinator`], a pure state machine whose
 //! durable state — committed offsets and each group's last metadata — is the
-//! partition's records ([`records`]). [`Groups::load`] replays a partition
-//! into a fresh coordinator: that is all a broker does to take over a
-//! partition's groups, at start today and at a leader change once
-//! replication exists.
+//! partition's records ([`records`]). Loading replays a partition into a
+//! fresh coordinator: that is all a broker does to take over a partition's
+//! groups, at start on a single broker and, in a cluster, at every leader
+//! epoch of the partition it leads ([`Locked::serving`]).
+//!
+//! A coordinator belongs to one leader epoch of its partition. A new
+//! leader loads only once its high watermark has reached the start of its
+//! epoch — its log end when it took over, which holds every record ever
+//! acknowledged — and answers COORDINATOR_LOAD_IN_PROGRESS until then, so
+//! it never serves a state older than one a client was told about. A node
+//! that stops leading the partition, or leads it in a new epoch, drops the
+//! coordinator ([`Groups::unload`]); a request there is NOT_COORDINATOR.
 //!
 //! A group speaks the classic protocol (JoinGroup, SyncGroup) or, as a
 //! consumer group of KIP-848, ConsumerGroupHeartbeat ([`consumer`]); a
@@ -37,8 +45,10 @@ pub use records::Record;
 
 use super::node::Clock;
 use super::partition::Partition;
+use super::partition::Role;
 use crate::config::{GroupConfig, PlantedBugs};
 use crate::io::DiskScope;
+use kafka_protocol::error::ResponseError;
 
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -73,33 +83,81 @@ impl GroupSignal {
 pub struct Groups {
     config: GroupConfig,
     bugs: PlantedBugs,
-    coordinators: Mutex<BTreeMap<i32, GroupCoordinator>>,
+    coordinators: Mutex<BTreeMap<i32, Slot>>,
     /// Entries die with their last parked request.
     signals: Mutex<BTreeMap<String, Weak<GroupSignal>>>,
 }
 
+/// A loaded coordinator and the leader epoch of its partition it serves.
+struct Slot {
+    leader_epoch: i32,
+    coordinator: GroupCoordinator,
+}
+
 /// The coordinators, locked for one input.
-pub struct Locked<'a>(MutexGuard<'a, BTreeMap<i32, GroupCoordinator>>, &'a Groups);
+pub struct Locked<'a>(MutexGuard<'a, BTreeMap<i32, Slot>>, &'a Groups);
 
 impl Locked<'_> {
-    /// The coordinator of `partition`, created empty the first time (a
-    /// partition with no records).
-    pub fn coordinator(&mut self, partition: i32) -> &mut GroupCoordinator {
-        let (config, bugs) = (self.1.config.clone(), self.1.bugs);
-        self.0.entry(partition).or_insert_with(|| GroupCoordinator::new(partition, config, bugs))
+    /// The coordinator of `partition` if this node leads it, loaded for
+    /// its current leader epoch: NOT_COORDINATOR if it does not lead it,
+    /// COORDINATOR_LOAD_IN_PROGRESS while a new leader's high watermark is
+    /// short of its epoch's start (it may not yet hold as committed what
+    /// the last coordinator acknowledged), and loaded from the partition's
+    /// records the first time it is asked for after that.
+    pub fn serving(
+        &mut self,
+        disk: &DiskScope,
+        partition: &Partition,
+        clock: Clock,
+    ) -> Result<(&mut GroupCoordinator, i32), ResponseError> {
+        if partition.role() != Role::Leader {
+            return Err(ResponseError::NotCoordinator);
+        }
+        let epoch = partition.leader_epoch();
+        let index = partition.index;
+        if self.0.get(&index).map(|s| s.leader_epoch) != Some(epoch) {
+            self.0.remove(&index);
+            match partition.high_watermark_settled() {
+                Ok(()) => {}
+                Err(ResponseError::OffsetNotAvailable) if self.1.bugs.group_load_before_caught_up => {}
+                Err(ResponseError::OffsetNotAvailable) => return Err(ResponseError::CoordinatorLoadInProgress),
+                Err(_) => return Err(ResponseError::NotCoordinator),
+            }
+            let coordinator = self.1.read(disk, partition, clock).map_err(|e| {
+                tracing::error!(partition = index, error = %format!("{e:#}"), "cannot load group coordinator");
+                ResponseError::CoordinatorNotAvailable
+            })?;
+            self.0.insert(index, Slot { leader_epoch: epoch, coordinator });
+        }
+        Ok((&mut self.0.get_mut(&index).expect("loaded above").coordinator, epoch))
+    }
+
+    /// Drop every coordinator `current(partition, leader epoch)` says is no
+    /// longer this node's to serve. Returns the groups they held.
+    pub fn retain(&mut self, mut current: impl FnMut(i32, i32) -> bool) -> BTreeSet<String> {
+        let mut dropped = BTreeSet::new();
+        self.0.retain(|&index, slot| {
+            let keep = current(index, slot.leader_epoch);
+            if !keep {
+                dropped.extend(slot.coordinator.list().into_iter().map(|(id, ..)| id.to_string()));
+            }
+            keep
+        });
+        dropped
     }
 
     /// Groups across every coordinator.
     pub fn group_count(&self) -> usize {
-        self.0.values().map(GroupCoordinator::group_count).sum()
+        self.0.values().map(|s| s.coordinator.group_count()).sum()
     }
 
     pub fn all(&self) -> impl Iterator<Item = &GroupCoordinator> {
-        self.0.values()
+        self.0.values().map(|s| &s.coordinator)
     }
 
-    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut GroupCoordinator> {
-        self.0.values_mut()
+    /// Every coordinator, with the leader epoch it serves.
+    pub fn all_mut(&mut self) -> impl Iterator<Item = (&mut GroupCoordinator, i32)> {
+        self.0.values_mut().map(|s| (&mut s.coordinator, s.leader_epoch))
     }
 }
 
@@ -141,8 +199,30 @@ impl Groups {
     }
 
     /// Rebuild the coordinator of one `__consumer_offsets` partition from its
-    /// records, replacing what was there. Returns how many records it read.
+    /// records, replacing what was there, for the partition's current
+    /// leader epoch (a single broker at start). Returns how many groups it holds.
     pub fn load(&self, disk: &DiskScope, partition: &Partition, clock: Clock) -> anyhow::Result<usize> {
+        let coordinator = self.read(disk, partition, clock)?;
+        let groups = coordinator.group_count();
+        let slot = Slot { leader_epoch: partition.leader_epoch(), coordinator };
+        self.lock().0.insert(partition.index, slot);
+        Ok(groups)
+    }
+
+    /// Drop the coordinator of `partition` (this node no longer leads it, or
+    /// leads it in a new epoch and must load it again). Returns the groups
+    /// it held, whose parked members must be woken to hear NOT_COORDINATOR.
+    pub fn unload(&self, partition: i32) -> Vec<Arc<GroupSignal>> {
+        let dropped = self.lock().retain(|index, _| index != partition);
+        if !dropped.is_empty() {
+            tracing::info!(partition, groups = dropped.len(), "group coordinator unloaded");
+        }
+        self.notify(&dropped)
+    }
+
+    /// A coordinator replaying every record of `partition` below its high
+    /// watermark.
+    fn read(&self, disk: &DiskScope, partition: &Partition, clock: Clock) -> anyhow::Result<GroupCoordinator> {
         let mut c = GroupCoordinator::new(partition.index, self.config.clone(), self.bugs);
         let offsets = partition.offsets()?;
         let mut at = offsets.log_start_offset;
@@ -167,11 +247,11 @@ impl Groups {
         }
         tracing::info!(
             partition = partition.index,
+            leader_epoch = partition.leader_epoch(),
             records = count,
             groups = c.group_count(),
             "group coordinator loaded"
         );
-        self.lock().0.insert(partition.index, c);
-        Ok(count)
+        Ok(c)
     }
 }

@@ -117,7 +117,7 @@ impl H {
         for g in fx.hold {
             self.c.hold_until(&g, 0);
         }
-        self.c.release_durable(1, &mut Effects::default());
+        self.c.release_durable(1, self.clock, &mut Effects::default());
         match a {
             Answer::Wait(t) => match self.c.take_sync(&t) {
                 Some(r) => Answer::Now(r),
@@ -481,10 +481,10 @@ fn assignments_are_handed_out_only_once_the_generation_is_durable() {
     assert_eq!(fx.hold, vec![G.to_string()]);
     assert!(matches!(fx.records.as_slice(), [Record::Group { .. }]));
     h.c.hold_until(G, 41);
-    h.c.release_durable(41, &mut Effects::default());
+    h.c.release_durable(41, h.clock, &mut Effects::default());
     assert!(h.c.take_sync(&t).is_none(), "offset 41 is not below the high watermark 41");
     let mut fx = Effects::default();
-    h.c.release_durable(42, &mut fx);
+    h.c.release_durable(42, h.clock, &mut fx);
     assert!(fx.woken.contains(G));
     assert_eq!(h.c.take_sync(&t).unwrap().assignment, Bytes::from_static(b"all"));
     // A record that could not be written fails the sync and rebalances.
@@ -528,7 +528,7 @@ fn a_follower_syncing_after_the_leader_also_waits_for_durability() {
         panic!("a follower must not learn a generation that a restart could hand out again")
     };
     h.c.hold_until(G, 9);
-    h.c.release_durable(10, &mut fx);
+    h.c.release_durable(10, h.clock, &mut fx);
     assert!(h.c.take_sync(&tl).is_some());
     assert_eq!(h.c.take_sync(&tf).unwrap().assignment, Bytes::from_static(b"f"));
     // Once durable, syncs of the generation are answered at once.

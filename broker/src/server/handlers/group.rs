@@ -12,8 +12,16 @@
 //! DeleteGroups, OffsetDelete or ConsumerGroupHeartbeat is answered only
 //! once its records (for a heartbeat: every record of the partition so far,
 //! since its answer may rest on others' records) are below the partition's
-//! high watermark (today: fsynced), as a produce with acks=-1 is; what they
-//! change is served from the moment the records are appended.
+//! high watermark (with replicas: on every in-sync replica), as a produce
+//! with acks=-1 is; what they change is served from the moment the records
+//! are appended. Such an answer waits in the leader epoch its records were
+//! appended in: if the partition's leadership moves meanwhile it fails with
+//! NOT_COORDINATOR (the records may or may not survive; the client asks the
+//! new coordinator), never with a success the new leader may not know.
+//!
+//! Every API reaches a coordinator through `Groups::lock().serving(..)`,
+//! which checks that this node leads the partition and has loaded it for
+//! the current leader epoch (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,8 +76,17 @@ pub(crate) enum Waiting {
     Durable {
         request: Request,
         answer: Durable,
-        pending: Vec<(Arc<Partition>, i64)>,
+        pending: Vec<Pending>,
     },
+}
+
+/// Records an answer waits for: the last offset written to a partition, in
+/// the leader epoch they were written in.
+#[derive(Clone)]
+pub(crate) struct Pending {
+    partition: Arc<Partition>,
+    last: i64,
+    leader_epoch: i32,
 }
 
 /// An answer waiting for its records to be durable.
@@ -116,7 +133,7 @@ impl Durable {
 
 /// Answer `answer` once every pending (partition, last offset) is durable,
 /// or with REQUEST_TIMED_OUT after `offsets.commit.timeout.ms`.
-fn when_durable(cx: &mut Cx, request: Request, answer: Durable, pending: Vec<(Arc<Partition>, i64)>) -> Step {
+fn when_durable(cx: &mut Cx, request: Request, answer: Durable, pending: Vec<Pending>) -> Step {
     let deadline = cx.clock.elapsed + Duration::from_millis(cx.node.config.groups.offsets_commit_timeout_ms);
     resume(cx, Waiting::Durable { request, answer, pending }, deadline)
 }
@@ -181,7 +198,8 @@ fn cluster_coordinator(cx: &Cx, group: &str) -> Result<(i32, String, i32), Respo
     Ok((leader, e.host.clone(), e.port as i32))
 }
 
-/// The `__consumer_offsets` partition coordinating `group`, if this node leads it.
+/// The `__consumer_offsets` partition coordinating `group`, if this node
+/// leads it and its coordinator is loaded (or can be now).
 fn locate(cx: &mut Cx, group: &str) -> Result<Arc<Partition>, ResponseError> {
     let topic = offsets_topic(cx)?;
     let index = partition_for(group, topic.partitions.len() as i32);
@@ -189,34 +207,40 @@ fn locate(cx: &mut Cx, group: &str) -> Result<Arc<Partition>, ResponseError> {
     if p.role() != Role::Leader {
         return Err(ResponseError::NotCoordinator);
     }
+    cx.node.groups.lock().serving(cx.disk, p, cx.clock)?;
     Ok(p.clone())
 }
 
 /// Run `f` on the coordinator of `p` and carry out its effects: records
 /// appended (under the coordinator's lock, so the log's order is the
-/// coordinator's), parked members woken.
-fn run<T>(cx: &mut Cx, p: &Arc<Partition>, f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T) -> T {
-    run_written(cx, p, f).0
+/// coordinator's), parked members woken. Err: `p` is not (or no longer)
+/// this node's to coordinate.
+fn run<T>(
+    cx: &mut Cx,
+    p: &Arc<Partition>,
+    f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T,
+) -> Result<T, ResponseError> {
+    Ok(run_written(cx, p, f)?.0)
 }
 
-/// [`run`], also saying the last offset it wrote (None: nothing), or why
-/// its records could not be written.
+/// [`run`], also saying what it wrote (None: nothing), or why its records
+/// could not be written.
 fn run_written<T>(
     cx: &mut Cx,
     p: &Arc<Partition>,
     f: impl FnOnce(&mut GroupCoordinator, &mut Effects) -> T,
-) -> (T, Result<Option<i64>, ResponseError>) {
+) -> Result<(T, Result<Option<Pending>, ResponseError>), ResponseError> {
     let (node, clock) = (cx.node, cx.clock);
     let mut fx = Effects::default();
     let out = {
         let mut locked = node.groups.lock();
-        let c = locked.coordinator(p.index);
+        let (c, epoch) = locked.serving(cx.disk, p, clock)?;
         let out = f(c, &mut fx);
-        let written = write(cx, p, c, &mut fx, clock);
+        let written = write(cx, p, epoch, c, &mut fx, clock);
         (out, written)
     };
     wake(cx, &fx);
-    out
+    Ok(out)
 }
 
 /// Append the effects' records; answers held for them wait for their last
@@ -225,29 +249,30 @@ fn run_written<T>(
 fn write(
     cx: &mut Cx,
     p: &Arc<Partition>,
+    epoch: i32,
     c: &mut GroupCoordinator,
     fx: &mut Effects,
     clock: crate::server::node::Clock,
-) -> Result<Option<i64>, ResponseError> {
-    let written = append(cx, p, std::mem::take(&mut fx.records));
+) -> Result<Option<Pending>, ResponseError> {
+    let written = append(cx, p, epoch, std::mem::take(&mut fx.records));
     for group in std::mem::take(&mut fx.hold) {
-        match written {
-            Ok(Some(last)) => c.hold_until(&group, last),
+        match &written {
+            Ok(Some(w)) => c.hold_until(&group, w.last),
             _ => c.fail_held(&group, clock, fx),
         }
     }
     if let Err(e) = written {
         tracing::error!(partition = p.index, error = ?e, "cannot write group metadata");
         // fail_held may have asked for more records (a rebalance): best effort.
-        let _ = append(cx, p, std::mem::take(&mut fx.records));
+        let _ = append(cx, p, epoch, std::mem::take(&mut fx.records));
     }
     written
 }
 
 /// Release SyncGroup answers whose generation's record is now durable.
-fn release(p: &Partition, c: &mut GroupCoordinator, fx: &mut Effects) {
+fn release(p: &Partition, c: &mut GroupCoordinator, clock: crate::server::node::Clock, fx: &mut Effects) {
     if let Ok(o) = p.offsets() {
-        c.release_durable(o.high_watermark, fx);
+        c.release_durable(o.high_watermark, clock, fx);
     }
 }
 
@@ -257,8 +282,10 @@ fn wake(cx: &mut Cx, fx: &Effects) {
     }
 }
 
-/// Append records to the coordinator's partition. Returns the last offset written.
-fn append(cx: &mut Cx, p: &Arc<Partition>, records: Vec<Record>) -> Result<Option<i64>, ResponseError> {
+/// Append records to the coordinator's partition as its leader in `epoch`,
+/// the epoch the coordinator was loaded for. Returns the last offset
+/// written. NOT_COORDINATOR if the partition is no longer led in `epoch`.
+fn append(cx: &mut Cx, p: &Arc<Partition>, epoch: i32, records: Vec<Record>) -> Result<Option<Pending>, ResponseError> {
     let mut last = None;
     for chunk in records.chunks(RECORDS_PER_BATCH) {
         let out: Vec<OutRecord> = chunk
@@ -270,12 +297,23 @@ fn append(cx: &mut Cx, p: &Arc<Partition>, records: Vec<Record>) -> Result<Optio
             .collect();
         let bytes = encode(&out, Compression::None).map_err(|_| ResponseError::UnknownServerError)?;
         let batches = ValidatedBatches::new(bytes).map_err(|_| ResponseError::UnknownServerError)?;
+        if p.role() != Role::Leader || p.leader_epoch() != epoch {
+            return Err(ResponseError::NotCoordinator);
+        }
         let (info, advanced) = p.append(cx.disk, &batches, cx.clock.now_ms).map_err(|e| {
             tracing::error!(partition = p.index, error = %e, "append to {OFFSETS_TOPIC} failed");
-            ResponseError::CoordinatorNotAvailable
+            match e {
+                crate::server::partition::PartitionError::NotLeader => ResponseError::NotCoordinator,
+                _ => ResponseError::CoordinatorNotAvailable,
+            }
         })?;
         cx.advanced(p, advanced);
-        last = Some(info.last_offset);
+        if p.leader_epoch() != epoch {
+            // Lost and taken again between the look and the append: what
+            // was written is not this coordinator's epoch's to vouch for.
+            return Err(ResponseError::NotCoordinator);
+        }
+        last = Some(Pending { partition: p.clone(), last: info.last_offset, leader_epoch: epoch });
     }
     Ok(last)
 }
@@ -288,13 +326,18 @@ pub(crate) fn tick(cx: &mut Cx) -> Option<Duration> {
     let mut all = Effects::default();
     {
         let mut locked = node.groups.lock();
-        for c in locked.all_mut() {
+        // A coordinator whose partition this node no longer leads in the
+        // epoch it was loaded for writes nothing more (hosting drops it too).
+        all.woken.extend(locked.retain(|index, epoch| {
+            topic.partition(index).is_some_and(|p| p.role() == Role::Leader && p.leader_epoch() == epoch)
+        }));
+        for (c, epoch) in locked.all_mut() {
             let mut fx = Effects::default();
             let clock = cx.clock;
             if let Some(p) = topic.partition(c.partition()) {
-                release(p, c, &mut fx);
+                release(p, c, clock, &mut fx);
                 c.tick(clock, &mut fx);
-                let _ = write(cx, p, c, &mut fx, clock);
+                let _ = write(cx, p, epoch, c, &mut fx, clock);
             }
             all.woken.extend(fx.woken);
             if let Some(t) = c.next_deadline() {
@@ -312,13 +355,23 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
         Waiting::Sync { request, ticket } => resume_ticket(cx, request, ticket, deadline, false),
         Waiting::Durable { request, mut answer, mut pending } => {
             // Seen before looking, so a move after the look is never missed.
-            let watch: Vec<_> = pending.iter().map(|(p, _)| Wake::HighWatermark(p.clone()).seen()).collect();
+            let watch: Vec<_> = pending.iter().map(|w| Wake::HighWatermark(w.partition.clone()).seen()).collect();
             let mut error = None;
-            pending.retain(|(p, last)| match p.offsets() {
-                Ok(o) => o.high_watermark <= *last,
-                Err(e) => {
-                    error = Some(e.code());
-                    false
+            pending.retain(|w| {
+                let p = &w.partition;
+                // Leadership checked before the high watermark: a deposed
+                // leader follows another log, whose high watermark says
+                // nothing about the records this one appended.
+                if p.role() != Role::Leader || p.leader_epoch() != w.leader_epoch {
+                    error = Some(ResponseError::NotCoordinator);
+                    return false;
+                }
+                match p.offsets() {
+                    Ok(o) => o.high_watermark <= w.last,
+                    Err(e) => {
+                        error = Some(e.code());
+                        false
+                    }
                 }
             });
             if error.is_none() && !pending.is_empty() {
@@ -338,8 +391,9 @@ pub(crate) fn resume(cx: &mut Cx, w: Waiting, deadline: Duration) -> Step {
 }
 
 fn resume_ticket(cx: &mut Cx, request: Request, ticket: Ticket, deadline: Duration, join: bool) -> Step {
-    let Ok(p) = locate(cx, &ticket.group) else {
-        return ticket_error(request, join, ResponseError::NotCoordinator);
+    let p = match locate(cx, &ticket.group) {
+        Ok(p) => p,
+        Err(e) => return ticket_error(request, join, e),
     };
     // Seen before looking: a move after the look is never missed. A sync
     // also waits for its generation's record to be durable.
@@ -351,11 +405,14 @@ fn resume_ticket(cx: &mut Cx, request: Request, ticket: Ticket, deadline: Durati
     let mut fx = Effects::default();
     let step = {
         let mut locked = node.groups.lock();
-        let c = locked.coordinator(p.index);
+        let c = match locked.serving(cx.disk, &p, cx.clock) {
+            Ok((c, _)) => c,
+            Err(e) => return ticket_error(request, join, e),
+        };
         let taken = if join {
             c.take_join(&ticket).map(|r| request.respond(&r))
         } else {
-            release(&p, c, &mut fx);
+            release(&p, c, cx.clock, &mut fx);
             c.take_sync(&ticket).map(|r| request.respond(&r))
         };
         match taken {
@@ -446,8 +503,9 @@ pub fn join_group(cx: &mut Cx, req: JoinGroupRequest, request: Request, client_i
     let client = Client { client_id, client_host: "/unknown" };
     let (clock, version) = (cx.clock, request.version);
     match run(cx, &p, |c, fx| c.join(&req, version, client, clock, fx)) {
-        Answer::Now(r) => request.respond(&r),
-        Answer::Wait(ticket) => park(cx, request, ticket, true, wait),
+        Ok(Answer::Now(r)) => request.respond(&r),
+        Ok(Answer::Wait(ticket)) => park(cx, request, ticket, true, wait),
+        Err(e) => ticket_error(request, true, e),
     }
 }
 
@@ -459,8 +517,9 @@ pub fn sync_group(cx: &mut Cx, req: SyncGroupRequest, request: Request) -> Step 
     let clock = cx.clock;
     let wait = Duration::from_millis(cx.node.config.groups.group_max_session_timeout_ms.max(0) as u64);
     match run(cx, &p, |c, fx| c.sync(&req, clock, fx)) {
-        Answer::Now(r) => request.respond(&r),
-        Answer::Wait(ticket) => park(cx, request, ticket, false, wait),
+        Ok(Answer::Now(r)) => request.respond(&r),
+        Ok(Answer::Wait(ticket)) => park(cx, request, ticket, false, wait),
+        Err(e) => ticket_error(request, false, e),
     }
 }
 
@@ -470,6 +529,7 @@ pub fn heartbeat(cx: &mut Cx, req: HeartbeatRequest, _version: i16) -> Heartbeat
             let clock = cx.clock;
             let instance = req.group_instance_id.as_deref();
             run(cx, &p, |c, _| c.heartbeat(&req.group_id.0, &req.member_id, instance, req.generation_id, clock))
+                .and_then(|r| r)
         }
         Err(e) => Err(e),
     };
@@ -486,11 +546,11 @@ pub fn leave_group(cx: &mut Cx, req: LeaveGroupRequest, version: i16) -> LeaveGr
         vec![(req.member_id.to_string(), None)]
     };
     let mut resp = LeaveGroupResponse::default();
-    let results = match locate(cx, &req.group_id.0) {
-        Ok(p) => {
-            let clock = cx.clock;
-            run(cx, &p, |c, fx| c.leave(&req.group_id.0, &members, clock, fx))
-        }
+    let clock = cx.clock;
+    let results = match locate(cx, &req.group_id.0)
+        .and_then(|p| run(cx, &p, |c, fx| c.leave(&req.group_id.0, &members, clock, fx)))
+    {
+        Ok(results) => results,
         Err(e) => {
             resp.error_code = e.code();
             return resp;
@@ -545,7 +605,14 @@ pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) ->
     let (clock, node) = (cx.clock, cx.node);
     let max_metadata = node.config.groups.offset_metadata_max_bytes;
     let mut locked = node.groups.lock();
-    let c = locked.coordinator(p.index);
+    let (c, epoch) = match locked.serving(cx.disk, &p, clock) {
+        Ok(c) => c,
+        Err(e) => {
+            drop(locked);
+            fail_all(&mut resp, e);
+            return request.respond(&resp);
+        }
+    };
     let instance = req.group_instance_id.as_deref();
     let (generation, version) = (req.generation_id_or_member_epoch, request.version);
     if let Err(e) = c.admit_commit(&group, generation, &req.member_id, instance, version, clock) {
@@ -584,8 +651,8 @@ pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) ->
             resp.topics[ti].partitions[pi].error_code = code(error);
         }
     }
-    let last_offset = match append(cx, &p, records.clone()) {
-        Ok(last) => last,
+    let written = match append(cx, &p, epoch, records.clone()) {
+        Ok(written) => written,
         Err(e) => {
             drop(locked);
             for (ti, pi) in slots {
@@ -598,8 +665,8 @@ pub fn offset_commit(cx: &mut Cx, req: OffsetCommitRequest, request: Request) ->
         c.apply(r, clock);
     }
     drop(locked);
-    let Some(last_offset) = last_offset else { return request.respond(&resp) };
-    when_durable(cx, request, Durable::Commit(resp), vec![(p, last_offset)])
+    let Some(written) = written else { return request.respond(&resp) };
+    when_durable(cx, request, Durable::Commit(resp), vec![written])
 }
 
 pub fn offset_fetch(cx: &mut Cx, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
@@ -685,7 +752,10 @@ fn fetch_group(
         }
     };
     let mut locked = cx.node.groups.lock();
-    let c = locked.coordinator(p.index);
+    let c = match locked.serving(cx.disk, &p, cx.clock) {
+        Ok((c, _)) => c,
+        Err(e) => return (Err(e), Vec::new()),
+    };
     if let Some((member_id, epoch)) = member {
         if let Err(e) = c.admit_fetch(group, member_id, epoch) {
             return (Err(e), Vec::new());
@@ -744,14 +814,15 @@ pub fn describe_groups(cx: &mut Cx, req: DescribeGroupsRequest, version: i16) ->
             Err(e) => d.error_code = e.code(),
             Ok(p) => {
                 let mut locked = cx.node.groups.lock();
-                match locked.coordinator(p.index).describe(group) {
-                    None => {
+                match locked.serving(cx.disk, &p, cx.clock).map(|(c, _)| c.describe(group)) {
+                    Err(e) => d.error_code = e.code(),
+                    Ok(None) => {
                         d.group_state = str_bytes("Dead");
                         if version >= 6 {
                             d.error_code = ResponseError::GroupIdNotFound.code();
                         }
                     }
-                    Some(g) => {
+                    Ok(Some(g)) => {
                         d.group_state = str_bytes(g.state_name);
                         d.protocol_type = str_bytes(g.protocol_type);
                         d.protocol_data = str_bytes(g.protocol);
@@ -781,23 +852,23 @@ pub fn describe_groups(cx: &mut Cx, req: DescribeGroupsRequest, version: i16) ->
 /// DeleteGroups: answered once every deleted group's tombstones are durable.
 pub fn delete_groups(cx: &mut Cx, req: DeleteGroupsRequest, request: Request) -> Step {
     let mut resp = DeleteGroupsResponse::default();
-    let mut pending: BTreeMap<i32, (Arc<Partition>, i64)> = BTreeMap::new();
+    let mut pending: BTreeMap<i32, Pending> = BTreeMap::new();
     for group in &req.groups_names {
         let error = match locate(cx, group) {
             Err(e) => Err(e),
             Ok(p) => {
-                let (deleted, written) = run_written(cx, &p, |c, fx| {
+                let ran = run_written(cx, &p, |c, fx| {
                     let records = c.delete_group(group)?;
                     tracing::info!(group = %group.0, "group deleted");
                     fx.records.extend(records);
                     Ok(())
                 });
-                match (deleted, written) {
-                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-                    (Ok(()), Ok(last)) => {
-                        if let Some(last) = last {
-                            let slot = pending.entry(p.index).or_insert((p.clone(), last));
-                            slot.1 = slot.1.max(last);
+                match ran {
+                    Err(e) | Ok((Err(e), _)) | Ok((Ok(()), Err(e))) => Err(e),
+                    Ok((Ok(()), Ok(written))) => {
+                        if let Some(w) = written {
+                            let slot = pending.entry(p.index).or_insert_with(|| w.clone());
+                            slot.last = slot.last.max(w.last);
                         }
                         Ok(())
                     }
@@ -827,13 +898,16 @@ pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, request: Request) ->
     let clock = cx.clock;
     let node = cx.node;
     let mut locked = node.groups.lock();
-    let c = locked.coordinator(p.index);
+    let (c, epoch) = match locked.serving(cx.disk, &p, clock) {
+        Ok(c) => c,
+        Err(e) => return request.respond(&resp.with_error_code(e.code())),
+    };
     let results = match c.delete_offsets(&req.group_id.0, &asked) {
         Ok(r) => r,
         Err(e) => return request.respond(&resp.with_error_code(e.code())),
     };
     let tombstones: Vec<Record> = results.iter().filter_map(|(_, r)| r.clone()).collect();
-    let written = append(cx, &p, tombstones.clone());
+    let written = append(cx, &p, epoch, tombstones.clone());
     if written.is_ok() {
         for r in tombstones {
             c.apply(r, clock);
@@ -846,8 +920,8 @@ pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, request: Request) ->
         rt.name = t.name.clone();
         for rp in &t.partitions {
             let (mut e, _) = results.next().expect("one result per partition");
-            if let (Ok(()), Err(w)) = (e, written) {
-                e = Err(w);
+            if let (Ok(()), Err(w)) = (e, &written) {
+                e = Err(*w);
             }
             rt.partitions.push(
                 OffsetDeleteResponsePartition::default()
@@ -858,7 +932,7 @@ pub fn offset_delete(cx: &mut Cx, req: OffsetDeleteRequest, request: Request) ->
         resp.topics.push(rt);
     }
     let pending = match written {
-        Ok(Some(last)) => vec![(p, last)],
+        Ok(Some(w)) => vec![w],
         _ => Vec::new(),
     };
     when_durable(cx, request, Durable::OffsetDelete(resp), pending)
@@ -896,14 +970,26 @@ pub fn consumer_group_heartbeat(
     let topics = topics_view(cx);
     let clock = cx.clock;
     let client = Client { client_id, client_host: "/unknown" };
-    let (mut resp, written) = run_written(cx, &p, |c, fx| c.consumer_heartbeat(&req, client, &topics, clock, fx));
+    let ran = run_written(cx, &p, |c, fx| c.consumer_heartbeat(&req, client, &topics, clock, fx));
+    let (mut resp, written) = match ran {
+        Ok(ran) => ran,
+        Err(e) => {
+            let mut r = ConsumerGroupHeartbeatResponse::default();
+            r.error_code = e.code();
+            r.member_epoch = -1;
+            return request.respond(&r);
+        }
+    };
     if let Err(e) = written {
         resp.error_code = e.code();
         resp.assignment = None;
         return request.respond(&resp);
     }
+    let epoch = written.ok().flatten().map_or_else(|| p.leader_epoch(), |w| w.leader_epoch);
     let pending = match p.offsets() {
-        Ok(o) if o.high_watermark < o.log_end_offset => vec![(p, o.log_end_offset - 1)],
+        Ok(o) if o.high_watermark < o.log_end_offset => {
+            vec![Pending { partition: p, last: o.log_end_offset - 1, leader_epoch: epoch }]
+        }
         _ => Vec::new(),
     };
     when_durable(cx, request, Durable::Heartbeat(resp), pending)
@@ -944,7 +1030,7 @@ pub fn consumer_group_describe(
             Err(e) => d.error_code = e.code(),
             Ok(p) => {
                 let mut locked = cx.node.groups.lock();
-                match locked.coordinator(p.index).consumer_group(group) {
+                match locked.serving(cx.disk, &p, cx.clock).and_then(|(c, _)| c.consumer_group(group)) {
                     Err(e) => {
                         d.error_code = e.code();
                         d.error_message = Some(str_bytes(format!("group {} is not a consumer group", group.0)));
