@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         None => None,
     };
     let config = build_config(&args, text.as_deref())?;
-    let broker = server::start(RealIo::new(), config).await?;
+    let mut broker = server::start(RealIo::new(), config).await?;
     // A harness started with port 0 reads this line to find the broker.
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", broker.local_addr())?;
@@ -99,6 +99,9 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
         _ = term.recv() => tracing::info!("terminated; shutting down"),
         r = broker.wait() => return r.map(|()| 0),
     }
+    // A cluster node hands its partition leadership over first (controlled
+    // shutdown); every node flushes its partitions before it exits.
+    broker.shutdown().await?;
     Ok(0)
 }
 

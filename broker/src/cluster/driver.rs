@@ -168,6 +168,7 @@ impl Driver {
                     self.replies.insert(token, call.reply);
                     Input::Request { token, request: call.request, from_peer: call.from_peer }
                 }
+                _ = self.link.shutdown_asked() => Input::ControlledShutdown,
                 Some(ev) = events.recv() => match ev {
                     PeerEvent::Response { from, request_id, response } => Input::Response { from, request_id, response },
                     PeerEvent::Failed { to, request_id, .. } => Input::SendFailed { to, request_id },
@@ -181,6 +182,18 @@ impl Driver {
                 tracing::error!(error = %format!("{e:#}"), "metadata storage failed; stopping the node");
                 self.shell.request_stop();
                 break;
+            }
+            // Ready once leadership has moved away, or at once when no
+            // controller is known to move it (every node stopping together,
+            // the quorum already gone): waiting could not help.
+            if self.link.shutdown_pending() && (self.machine.shutdown_ready() || self.link.controller_id() < 0) {
+                // A quorum leader hands its leadership over too, so the next
+                // election need not wait for a timeout, and the node may stop.
+                tracing::info!(node_id = self.link.node_id, "controlled shutdown: ready to stop");
+                if let Err(e) = self.step(Input::Resign).await {
+                    tracing::warn!(error = %format!("{e:#}"), "resigning the quorum leadership failed");
+                }
+                self.link.shutdown_complete();
             }
         }
         self.peers.stop();

@@ -68,13 +68,24 @@ pub struct ClusterLink {
     published: Mutex<Published>,
     /// Signalled on every publish (the replica fetcher looks again).
     changed: tokio::sync::Notify,
+    /// A controlled shutdown asked of the driver, and who waits for it.
+    shutdown_asked: tokio::sync::Notify,
+    shutdown_done: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl ClusterLink {
     pub fn new(node_id: i32) -> (Arc<ClusterLink>, mpsc::UnboundedReceiver<Call>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let published = Mutex::new(Published { image: Arc::new(MetadataImage::empty()), controller_id: -1 });
-        (Arc::new(ClusterLink { node_id, tx, published, changed: tokio::sync::Notify::new() }), rx)
+        let link = ClusterLink {
+            node_id,
+            tx,
+            published,
+            changed: tokio::sync::Notify::new(),
+            shutdown_asked: tokio::sync::Notify::new(),
+            shutdown_done: Mutex::new(None),
+        };
+        (Arc::new(link), rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -117,6 +128,34 @@ impl ClusterLink {
             }
             rx.await.ok()
         })
+    }
+
+    /// Ask the driver for a controlled shutdown: the controller moves this
+    /// broker's partition leadership away (and a quorum leader resigns)
+    /// before the node stops. Resolves once that is done, or with an error
+    /// if the driver stopped first.
+    pub fn controlled_shutdown(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        *self.shutdown_done.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        self.shutdown_asked.notify_one();
+        rx
+    }
+
+    /// Resolves when a controlled shutdown is asked.
+    pub async fn shutdown_asked(&self) {
+        self.shutdown_asked.notified().await
+    }
+
+    /// The controlled shutdown asked is complete.
+    pub fn shutdown_complete(&self) {
+        if let Some(tx) = self.shutdown_done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether a controlled shutdown waits for [`Self::shutdown_complete`].
+    pub fn shutdown_pending(&self) -> bool {
+        self.shutdown_done.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Hand `request` over with nobody waiting for the answer.

@@ -34,7 +34,9 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::peers::{PeerRequest, PeerResponse};
-use crate::controller::broker_lifecycle::{BrokerLifecycle, LifecycleConfig, LifecycleRequest, LifecycleResponse};
+use crate::controller::broker_lifecycle::{
+    BrokerLifecycle, BrokerState, LifecycleConfig, LifecycleRequest, LifecycleResponse,
+};
 use crate::controller::image::{LocalChanges, MetadataImage};
 use crate::controller::quorum_controller::{ControllerConfig, ControllerResult, QuorumController};
 use crate::controller::records::MetadataRecord;
@@ -101,6 +103,9 @@ pub enum Input {
     SendFailed { to: i32, request_id: u64 },
     /// Leave quorum leadership gracefully before a shutdown.
     Resign,
+    /// Begin a controlled shutdown: the broker asks the controller to move
+    /// its leadership away (see [`MetadataNode::shutdown_ready`]).
+    ControlledShutdown,
 }
 
 /// What happened that an observer (logs, the simulator's checkers) cares about.
@@ -220,6 +225,12 @@ impl<L: RaftLog> MetadataNode<L> {
         &self.image
     }
 
+    /// Whether a controlled shutdown may stop the node now: the controller
+    /// has moved this broker's leadership away (or it has no broker role).
+    pub fn shutdown_ready(&self) -> bool {
+        self.lifecycle.as_ref().is_none_or(|l| l.state() == BrokerState::ShuttingDown)
+    }
+
     pub fn lifecycle(&self) -> Option<&BrokerLifecycle> {
         self.lifecycle.as_ref()
     }
@@ -242,6 +253,12 @@ impl<L: RaftLog> MetadataNode<L> {
             Input::Response { from, request_id, response } => self.on_response(from, request_id, response),
             Input::SendFailed { to, request_id } => self.on_send_failed(to, request_id),
             Input::Resign => self.raft_input(quorum::Input::Resign),
+            Input::ControlledShutdown => {
+                let now = self.now;
+                if let Some(l) = self.lifecycle.as_mut() {
+                    l.begin_controlled_shutdown(now);
+                }
+            }
         }
         self.sync_leader();
         self.tick_controller();

@@ -479,3 +479,29 @@ fn chaos_catches_a_follower_that_keeps_its_divergent_suffix() {
     let first = (0..16u64).find(|s| chaos(*s, bugs).is_err());
     assert!(first.is_some(), "the planted bug went unnoticed over 16 seeds");
 }
+
+/// A controlled shutdown: the broker asks, the controller moves every
+/// partition it leads to another replica, and only then may it stop.
+#[test]
+fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
+    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 9);
+    net.run(6000);
+    let leader = net.leader().unwrap();
+    let mut topic = create_topic("orders", 8);
+    if let PeerRequest::CreateTopics(r) = &mut topic {
+        r.topics[0].replication_factor = 3;
+    }
+    let token = net.client(leader, topic);
+    net.run(1000);
+    assert!(net.client_answers.remove(&(leader, token)).is_some());
+    let leads = |net: &Net, b: i32| {
+        let t = net.nodes[&leader].image().topic_by_name("orders").unwrap().clone();
+        t.partitions.iter().filter(|p| p.leader == b).count()
+    };
+    assert!(leads(&net, 4) > 0, "broker 4 leads some partitions");
+    assert!(!net.nodes[&4].shutdown_ready());
+    net.feed(4, Input::ControlledShutdown);
+    net.run(2000);
+    assert!(net.nodes[&4].shutdown_ready(), "the controller let broker 4 go");
+    assert_eq!(leads(&net, 4), 0, "its leadership moved first");
+}

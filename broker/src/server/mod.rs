@@ -28,6 +28,7 @@ mod node_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::oneshot;
@@ -58,13 +59,31 @@ impl RunningBroker {
 
     /// Serve until [`RunningBroker::shutdown`] is called elsewhere or the
     /// world (process or simulated host) ends.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.done.await.context("broker accept loop ended abnormally")
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.done).await.context("broker accept loop ended abnormally")
     }
 
     /// Stop accepting and serving, flush every partition, and return once the
     /// listener is closed. In-flight requests finish; idle connections close.
+    ///
+    /// In a cluster this is a controlled shutdown first (Kafka's): the
+    /// controller moves every partition this broker leads to another ISR
+    /// member, so producers fail over without waiting for a session to
+    /// expire. If that takes longer than a broker session, the node stops
+    /// anyway and the controller fences it as it would a crash.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(link) = self.shell.node.cluster() {
+            let env = &self.shell.env;
+            let limit = Duration::from_millis(self.shell.node.config.broker_session_timeout_ms);
+            let done = link.controlled_shutdown();
+            tokio::select! {
+                r = done => match r {
+                    Ok(()) => tracing::info!("controlled shutdown complete"),
+                    Err(_) => tracing::warn!("controlled shutdown cut short: the cluster driver stopped"),
+                },
+                _ = env.sleep(limit) => tracing::warn!(?limit, "controlled shutdown timed out; stopping anyway"),
+            }
+        }
         self.shell.request_stop();
         self.done.await.context("broker accept loop ended abnormally")?;
         let node = self.shell.node.clone();
