@@ -77,6 +77,7 @@ impl RunningBroker {
             let limit = Duration::from_millis(self.shell.node.config.broker_session_timeout_ms);
             let done = link.controlled_shutdown();
             tokio::select! {
+                biased;
                 r = done => match r {
                     Ok(()) => tracing::info!("controlled shutdown complete"),
                     Err(_) => tracing::warn!("controlled shutdown cut short: the cluster driver stopped"),
