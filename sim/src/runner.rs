@@ -132,6 +132,11 @@ pub const MIN_HEALTHY_ACK_RATIO: f64 = 0.5;
 /// After a fault ends, this long still counts as unhealthy: clients
 /// reconnect, brokers recover their logs.
 pub const HEALTHY_GRACE: Duration = Duration::from_millis(1500);
+/// In a cluster, one broker session more: a broker that restarted or was
+/// cut off is fenced, must wait out its old session before it can register
+/// again (DUPLICATE_BROKER_REGISTRATION), and rejoin the ISR before
+/// acks=all writes complete.
+pub const CLUSTER_HEALTHY_GRACE: Duration = Duration::from_millis(1500 + SIM_SESSION_TIMEOUT_MS);
 
 impl Liveness {
     pub fn passed(&self) -> bool {
@@ -747,7 +752,8 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     });
     let panics = trace.panics();
     let since = |t: Option<Duration>| Some(t?.saturating_sub(healed_at?));
-    let (healthy_sends, healthy_acked) = healthy_acks(&history, &strikes, window);
+    let grace = if scenario.cluster.has_quorum() { CLUSTER_HEALTHY_GRACE } else { HEALTHY_GRACE };
+    let (healthy_sends, healthy_acked) = healthy_acks(&history, &strikes, window, grace);
     let overdue_sends = history.ops.iter().filter(|op| is_send_with(op, workload::OVERDUE_SEND)).count();
     let liveness = Liveness {
         bound: Duration::from_secs_f64(scenario.liveness_s),
@@ -790,11 +796,12 @@ fn is_send_with(op: &Op, error: &str) -> bool {
 
 /// Sends that ran wholly while healthy — invoked inside the window, and no
 /// strike in force from their invocation to their completion nor ended
-/// within [`HEALTHY_GRACE`] before it — and how many of them the cluster
-/// took: acknowledged, or with acks=0 handed over by the producer.
-fn healthy_acks(history: &History, strikes: &[Strike], window: Duration) -> (usize, usize) {
+/// within `grace` before it ([`HEALTHY_GRACE`], or [`CLUSTER_HEALTHY_GRACE`])
+/// — and how many of them the cluster took: acknowledged, or with acks=0
+/// handed over by the producer.
+fn healthy_acks(history: &History, strikes: &[Strike], window: Duration, grace: Duration) -> (usize, usize) {
     let healthy = |invoke: Duration, complete: Duration| {
-        invoke < window && strikes.iter().all(|s| complete < s.start || invoke > s.end + HEALTHY_GRACE)
+        invoke < window && strikes.iter().all(|s| complete < s.start || invoke > s.end + grace)
     };
     let mut sends = 0;
     let mut acked = 0;
