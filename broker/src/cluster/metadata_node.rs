@@ -165,10 +165,16 @@ pub struct MetadataNode<L: RaftLog> {
     /// The image last published, to compute what changed locally.
     published: Arc<MetadataImage>,
     /// Whether this node has caught up with the metadata log since it
-    /// started: a leader is known and everything it has committed is
-    /// applied here. Nothing is published before, so a restarted broker
-    /// replaying its log does not act on an image long gone (lead a
-    /// partition at an old epoch, answer Metadata with old leaders).
+    /// started: a leader is known, everything it has committed is applied
+    /// here and, for a broker, the image holds this run's own registration.
+    /// Nothing is published before (Kafka installs its publishers only
+    /// after the initial catch-up), so a restarted broker replaying its log
+    /// does not act on an image long gone: answer Metadata with old leaders,
+    /// or lead again, at the leader epoch its previous run held, a
+    /// partition the previous run led. The controller moves leadership away
+    /// from a broker's previous run in the batch that registers the new one
+    /// (`QuorumController::register_broker`), so the first image published
+    /// already names the new leaders at new epochs.
     caught_up: bool,
     pending: Vec<Pending>,
     routes: BTreeMap<u64, Route>,
@@ -639,6 +645,12 @@ impl<L: RaftLog> MetadataNode<L> {
         if !self.caught_up {
             if self.raft.leader_id().is_none() || self.raft.delivered_offset() < self.raft.high_watermark() {
                 return;
+            }
+            if let Some(l) = &self.lifecycle {
+                let mine = self.image.broker(self.config.node_id).is_some_and(|b| b.incarnation_id == l.incarnation_id());
+                if !mine {
+                    return;
+                }
             }
             self.caught_up = true;
             tracing::info!(

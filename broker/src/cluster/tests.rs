@@ -5,6 +5,7 @@
 //! record.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
@@ -15,6 +16,7 @@ use super::metadata_node::{Event, Input, MetadataNode, MetadataNodeConfig, Outpu
 use super::peers::{PeerRequest, PeerResponse};
 use crate::config::BrokerConfig;
 use crate::controller::broker_lifecycle::{BrokerState, LifecycleConfig};
+use crate::controller::image::MetadataImage;
 use crate::controller::quorum_controller::ControllerConfig;
 use crate::controller::records::Endpoint;
 use crate::quorum::{MemoryLog, QuorumBugs, QuorumConfig, QuorumState};
@@ -46,9 +48,14 @@ struct Net {
     /// Drop this share of messages (per mille), drawn from `rng`.
     drop_per_mille: u64,
     rng: ChaCha8Rng,
+    /// Per node: how many times it restarted.
+    runs: BTreeMap<i32, u64>,
+    /// Every image published, by node, in order.
+    published: Vec<(i32, Arc<MetadataImage>)>,
 }
 
-fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs) -> MetadataNodeConfig {
+/// `run` numbers the process's starts: each draws a new incarnation id.
+fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs, run: u64) -> MetadataNodeConfig {
     let broker_config = BrokerConfig { node_id, ..BrokerConfig::default() };
     let is_voter = voters.contains(&node_id);
     MetadataNodeConfig {
@@ -58,7 +65,7 @@ fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs) -> Metad
         lifecycle: broker.then(|| LifecycleConfig {
             node_id,
             cluster_id: "faultline".into(),
-            incarnation_id: Uuid::from_u64_pair(7, node_id as u64),
+            incarnation_id: Uuid::from_u64_pair(run, node_id as u64),
             listeners: vec![Endpoint {
                 name: "PLAINTEXT".into(),
                 host: format!("node-{node_id}"),
@@ -87,7 +94,7 @@ impl Net {
         let nodes = ids
             .iter()
             .map(|&id| {
-                let c = config(id, voters, brokers.contains(&id), bugs);
+                let c = config(id, voters, brokers.contains(&id), bugs, 0);
                 (id, MetadataNode::new(c, None, MemoryLog::new(), seed ^ id as u64, 0))
             })
             .collect();
@@ -107,16 +114,21 @@ impl Net {
             bugs,
             drop_per_mille: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            runs: BTreeMap::new(),
+            published: Vec::new(),
         }
     }
 
     /// Power loss and restart of `id`: what was not flushed is gone; the
     /// quorum state survives (it is written durably before it is acted on).
+    /// The new process draws a new incarnation id.
     fn restart(&mut self, id: i32, seed: u64) {
         let node = self.nodes.remove(&id).unwrap();
         let mut log = node.into_log();
         log.crash();
-        let c = config(id, &self.voters, self.brokers.contains(&id), self.bugs);
+        let run = self.runs.entry(id).or_default();
+        *run += 1;
+        let c = config(id, &self.voters, self.brokers.contains(&id), self.bugs, *run);
         let persisted = self.persisted.get(&id).copied();
         self.nodes.insert(id, MetadataNode::new(c, persisted, log, seed, self.now));
         self.tokens.retain(|(n, _), _| *n != id);
@@ -133,7 +145,7 @@ impl Net {
                 Output::PersistQuorumState(q) => {
                     self.persisted.insert(id, q);
                 }
-                Output::Publish { .. } => {}
+                Output::Publish { image, .. } => self.published.push((id, image)),
                 Output::Send { to, request_id, request } => {
                     self.queue.push_back(Msg::Request { from: id, to, request_id, request })
                 }
@@ -504,4 +516,43 @@ fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
     net.run(2000);
     assert!(net.nodes[&4].shutdown_ready(), "the controller let broker 4 go");
     assert_eq!(leads(&net, 4), 0, "its leadership moved first");
+}
+
+/// A broker that restarts while its previous run's session is still valid
+/// publishes no image until the controller has registered the new run, in
+/// the batch that moves the old run's leadership away. So it never leads a
+/// partition again at the leader epoch its previous run held (two leaders
+/// of one epoch, with different logs), nor serves an image long gone.
+#[test]
+fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
+    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 9);
+    net.run(6000);
+    let leader = net.leader().unwrap();
+    let mut topic = create_topic("orders", 8);
+    if let PeerRequest::CreateTopics(r) = &mut topic {
+        r.topics[0].replication_factor = 3;
+    }
+    let token = net.client(leader, topic);
+    net.run(1000);
+    assert!(net.client_answers.remove(&(leader, token)).is_some());
+    let led: Vec<(usize, i32)> = {
+        let t = net.nodes[&leader].image().topic_by_name("orders").unwrap();
+        t.partitions.iter().enumerate().filter(|(_, p)| p.leader == 4).map(|(i, p)| (i, p.leader_epoch)).collect()
+    };
+    assert!(!led.is_empty(), "broker 4 leads some partitions");
+    let old_run = net.nodes[&4].image().broker(4).unwrap().incarnation_id;
+    let before = net.published.len();
+    net.restart(4, 99);
+    net.run(15_000);
+    let images: Vec<&Arc<MetadataImage>> = net.published[before..].iter().filter(|(n, _)| *n == 4).map(|(_, i)| i).collect();
+    assert!(!images.is_empty(), "the restarted broker publishes once registered again");
+    for image in images {
+        let me = image.broker(4).expect("broker 4 is registered in every image it publishes");
+        assert_ne!(me.incarnation_id, old_run, "an image of the previous run was published");
+        let t = image.topic_by_name("orders").unwrap();
+        for (i, epoch) in &led {
+            let p = &t.partitions[*i];
+            assert!(p.leader != 4 || p.leader_epoch > *epoch, "partition {i} led by 4 again at epoch {}", p.leader_epoch);
+        }
+    }
 }

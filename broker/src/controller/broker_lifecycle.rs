@@ -130,6 +130,11 @@ impl BrokerLifecycle {
         }
     }
 
+    /// This run's incarnation: drawn anew by every start of the process.
+    pub fn incarnation_id(&self) -> Uuid {
+        self.config.incarnation_id
+    }
+
     pub fn state(&self) -> BrokerState {
         self.state
     }
