@@ -53,8 +53,11 @@ enum Command {
 
 #[derive(ClapArgs, Debug)]
 struct RunArgs {
-    /// Scenario file, or the name of a built-in scenario (steady, partitions,
-    /// crash-restart, disk-faults, slow-links, medium-rot). Without it, every built-in runs.
+    /// Scenario file, or the name of a built-in scenario: one of the files
+    /// under scenarios/ (steady, partitions, crash-restart, disk-faults,
+    /// slow-links, medium-rot, groups, groups-failover, quorum-*,
+    /// replication-*; an unknown name lists them). Without it, every
+    /// built-in runs.
     #[arg(long)]
     scenario: Option<String>,
     /// Run seed.
