@@ -443,6 +443,13 @@ fn print_sweep_summary(spec: &str, s: &Scenario, outcomes: &[SeedOutcome], jobs:
     for (k, (seeds, n)) in kinds {
         println!("  {k}: {n} in {seeds} seeds");
     }
+    let mut timing = crate::group_timing::GroupTiming::default();
+    for o in outcomes {
+        timing.extend(&o.group_timing);
+    }
+    for line in timing.summary() {
+        println!("  group {line}");
+    }
     if !failed.is_empty() {
         println!("failing seeds (replay with):");
         for o in failed {

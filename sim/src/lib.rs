@@ -5,6 +5,7 @@
 pub mod checker;
 pub mod cli;
 pub mod disk;
+pub mod group_timing;
 pub mod history;
 pub mod linearizability;
 pub mod nemesis;

@@ -259,6 +259,9 @@ pub struct RunResult {
     pub trace: Trace,
     pub history: History,
     pub timeline: Vec<TimelineEntry>,
+    /// When the broker coordinating the workload's group was crashed: a
+    /// `crash-coordinator` strike, or any crash of the only broker.
+    pub coordinator_crashes: Vec<Duration>,
     /// Every simulated host in the order it was registered (brokers,
     /// producers, consumers, the reader): turmoil numbers their addresses
     /// 192.168.0.1 onwards in this order, which is how a trace's "from
@@ -637,6 +640,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
     let mut injector =
         Injector::new(scenario.network.clone(), scenario.faults.disk.clone(), seed::rng(seed, "injector"));
     let mut timeline = Vec::new();
+    let mut coordinator_crashes = Vec::new();
     // (time, is_start, strike): ends sort before starts at the same instant
     // so that back-to-back strikes of one nemesis do not overlap.
     let mut agenda: Vec<(Duration, bool, usize)> =
@@ -662,6 +666,9 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
             next += 1;
             match aim.resolve(i, &strikes[i], up, &trace) {
                 Some(strike) => {
+                    if up && crashes_coordinator(&strikes[i].fault, &strike.fault, &roles) {
+                        coordinator_crashes.push(now);
+                    }
                     if up && strikes[i].fault.aims_at_a_leader() {
                         // The concrete fault names a host; say whom it was aimed at.
                         let what = format!("aim {} at {}", strikes[i].fault, strike.fault);
@@ -783,6 +790,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, opts: &RunOptions) -> anyhow
         trace,
         history,
         timeline,
+        coordinator_crashes,
         hosts: roles.servers().into_iter().chain(roles.clients.iter().cloned()).chain(["reader".to_string()]).collect(),
         sim_time,
         panics,
@@ -853,6 +861,21 @@ fn apply(
 }
 
 /// Whether `host` is a server (broker or controller), not a client.
+/// Whether `planned`, resolved to `concrete`, crashes the group
+/// coordinator: it aims at the leader of a `__consumer_offsets` partition,
+/// or crashes the only broker there is.
+fn crashes_coordinator(planned: &Fault, concrete: &Fault, roles: &Roles) -> bool {
+    use faultline_broker::server::group::OFFSETS_TOPIC;
+    match (planned, concrete) {
+        (Fault::CrashPartitionLeader { topic, .. }, _) => topic == OFFSETS_TOPIC,
+        (_, Fault::Crash { host } | Fault::ProcessCrash { host } | Fault::CrashCorrupt { host }) => {
+            is_server(host) && roles.brokers.len() == 1
+        }
+        (_, Fault::PowerLossAll { .. }) => roles.brokers.len() == 1,
+        _ => false,
+    }
+}
+
 fn is_server(host: &str) -> bool {
     host.starts_with("broker-") || host.starts_with("controller-")
 }

@@ -11,6 +11,7 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context};
 
+use crate::group_timing::{self, GroupTiming};
 use crate::runner::{run_scenario, RunOptions, CORRUPT_READ, SEQUENCE_REFUSED};
 use crate::scenario::Scenario;
 
@@ -32,6 +33,9 @@ pub struct SeedOutcome {
     /// Wall-clock time the run took (the only field that differs between
     /// two sweeps of the same seeds).
     pub wall: std::time::Duration,
+    /// How long the consumer group took to recover from departures and
+    /// coordinator crashes (empty without groups).
+    pub group_timing: GroupTiming,
 }
 
 /// Parse "N", "A..B" (B excluded) or "A..=B".
@@ -133,6 +137,7 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
                 error: None,
                 sim_time: r.sim_time,
                 wall: watch.elapsed(),
+                group_timing: group_timing::measure(&r.history, &r.coordinator_crashes),
             }
         }
         Err(e) => SeedOutcome {
@@ -146,6 +151,7 @@ pub fn run_one(scenario: &Scenario, seed: u64) -> SeedOutcome {
             error: Some(format!("{e:#}")),
             sim_time: std::time::Duration::ZERO,
             wall: watch.elapsed(),
+            group_timing: GroupTiming::default(),
         },
     }
 }

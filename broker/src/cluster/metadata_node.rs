@@ -647,7 +647,8 @@ impl<L: RaftLog> MetadataNode<L> {
                 return;
             }
             if let Some(l) = &self.lifecycle {
-                let mine = self.image.broker(self.config.node_id).is_some_and(|b| b.incarnation_id == l.incarnation_id());
+                let mine =
+                    self.image.broker(self.config.node_id).is_some_and(|b| b.incarnation_id == l.incarnation_id());
                 if !mine {
                     return;
                 }

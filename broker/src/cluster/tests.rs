@@ -492,10 +492,9 @@ fn chaos_catches_a_follower_that_keeps_its_divergent_suffix() {
     assert!(first.is_some(), "the planted bug went unnoticed over 16 seeds");
 }
 
-/// A controlled shutdown: the broker asks, the controller moves every
-/// partition it leads to another replica, and only then may it stop.
-#[test]
-fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
+/// Three controllers and broker 4, with topic "orders" (8 partitions,
+/// replication factor 3) created; returns the net and the quorum leader.
+fn three_controllers_and_a_replicated_topic() -> (Net, i32) {
     let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 9);
     net.run(6000);
     let leader = net.leader().unwrap();
@@ -506,6 +505,14 @@ fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
     let token = net.client(leader, topic);
     net.run(1000);
     assert!(net.client_answers.remove(&(leader, token)).is_some());
+    (net, leader)
+}
+
+/// A controlled shutdown: the broker asks, the controller moves every
+/// partition it leads to another replica, and only then may it stop.
+#[test]
+fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
+    let (mut net, leader) = three_controllers_and_a_replicated_topic();
     let leads = |net: &Net, b: i32| {
         let t = net.nodes[&leader].image().topic_by_name("orders").unwrap().clone();
         t.partitions.iter().filter(|p| p.leader == b).count()
@@ -525,16 +532,7 @@ fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
 /// of one epoch, with different logs), nor serves an image long gone.
 #[test]
 fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
-    let mut net = Net::new(&[1, 2, 3], &[1, 2, 3, 4], 9);
-    net.run(6000);
-    let leader = net.leader().unwrap();
-    let mut topic = create_topic("orders", 8);
-    if let PeerRequest::CreateTopics(r) = &mut topic {
-        r.topics[0].replication_factor = 3;
-    }
-    let token = net.client(leader, topic);
-    net.run(1000);
-    assert!(net.client_answers.remove(&(leader, token)).is_some());
+    let (mut net, leader) = three_controllers_and_a_replicated_topic();
     let led: Vec<(usize, i32)> = {
         let t = net.nodes[&leader].image().topic_by_name("orders").unwrap();
         t.partitions.iter().enumerate().filter(|(_, p)| p.leader == 4).map(|(i, p)| (i, p.leader_epoch)).collect()
@@ -544,7 +542,8 @@ fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
     let before = net.published.len();
     net.restart(4, 99);
     net.run(15_000);
-    let images: Vec<&Arc<MetadataImage>> = net.published[before..].iter().filter(|(n, _)| *n == 4).map(|(_, i)| i).collect();
+    let images: Vec<&Arc<MetadataImage>> =
+        net.published[before..].iter().filter(|(n, _)| *n == 4).map(|(_, i)| i).collect();
     assert!(!images.is_empty(), "the restarted broker publishes once registered again");
     for image in images {
         let me = image.broker(4).expect("broker 4 is registered in every image it publishes");
@@ -552,7 +551,11 @@ fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
         let t = image.topic_by_name("orders").unwrap();
         for (i, epoch) in &led {
             let p = &t.partitions[*i];
-            assert!(p.leader != 4 || p.leader_epoch > *epoch, "partition {i} led by 4 again at epoch {}", p.leader_epoch);
+            assert!(
+                p.leader != 4 || p.leader_epoch > *epoch,
+                "partition {i} led by 4 again at epoch {}",
+                p.leader_epoch
+            );
         }
     }
 }
