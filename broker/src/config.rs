@@ -129,6 +129,11 @@ pub struct PlantedBugs {
     /// acknowledged, instead of answering COORDINATOR_LOAD_IN_PROGRESS
     /// until the high watermark reaches the start of its epoch.
     pub group_load_before_caught_up: bool,
+    /// Cluster: a restarted broker publishes the metadata image as soon as
+    /// it has replayed the log, before the controller has registered its
+    /// new run, so it leads again, at the same leader epoch, partitions its
+    /// previous run led (a group coordinator loaded twice in one epoch).
+    pub publish_before_registered: bool,
     /// Metadata quorum: a voter answers "vote granted" before its vote is
     /// durable, so a crash in between lets it vote twice in one epoch.
     pub quorum_vote_before_persist: bool,
@@ -182,6 +187,7 @@ impl PlantedBugs {
             || self.quorum().any()
             || self.group_stale_commit_accepted
             || self.group_load_before_caught_up
+            || self.publish_before_registered
             || self.replica_truncate_to_high_watermark
             || self.replica_ack_before_isr
             || self.replica_high_watermark_outside_isr

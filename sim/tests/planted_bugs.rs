@@ -292,6 +292,21 @@ fn group_load_before_caught_up_hands_a_generation_out_twice() {
     assert_control_clean(&s, seed.max(3), has(AnomalyKind::GroupDoubleOwner));
 }
 
+/// A restarted broker that acts on its replayed image before the controller
+/// has registered its new run leads again, at the same leader epoch, what
+/// its previous run led: two tenures in one epoch, which followers' epoch
+/// based truncation cannot tell apart (and a group coordinator loaded twice
+/// in one epoch). Every coordinator crash shorter than the broker session
+/// can show it.
+#[test]
+fn publish_before_registered_reuses_a_leader_epoch() {
+    let s = groups_failover_with(PlantedBugs { publish_before_registered: true, ..PlantedBugs::default() });
+    let seed =
+        first_failing(&s, has(AnomalyKind::LeaderEpochReused)).expect("no leader-epoch-reused within the seed budget");
+    println!("publish_before_registered: first leader-epoch-reused at seed {seed}");
+    assert_control_clean(&s, seed.max(3), has(AnomalyKind::LeaderEpochReused));
+}
+
 /// A quorum scenario without its swarm table, with `bugs` planted in every
 /// node.
 fn quorum_planted(name: &str, bugs: PlantedBugs) -> Scenario {

@@ -101,6 +101,7 @@ pub(crate) async fn start(shell: Arc<Shell>, mode: ClusterMode) -> anyhow::Resul
         lifecycle,
         snapshot_interval_records: SNAPSHOT_INTERVAL_RECORDS,
         max_pending: MAX_PENDING,
+        publish_before_registered: config.bugs.publish_before_registered,
     };
     let machine = MetadataNode::new(machine_config, persisted, log, env.random_u64(), monotonic_ms(&env));
 

@@ -67,6 +67,8 @@ pub struct MetadataNodeConfig {
     /// requests waiting for the leader's answer; beyond it a request is
     /// answered at once with a retriable error.
     pub max_pending: usize,
+    /// Planted bug [`crate::config::PlantedBugs::publish_before_registered`].
+    pub publish_before_registered: bool,
 }
 
 /// Where an answer goes.
@@ -646,7 +648,7 @@ impl<L: RaftLog> MetadataNode<L> {
             if self.raft.leader_id().is_none() || self.raft.delivered_offset() < self.raft.high_watermark() {
                 return;
             }
-            if let Some(l) = &self.lifecycle {
+            if let Some(l) = self.lifecycle.as_ref().filter(|_| !self.config.publish_before_registered) {
                 let mine =
                     self.image.broker(self.config.node_id).is_some_and(|b| b.incarnation_id == l.incarnation_id());
                 if !mine {

@@ -52,6 +52,8 @@ struct Net {
     runs: BTreeMap<i32, u64>,
     /// Every image published, by node, in order.
     published: Vec<(i32, Arc<MetadataImage>)>,
+    /// Planted in nodes started by [`Net::restart`].
+    publish_before_registered: bool,
 }
 
 /// `run` numbers the process's starts: each draws a new incarnation id.
@@ -79,6 +81,7 @@ fn config(node_id: i32, voters: &[i32], broker: bool, bugs: QuorumBugs, run: u64
         }),
         snapshot_interval_records: 50,
         max_pending: 64,
+        publish_before_registered: false,
     }
 }
 
@@ -116,6 +119,7 @@ impl Net {
             rng: ChaCha8Rng::seed_from_u64(seed),
             runs: BTreeMap::new(),
             published: Vec::new(),
+            publish_before_registered: false,
         }
     }
 
@@ -128,7 +132,8 @@ impl Net {
         log.crash();
         let run = self.runs.entry(id).or_default();
         *run += 1;
-        let c = config(id, &self.voters, self.brokers.contains(&id), self.bugs, *run);
+        let mut c = config(id, &self.voters, self.brokers.contains(&id), self.bugs, *run);
+        c.publish_before_registered = self.publish_before_registered;
         let persisted = self.persisted.get(&id).copied();
         self.nodes.insert(id, MetadataNode::new(c, persisted, log, seed, self.now));
         self.tokens.retain(|(n, _), _| *n != id);
@@ -532,7 +537,16 @@ fn a_controlled_shutdown_moves_leadership_before_the_broker_stops() {
 /// of one epoch, with different logs), nor serves an image long gone.
 #[test]
 fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
+    restart_publishes_only_its_own_run(false).unwrap();
+    let planted = restart_publishes_only_its_own_run(true);
+    assert!(planted.is_err(), "publish_before_registered went unnoticed");
+}
+
+/// Restart broker 4 while it leads partitions; an error says what the first
+/// image it published afterwards got wrong.
+fn restart_publishes_only_its_own_run(publish_before_registered: bool) -> Result<(), String> {
     let (mut net, leader) = three_controllers_and_a_replicated_topic();
+    net.publish_before_registered = publish_before_registered;
     let led: Vec<(usize, i32)> = {
         let t = net.nodes[&leader].image().topic_by_name("orders").unwrap();
         t.partitions.iter().enumerate().filter(|(_, p)| p.leader == 4).map(|(i, p)| (i, p.leader_epoch)).collect()
@@ -547,15 +561,16 @@ fn a_restarted_broker_publishes_nothing_before_its_new_run_is_registered() {
     assert!(!images.is_empty(), "the restarted broker publishes once registered again");
     for image in images {
         let me = image.broker(4).expect("broker 4 is registered in every image it publishes");
-        assert_ne!(me.incarnation_id, old_run, "an image of the previous run was published");
+        if me.incarnation_id == old_run {
+            return Err("an image of the previous run was published".into());
+        }
         let t = image.topic_by_name("orders").unwrap();
         for (i, epoch) in &led {
             let p = &t.partitions[*i];
-            assert!(
-                p.leader != 4 || p.leader_epoch > *epoch,
-                "partition {i} led by 4 again at epoch {}",
-                p.leader_epoch
-            );
+            if p.leader == 4 && p.leader_epoch <= *epoch {
+                return Err(format!("partition {i} led by 4 again at epoch {}", p.leader_epoch));
+            }
         }
     }
+    Ok(())
 }

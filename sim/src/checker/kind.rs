@@ -62,10 +62,13 @@ pub enum AnomalyKind {
     /// Two in-sync copies of a partition holding different batches below
     /// what the final read saw committed, or an in-sync copy missing some.
     ReplicaDivergence,
+    /// One leader epoch of a partition taken by two brokers, or by two runs
+    /// of one broker's process.
+    LeaderEpochReused,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 22] = [
+    pub const ALL: [AnomalyKind; 23] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -88,6 +91,7 @@ impl AnomalyKind {
         AnomalyKind::MetadataOrder,
         AnomalyKind::TopicLost,
         AnomalyKind::ReplicaDivergence,
+        AnomalyKind::LeaderEpochReused,
     ];
 
     /// The name Jepsen gives this kind (the keyword without its colon).
@@ -117,6 +121,7 @@ impl AnomalyKind {
             AnomalyKind::MetadataOrder => "metadata-order",
             AnomalyKind::TopicLost => "topic-lost",
             AnomalyKind::ReplicaDivergence => "replica-divergence",
+            AnomalyKind::LeaderEpochReused => "leader-epoch-reused",
         }
     }
 
@@ -162,6 +167,9 @@ impl AnomalyKind {
             }
             AnomalyKind::ReplicaDivergence => {
                 "in-sync replicas of a partition hold different batches below the committed offsets, or one lacks some"
+            }
+            AnomalyKind::LeaderEpochReused => {
+                "one leader epoch of a partition was taken by two brokers, or by two runs of one broker"
             }
         }
     }

@@ -19,11 +19,13 @@
 //!
 //! A cluster run also hands the checkers every broker's copy of every data
 //! partition's log (`replicas`): in-sync copies must be identical below what
-//! the final read saw committed.
+//! the final read saw committed. Brokers report each partition leadership they take
+//! (`leader_epochs`): one leader epoch, one broker in one run.
 
 mod groups;
 mod index;
 mod kind;
+mod leader_epochs;
 mod lost;
 mod placement;
 mod polls;
@@ -79,6 +81,7 @@ pub fn check(history: &History, opts: &CheckOptions) -> Report {
     groups::group_checks(history, &mut found);
     quorum::quorum_checks(history, &mut found);
     replicas::replica_checks(history, &mut found);
+    leader_epochs::leader_epoch_checks(history, &mut found);
     // Stable, so each kind keeps the order its check produced.
     found.sort_by_key(|a| a.kind);
 

@@ -15,6 +15,7 @@
 //! | `commit-regression`, `group-unconsumed` | always (offsets are reset only by hand, which no scenario does) |
 //! | `misplaced-key` | always, even when the medium corrupts: the producer picks the partition before any byte is stored |
 //! | `quorum-two-leaders`, `metadata-divergence`, `metadata-order` | always, even when the medium corrupts: the metadata log is checksummed and replicated on every voter, and these judge only what nodes report they applied |
+//! | `leader-epoch-reused` | always, even when the medium corrupts: leader epochs come from the replicated metadata log, and the check judges only what brokers report they took |
 //! | `topic-lost` | always (the quorum keeps acknowledged metadata on a majority) |
 //! | `nonlinearizable` | one broker, no retries without idempotence, and the medium cannot corrupt (see [`crate::linearizability::kafka`]) |
 //! | `replica-divergence` | always, unless the medium corrupts or in-memory acknowledgements (`durability.policy = kafka`) meet power losses of as many replicas as they need: in-sync copies of a partition are identical below what the final read saw committed |
@@ -68,7 +69,8 @@ pub fn promised(scenario: &Scenario) -> CheckOptions {
             | AnomalyKind::GroupDoubleOwner
             | AnomalyKind::QuorumTwoLeaders
             | AnomalyKind::MetadataDivergence
-            | AnomalyKind::MetadataOrder => true,
+            | AnomalyKind::MetadataOrder
+            | AnomalyKind::LeaderEpochReused => true,
             AnomalyKind::ReplicaDivergence => !scenario.medium_may_corrupt() && !scenario.in_memory_acks_exposed(),
             _ if rot => false,
             AnomalyKind::Duplicate | AnomalyKind::ReorderedSend => w.idempotence || w.retries == 0,
