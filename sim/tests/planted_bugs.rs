@@ -275,21 +275,23 @@ fn group_bugs_are_caught_across_coordinator_failovers() {
         (PlantedBugs { group_stale_commit_accepted: true, ..PlantedBugs::default() }, AnomalyKind::CommitRegression),
     ];
     for (bugs, kind) in cases {
-        let s = groups_failover_with(bugs);
-        let seed =
-            first_failing(&s, has(kind)).unwrap_or_else(|| panic!("no {kind:?} within the seed budget: {bugs:?}"));
-        println!("groups-failover {bugs:?}: first {kind:?} at seed {seed}");
-        assert_control_clean(&s, seed.max(3), has(kind));
+        caught_in_groups_failover(bugs, kind);
     }
+}
+
+/// The first seed of `groups-failover` with `bugs` planted that shows
+/// `kind`, checked against clean controls.
+fn caught_in_groups_failover(bugs: PlantedBugs, kind: AnomalyKind) {
+    let s = groups_failover_with(bugs);
+    let seed = first_failing(&s, has(kind)).unwrap_or_else(|| panic!("no {kind:?} within the seed budget: {bugs:?}"));
+    println!("groups-failover {bugs:?}: first {kind:?} at seed {seed}");
+    assert_control_clean(&s, seed.max(3), has(kind));
 }
 
 #[test]
 fn group_load_before_caught_up_hands_a_generation_out_twice() {
-    let s = groups_failover_with(PlantedBugs { group_load_before_caught_up: true, ..PlantedBugs::default() });
-    let seed =
-        first_failing(&s, has(AnomalyKind::GroupDoubleOwner)).expect("no group-double-owner within the seed budget");
-    println!("group_load_before_caught_up: first group-double-owner at seed {seed}");
-    assert_control_clean(&s, seed.max(3), has(AnomalyKind::GroupDoubleOwner));
+    let bugs = PlantedBugs { group_load_before_caught_up: true, ..PlantedBugs::default() };
+    caught_in_groups_failover(bugs, AnomalyKind::GroupDoubleOwner);
 }
 
 /// A restarted broker that acts on its replayed image before the controller
@@ -300,11 +302,8 @@ fn group_load_before_caught_up_hands_a_generation_out_twice() {
 /// can show it.
 #[test]
 fn publish_before_registered_reuses_a_leader_epoch() {
-    let s = groups_failover_with(PlantedBugs { publish_before_registered: true, ..PlantedBugs::default() });
-    let seed =
-        first_failing(&s, has(AnomalyKind::LeaderEpochReused)).expect("no leader-epoch-reused within the seed budget");
-    println!("publish_before_registered: first leader-epoch-reused at seed {seed}");
-    assert_control_clean(&s, seed.max(3), has(AnomalyKind::LeaderEpochReused));
+    let bugs = PlantedBugs { publish_before_registered: true, ..PlantedBugs::default() };
+    caught_in_groups_failover(bugs, AnomalyKind::LeaderEpochReused);
 }
 
 /// A quorum scenario without its swarm table, with `bugs` planted in every
