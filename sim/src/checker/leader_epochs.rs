@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use super::kind::AnomalyKind;
+use super::quorum::ms;
 use super::report::Anomaly;
 use crate::history::{History, ObservedEvent, TopicPartition};
 
@@ -38,12 +39,12 @@ pub(super) fn leader_epoch_checks(history: &History, out: &mut Vec<Anomaly>) {
             values: Vec::new(),
             ops: Vec::new(),
             explanation: format!(
-                "leader epoch {leader_epoch} of {topic}-{partition} was taken by {host} (run {incarnation}) at \
-                 {:.3} s and again by {} (run {}) at {:.3} s",
-                at as f64 / 1e9,
+                "leader epoch {leader_epoch} of {topic}-{partition} was taken by {host} (run {incarnation}) at {} \
+                 and again by {} (run {}) at {}",
+                ms(at),
                 o.host,
                 o.incarnation,
-                o.at_ns as f64 / 1e9
+                ms(o.at_ns)
             ),
         });
         // One finding per tenure that reused the epoch.

@@ -33,7 +33,8 @@ fn anomaly(kind: AnomalyKind, offsets: Vec<i64>, ops: Vec<u64>, explanation: Str
     Anomaly { kind, partition: None, offsets, values: Vec::new(), ops, explanation }
 }
 
-fn ms(at_ns: u64) -> String {
+/// A simulated time in ns, as seconds for an explanation.
+pub(super) fn ms(at_ns: u64) -> String {
     format!("{:.3} s", at_ns as f64 / 1e9)
 }
 
